@@ -1,0 +1,297 @@
+// Package backend is the Go library for writing a DMB backend. A backend
+// talks only to Redis: it registers a service and gets a bkid, publishes
+// broadcast, direct and kick commands on its downlink channel, and receives
+// its clients' events on its uplink channel. Run keeps that going across
+// Redis restarts: when the uplink subscription comes back it registers again
+// with the same bkid (and follows a new one if Redis lost its registry).
+//
+//	b := backend.New(rdb, "chat", backend.Options{})
+//	go b.Run(ctx, func(ctx context.Context, ev backend.Event) {
+//		if ev.Type == backend.EventMessage {
+//			_ = b.Direct(ctx, ev.CID, ev.Data, ev.ID)
+//		}
+//	})
+//	<-b.Ready()
+//	_ = b.Broadcast(ctx, map[string]string{"text": "hello"})
+package backend
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/dmb-broker/dmb/protocol"
+	"github.com/dmb-broker/dmb/pubsub"
+)
+
+// Event types a backend receives on its uplink.
+const (
+	EventClientConnected    = protocol.TypeClientConnected
+	EventClientDisconnected = protocol.TypeClientDisconnected
+	EventMessage            = protocol.TypeMessage
+	EventMessageAck         = protocol.TypeMessageAck
+	EventError              = protocol.TypeError
+)
+
+// Event is one uplink event; which fields are set depends on Type.
+type Event struct {
+	Type      string          `json:"type"`
+	CID       string          `json:"cid,omitempty"`
+	Service   string          `json:"service,omitempty"`
+	Remote    string          `json:"remote,omitempty"`
+	User      string          `json:"user,omitempty"`
+	Data      json.RawMessage `json:"data,omitempty"`
+	ID        json.RawMessage `json:"id,omitempty"`
+	Code      int             `json:"code,omitempty"`
+	Reason    string          `json:"reason,omitempty"`
+	Node      string          `json:"node,omitempty"`
+	Delivered int             `json:"delivered,omitempty"`
+	Error     string          `json:"error,omitempty"`
+}
+
+// Handler handles one event. Events arrive one at a time, in order.
+type Handler func(ctx context.Context, ev Event)
+
+// Options tune a Backend.
+type Options struct {
+	Prefix string // DMB_PREFIX of the DMB nodes; default "dmb"
+	// RegisterTimeout is how long to wait for the answer to a bk_connect
+	// before asking again; default 5s.
+	RegisterTimeout time.Duration
+	Logger          *slog.Logger
+}
+
+// ErrRefused is returned by Run when DMB refuses the registration.
+var ErrRefused = errors.New("registration refused")
+
+// Backend is one registered backend of a service.
+type Backend struct {
+	rdb     redis.UniversalClient
+	service string
+	ch      protocol.Channels
+	opts    Options
+	log     *slog.Logger
+
+	mu    sync.Mutex // guards bkid
+	bkid  string
+	ready chan struct{}
+	once  sync.Once
+}
+
+// New returns a backend for service; nothing happens until Run.
+func New(rdb redis.UniversalClient, service string, opts Options) *Backend {
+	if opts.Prefix == "" {
+		opts.Prefix = "dmb"
+	}
+	if opts.RegisterTimeout <= 0 {
+		opts.RegisterTimeout = 5 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	return &Backend{
+		rdb: rdb, service: service, ch: protocol.NewChannels(opts.Prefix), opts: opts,
+		log: opts.Logger.With("service", service), ready: make(chan struct{}),
+	}
+}
+
+// BKID returns the current bkid, "" before the first registration.
+func (b *Backend) BKID() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.bkid
+}
+
+// Ready is closed once the backend is registered and listening.
+func (b *Backend) Ready() <-chan struct{} { return b.ready }
+
+// Run registers, listens to the uplink and hands every event to h until
+// ctx ends. It returns ErrRefused if DMB refuses the service.
+func (b *Backend) Run(ctx context.Context, h Handler) error {
+	for {
+		bkid, err := b.register(ctx, b.BKID())
+		if err != nil {
+			return err
+		}
+		b.setBKID(bkid)
+		// Listen until the bkid changes (Redis lost the registry) or ctx ends.
+		subCtx, cancel := context.WithCancel(ctx)
+		var moved string
+		first := true
+		sub := pubsub.New(b.rdb, pubsub.Config{
+			Name:     "uplink " + bkid,
+			Channels: []string{b.ch.Uplink(bkid)},
+			OnMessage: func(ctx context.Context, msg *redis.Message) {
+				var ev Event
+				if err := json.Unmarshal([]byte(msg.Payload), &ev); err != nil {
+					b.log.Warn("undecodable uplink event", "bkid", bkid, "err", err)
+					return
+				}
+				h(ctx, ev)
+			},
+			OnUp: func(ctx context.Context) {
+				if first {
+					first = false
+					b.once.Do(func() { close(b.ready) })
+					return
+				}
+				// Back after a Redis failure: make sure DMB still knows us.
+				again, err := b.register(ctx, bkid)
+				if err != nil {
+					return
+				}
+				if again != bkid {
+					moved = again
+					cancel()
+				}
+			},
+			Logger: b.log,
+		})
+		err = sub.Run(subCtx)
+		cancel()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if moved == "" {
+			return err
+		}
+		b.log.Info("bkid changed after Redis lost the registry", "old", bkid, "new", moved)
+	}
+}
+
+func (b *Backend) setBKID(bkid string) {
+	b.mu.Lock()
+	b.bkid = bkid
+	b.mu.Unlock()
+}
+
+// register sends bk_connect until it is answered; with bkid, it asks to keep
+// that bkid.
+func (b *Backend) register(ctx context.Context, bkid string) (string, error) {
+	backoff := 100 * time.Millisecond
+	for {
+		got, err := b.registerOnce(ctx, bkid)
+		if err == nil || errors.Is(err, ErrRefused) || ctx.Err() != nil {
+			return got, err
+		}
+		b.log.Warn("registration failed; retrying", "err", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+func (b *Backend) registerOnce(ctx context.Context, bkid string) (string, error) {
+	nonce := newNonce()
+	ps := b.rdb.Subscribe(ctx, b.ch.RegisterReply(nonce))
+	defer ps.Close()
+	ctx, cancel := context.WithTimeout(ctx, b.opts.RegisterTimeout)
+	defer cancel()
+	// Wait for the subscription before asking, or the answer could be missed.
+	if _, err := ps.Receive(ctx); err != nil {
+		return "", fmt.Errorf("subscribe to the answer: %w", err)
+	}
+	req := map[string]string{"type": protocol.TypeConnect, "nonce": nonce, "service": b.service}
+	if bkid != "" {
+		req["bkid"] = bkid
+	}
+	payload, _ := json.Marshal(req)
+	if err := b.rdb.Publish(ctx, b.ch.Register(), payload).Err(); err != nil {
+		return "", fmt.Errorf("publish bk_connect: %w", err)
+	}
+	msg, err := ps.ReceiveMessage(ctx)
+	if err != nil {
+		return "", fmt.Errorf("wait for bk_connect answer: %w", err)
+	}
+	var ans struct {
+		Type  string `json:"type"`
+		BKID  string `json:"bkid"`
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal([]byte(msg.Payload), &ans); err != nil {
+		return "", fmt.Errorf("decode bk_connect answer: %w", err)
+	}
+	if ans.Type != protocol.TypeConnectAck {
+		return "", fmt.Errorf("%w: %s", ErrRefused, ans.Error)
+	}
+	b.log.Info("registered", "bkid", ans.BKID)
+	return ans.BKID, nil
+}
+
+func newNonce() string {
+	var n [12]byte
+	_, _ = rand.Read(n[:])
+	return "n-" + hex.EncodeToString(n[:])
+}
+
+// Command is a downlink command; Publish sends it as is.
+type Command struct {
+	Type    string `json:"type"`
+	CID     string `json:"cid,omitempty"`
+	User    string `json:"user,omitempty"`
+	Data    any    `json:"data,omitempty"`
+	ReplyTo any    `json:"reply_to,omitempty"`
+	Reason  string `json:"reason,omitempty"`
+	// ID asks every node for a bk_message_ack.
+	ID any `json:"id,omitempty"`
+}
+
+// Publish sends a command on the backend's downlink channel.
+func (b *Backend) Publish(ctx context.Context, cmd Command) error {
+	bkid := b.BKID()
+	if bkid == "" {
+		return errors.New("not registered")
+	}
+	payload, err := json.Marshal(cmd)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", cmd.Type, err)
+	}
+	if err := b.rdb.Publish(ctx, b.ch.Downlink(bkid), payload).Err(); err != nil {
+		return fmt.Errorf("publish %s: %w", cmd.Type, err)
+	}
+	return nil
+}
+
+// Broadcast sends data to every client of the service, on every node.
+func (b *Backend) Broadcast(ctx context.Context, data any) error {
+	return b.Publish(ctx, Command{Type: protocol.TypeBroadcast, Data: data})
+}
+
+// Direct sends data to one client; replyTo (the id of the client's message,
+// or nil) lets the client match the reply to its request.
+func (b *Backend) Direct(ctx context.Context, cid string, data, replyTo any) error {
+	if raw, ok := replyTo.(json.RawMessage); ok && len(raw) == 0 {
+		replyTo = nil
+	}
+	return b.Publish(ctx, Command{Type: protocol.TypeDirect, CID: cid, Data: data, ReplyTo: replyTo})
+}
+
+// Kick closes a client with 4009 and reason.
+func (b *Backend) Kick(ctx context.Context, cid, reason string) error {
+	return b.Publish(ctx, Command{Type: protocol.TypeKick, CID: cid, Reason: reason})
+}
+
+// Leave tells DMB the backend is going away (bk_disconnect); its clients
+// move to the other live backends of the service.
+func (b *Backend) Leave(ctx context.Context) error {
+	bkid := b.BKID()
+	if bkid == "" {
+		return nil
+	}
+	payload, _ := json.Marshal(map[string]string{"type": protocol.TypeDisconnect, "bkid": bkid})
+	if err := b.rdb.Publish(ctx, b.ch.Register(), payload).Err(); err != nil {
+		return fmt.Errorf("publish bk_disconnect: %w", err)
+	}
+	return nil
+}

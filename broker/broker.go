@@ -1,0 +1,257 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/dmb-broker/dmb/metrics"
+	"github.com/dmb-broker/dmb/protocol"
+	"github.com/dmb-broker/dmb/registry"
+	"github.com/dmb-broker/dmb/uplink"
+)
+
+// Registry is what the broker asks before it accepts a client.
+type Registry interface {
+	Lookup(ctx context.Context, service string) (registry.Status, error)
+}
+
+// Uplink carries client events to backends.
+type Uplink interface {
+	Connect(c uplink.Client) error
+	Message(ctx context.Context, c uplink.Client, data, id json.RawMessage) error
+	Disconnect(c uplink.Client, code int, reason string) error
+}
+
+// Config describes a Broker.
+type Config struct {
+	SendQueue        int
+	MaxMessageBytes  int64
+	ClientErrorLimit int
+	WriteTimeout     time.Duration
+	AllowedOrigins   []string
+	TrustedProxies   []netip.Prefix
+	Logger           *slog.Logger
+	Metrics          *metrics.Metrics
+}
+
+// lookupTimeout bounds the registry look-up of a connecting client.
+const lookupTimeout = 3 * time.Second
+
+// Broker serves WebSocket clients and fans out to them.
+type Broker struct {
+	cfg Config
+	log *slog.Logger
+	m   *metrics.Metrics
+	reg Registry
+	up  Uplink
+
+	// ctx is the lifetime of every session; cancelled by Shutdown when time
+	// runs out, which drops the sessions that are left.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	sessions sync.WaitGroup
+
+	mu        sync.RWMutex // guards the fields below
+	closing   bool
+	byCID     map[string]*client
+	byService map[string]map[*client]struct{}
+}
+
+// New returns a broker.
+func New(reg Registry, up Uplink, cfg Config) *Broker {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Broker{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		m:         cfg.Metrics,
+		reg:       reg,
+		up:        up,
+		ctx:       ctx,
+		cancel:    cancel,
+		byCID:     make(map[string]*client),
+		byService: make(map[string]map[*client]struct{}),
+	}
+}
+
+// ServeHTTP is the WebSocket endpoint; mount it at /ws/{service}.
+func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	service := r.PathValue("service")
+	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		// The origin policy is ours (originAllowed), so that a refused
+		// browser learns why from close code 1008 rather than a bare 403.
+		InsecureSkipVerify: true,
+		CompressionMode:    websocket.CompressionDisabled,
+	})
+	if err != nil {
+		b.log.Debug("websocket upgrade failed", "err", err, "remote", r.RemoteAddr)
+		return
+	}
+	remote := remoteAddr(r, b.cfg.TrustedProxies)
+	refuse := func(code int, reason string) {
+		b.m.Disconnected(code)
+		b.log.Info("client refused", "service", service, "remote", remote, "code", code, "reason", reason)
+		_ = conn.Close(websocket.StatusCode(code), reason)
+	}
+	if !originAllowed(r, b.cfg.AllowedOrigins) {
+		refuse(protocol.ClosePolicy, "origin not allowed")
+		return
+	}
+	if !protocol.ValidService(service) {
+		refuse(protocol.CloseUnknownSvc, "unknown service")
+		return
+	}
+	ctx, cancel := context.WithTimeout(b.ctx, lookupTimeout)
+	status, err := b.reg.Lookup(ctx, service)
+	cancel()
+	switch {
+	case err != nil:
+		b.log.Warn("registry look-up failed", "service", service, "err", err)
+		refuse(protocol.CloseNoLiveBackend, "no live backend")
+		return
+	case status == registry.Unknown:
+		refuse(protocol.CloseUnknownSvc, "unknown service")
+		return
+	case status == registry.NoLive:
+		refuse(protocol.CloseNoLiveBackend, "no live backend")
+		return
+	}
+	c := newClient(b, conn, corkConnFrom(r.Context()), service, remote)
+	if !b.add(c) {
+		refuse(protocol.CloseGoingAway, "server shutting down")
+		return
+	}
+	defer b.sessions.Done()
+	c.run()
+}
+
+// add indexes a new client; false when the broker is shutting down. The
+// client's first frame, dmb:connected, is queued before it becomes
+// reachable by fan-out.
+func (b *Broker) add(c *client) bool {
+	c.q.push(protocol.AppendConnected(nil, c.cid, c.service))
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closing {
+		return false
+	}
+	b.sessions.Add(1)
+	b.byCID[c.cid] = c
+	set := b.byService[c.service]
+	if set == nil {
+		set = make(map[*client]struct{})
+		b.byService[c.service] = set
+	}
+	set[c] = struct{}{}
+	b.m.Connections.WithLabelValues(c.service).Inc()
+	b.m.MessagesOut.WithLabelValues(metrics.KindConnected).Inc()
+	return true
+}
+
+func (b *Broker) remove(c *client) {
+	b.mu.Lock()
+	delete(b.byCID, c.cid)
+	if set := b.byService[c.service]; set != nil {
+		delete(set, c)
+		if len(set) == 0 {
+			delete(b.byService, c.service)
+		}
+	}
+	b.mu.Unlock()
+	b.m.Connections.WithLabelValues(c.service).Dec()
+}
+
+// Broadcast queues frame to every client of service on this node.
+func (b *Broker) Broadcast(service string, frame []byte) int {
+	n := 0
+	b.mu.RLock()
+	for c := range b.byService[service] {
+		if c.send(frame) {
+			n++
+		}
+	}
+	b.mu.RUnlock()
+	b.m.Deliveries.Add(float64(n))
+	b.m.MessagesOut.WithLabelValues(metrics.KindBroadcast).Add(float64(n))
+	return n
+}
+
+// Direct queues frame to the client cid if it is a client of service.
+func (b *Broker) Direct(service, cid string, frame []byte) int {
+	c := b.lookup(service, cid)
+	if c == nil || !c.send(frame) {
+		b.m.Drops.WithLabelValues(metrics.DropUnknownClient).Inc()
+		return 0
+	}
+	b.m.Deliveries.Inc()
+	b.m.MessagesOut.WithLabelValues(metrics.KindDirect).Inc()
+	return 1
+}
+
+// Kick closes the client cid with 4009 if it is a client of service, after
+// the frames queued before the kick.
+func (b *Broker) Kick(service, cid, reason string) int {
+	c := b.lookup(service, cid)
+	if c == nil || !c.q.close(closeReq{code: protocol.CloseKicked, reason: reason, flush: true}) {
+		return 0
+	}
+	b.log.Info("client kicked", "cid", cid, "service", service, "reason", reason)
+	return 1
+}
+
+// lookup finds a client by cid within a service: a backend reaches only the
+// clients of its own service.
+func (b *Broker) lookup(service, cid string) *client {
+	b.mu.RLock()
+	c := b.byCID[cid]
+	b.mu.RUnlock()
+	if c == nil || c.service != service {
+		return nil
+	}
+	return c
+}
+
+// Clients returns the number of clients connected to this node.
+func (b *Broker) Clients() int {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return len(b.byCID)
+}
+
+// Shutdown stops accepting clients, closes every client with 1001 after
+// what is queued for it, and waits until every session has ended and told
+// its backend, or until ctx ends, when the rest are dropped.
+func (b *Broker) Shutdown(ctx context.Context) error {
+	b.mu.Lock()
+	b.closing = true
+	clients := make([]*client, 0, len(b.byCID))
+	for _, c := range b.byCID {
+		clients = append(clients, c)
+	}
+	b.mu.Unlock()
+	for _, c := range clients {
+		c.q.close(closeReq{code: protocol.CloseGoingAway, reason: "server shutting down", flush: true})
+	}
+	done := make(chan struct{})
+	go func() {
+		b.sessions.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		b.cancel()
+		return nil
+	case <-ctx.Done():
+		b.cancel() // drops the sessions that are left
+		<-done
+		return errors.Join(errors.New("clients dropped at shutdown timeout"), ctx.Err())
+	}
+}

@@ -1,0 +1,214 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/dmb-broker/dmb/metrics"
+	"github.com/dmb-broker/dmb/protocol"
+)
+
+// client is one WebSocket session. The handler goroutine reads; one writer
+// goroutine, started and waited for by run, owns every write.
+type client struct {
+	b       *Broker
+	cid     string
+	service string
+	remote  string
+	user    string
+	log     *slog.Logger
+
+	conn *websocket.Conn
+	wire *corkConn // nil when the connection did not come through Listen
+	q    *sendQueue
+
+	ctx    context.Context // ends when the session ends
+	cancel context.CancelFunc
+
+	errs errorWindow // reader only
+}
+
+func newClient(b *Broker, conn *websocket.Conn, wire *corkConn, service, remote string) *client {
+	ctx, cancel := context.WithCancel(b.ctx)
+	cid := newCID()
+	return &client{
+		b:       b,
+		cid:     cid,
+		service: service,
+		remote:  remote,
+		log:     b.log.With("cid", cid, "service", service),
+		conn:    conn,
+		wire:    wire,
+		q:       newSendQueue(b.cfg.SendQueue),
+		ctx:     ctx,
+		cancel:  cancel,
+	}
+}
+
+// CID, Service, Remote and User describe the client to the uplink.
+func (c *client) CID() string     { return c.cid }
+func (c *client) Service() string { return c.service }
+func (c *client) Remote() string  { return c.remote }
+func (c *client) User() string    { return c.user }
+
+// Send queues a frame for the client; it is how the uplink answers.
+func (c *client) Send(frame []byte) { c.send(frame) }
+
+func (c *client) send(frame []byte) bool {
+	switch c.q.push(frame) {
+	case pushed:
+		return true
+	case overflow:
+		c.b.m.Drops.WithLabelValues(metrics.DropSlowConsumer).Inc()
+		c.log.Info("slow consumer: closing")
+	}
+	return false
+}
+
+// run serves the session until it ends, then tells the backend.
+func (c *client) run() {
+	c.log.Info("client connected", "remote", c.remote)
+	c.conn.SetReadLimit(c.b.cfg.MaxMessageBytes)
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		c.writeLoop()
+	}()
+	if err := c.b.up.Connect(c); err != nil {
+		c.log.Warn("client_connected not queued", "err", err)
+	}
+
+	code, reason := c.readLoop()
+
+	c.b.remove(c)
+	c.cancel()
+	<-writerDone
+	if req := c.q.closeRequest(); req != nil {
+		code, reason = req.code, req.reason
+	}
+	c.b.m.Disconnected(code)
+	c.log.Info("client disconnected", "code", code, "reason", reason)
+	if err := c.b.up.Disconnect(c, code, reason); err != nil {
+		c.log.Warn("client_disconnected not queued", "err", err)
+	}
+}
+
+// readLoop reads frames until the connection ends and returns the close code
+// and reason the client gave, or what ended the connection.
+func (c *client) readLoop() (int, string) {
+	for {
+		typ, data, err := c.conn.Read(c.ctx)
+		if err != nil {
+			return closeStatus(err)
+		}
+		if c.q.closeRequest() != nil {
+			continue // closing: read on until the close handshake ends
+		}
+		c.b.m.MessagesIn.WithLabelValues(metrics.KindMessage).Inc()
+		if typ != websocket.MessageText {
+			c.close(protocol.CloseUnsupported, "binary frames are not supported")
+			continue
+		}
+		frame, err := protocol.DecodeClientFrame(data)
+		if err != nil {
+			c.badFrame(err)
+			continue
+		}
+		if err := c.b.up.Message(c.ctx, c, frame.Data, frame.ID); err != nil {
+			return protocol.CloseGoingAway, "server shutting down"
+		}
+	}
+}
+
+// badFrame answers a frame DMB refuses, and closes the client with 1008 when
+// it sends too many.
+func (c *client) badFrame(err error) {
+	c.b.m.Drops.WithLabelValues(metrics.DropClientError).Inc()
+	var fe *protocol.FrameError
+	var id []byte
+	if errors.As(err, &fe) {
+		id = fe.ID
+	}
+	c.send(protocol.AppendError(nil, id, err.Error()))
+	c.b.m.MessagesOut.WithLabelValues(metrics.KindError).Inc()
+	if c.errs.add(time.Now(), c.b.cfg.ClientErrorLimit) {
+		c.close(protocol.ClosePolicy, "too many bad frames")
+	}
+}
+
+// close asks the writer to close the connection at once.
+func (c *client) close(code int, reason string) {
+	c.q.close(closeReq{code: code, reason: reason})
+}
+
+// writeLoop writes queued frames until the session ends or DMB closes it.
+func (c *client) writeLoop() {
+	for {
+		select {
+		case <-c.q.wake:
+		case <-c.ctx.Done():
+			_ = c.conn.CloseNow()
+			return
+		}
+		frames, req := c.q.take()
+		if len(frames) > 0 {
+			if err := c.write(frames); err != nil {
+				c.log.Debug("write failed", "err", err)
+				_ = c.conn.CloseNow()
+				return
+			}
+			c.q.recycle(frames)
+		}
+		if req != nil {
+			// Close sends the close frame and waits (5 s at most) for the
+			// client's; the reader sees the end and finishes the session.
+			_ = c.conn.Close(websocket.StatusCode(req.code), protocol.TruncateReason(req.reason))
+			return
+		}
+	}
+}
+
+// write sends a batch of frames, in one socket write when the connection is
+// corkable.
+func (c *client) write(frames [][]byte) error {
+	ctx, cancel := context.WithTimeout(c.ctx, c.b.cfg.WriteTimeout)
+	defer cancel()
+	if c.wire != nil {
+		c.wire.cork()
+	}
+	for _, f := range frames {
+		if err := c.conn.Write(ctx, websocket.MessageText, f); err != nil {
+			if c.wire != nil {
+				_ = c.wire.uncork(c.b.cfg.WriteTimeout)
+			}
+			return err
+		}
+		if c.wire != nil && c.wire.buffered() >= corkFlushAt {
+			if err := c.wire.uncork(c.b.cfg.WriteTimeout); err != nil {
+				return err
+			}
+			c.wire.cork()
+		}
+	}
+	if c.wire != nil {
+		return c.wire.uncork(c.b.cfg.WriteTimeout)
+	}
+	return nil
+}
+
+// closeStatus turns the error that ended a read into the code and reason
+// reported in client_disconnected.
+func closeStatus(err error) (int, string) {
+	var ce websocket.CloseError
+	switch {
+	case errors.As(err, &ce):
+		return int(ce.Code), ce.Reason
+	case errors.Is(err, websocket.ErrMessageTooBig):
+		return protocol.CloseTooBig, "message too big"
+	}
+	return protocol.CloseAbnormal, "connection lost"
+}

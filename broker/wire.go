@@ -1,0 +1,109 @@
+package broker
+
+import (
+	"context"
+	"net"
+	"sync"
+	"time"
+)
+
+// corkConn is a server connection whose writes can be held back and sent
+// together: the session's writer corks it, lets the WebSocket library write
+// every queued frame (each of which it would flush on its own), and uncorks
+// it, so that a batch of frames costs one write system call instead of one
+// per frame.
+//
+// Only the session's writer corks and uncorks. Control frames that the
+// library writes from the reading goroutine meanwhile join the batch; they
+// are whole frames, so their place among data frames does not matter.
+type corkConn struct {
+	net.Conn
+
+	mu     sync.Mutex // guards corked and buf; never held across I/O
+	corked bool
+	buf    []byte
+}
+
+// corkFlushAt is the batch size at which the writer uncorks early.
+const corkFlushAt = 64 << 10
+
+// corkKeepCap is the largest buffer kept between batches.
+const corkKeepCap = 4 << 10
+
+func (c *corkConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	if c.corked {
+		c.buf = append(c.buf, p...)
+		c.mu.Unlock()
+		return len(p), nil
+	}
+	c.mu.Unlock()
+	return c.Conn.Write(p)
+}
+
+func (c *corkConn) cork() {
+	c.mu.Lock()
+	c.corked = true
+	c.mu.Unlock()
+}
+
+// buffered returns how much the batch holds.
+func (c *corkConn) buffered() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.buf)
+}
+
+// uncork sends the batch in one write, bounded by timeout.
+func (c *corkConn) uncork(timeout time.Duration) error {
+	c.mu.Lock()
+	buf := c.buf
+	c.buf = nil
+	c.corked = false
+	c.mu.Unlock()
+	if len(buf) == 0 {
+		return nil
+	}
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(timeout))
+	_, err := c.Conn.Write(buf)
+	_ = c.Conn.SetWriteDeadline(time.Time{})
+	if cap(buf) <= corkKeepCap {
+		c.mu.Lock()
+		if c.buf == nil {
+			c.buf = buf[:0]
+		}
+		c.mu.Unlock()
+	}
+	return err
+}
+
+// listener wraps accepted connections in corkConn.
+type listener struct{ net.Listener }
+
+// Listen wraps ln so that the broker can coalesce the writes of the sessions
+// it accepts; serve it with an http.Server whose ConnContext is ConnContext.
+func Listen(ln net.Listener) net.Listener { return listener{ln} }
+
+func (l listener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &corkConn{Conn: c}, nil
+}
+
+type connKey struct{}
+
+// ConnContext puts the accepted connection into the request context, where
+// the WebSocket handler finds it.
+func ConnContext(ctx context.Context, c net.Conn) context.Context {
+	if cc, ok := c.(*corkConn); ok {
+		return context.WithValue(ctx, connKey{}, cc)
+	}
+	return ctx
+}
+
+func corkConnFrom(ctx context.Context) *corkConn {
+	cc, _ := ctx.Value(connKey{}).(*corkConn)
+	return cc
+}

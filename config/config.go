@@ -1,0 +1,146 @@
+// Package config reads a DMB node's settings from the environment with
+// envconfig, applies the defaults and validates them once at start. The
+// README lists every setting with its default; keep the two in step.
+package config
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/kelseyhightower/envconfig"
+	"github.com/redis/go-redis/v9"
+)
+
+// Config is every setting of a node.
+type Config struct {
+	Port int    `envconfig:"DMB_PORT" default:"8082" desc:"HTTP and WebSocket port"`
+	Bind string `envconfig:"DMB_BIND" default:"" desc:"address to listen on; empty means every interface"`
+
+	RedisHost     string `envconfig:"REDIS_HOST" default:"localhost" desc:"Redis host"`
+	RedisPort     int    `envconfig:"REDIS_PORT" default:"6379" desc:"Redis port"`
+	RedisUsername string `envconfig:"REDIS_USERNAME" default:"" desc:"Redis ACL user name"`
+	RedisPassword string `envconfig:"REDIS_PASSWORD" default:"" desc:"Redis password"`
+	RedisDB       int    `envconfig:"REDIS_DB" default:"0" desc:"Redis database number"`
+	RedisTLS      bool   `envconfig:"REDIS_TLS" default:"false" desc:"connect to Redis over TLS"`
+	RedisPoolSize int    `envconfig:"REDIS_POOL_SIZE" default:"0" desc:"Redis connections per node for commands; 0 means 10 per CPU"`
+
+	Prefix           string        `envconfig:"DMB_PREFIX" default:"dmb" desc:"prefix of every Redis channel and key"`
+	NodeID           string        `envconfig:"DMB_NODE_ID" default:"" desc:"node name in bk_message_ack; empty means hostname:port"`
+	BackendTimeout   time.Duration `envconfig:"DMB_BACKEND_TIMEOUT" default:"5s" desc:"a crashed backend is noticed within this time"`
+	ShutdownTimeout  time.Duration `envconfig:"DMB_SHUTDOWN_TIMEOUT" default:"10s" desc:"graceful shutdown must finish within this time"`
+	WriteTimeout     time.Duration `envconfig:"DMB_WRITE_TIMEOUT" default:"10s" desc:"a write to a client that takes longer drops the connection"`
+	SendQueue        int           `envconfig:"DMB_SEND_QUEUE" default:"1024" desc:"frames queued per client before it is closed as a slow consumer (4008)"`
+	MaxMessageBytes  int64         `envconfig:"DMB_MAX_MESSAGE_BYTES" default:"65536" desc:"largest client frame; larger closes with 1009"`
+	ClientErrorLimit int           `envconfig:"DMB_CLIENT_ERROR_LIMIT" default:"10" desc:"bad frames a client may send in a minute before it is closed with 1008"`
+	AllowedOrigins   []string      `envconfig:"DMB_ALLOWED_ORIGINS" default:"" desc:"comma-separated origin host patterns allowed besides the same host, e.g. app.example.com,*.example.com"`
+	TrustedProxies   []string      `envconfig:"DMB_TRUSTED_PROXIES" default:"127.0.0.0/8,::1/128" desc:"comma-separated CIDRs whose X-Forwarded-For / X-Real-IP are believed"`
+	UplinkWorkers    int           `envconfig:"DMB_UPLINK_WORKERS" default:"4" desc:"uplink publishers; each pipelines the frames of its share of clients"`
+
+	LogLevel  string `envconfig:"DMB_LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
+	LogFormat string `envconfig:"DMB_LOG_FORMAT" default:"text" desc:"text or json"`
+}
+
+// Load reads the environment and validates the result.
+func Load() (Config, error) {
+	var c Config
+	if err := envconfig.Process("", &c); err != nil {
+		return Config{}, fmt.Errorf("read environment: %w", err)
+	}
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// Validate checks the settings and fills the derived ones.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Port < 0 || c.Port > 65535 {
+		errs = append(errs, fmt.Errorf("DMB_PORT %d out of range", c.Port))
+	}
+	if c.Prefix == "" || strings.ContainsAny(c.Prefix, " \t\r\n") {
+		errs = append(errs, errors.New("DMB_PREFIX must be a non-empty word"))
+	}
+	if c.BackendTimeout < 100*time.Millisecond {
+		errs = append(errs, errors.New("DMB_BACKEND_TIMEOUT must be at least 100ms"))
+	}
+	if c.ShutdownTimeout <= 0 || c.WriteTimeout <= 0 {
+		errs = append(errs, errors.New("DMB_SHUTDOWN_TIMEOUT and DMB_WRITE_TIMEOUT must be positive"))
+	}
+	if c.SendQueue < 1 {
+		errs = append(errs, errors.New("DMB_SEND_QUEUE must be at least 1"))
+	}
+	if c.MaxMessageBytes < 128 {
+		errs = append(errs, errors.New("DMB_MAX_MESSAGE_BYTES must be at least 128"))
+	}
+	if c.ClientErrorLimit < 0 {
+		errs = append(errs, errors.New("DMB_CLIENT_ERROR_LIMIT must not be negative"))
+	}
+	if c.UplinkWorkers < 1 {
+		errs = append(errs, errors.New("DMB_UPLINK_WORKERS must be at least 1"))
+	}
+	if _, err := c.TrustedPrefixes(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.NodeID == "" {
+		host, err := os.Hostname()
+		if err != nil || host == "" {
+			host = "dmb"
+		}
+		c.NodeID = net.JoinHostPort(host, strconv.Itoa(c.Port))
+	}
+	return errors.Join(errs...)
+}
+
+// TrustedPrefixes parses DMB_TRUSTED_PROXIES. A bare address is a /32 or
+// /128.
+func (c *Config) TrustedPrefixes() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range c.TrustedProxies {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("DMB_TRUSTED_PROXIES: %q is neither a CIDR nor an address", s)
+		}
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
+}
+
+// Addr is the address the HTTP server listens on.
+func (c *Config) Addr() string { return net.JoinHostPort(c.Bind, strconv.Itoa(c.Port)) }
+
+// RedisOptions returns the go-redis options for the configured Redis.
+func (c *Config) RedisOptions() *redis.Options {
+	o := &redis.Options{
+		Addr:     net.JoinHostPort(c.RedisHost, strconv.Itoa(c.RedisPort)),
+		Username: c.RedisUsername,
+		Password: c.RedisPassword,
+		DB:       c.RedisDB,
+		PoolSize: c.RedisPoolSize,
+		// Fail fast while Redis is down: callers answer "broker unavailable"
+		// and retry, rather than queue behind long dial timeouts.
+		DialTimeout:  2 * time.Second,
+		ReadTimeout:  3 * time.Second,
+		WriteTimeout: 3 * time.Second,
+		MaxRetries:   1,
+	}
+	if c.RedisTLS {
+		o.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.RedisHost}
+	}
+	return o
+}

@@ -1,0 +1,133 @@
+// Package downlink carries what backends publish to clients: it holds one
+// pattern subscription over every downlink channel (P:{bkid}), so that a
+// node receives a new backend's messages from the moment it is acked without
+// having to learn of it first; it resolves each bkid to its service, decodes
+// and validates the command, encodes the client frame once, and hands it to
+// the broker's Sink. For a command with an id it publishes this node's
+// bk_message_ack; for a payload it drops, an error event, both through the
+// uplink's publisher.
+//
+// Messages are handled one at a time in the order Redis delivers them, which
+// keeps the order a backend published in. The downlink never touches client
+// sessions; the Sink does.
+package downlink
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/dmb-broker/dmb/metrics"
+	"github.com/dmb-broker/dmb/protocol"
+	"github.com/dmb-broker/dmb/pubsub"
+)
+
+// Sink delivers encoded frames to the clients of this node. Each method
+// returns how many clients the frame was queued to, and never blocks on a
+// client.
+type Sink interface {
+	Broadcast(service string, frame []byte) int
+	Direct(service, cid string, frame []byte) int
+	Kick(service, cid, reason string) int
+}
+
+// Registry resolves bkids.
+type Registry interface {
+	ServiceOf(ctx context.Context, bkid string) (string, bool, error)
+}
+
+// Publisher publishes node events to a backend's uplink.
+type Publisher interface {
+	Publish(bkid string, payload []byte) error
+}
+
+// Config describes a Downlink.
+type Config struct {
+	Channels protocol.Channels
+	NodeID   string
+	Logger   *slog.Logger
+	Metrics  *metrics.Metrics
+}
+
+// Downlink subscribes to every backend's downlink channel.
+type Downlink struct {
+	cfg  Config
+	log  *slog.Logger
+	m    *metrics.Metrics
+	reg  Registry
+	sink Sink
+	pub  Publisher
+	sub  *pubsub.Subscription
+}
+
+// New returns a downlink; nothing is received until Run.
+func New(rdb redis.UniversalClient, reg Registry, sink Sink, pub Publisher, cfg Config) *Downlink {
+	d := &Downlink{cfg: cfg, log: cfg.Logger, m: cfg.Metrics, reg: reg, sink: sink, pub: pub}
+	d.sub = pubsub.New(rdb, pubsub.Config{
+		Name:      "downlink",
+		Patterns:  []string{cfg.Channels.DownlinkPattern()},
+		OnMessage: func(ctx context.Context, msg *redis.Message) { d.Handle(ctx, msg.Channel, []byte(msg.Payload)) },
+		OnUp:      func(context.Context) { d.m.RedisReconnects.WithLabelValues("downlink").Inc() },
+		Logger:    cfg.Logger,
+	})
+	return d
+}
+
+// Ready reports whether the downlink pattern is subscribed.
+func (d *Downlink) Ready() bool { return d.sub.Up() }
+
+// Run receives until ctx is done.
+func (d *Downlink) Run(ctx context.Context) error { return d.sub.Run(ctx) }
+
+// Handle delivers one payload published on channel.
+func (d *Downlink) Handle(ctx context.Context, channel string, payload []byte) {
+	bkid, ok := d.cfg.Channels.DownlinkBKID(channel)
+	if !ok {
+		return // matched the pattern but is not a downlink channel
+	}
+	service, known, err := d.reg.ServiceOf(ctx, bkid)
+	if err != nil || !known {
+		d.m.Drops.WithLabelValues(metrics.DropUnknownBKID).Inc()
+		d.log.Debug("downlink message for unknown bkid dropped", "bkid", bkid, "err", err)
+		return
+	}
+	cmd, err := protocol.DecodeCommand(payload)
+	if err != nil {
+		d.m.Drops.WithLabelValues(metrics.DropMalformed).Inc()
+		var pe *protocol.PayloadError
+		var id []byte
+		if errors.As(err, &pe) {
+			id = pe.ID
+		}
+		d.log.Debug("downlink payload dropped", "bkid", bkid, "service", service, "err", err)
+		d.publish(bkid, protocol.AppendBackendError(nil, err.Error(), id, d.cfg.NodeID))
+		return
+	}
+	d.m.MessagesIn.WithLabelValues(cmd.Type).Inc()
+	var delivered int
+	switch cmd.Type {
+	case protocol.TypeBroadcast:
+		delivered = d.sink.Broadcast(service, protocol.AppendBroadcast(nil, cmd.Data))
+	case protocol.TypeDirect:
+		if cmd.CID == "" {
+			// Addressing a user needs auth (PROTOCOL.md, section 7), which
+			// this node does not run: nobody has a user.
+			break
+		}
+		delivered = d.sink.Direct(service, cmd.CID, protocol.AppendDirect(nil, cmd.Data, cmd.ReplyTo))
+	case protocol.TypeKick:
+		delivered = d.sink.Kick(service, cmd.CID, cmd.Reason)
+	}
+	if cmd.ID != nil {
+		d.publish(bkid, protocol.AppendMessageAck(nil, cmd.ID, d.cfg.NodeID, delivered))
+		d.m.MessagesOut.WithLabelValues(metrics.KindMessageAck).Inc()
+	}
+}
+
+func (d *Downlink) publish(bkid string, payload []byte) {
+	if err := d.pub.Publish(bkid, payload); err != nil {
+		d.log.Debug("uplink event not published", "bkid", bkid, "err", err)
+	}
+}

@@ -1,0 +1,102 @@
+// Package metrics declares every Prometheus series a DMB node exports, in the
+// dmb_ namespace, registered on a registry of the node's own so that several
+// nodes can live in one process (as in the integration tests). Labels have
+// bounded cardinality: service names, kinds, reasons and close codes, never
+// a cid.
+package metrics
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Kinds of messages, the values of the "kind" label.
+const (
+	KindMessage      = "message"      // client -> backend
+	KindBroadcast    = "broadcast"    // backend -> clients
+	KindDirect       = "direct"       // backend -> client
+	KindKick         = "kick"         // backend -> client
+	KindRegister     = "register"     // bk_connect / bk_disconnect
+	KindAck          = "ack"          // dmb:ack to a client
+	KindError        = "error"        // dmb:error to a client, error to a backend
+	KindConnected    = "connected"    // dmb:connected / client_connected
+	KindDisconnected = "disconnected" // client_disconnected
+	KindMessageAck   = "bk_message_ack"
+)
+
+// Reasons for drops, the values of the "reason" label.
+const (
+	DropSlowConsumer  = "slow_consumer"
+	DropNoBackend     = "no_backend"
+	DropBrokerDown    = "broker_unavailable"
+	DropMalformed     = "malformed"
+	DropUnknownBKID   = "unknown_bkid"
+	DropClientError   = "client_error"
+	DropUnknownClient = "unknown_client"
+)
+
+// Metrics holds a node's series.
+type Metrics struct {
+	Connections     *prometheus.GaugeVec   // open client connections by service
+	Disconnects     *prometheus.CounterVec // closed client connections by close code
+	MessagesIn      *prometheus.CounterVec // messages received by kind (from clients and backends)
+	MessagesOut     *prometheus.CounterVec // frames queued to clients and events published to backends, by kind
+	Deliveries      prometheus.Counter     // frames queued to clients by fan-out (broadcast and direct)
+	Drops           *prometheus.CounterVec // messages dropped by reason
+	BackendsLive    prometheus.Gauge       // live backends in this node's view
+	RedisErrors     *prometheus.CounterVec // failed Redis operations by operation
+	UplinkLatency   prometheus.Histogram   // uplink pipeline round trip
+	RedisReconnects *prometheus.CounterVec // subscriptions re-established by subscription
+}
+
+// New creates the series and registers them, with the Go runtime and process
+// collectors, on reg.
+func New(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Connections: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "dmb", Name: "connections", Help: "Open client connections by service.",
+		}, []string{"service"}),
+		Disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "dmb", Name: "disconnects_total", Help: "Closed client connections by close code.",
+		}, []string{"code"}),
+		MessagesIn: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "dmb", Name: "messages_in_total", Help: "Messages received from clients and backends, by kind.",
+		}, []string{"kind"}),
+		MessagesOut: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "dmb", Name: "messages_out_total", Help: "Frames queued to clients and events published to backends, by kind.",
+		}, []string{"kind"}),
+		Deliveries: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "dmb", Name: "deliveries_total", Help: "Broadcast and direct frames queued to clients.",
+		}),
+		Drops: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "dmb", Name: "drops_total", Help: "Messages dropped, by reason.",
+		}, []string{"reason"}),
+		BackendsLive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "dmb", Name: "backends_live", Help: "Live backends in this node's view.",
+		}),
+		RedisErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "dmb", Name: "redis_errors_total", Help: "Failed Redis operations, by operation.",
+		}, []string{"op"}),
+		UplinkLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "dmb", Name: "uplink_publish_seconds", Help: "Round trip of one uplink publish pipeline.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+		}),
+		RedisReconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "dmb", Name: "redis_subscription_up_total", Help: "Redis subscriptions established (first time and after reconnects), by subscription.",
+		}, []string{"subscription"}),
+	}
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.Connections, m.Disconnects, m.MessagesIn, m.MessagesOut, m.Deliveries,
+		m.Drops, m.BackendsLive, m.RedisErrors, m.UplinkLatency, m.RedisReconnects,
+	)
+	return m
+}
+
+// Disconnected counts a closed client connection.
+func (m *Metrics) Disconnected(code int) {
+	m.Disconnects.WithLabelValues(strconv.Itoa(code)).Inc()
+}

@@ -1,0 +1,375 @@
+package node_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+
+	"github.com/dmb-broker/dmb/backend"
+	"github.com/dmb-broker/dmb/config"
+	"github.com/dmb-broker/dmb/internal/redistest"
+	"github.com/dmb-broker/dmb/node"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// wait is how long any awaited event may take before a test fails.
+const wait = 10 * time.Second
+
+// testLogger discards logs unless DMB_TEST_LOG is set.
+func testLogger() *slog.Logger {
+	if os.Getenv("DMB_TEST_LOG") == "" {
+		return slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// env is one Redis and whatever a test starts on it.
+type env struct {
+	t     *testing.T
+	redis *redistest.Server
+	rdb   *redis.Client
+	nodes atomic.Int32
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	s := redistest.Start(t)
+	return &env{t: t, redis: s, rdb: s.Client()}
+}
+
+func (e *env) ctx() context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	e.t.Cleanup(cancel)
+	return ctx
+}
+
+// testNode is one in-process DMB node.
+type testNode struct {
+	*node.Node
+	t       *testing.T
+	id      string
+	cancel  context.CancelFunc
+	done    chan error
+	stopped bool
+}
+
+// baseConfig is the configuration tests start from: the defaults, on a
+// free loopback port, with a short backend timeout.
+func (e *env) baseConfig() config.Config {
+	cfg, err := config.Load()
+	if err != nil {
+		e.t.Fatalf("load config: %v", err)
+	}
+	cfg.Bind, cfg.Port = "127.0.0.1", 0
+	cfg.RedisHost, cfg.RedisPort = "127.0.0.1", e.redis.Port()
+	cfg.NodeID = fmt.Sprintf("node-%d", e.nodes.Add(1))
+	cfg.BackendTimeout = time.Second
+	cfg.ShutdownTimeout = 5 * time.Second
+	return cfg
+}
+
+// startNode starts a node and waits until it is ready.
+func (e *env) startNode(mutate ...func(*config.Config)) *testNode {
+	e.t.Helper()
+	cfg := e.baseConfig()
+	for _, f := range mutate {
+		f(&cfg)
+	}
+	n, err := node.New(cfg, node.Options{Logger: testLogger().With("test", e.t.Name())})
+	if err != nil {
+		e.t.Fatalf("new node: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	tn := &testNode{Node: n, t: e.t, id: cfg.NodeID, cancel: cancel, done: make(chan error, 1)}
+	go func() { tn.done <- n.Run(ctx) }()
+	e.t.Cleanup(func() { tn.stop() })
+	eventually(e.t, "node ready", func() bool { return n.Ready(context.Background()) })
+	return tn
+}
+
+// stop shuts the node down gracefully and returns Run's result.
+func (n *testNode) stop() error {
+	if n.stopped {
+		return nil
+	}
+	n.stopped = true
+	n.cancel()
+	select {
+	case err := <-n.done:
+		return err
+	case <-time.After(wait):
+		n.t.Errorf("node %s did not stop", n.id)
+		return errors.New("timeout")
+	}
+}
+
+func (n *testNode) url(path string) string { return "http://" + n.Addr().String() + path }
+func (n *testNode) wsURL(service string) string {
+	return "ws://" + n.Addr().String() + "/ws/" + service
+}
+
+// metric reads one series of the node's /metrics, 0 when absent.
+func (n *testNode) metric(series string) float64 {
+	n.t.Helper()
+	resp, err := http.Get(n.url("/metrics"))
+	if err != nil {
+		n.t.Fatalf("get metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return 0
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		<-tick.C
+	}
+}
+
+// testBackend is a backend run with the backend library, recording events.
+type testBackend struct {
+	*backend.Backend
+	t      *testing.T
+	rdb    *redis.Client
+	events chan backend.Event
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// startBackend registers a backend of service on its own Redis connection
+// and waits until it listens.
+func (e *env) startBackend(service string) *testBackend {
+	e.t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: e.redis.Addr()})
+	b := backend.New(rdb, service, backend.Options{Logger: testLogger(), RegisterTimeout: time.Second})
+	ctx, cancel := context.WithCancel(context.Background())
+	tb := &testBackend{Backend: b, t: e.t, rdb: rdb, events: make(chan backend.Event, 10000), cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(tb.done)
+		_ = b.Run(ctx, func(_ context.Context, ev backend.Event) {
+			select {
+			case tb.events <- ev:
+			default:
+				e.t.Errorf("backend %s: event buffer full", service)
+			}
+		})
+	}()
+	e.t.Cleanup(tb.stop)
+	select {
+	case <-b.Ready():
+	case <-time.After(wait):
+		e.t.Fatalf("backend %s not ready", service)
+	}
+	return tb
+}
+
+// stop ends the backend's Run and closes its Redis connection, as a crash
+// would: its uplink subscription goes away without a bk_disconnect.
+func (b *testBackend) stop() {
+	b.cancel()
+	<-b.done
+	_ = b.rdb.Close()
+}
+
+// next returns the next event that matches, discarding others.
+func (b *testBackend) next(match func(backend.Event) bool) backend.Event {
+	b.t.Helper()
+	timeout := time.After(wait)
+	for {
+		select {
+		case ev := <-b.events:
+			if match(ev) {
+				return ev
+			}
+		case <-timeout:
+			b.t.Fatalf("backend %s: timed out waiting for an event", b.BKID())
+		}
+	}
+}
+
+func ofType(typ string) func(backend.Event) bool {
+	return func(ev backend.Event) bool { return ev.Type == typ }
+}
+
+func ofTypeCID(typ, cid string) func(backend.Event) bool {
+	return func(ev backend.Event) bool { return ev.Type == typ && ev.CID == cid }
+}
+
+// frame is a frame DMB sent to a client.
+type frame struct {
+	Event   string          `json:"event"`
+	CID     string          `json:"cid"`
+	Service string          `json:"service"`
+	Data    json.RawMessage `json:"data"`
+	ID      json.RawMessage `json:"id"`
+	ReplyTo json.RawMessage `json:"reply_to"`
+	Error   string          `json:"error"`
+}
+
+// wsClient is a WebSocket client that reads every frame into a channel.
+type wsClient struct {
+	t      testing.TB
+	conn   *websocket.Conn
+	cid    string
+	frames chan frame
+	mu     sync.Mutex
+	err    error // what ended the reads
+	ended  chan struct{}
+}
+
+// dialRaw opens a WebSocket without reading from it.
+func dialRaw(t testing.TB, url string, header http.Header) *websocket.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPHeader: header})
+	if err != nil {
+		t.Fatalf("dial %s: %v", url, err)
+	}
+	c.SetReadLimit(1 << 24)
+	t.Cleanup(func() { _ = c.CloseNow() })
+	return c
+}
+
+// connect dials a service on a node and reads frames in the background.
+func connect(t testing.TB, n *testNode, service string) *wsClient {
+	t.Helper()
+	return connectURL(t, n.wsURL(service), nil)
+}
+
+func connectURL(t testing.TB, url string, header http.Header) *wsClient {
+	t.Helper()
+	c := &wsClient{t: t, conn: dialRaw(t, url, header), frames: make(chan frame, 100000), ended: make(chan struct{})}
+	go func() {
+		defer close(c.ended)
+		for {
+			_, data, err := c.conn.Read(context.Background())
+			if err != nil {
+				c.mu.Lock()
+				c.err = err
+				c.mu.Unlock()
+				return
+			}
+			var f frame
+			if err := json.Unmarshal(data, &f); err != nil {
+				c.mu.Lock()
+				c.err = fmt.Errorf("frame is not JSON: %q", data)
+				c.mu.Unlock()
+				return
+			}
+			c.frames <- f
+		}
+	}()
+	return c
+}
+
+// welcome reads dmb:connected and records the cid.
+func (c *wsClient) welcome() *wsClient {
+	c.t.Helper()
+	f := c.next()
+	if f.Event != "dmb:connected" || f.CID == "" {
+		c.t.Fatalf("first frame = %+v, want dmb:connected with a cid", f)
+	}
+	c.cid = f.CID
+	return c
+}
+
+// next returns the next frame.
+func (c *wsClient) next() frame {
+	c.t.Helper()
+	select {
+	case f := <-c.frames:
+		return f
+	case <-c.ended:
+		select {
+		case f := <-c.frames:
+			return f
+		default:
+		}
+		c.t.Fatalf("connection ended: %v", c.endErr())
+	case <-time.After(wait):
+		c.t.Fatalf("timed out waiting for a frame")
+	}
+	return frame{}
+}
+
+// nextEvent returns the next frame of the given event, discarding others.
+func (c *wsClient) nextEvent(event string) frame {
+	c.t.Helper()
+	for {
+		if f := c.next(); f.Event == event {
+			return f
+		}
+	}
+}
+
+func (c *wsClient) endErr() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// closed waits until the connection ends and returns the close code and
+// reason DMB sent.
+func (c *wsClient) closed() (websocket.StatusCode, string) {
+	c.t.Helper()
+	select {
+	case <-c.ended:
+	case <-time.After(wait):
+		c.t.Fatalf("connection not closed")
+	}
+	var ce websocket.CloseError
+	if errors.As(c.endErr(), &ce) {
+		return ce.Code, ce.Reason
+	}
+	return websocket.CloseStatus(c.endErr()), ""
+}
+
+func (c *wsClient) send(v string) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	if err := c.conn.Write(ctx, websocket.MessageText, []byte(v)); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+}
+
+// refused dials and returns the close code DMB answers with.
+func refused(t testing.TB, url string, header http.Header) (websocket.StatusCode, string) {
+	t.Helper()
+	return connectURL(t, url, header).closed()
+}

@@ -1,0 +1,217 @@
+// Package node assembles one DMB node from its parts (registry, uplink,
+// downlink, broker), serves its HTTP endpoints, and runs and stops the
+// parts in order. It holds no protocol logic of its own: main.go and the
+// integration tests both start nodes through it.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/dmb-broker/dmb/broker"
+	"github.com/dmb-broker/dmb/config"
+	"github.com/dmb-broker/dmb/downlink"
+	"github.com/dmb-broker/dmb/metrics"
+	"github.com/dmb-broker/dmb/protocol"
+	"github.com/dmb-broker/dmb/registry"
+	"github.com/dmb-broker/dmb/uplink"
+)
+
+// Options are what a node takes besides its Config.
+type Options struct {
+	Logger *slog.Logger
+	// Listener, when set, is served instead of listening on Config.Addr().
+	Listener net.Listener
+	// Root, when set, serves the paths the node does not (the demo page).
+	Root http.Handler
+}
+
+// Node is one running DMB process's worth of parts.
+type Node struct {
+	cfg  config.Config
+	log  *slog.Logger
+	rdb  *redis.Client
+	ln   net.Listener
+	srv  *http.Server
+	reg  *registry.Registry
+	up   *uplink.Uplink
+	down *downlink.Downlink
+	brk  *broker.Broker
+}
+
+// New builds a node and opens its listener; nothing runs until Run.
+func New(cfg config.Config, opts Options) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("node", cfg.NodeID)
+	trusted, err := cfg.TrustedPrefixes()
+	if err != nil {
+		return nil, err
+	}
+	ln := opts.Listener
+	if ln == nil {
+		if ln, err = net.Listen("tcp", cfg.Addr()); err != nil {
+			return nil, fmt.Errorf("listen on %s: %w", cfg.Addr(), err)
+		}
+	}
+	promReg := prometheus.NewRegistry()
+	m := metrics.New(promReg)
+	ch := protocol.NewChannels(cfg.Prefix)
+	rdb := redis.NewClient(cfg.RedisOptions())
+
+	n := &Node{cfg: cfg, log: log, rdb: rdb, ln: broker.Listen(ln)}
+	n.reg = registry.New(rdb, registry.Config{
+		Channels: ch, NodeID: cfg.NodeID, BackendTimeout: cfg.BackendTimeout, Logger: log, Metrics: m,
+	})
+	n.up = uplink.New(rdb, n.reg, uplink.Config{
+		Channels: ch, Workers: cfg.UplinkWorkers, Logger: log, Metrics: m,
+	})
+	n.reg.OnChange(n.up.BackendsChanged)
+	n.brk = broker.New(n.reg, n.up, broker.Config{
+		SendQueue:        cfg.SendQueue,
+		MaxMessageBytes:  cfg.MaxMessageBytes,
+		ClientErrorLimit: cfg.ClientErrorLimit,
+		WriteTimeout:     cfg.WriteTimeout,
+		AllowedOrigins:   cfg.AllowedOrigins,
+		TrustedProxies:   trusted,
+		Logger:           log,
+		Metrics:          m,
+	})
+	n.down = downlink.New(rdb, n.reg, n.brk, n.up, downlink.Config{
+		Channels: ch, NodeID: cfg.NodeID, Logger: log, Metrics: m,
+	})
+
+	mux := http.NewServeMux()
+	mux.Handle("GET /ws/{service}", n.brk)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", n.serveReady)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(promReg, promhttp.HandlerOpts{}))
+	if opts.Root != nil {
+		mux.Handle("/", opts.Root)
+	}
+	n.srv = &http.Server{
+		Handler:           mux,
+		ConnContext:       broker.ConnContext,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	return n, nil
+}
+
+// Addr is the address the node listens on.
+func (n *Node) Addr() net.Addr { return n.ln.Addr() }
+
+// Broker returns the node's broker (for tests and diagnostics).
+func (n *Node) Broker() *broker.Broker { return n.brk }
+
+// Ready reports whether the node is subscribed to Redis and Redis answers.
+func (n *Node) Ready(ctx context.Context) bool {
+	if !n.reg.Ready() || !n.down.Ready() {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	return n.rdb.Ping(ctx).Err() == nil
+}
+
+func (n *Node) serveReady(w http.ResponseWriter, r *http.Request) {
+	if !n.Ready(r.Context()) {
+		http.Error(w, "redis unavailable", http.StatusServiceUnavailable)
+		return
+	}
+	_, _ = w.Write([]byte("ok\n"))
+}
+
+// Run serves until ctx ends, then shuts down gracefully within
+// DMB_SHUTDOWN_TIMEOUT: it stops accepting, closes clients with 1001 and
+// tells their backends, publishes what the uplink holds, and stops. It
+// returns nil after a clean shutdown.
+func (n *Node) Run(ctx context.Context) error {
+	// Each part has its own lifetime, so they stop in order.
+	regCtx, stopReg := context.WithCancel(context.Background())
+	downCtx, stopDown := context.WithCancel(context.Background())
+	upCtx, stopUp := context.WithCancel(context.Background())
+	defer stopReg()
+	defer stopDown()
+	defer stopUp()
+
+	failed := make(chan error, 4)
+	part := func(name string, run func(context.Context) error, ctx context.Context) chan struct{} {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if err := run(ctx); err != nil && ctx.Err() == nil {
+				failed <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+		return done
+	}
+	regDone := part("registry", n.reg.Run, regCtx)
+	upDone := part("uplink", n.up.Run, upCtx)
+	downDone := part("downlink", n.down.Run, downCtx)
+	srvDone := part("http", func(context.Context) error {
+		if err := n.srv.Serve(n.ln); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	}, context.Background())
+	n.log.Info("dmb node started", "addr", n.ln.Addr().String())
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-failed:
+		n.log.Error("node part failed", "err", runErr)
+	}
+
+	n.log.Info("shutting down", "timeout", n.cfg.ShutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), n.cfg.ShutdownTimeout)
+	defer cancel()
+	var errs []error
+	if err := n.srv.Shutdown(sctx); err != nil {
+		errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+	}
+	<-srvDone
+	if err := n.brk.Shutdown(sctx); err != nil {
+		errs = append(errs, err)
+	}
+	stopDown()
+	<-downDone
+	n.up.Drain()
+	select {
+	case <-upDone:
+	case <-sctx.Done():
+		errs = append(errs, errors.New("uplink not drained at shutdown timeout"))
+		stopUp()
+		<-upDone
+	}
+	stopReg()
+	<-regDone
+	if err := n.rdb.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close redis: %w", err))
+	}
+	if runErr != nil {
+		errs = append(errs, runErr)
+	}
+	err := errors.Join(errs...)
+	if err == nil {
+		n.log.Info("shutdown complete")
+	}
+	return err
+}

@@ -1,0 +1,202 @@
+package node_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// answer is a reply on dmb:register:{nonce}.
+type answer struct {
+	Type     string `json:"type"`
+	Nonce    string `json:"nonce"`
+	BKID     string `json:"bkid"`
+	Service  string `json:"service"`
+	Downlink string `json:"downlink"`
+	Uplink   string `json:"uplink"`
+	Error    string `json:"error"`
+}
+
+// registerRaw publishes a bk_connect as a backend in another language would
+// and returns every answer published on the reply channel until all nodes
+// have handled the request.
+func (e *env) registerRaw(nodes []*testNode, payload string, nonce string) []answer {
+	e.t.Helper()
+	ctx := e.ctx()
+	reply := "dmb:register:" + nonce
+	ps := e.rdb.Subscribe(ctx, reply)
+	defer ps.Close()
+	if _, err := ps.Receive(ctx); err != nil {
+		e.t.Fatalf("subscribe: %v", err)
+	}
+	before := make([]float64, len(nodes))
+	for i, n := range nodes {
+		before[i] = n.metric(`dmb_messages_in_total{kind="register"}`)
+	}
+	if err := e.rdb.Publish(ctx, "dmb:register", payload).Err(); err != nil {
+		e.t.Fatalf("publish: %v", err)
+	}
+	// Every node has handled the request, its answer included, once its
+	// counter moved; a marker published after that arrives after every
+	// answer.
+	for i, n := range nodes {
+		eventually(e.t, "node handled bk_connect", func() bool {
+			return n.metric(`dmb_messages_in_total{kind="register"}`) > before[i]
+		})
+	}
+	if err := e.rdb.Publish(ctx, reply, "marker").Err(); err != nil {
+		e.t.Fatalf("publish marker: %v", err)
+	}
+	var answers []answer
+	for {
+		msg, err := ps.ReceiveMessage(ctx)
+		if err != nil {
+			e.t.Fatalf("receive: %v", err)
+		}
+		if msg.Payload == "marker" {
+			return answers
+		}
+		var a answer
+		if err := json.Unmarshal([]byte(msg.Payload), &a); err != nil {
+			e.t.Fatalf("answer is not JSON: %q", msg.Payload)
+		}
+		answers = append(answers, a)
+	}
+}
+
+// register registers service and returns the one answer.
+func (e *env) register(nodes []*testNode, service, bkid string) answer {
+	e.t.Helper()
+	nonce := newNonce()
+	req := map[string]string{"type": "bk_connect", "nonce": nonce, "service": service}
+	if bkid != "" {
+		req["bkid"] = bkid
+	}
+	b, _ := json.Marshal(req)
+	answers := e.registerRaw(nodes, string(b), nonce)
+	if len(answers) != 1 {
+		e.t.Fatalf("got %d answers to one bk_connect, want exactly 1: %+v", len(answers), answers)
+	}
+	return answers[0]
+}
+
+var nonces atomic.Int64
+
+// newNonce returns a nonce no other request of the test run uses.
+func newNonce() string { return fmt.Sprintf("n-%d-%d", time.Now().UnixNano(), nonces.Add(1)) }
+
+func TestBKConnectGetsExactlyOneAckWithThreeNodes(t *testing.T) {
+	e := newEnv(t)
+	nodes := []*testNode{e.startNode(), e.startNode(), e.startNode()}
+	for range 10 {
+		a := e.register(nodes, "chat", "")
+		if a.Type != "bk_connect_ack" || a.Service != "chat" {
+			t.Fatalf("answer = %+v, want bk_connect_ack for chat", a)
+		}
+		if a.Downlink != "dmb:"+a.BKID || a.Uplink != "dmb:uplink:"+a.BKID {
+			t.Fatalf("channels = %q %q for bkid %q", a.Downlink, a.Uplink, a.BKID)
+		}
+	}
+}
+
+func TestBKIDsAreDecimalStringsFromACounter(t *testing.T) {
+	e := newEnv(t)
+	nodes := []*testNode{e.startNode(), e.startNode()}
+	var prev uint64
+	seen := map[string]bool{}
+	for _, svc := range []string{"chat", "chat", "games", "news"} {
+		a := e.register(nodes, svc, "")
+		n, err := strconv.ParseUint(a.BKID, 10, 64)
+		if err != nil || strconv.FormatUint(n, 10) != a.BKID {
+			t.Fatalf("bkid %q is not a decimal number", a.BKID)
+		}
+		if n <= prev || seen[a.BKID] {
+			t.Fatalf("bkid %d after %d: want a new, increasing bkid", n, prev)
+		}
+		prev, seen[a.BKID] = n, true
+	}
+	if got, err := e.rdb.Get(e.ctx(), "dmb:bkid").Uint64(); err != nil || got != prev {
+		t.Fatalf("counter dmb:bkid = %d, %v; want %d", got, err, prev)
+	}
+}
+
+func TestReRegisterWithOwnBKIDKeepsIt(t *testing.T) {
+	e := newEnv(t)
+	nodes := []*testNode{e.startNode(), e.startNode()}
+	first := e.register(nodes, "chat", "")
+	again := e.register(nodes, "chat", first.BKID)
+	if again.BKID != first.BKID {
+		t.Fatalf("re-register with bkid %s got %s", first.BKID, again.BKID)
+	}
+}
+
+func TestBKIDIsNeverHandedToAnotherService(t *testing.T) {
+	e := newEnv(t)
+	nodes := []*testNode{e.startNode()}
+	chat := e.register(nodes, "chat", "")
+	games := e.register(nodes, "games", chat.BKID)
+	if games.BKID == chat.BKID || games.Type != "bk_connect_ack" {
+		t.Fatalf("games asked for chat's bkid %s and got %+v", chat.BKID, games)
+	}
+	unknown := e.register(nodes, "chat", "999999999999999")
+	if unknown.BKID == "999999999999999" {
+		t.Fatalf("a bkid DMB never issued was handed out")
+	}
+}
+
+func TestBKConnectWithInvalidServiceIsNacked(t *testing.T) {
+	e := newEnv(t)
+	nodes := []*testNode{e.startNode(), e.startNode(), e.startNode()}
+	for _, svc := range []string{"", "Chat", "has space", strings.Repeat("x", 65), "café"} {
+		nonce := newNonce()
+		b, _ := json.Marshal(map[string]string{"type": "bk_connect", "nonce": nonce, "service": svc})
+		answers := e.registerRaw(nodes, string(b), nonce)
+		if len(answers) != 1 || answers[0].Type != "bk_connect_nack" || answers[0].Error != "invalid service name" {
+			t.Fatalf("service %q: answers %+v, want one nack \"invalid service name\"", svc, answers)
+		}
+	}
+}
+
+func TestRegistryLivesInRedisSoANodeRestartLosesNoBackend(t *testing.T) {
+	e := newEnv(t)
+	first := e.startNode()
+	b := e.startBackend("chat")
+	if err := first.stop(); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	second := e.startNode()
+	c := connect(t, second, "chat").welcome()
+	ev := b.next(ofTypeCID("client_connected", c.cid))
+	if ev.Service != "chat" {
+		t.Fatalf("client_connected = %+v", ev)
+	}
+	keys, err := e.rdb.Keys(e.ctx(), "dmb:*").Result()
+	if err != nil || len(keys) == 0 {
+		t.Fatalf("registry keys in Redis: %v %v", keys, err)
+	}
+}
+
+func TestBKDisconnectMakesTheBackendNotLive(t *testing.T) {
+	e := newEnv(t)
+	n := e.startNode()
+	b := e.startBackend("chat")
+	c := connect(t, n, "chat").welcome()
+	b.next(ofTypeCID("client_connected", c.cid))
+	if err := b.Leave(e.ctx()); err != nil {
+		t.Fatal(err)
+	}
+	// The backend still listens on its uplink, but it left: not live.
+	eventually(t, "4503 after bk_disconnect", func() bool {
+		code, _ := refused(t, n.wsURL("chat"), nil)
+		return code == 4503
+	})
+	// Its clients stay connected.
+	c.send(`{"event":"dmb:message","data":1,"id":1}`)
+	if f := c.nextEvent("dmb:error"); f.Error != "backend unavailable" {
+		t.Fatalf("error = %q", f.Error)
+	}
+}

@@ -1,0 +1,181 @@
+package protocol
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"unicode/utf8"
+)
+
+// Client events (PROTOCOL.md, sections 3-5).
+const (
+	EventMessage   = "dmb:message"
+	EventConnected = "dmb:connected"
+	EventAck       = "dmb:ack"
+	EventError     = "dmb:error"
+	EventBroadcast = "dmb:broadcast"
+	EventDirect    = "dmb:direct"
+)
+
+// Error texts that clients and backends can match on.
+const (
+	ErrTextBackendUnavailable = "backend unavailable"
+	ErrTextBrokerUnavailable  = "broker unavailable"
+)
+
+// ClientFrame is a decoded frame from a browser. Data and ID are the raw JSON
+// bytes the client sent; ID is nil when the frame had none.
+type ClientFrame struct {
+	Event string
+	Data  json.RawMessage
+	ID    json.RawMessage
+}
+
+// FrameError is a client frame that DMB refuses. ID is the frame's id when
+// one could be read, so that the error can be matched to the request.
+type FrameError struct {
+	Reason string
+	ID     json.RawMessage
+}
+
+func (e *FrameError) Error() string { return e.Reason }
+
+type clientFrameJSON struct {
+	Event *string         `json:"event"`
+	Data  json.RawMessage `json:"data"`
+	ID    json.RawMessage `json:"id"`
+}
+
+// DecodeClientFrame decodes and validates one text frame from a browser.
+// Unknown fields are ignored. A missing "data" is carried as null.
+func DecodeClientFrame(b []byte) (ClientFrame, error) {
+	if !utf8.Valid(b) {
+		return ClientFrame{}, &FrameError{Reason: "frame is not valid UTF-8"}
+	}
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 || b[0] != '{' {
+		if !json.Valid(b) {
+			return ClientFrame{}, &FrameError{Reason: "invalid JSON"}
+		}
+		return ClientFrame{}, &FrameError{Reason: "frame must be a JSON object"}
+	}
+	var raw clientFrameJSON
+	if err := json.Unmarshal(b, &raw); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) {
+			return ClientFrame{}, &FrameError{Reason: "field " + typeErr.Field + " has the wrong type", ID: validID(raw.ID)}
+		}
+		return ClientFrame{}, &FrameError{Reason: "invalid JSON"}
+	}
+	id := raw.ID
+	if isNull(id) {
+		id = nil
+	}
+	if id != nil && validID(id) == nil {
+		return ClientFrame{}, &FrameError{Reason: "id must be a string or a number"}
+	}
+	if raw.Event == nil {
+		return ClientFrame{}, &FrameError{Reason: "missing event", ID: id}
+	}
+	if *raw.Event != EventMessage {
+		return ClientFrame{}, &FrameError{Reason: "unknown event " + quoteShort(*raw.Event), ID: id}
+	}
+	data := raw.Data
+	if data == nil {
+		data = null
+	}
+	return ClientFrame{Event: *raw.Event, Data: data, ID: id}, nil
+}
+
+var null = json.RawMessage("null")
+
+func isNull(b json.RawMessage) bool { return len(b) == 4 && string(b) == "null" }
+
+// validID returns id when it is a JSON string or number, else nil.
+func validID(id json.RawMessage) json.RawMessage {
+	if len(id) == 0 {
+		return nil
+	}
+	switch c := id[0]; {
+	case c == '"', c == '-', c >= '0' && c <= '9':
+		return id
+	}
+	return nil
+}
+
+// quoteShort quotes a peer-supplied string for an error text, cut to a
+// length that keeps error frames small.
+func quoteShort(s string) string {
+	const max = 64
+	if len(s) > max {
+		s = s[:max] + "..."
+	}
+	b, _ := json.Marshal(s)
+	return string(b)
+}
+
+// AppendConnected appends {"event":"dmb:connected","cid":...,"service":...}.
+// cid and service are DMB-validated names that need no escaping.
+func AppendConnected(dst []byte, cid, service string) []byte {
+	dst = append(dst, `{"event":"dmb:connected","cid":"`...)
+	dst = append(dst, cid...)
+	dst = append(dst, `","service":"`...)
+	dst = append(dst, service...)
+	return append(dst, `"}`...)
+}
+
+// AppendBroadcast appends {"event":"dmb:broadcast","data":...}.
+func AppendBroadcast(dst []byte, data json.RawMessage) []byte {
+	dst = append(dst, `{"event":"dmb:broadcast","data":`...)
+	dst = append(dst, orNull(data)...)
+	return append(dst, '}')
+}
+
+// AppendDirect appends {"event":"dmb:direct","data":...,"reply_to":...};
+// reply_to only when given.
+func AppendDirect(dst []byte, data, replyTo json.RawMessage) []byte {
+	dst = append(dst, `{"event":"dmb:direct","data":`...)
+	dst = append(dst, orNull(data)...)
+	if replyTo != nil {
+		dst = append(dst, `,"reply_to":`...)
+		dst = append(dst, replyTo...)
+	}
+	return append(dst, '}')
+}
+
+// AppendAck appends {"event":"dmb:ack","id":...}.
+func AppendAck(dst []byte, id json.RawMessage) []byte {
+	dst = append(dst, `{"event":"dmb:ack","id":`...)
+	dst = append(dst, id...)
+	return append(dst, '}')
+}
+
+// AppendError appends {"event":"dmb:error","id":...,"error":...}; id only
+// when given.
+func AppendError(dst []byte, id json.RawMessage, text string) []byte {
+	dst = append(dst, `{"event":"dmb:error",`...)
+	if id != nil {
+		dst = append(dst, `"id":`...)
+		dst = append(dst, id...)
+		dst = append(dst, ',')
+	}
+	dst = append(dst, `"error":`...)
+	dst = appendString(dst, text)
+	return append(dst, '}')
+}
+
+func orNull(b json.RawMessage) json.RawMessage {
+	if len(b) == 0 {
+		return null
+	}
+	return b
+}
+
+// appendString appends s as a JSON string.
+func appendString(dst []byte, s string) []byte {
+	b, err := json.Marshal(s)
+	if err != nil { // unreachable: strings always marshal
+		return append(dst, `""`...)
+	}
+	return append(dst, b...)
+}

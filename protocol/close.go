@@ -1,0 +1,33 @@
+package protocol
+
+// WebSocket close codes that DMB sends (PROTOCOL.md, section 3).
+const (
+	CloseNormal        = 1000
+	CloseGoingAway     = 1001
+	CloseUnsupported   = 1003
+	CloseAbnormal      = 1006 // never sent: the connection dropped without a close frame
+	ClosePolicy        = 1008
+	CloseTooBig        = 1009
+	CloseInternal      = 1011
+	CloseUnauthorized  = 4001
+	CloseUnknownSvc    = 4004
+	CloseSlowConsumer  = 4008
+	CloseKicked        = 4009
+	CloseNoLiveBackend = 4503
+)
+
+// MaxCloseReason is the longest close reason a WebSocket close frame holds.
+const MaxCloseReason = 123
+
+// TruncateReason cuts reason to fit a close frame without splitting a UTF-8
+// sequence.
+func TruncateReason(reason string) string {
+	if len(reason) <= MaxCloseReason {
+		return reason
+	}
+	cut := MaxCloseReason
+	for cut > 0 && reason[cut]&0xC0 == 0x80 {
+		cut--
+	}
+	return reason[:cut]
+}

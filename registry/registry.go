@@ -1,0 +1,501 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/dmb-broker/dmb/metrics"
+	"github.com/dmb-broker/dmb/protocol"
+	"github.com/dmb-broker/dmb/pubsub"
+)
+
+// nonceTTL is how long a bk_connect nonce stays claimed; a backend must not
+// reuse a nonce within it.
+const nonceTTL = 60 * time.Second
+
+// onDemandInterval spaces out the Redis look-ups that clients of a service
+// with no live backend cause, so that a crowd retrying at once costs one.
+const onDemandInterval = 100 * time.Millisecond
+
+// Config describes a Registry.
+type Config struct {
+	Channels       protocol.Channels
+	NodeID         string
+	BackendTimeout time.Duration
+	Logger         *slog.Logger
+	Metrics        *metrics.Metrics
+}
+
+// Status of a service for a connecting client.
+type Status int
+
+// The answers of Lookup.
+const (
+	Unknown Status = iota // no backend ever registered the service: close 4004
+	NoLive                // known, but no live backend now: close 4503
+	Live                  // at least one live backend
+)
+
+// Registry answers registrations and keeps this node's view of backends.
+type Registry struct {
+	rdb redis.UniversalClient
+	cfg Config
+	log *slog.Logger
+	m   *metrics.Metrics
+	sub *pubsub.Subscription
+
+	onChange func(service string)
+
+	// refreshMu serialises refreshes so that a slow one cannot overwrite the
+	// view with older data than a fast one wrote.
+	refreshMu sync.Mutex
+
+	// mu guards the view below.
+	mu       sync.Mutex
+	services map[string]*service
+	owner    map[string]string // bkid -> service; never changes once known
+}
+
+type service struct {
+	bkids   []string  // registered and not left
+	live    []string  // the bkids with an uplink subscriber
+	next    int       // round robin over live
+	checked time.Time // last on-demand look-up
+}
+
+// New returns a registry; nothing happens until Run.
+func New(rdb redis.UniversalClient, cfg Config) *Registry {
+	r := &Registry{
+		rdb:      rdb,
+		cfg:      cfg,
+		log:      cfg.Logger,
+		m:        cfg.Metrics,
+		services: make(map[string]*service),
+		owner:    make(map[string]string),
+	}
+	r.sub = pubsub.New(rdb, pubsub.Config{
+		Name:      "register",
+		Channels:  []string{cfg.Channels.Register()},
+		OnMessage: r.handleRegister,
+		OnUp: func(ctx context.Context) {
+			r.m.RedisReconnects.WithLabelValues("register").Inc()
+			// Whatever changed while the subscription was down, learn it now.
+			if err := r.Refresh(ctx); err != nil {
+				r.log.Warn("refresh backends after reconnect", "err", err)
+			}
+		},
+		Logger: cfg.Logger,
+	})
+	return r
+}
+
+// OnChange sets the function told, outside any lock, that the live backends
+// of a service changed. Set it before Run; it must not block.
+func (r *Registry) OnChange(fn func(service string)) { r.onChange = fn }
+
+// Ready reports whether the register channel is subscribed.
+func (r *Registry) Ready() bool { return r.sub.Up() }
+
+// Run answers registrations and refreshes liveness until ctx is done.
+func (r *Registry) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return r.sub.Run(ctx) })
+	g.Go(func() error { return r.livenessLoop(ctx) })
+	return g.Wait()
+}
+
+func (r *Registry) livenessLoop(ctx context.Context) error {
+	t := time.NewTicker(r.cfg.BackendTimeout / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+			if err := r.Refresh(ctx); err != nil && ctx.Err() == nil {
+				r.log.Debug("refresh backends", "err", err)
+			}
+		}
+	}
+}
+
+// handleRegister answers one payload of the register channel.
+func (r *Registry) handleRegister(ctx context.Context, msg *redis.Message) {
+	// Counted when handled, answer included: tests read it to know that
+	// every node is done with a payload.
+	defer r.m.MessagesIn.WithLabelValues(metrics.KindRegister).Inc()
+	req, err := protocol.DecodeRegister([]byte(msg.Payload))
+	if err != nil {
+		r.m.Drops.WithLabelValues(metrics.DropMalformed).Inc()
+		log := r.log.With("err", err)
+		switch {
+		case req.Type == protocol.TypeConnect && protocol.ValidNonce(req.Nonce):
+			log.Info("bk_connect refused", "service", req.Service, "nonce", req.Nonce)
+			r.nack(ctx, req.Nonce, err.Error())
+		case req.BKID != "":
+			log.Info("register payload dropped", "bkid", req.BKID)
+			r.ReportError(ctx, req.BKID, err.Error(), nil)
+		default:
+			log.Info("register payload dropped", "payload", truncate(msg.Payload))
+		}
+		return
+	}
+	switch req.Type {
+	case protocol.TypeConnect:
+		r.connect(ctx, req)
+	case protocol.TypeDisconnect:
+		r.disconnect(ctx, req.BKID)
+	}
+}
+
+func (r *Registry) connect(ctx context.Context, req protocol.RegisterRequest) {
+	ch := r.cfg.Channels
+	res, err := registerScript.Run(ctx, r.rdb,
+		[]string{ch.Key("nonce", req.Nonce), ch.Key("bkid"), ch.Key("services")},
+		req.Service, req.BKID, int(nonceTTL/time.Second), ch.Prefix()+":",
+	).Result()
+	if errors.Is(err, redis.Nil) {
+		return // another node claimed the nonce and answers
+	}
+	if err != nil {
+		r.m.RedisErrors.WithLabelValues("register").Inc()
+		r.log.Warn("bk_connect failed", "service", req.Service, "nonce", req.Nonce, "err", err)
+		return
+	}
+	bkid, ok := res.(string)
+	if !ok || !protocol.ValidBKID(bkid) {
+		r.log.Error("bk_connect: script returned no bkid", "result", res)
+		return
+	}
+	r.mu.Lock()
+	r.owner[bkid] = req.Service
+	s := r.serviceLocked(req.Service)
+	if !slices.Contains(s.bkids, bkid) {
+		s.bkids = append(s.bkids, bkid)
+	}
+	r.mu.Unlock()
+	if err := r.rdb.Publish(ctx, ch.RegisterReply(req.Nonce), protocol.ConnectAck(ch, req.Nonce, bkid, req.Service)).Err(); err != nil {
+		r.m.RedisErrors.WithLabelValues("publish").Inc()
+		r.log.Warn("bk_connect_ack not sent", "service", req.Service, "bkid", bkid, "err", err)
+		return
+	}
+	r.log.Info("backend registered", "service", req.Service, "bkid", bkid, "requested", req.BKID)
+}
+
+func (r *Registry) nack(ctx context.Context, nonce, reason string) {
+	won, err := r.rdb.SetNX(ctx, r.cfg.Channels.Key("nonce", nonce), "1", nonceTTL).Result()
+	if err != nil {
+		r.m.RedisErrors.WithLabelValues("register").Inc()
+		return
+	}
+	if !won {
+		return
+	}
+	if err := r.rdb.Publish(ctx, r.cfg.Channels.RegisterReply(nonce), protocol.ConnectNack(nonce, reason)).Err(); err != nil {
+		r.m.RedisErrors.WithLabelValues("publish").Inc()
+	}
+}
+
+// disconnect handles bk_disconnect. Every node receives it: each updates its
+// own view at once, and the Redis update is idempotent.
+func (r *Registry) disconnect(ctx context.Context, bkid string) {
+	svc, ok, err := r.ServiceOf(ctx, bkid)
+	if err != nil || !ok {
+		r.log.Info("bk_disconnect for unknown bkid dropped", "bkid", bkid, "err", err)
+		r.m.Drops.WithLabelValues(metrics.DropUnknownBKID).Inc()
+		return
+	}
+	if err := r.rdb.SRem(ctx, r.cfg.Channels.Key("service", svc), bkid).Err(); err != nil {
+		r.m.RedisErrors.WithLabelValues("register").Inc()
+	}
+	r.mu.Lock()
+	s := r.serviceLocked(svc)
+	s.bkids = slices.DeleteFunc(s.bkids, func(b string) bool { return b == bkid })
+	changed := removeLive(s, bkid)
+	r.mu.Unlock()
+	r.log.Info("backend left", "service", svc, "bkid", bkid)
+	if changed {
+		r.changed(svc)
+	}
+}
+
+// ReportError tells a backend on its uplink that a payload of its was
+// dropped.
+func (r *Registry) ReportError(ctx context.Context, bkid, reason string, id []byte) {
+	payload := protocol.AppendBackendError(nil, reason, id, r.cfg.NodeID)
+	if err := r.rdb.Publish(ctx, r.cfg.Channels.Uplink(bkid), payload).Err(); err != nil {
+		r.m.RedisErrors.WithLabelValues("publish").Inc()
+		return
+	}
+	r.m.MessagesOut.WithLabelValues(metrics.KindError).Inc()
+}
+
+// ServiceOf returns the service a bkid was issued to, from the view or, the
+// first time, from Redis. The mapping never changes, so it is cached for
+// good; an unknown bkid is asked again next time, since it may be issued in
+// between.
+func (r *Registry) ServiceOf(ctx context.Context, bkid string) (string, bool, error) {
+	r.mu.Lock()
+	svc, ok := r.owner[bkid]
+	r.mu.Unlock()
+	if ok {
+		return svc, true, nil
+	}
+	svc, err := r.rdb.HGet(ctx, r.cfg.Channels.Key("backend", bkid), "service").Result()
+	if errors.Is(err, redis.Nil) {
+		return "", false, nil
+	}
+	if err != nil {
+		r.m.RedisErrors.WithLabelValues("lookup").Inc()
+		return "", false, fmt.Errorf("look up bkid %s: %w", bkid, err)
+	}
+	r.mu.Lock()
+	r.owner[bkid] = svc
+	r.mu.Unlock()
+	return svc, true, nil
+}
+
+// Lookup tells whether a client of service can be accepted. When the view
+// has no live backend, it asks Redis before it answers, at most once per
+// onDemandInterval per service.
+func (r *Registry) Lookup(ctx context.Context, name string) (Status, error) {
+	r.mu.Lock()
+	s, known := r.services[name]
+	if known && len(s.live) > 0 {
+		r.mu.Unlock()
+		return Live, nil
+	}
+	recent := known && time.Since(s.checked) < onDemandInterval
+	r.mu.Unlock()
+	if !recent {
+		if err := r.refreshService(ctx, name); err != nil {
+			return NoLive, err
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s, known = r.services[name]
+	switch {
+	case !known:
+		return Unknown, nil
+	case len(s.live) == 0:
+		return NoLive, nil
+	}
+	return Live, nil
+}
+
+// Pick returns the backend a client of service should be bound to: current
+// while it is live, else the next live backend in turn. It returns "" when
+// the service has no live backend.
+func (r *Registry) Pick(name, current string) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s, ok := r.services[name]
+	if !ok || len(s.live) == 0 {
+		return ""
+	}
+	if current != "" && slices.Contains(s.live, current) {
+		return current
+	}
+	s.next = (s.next + 1) % len(s.live)
+	return s.live[s.next]
+}
+
+// IsLive reports whether bkid is live in the view.
+func (r *Registry) IsLive(name, bkid string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s, ok := r.services[name]
+	return ok && slices.Contains(s.live, bkid)
+}
+
+// MarkDead takes bkid out of the live view: a publish to its uplink reached
+// nobody. The next refresh brings it back if it subscribes again.
+func (r *Registry) MarkDead(name, bkid string) {
+	r.mu.Lock()
+	s, ok := r.services[name]
+	changed := ok && removeLive(s, bkid)
+	r.mu.Unlock()
+	if changed {
+		r.log.Info("backend not live", "service", name, "bkid", bkid)
+		r.changed(name)
+	}
+}
+
+// Refresh reloads every service and the liveness of every backend from
+// Redis, and tells the owner which services' live backends changed.
+func (r *Registry) Refresh(ctx context.Context) error {
+	r.refreshMu.Lock()
+	defer r.refreshMu.Unlock()
+	names, err := r.rdb.SMembers(ctx, r.cfg.Channels.Key("services")).Result()
+	if err != nil {
+		r.m.RedisErrors.WithLabelValues("refresh").Inc()
+		return fmt.Errorf("list services: %w", err)
+	}
+	fresh, err := r.load(ctx, names)
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	var changed []string
+	for name, old := range r.services {
+		if _, ok := fresh[name]; !ok && len(old.live) > 0 {
+			changed = append(changed, name)
+		}
+	}
+	for name, s := range fresh {
+		if old, ok := r.services[name]; ok {
+			s.next = old.next
+			if !sameSet(old.live, s.live) {
+				changed = append(changed, name)
+			}
+		} else if len(s.live) > 0 {
+			changed = append(changed, name)
+		}
+	}
+	r.services = fresh
+	r.m.BackendsLive.Set(float64(r.liveCountLocked()))
+	r.mu.Unlock()
+	for _, name := range changed {
+		r.changed(name)
+	}
+	return nil
+}
+
+// refreshService reloads one service from Redis.
+func (r *Registry) refreshService(ctx context.Context, name string) error {
+	r.refreshMu.Lock()
+	defer r.refreshMu.Unlock()
+	known, err := r.rdb.SIsMember(ctx, r.cfg.Channels.Key("services"), name).Result()
+	if err != nil {
+		r.m.RedisErrors.WithLabelValues("refresh").Inc()
+		return fmt.Errorf("look up service %s: %w", name, err)
+	}
+	if !known {
+		return nil
+	}
+	fresh, err := r.load(ctx, []string{name})
+	if err != nil {
+		return err
+	}
+	s := fresh[name]
+	s.checked = time.Now()
+	r.mu.Lock()
+	old, ok := r.services[name]
+	if ok {
+		s.next = old.next
+	}
+	changed := !ok || !sameSet(old.live, s.live)
+	r.services[name] = s
+	r.m.BackendsLive.Set(float64(r.liveCountLocked()))
+	r.mu.Unlock()
+	if changed {
+		r.changed(name)
+	}
+	return nil
+}
+
+// load reads the bkids of the named services and which of them are live.
+func (r *Registry) load(ctx context.Context, names []string) (map[string]*service, error) {
+	pipe := r.rdb.Pipeline()
+	members := make([]*redis.StringSliceCmd, len(names))
+	for i, name := range names {
+		members[i] = pipe.SMembers(ctx, r.cfg.Channels.Key("service", name))
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		r.m.RedisErrors.WithLabelValues("refresh").Inc()
+		return nil, fmt.Errorf("list backends: %w", err)
+	}
+	fresh := make(map[string]*service, len(names))
+	var channels []string
+	for i, name := range names {
+		bkids := members[i].Val()
+		slices.SortFunc(bkids, compareBKID)
+		fresh[name] = &service{bkids: bkids}
+		for _, b := range bkids {
+			channels = append(channels, r.cfg.Channels.Uplink(b))
+		}
+	}
+	subs := map[string]int64{}
+	if len(channels) > 0 {
+		var err error
+		subs, err = r.rdb.PubSubNumSub(ctx, channels...).Result()
+		if err != nil {
+			r.m.RedisErrors.WithLabelValues("refresh").Inc()
+			return nil, fmt.Errorf("count uplink subscribers: %w", err)
+		}
+	}
+	r.mu.Lock()
+	for name, s := range fresh {
+		for _, b := range s.bkids {
+			r.owner[b] = name
+			if subs[r.cfg.Channels.Uplink(b)] > 0 {
+				s.live = append(s.live, b)
+			}
+		}
+	}
+	r.mu.Unlock()
+	return fresh, nil
+}
+
+func (r *Registry) serviceLocked(name string) *service {
+	s, ok := r.services[name]
+	if !ok {
+		s = &service{}
+		r.services[name] = s
+	}
+	return s
+}
+
+func (r *Registry) liveCountLocked() int {
+	n := 0
+	for _, s := range r.services {
+		n += len(s.live)
+	}
+	return n
+}
+
+func (r *Registry) changed(name string) {
+	if r.onChange != nil {
+		r.onChange(name)
+	}
+}
+
+func removeLive(s *service, bkid string) bool {
+	n := len(s.live)
+	s.live = slices.DeleteFunc(s.live, func(b string) bool { return b == bkid })
+	return len(s.live) != n
+}
+
+// sameSet compares two sorted lists.
+func sameSet(a, b []string) bool { return slices.Equal(a, b) }
+
+// compareBKID orders bkids numerically, so that round robin is stable.
+func compareBKID(a, b string) int {
+	if len(a) != len(b) {
+		return len(a) - len(b)
+	}
+	if a < b {
+		return -1
+	}
+	if a > b {
+		return 1
+	}
+	return 0
+}
+
+func truncate(s string) string {
+	if len(s) > 200 {
+		return s[:200] + "...(" + strconv.Itoa(len(s)) + " bytes)"
+	}
+	return s
+}

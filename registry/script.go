@@ -1,0 +1,40 @@
+package registry
+
+import "github.com/redis/go-redis/v9"
+
+// registerScript claims a bk_connect's nonce and, when this node wins the
+// claim, assigns the bkid, all in one atomic step: whatever the number of
+// nodes, exactly one of them answers, and the bkid's record is in Redis
+// before the answer is published, so every node can resolve the bkid of the
+// first message the backend sends after its ack.
+//
+// KEYS[1] nonce key, KEYS[2] bkid counter, KEYS[3] services set.
+// ARGV[1] service, ARGV[2] requested bkid or "", ARGV[3] nonce TTL seconds,
+// ARGV[4] key prefix with its colon.
+//
+// Returns the bkid as a string, or nil when another node claimed the nonce.
+// Numbers are formatted with %d: Lua's tostring would print large ones in
+// exponent form.
+var registerScript = redis.NewScript(`
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[3])) then
+  return false
+end
+local service = ARGV[1]
+local bkid = ARGV[2]
+if bkid ~= '' then
+  if redis.call('HGET', ARGV[4] .. 'backend:' .. bkid, 'service') ~= service then
+    bkid = ''
+  end
+end
+if bkid == '' then
+  if redis.call('EXISTS', KEYS[2]) == 0 then
+    local t = redis.call('TIME')
+    redis.call('SET', KEYS[2], t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000)))
+  end
+  bkid = string.format('%d', redis.call('INCR', KEYS[2]))
+end
+redis.call('HSET', ARGV[4] .. 'backend:' .. bkid, 'service', service)
+redis.call('SADD', ARGV[4] .. 'service:' .. service, bkid)
+redis.call('SADD', KEYS[3], service)
+return bkid
+`)

@@ -1,0 +1,471 @@
+package uplink
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"hash/maphash"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/dmb-broker/dmb/metrics"
+	"github.com/dmb-broker/dmb/protocol"
+)
+
+// Client is what the uplink needs of a client session.
+type Client interface {
+	CID() string
+	Service() string
+	Remote() string
+	User() string
+	// Send queues a frame to the client; it never blocks.
+	Send(frame []byte)
+}
+
+// Registry is what the uplink needs of the backend registry.
+type Registry interface {
+	// Pick returns the live backend for a client of service: current while
+	// it is live, else another, or "" when none is.
+	Pick(service, current string) string
+	IsLive(service, bkid string) bool
+	MarkDead(service, bkid string)
+}
+
+// ErrStopped is returned by the enqueue methods once the uplink has stopped.
+var ErrStopped = errors.New("uplink stopped")
+
+// Config describes an Uplink.
+type Config struct {
+	Channels protocol.Channels
+	Workers  int
+	Logger   *slog.Logger
+	Metrics  *metrics.Metrics
+}
+
+// queueSize is each worker's queue. A full queue makes the readers of the
+// clients that feed it wait, which slows those clients, not the others'
+// downlink.
+const queueSize = 4096
+
+// maxBatch bounds one pipeline, so a burst cannot delay acks of the frames
+// at its head for long.
+const maxBatch = 512
+
+// maxAttempts bounds how many backends one frame is offered to when the
+// backends it is sent to turn out to be gone.
+const maxAttempts = 3
+
+// Uplink publishes client events to backends.
+type Uplink struct {
+	rdb     redis.UniversalClient
+	cfg     Config
+	log     *slog.Logger
+	m       *metrics.Metrics
+	reg     Registry
+	workers []*worker
+	seed    maphash.Seed
+
+	drain   chan struct{} // closed by Drain
+	stopped chan struct{} // closed when Run returns
+	once    sync.Once
+}
+
+// New returns an uplink; nothing is published until Run.
+func New(rdb redis.UniversalClient, reg Registry, cfg Config) *Uplink {
+	u := &Uplink{
+		rdb:     rdb,
+		cfg:     cfg,
+		log:     cfg.Logger,
+		m:       cfg.Metrics,
+		reg:     reg,
+		seed:    maphash.MakeSeed(),
+		drain:   make(chan struct{}),
+		stopped: make(chan struct{}),
+	}
+	for range cfg.Workers {
+		u.workers = append(u.workers, &worker{
+			u:         u,
+			in:        make(chan request, queueSize),
+			rebind:    make(chan struct{}, 1),
+			bindings:  make(map[string]*binding),
+			byService: make(map[string]map[string]*binding),
+			pending:   make(map[string]struct{}),
+		})
+	}
+	return u
+}
+
+// Run publishes until ctx is done, or until Drain is called and everything
+// queued before it is published.
+func (u *Uplink) Run(ctx context.Context) error {
+	defer close(u.stopped)
+	g, ctx := errgroup.WithContext(ctx)
+	for _, w := range u.workers {
+		g.Go(func() error { return w.run(ctx) })
+	}
+	return g.Wait()
+}
+
+// Drain asks Run to publish what is queued and return. Enqueue nothing after
+// it.
+func (u *Uplink) Drain() { u.once.Do(func() { close(u.drain) }) }
+
+// Connect binds a new client to a live backend of its service and publishes
+// client_connected there.
+func (u *Uplink) Connect(c Client) error {
+	return u.enqueue(context.Background(), u.clientWorker(c), request{kind: reqConnect, client: c})
+}
+
+// Message publishes a client's frame to its backend and answers the client
+// when id is not nil. It waits while the worker's queue is full, until ctx
+// (the client's lifetime) ends.
+func (u *Uplink) Message(ctx context.Context, c Client, data, id json.RawMessage) error {
+	return u.enqueue(ctx, u.clientWorker(c), request{kind: reqMessage, client: c, data: data, id: id})
+}
+
+// Disconnect tells the client's backend that the client went away.
+func (u *Uplink) Disconnect(c Client, code int, reason string) error {
+	return u.enqueue(context.Background(), u.clientWorker(c), request{kind: reqDisconnect, client: c, code: code, reason: reason})
+}
+
+// Publish publishes a node event to a backend's uplink, fire and forget.
+func (u *Uplink) Publish(bkid string, payload []byte) error {
+	w := u.workers[maphash.String(u.seed, bkid)%uint64(len(u.workers))]
+	return u.enqueue(context.Background(), w, request{kind: reqPublish, bkid: bkid, data: payload})
+}
+
+// BackendsChanged moves the clients of service whose backend is no longer
+// live to one that is. It never blocks: the registry calls it.
+func (u *Uplink) BackendsChanged(service string) {
+	for _, w := range u.workers {
+		w.mu.Lock()
+		w.pending[service] = struct{}{}
+		w.mu.Unlock()
+		select {
+		case w.rebind <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (u *Uplink) clientWorker(c Client) *worker {
+	return u.workers[maphash.String(u.seed, c.CID())%uint64(len(u.workers))]
+}
+
+func (u *Uplink) enqueue(ctx context.Context, w *worker, r request) error {
+	select {
+	case w.in <- r:
+		return nil
+	case <-u.stopped:
+		return ErrStopped
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+type reqKind uint8
+
+const (
+	reqConnect reqKind = iota
+	reqMessage
+	reqDisconnect
+	reqPublish
+)
+
+type request struct {
+	kind   reqKind
+	client Client
+	data   json.RawMessage // message data, or the payload of a publish
+	id     json.RawMessage
+	code   int
+	reason string
+	bkid   string // publish
+}
+
+// binding is where one client's frames go. Only its worker touches it.
+type binding struct {
+	client    Client
+	bkid      string
+	announced bool // bkid has had client_connected for this client
+}
+
+type worker struct {
+	u         *Uplink
+	in        chan request
+	bindings  map[string]*binding            // by cid
+	byService map[string]map[string]*binding // service -> cid -> binding
+
+	rebind  chan struct{}
+	mu      sync.Mutex // guards pending
+	pending map[string]struct{}
+}
+
+func (w *worker) run(ctx context.Context) error {
+	batch := make([]request, 0, maxBatch)
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-w.rebind:
+			w.rebindPending(ctx)
+		case r := <-w.in:
+			batch = append(batch[:0], r)
+			batch = w.fill(batch)
+			w.process(ctx, batch)
+			clear(batch) // drop references to clients and payloads
+		case <-w.u.drain:
+			for {
+				batch = w.fill(batch[:0])
+				if len(batch) == 0 {
+					return nil
+				}
+				w.process(ctx, batch)
+			}
+		}
+	}
+}
+
+// fill adds what is queued, up to maxBatch, without waiting.
+func (w *worker) fill(batch []request) []request {
+	for len(batch) < maxBatch {
+		select {
+		case r := <-w.in:
+			batch = append(batch, r)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+func (w *worker) rebindPending(ctx context.Context) {
+	w.mu.Lock()
+	services := make([]string, 0, len(w.pending))
+	for s := range w.pending {
+		services = append(services, s)
+	}
+	clear(w.pending)
+	w.mu.Unlock()
+	var p pipeline
+	for _, s := range services {
+		for _, b := range w.byService[s] {
+			if !b.announced || !w.u.reg.IsLive(s, b.bkid) {
+				w.announce(b, &p)
+			}
+		}
+	}
+	if len(p.ops) > 0 {
+		w.exec(ctx, &p)
+	}
+}
+
+// opKind says what one PUBLISH in a pipeline was for.
+type opKind uint8
+
+const (
+	opConnected opKind = iota
+	opMessage
+	opDisconnected
+	opPublish
+)
+
+type op struct {
+	kind    opKind
+	b       *binding
+	bkid    string
+	payload []byte
+	req     *request // opMessage
+	attempt int
+	cmd     *redis.IntCmd
+}
+
+type pipeline struct {
+	ops   []op
+	retry []op // messages that reached nobody, offered to another backend
+}
+
+func (p *pipeline) add(o op) { p.ops = append(p.ops, o) }
+
+// process publishes one batch of requests in one pipeline.
+func (w *worker) process(ctx context.Context, batch []request) {
+	var p pipeline
+	for i := range batch {
+		r := &batch[i]
+		switch r.kind {
+		case reqConnect:
+			b := w.bind(r.client)
+			w.announce(b, &p)
+		case reqMessage:
+			b := w.bindings[r.client.CID()]
+			if b == nil { // connect failed to enqueue; bind now
+				b = w.bind(r.client)
+			}
+			w.message(b, r, 1, &p)
+		case reqDisconnect:
+			w.unbind(r.client, r.code, r.reason, &p)
+		case reqPublish:
+			p.add(op{kind: opPublish, bkid: r.bkid, payload: r.data})
+		}
+	}
+	w.exec(ctx, &p)
+}
+
+func (w *worker) bind(c Client) *binding {
+	b := &binding{client: c}
+	w.bindings[c.CID()] = b
+	svc := w.byService[c.Service()]
+	if svc == nil {
+		svc = make(map[string]*binding)
+		w.byService[c.Service()] = svc
+	}
+	svc[c.CID()] = b
+	return b
+}
+
+func (w *worker) unbind(c Client, code int, reason string, p *pipeline) {
+	cid := c.CID()
+	b := w.bindings[cid]
+	if b == nil {
+		return
+	}
+	delete(w.bindings, cid)
+	if svc := w.byService[c.Service()]; svc != nil {
+		delete(svc, cid)
+		if len(svc) == 0 {
+			delete(w.byService, c.Service())
+		}
+	}
+	if b.announced {
+		p.add(op{kind: opDisconnected, b: b, bkid: b.bkid,
+			payload: protocol.AppendClientDisconnected(nil, cid, code, reason)})
+	}
+}
+
+// announce binds b to a live backend and queues client_connected there,
+// unless its backend is live and already announced. It reports whether b has
+// a live backend.
+func (w *worker) announce(b *binding, p *pipeline) bool {
+	c := b.client
+	bkid := w.u.reg.Pick(c.Service(), b.bkid)
+	if bkid == "" {
+		b.announced = false
+		return false
+	}
+	if b.announced && bkid == b.bkid {
+		return true
+	}
+	// Marked announced now, so that frames later in this pipeline go to the
+	// same backend after client_connected; undone in exec if the publish
+	// fails.
+	b.bkid, b.announced = bkid, true
+	p.add(op{kind: opConnected, b: b, bkid: bkid,
+		payload: protocol.AppendClientConnected(nil, c.CID(), c.Service(), c.Remote(), c.User())})
+	return true
+}
+
+func (w *worker) message(b *binding, r *request, attempt int, p *pipeline) {
+	if !w.announce(b, p) {
+		w.answer(r, protocol.ErrTextBackendUnavailable, metrics.DropNoBackend)
+		return
+	}
+	c := b.client
+	p.add(op{kind: opMessage, b: b, bkid: b.bkid, req: r, attempt: attempt,
+		payload: protocol.AppendMessage(nil, c.CID(), c.User(), r.data, r.id)})
+}
+
+// exec runs the pipeline, answers the clients, and offers frames that
+// reached nobody to another backend, until none is left to try.
+func (w *worker) exec(ctx context.Context, p *pipeline) {
+	for len(p.ops) > 0 {
+		w.run1(ctx, p)
+		ops := p.retry
+		p.ops, p.retry = nil, nil
+		for _, o := range ops {
+			w.message(o.b, o.req, o.attempt+1, p)
+		}
+	}
+}
+
+func (w *worker) run1(ctx context.Context, p *pipeline) {
+	ch := w.u.cfg.Channels
+	pipe := w.u.rdb.Pipeline()
+	for i := range p.ops {
+		o := &p.ops[i]
+		o.cmd = pipe.Publish(ctx, ch.Uplink(o.bkid), o.payload)
+	}
+	start := time.Now()
+	_, err := pipe.Exec(ctx)
+	w.u.m.UplinkLatency.Observe(time.Since(start).Seconds())
+	if err != nil && !errors.Is(err, context.Canceled) {
+		w.u.m.RedisErrors.WithLabelValues("uplink").Inc()
+		w.u.log.Debug("uplink publish failed", "err", err)
+	}
+	m := w.u.m
+	for i := range p.ops {
+		o := &p.ops[i]
+		n, err := o.cmd.Result()
+		svc := ""
+		if o.b != nil {
+			svc = o.b.client.Service()
+		}
+		switch {
+		case err != nil:
+			switch o.kind {
+			case opConnected:
+				o.b.announced = false
+			case opMessage:
+				w.answer(o.req, protocol.ErrTextBrokerUnavailable, metrics.DropBrokerDown)
+			case opDisconnected, opPublish:
+				m.Drops.WithLabelValues(metrics.DropBrokerDown).Inc()
+			}
+		case n == 0:
+			switch o.kind {
+			case opConnected:
+				w.u.reg.MarkDead(svc, o.bkid)
+				if o.b.bkid == o.bkid {
+					o.b.announced = false
+				}
+			case opMessage:
+				w.u.reg.MarkDead(svc, o.bkid)
+				if o.b.bkid == o.bkid {
+					o.b.announced = false
+				}
+				if o.attempt < maxAttempts {
+					p.retry = append(p.retry, *o)
+				} else {
+					w.answer(o.req, protocol.ErrTextBackendUnavailable, metrics.DropNoBackend)
+				}
+			case opDisconnected, opPublish:
+				m.Drops.WithLabelValues(metrics.DropNoBackend).Inc()
+			}
+		default:
+			switch o.kind {
+			case opConnected:
+				m.MessagesOut.WithLabelValues(metrics.KindConnected).Inc()
+			case opMessage:
+				m.MessagesOut.WithLabelValues(metrics.KindMessage).Inc()
+				if o.req.id != nil {
+					o.req.client.Send(protocol.AppendAck(nil, o.req.id))
+					m.MessagesOut.WithLabelValues(metrics.KindAck).Inc()
+				}
+			case opDisconnected:
+				m.MessagesOut.WithLabelValues(metrics.KindDisconnected).Inc()
+			}
+		}
+	}
+}
+
+// answer tells a client that its frame was not delivered, when the frame
+// had an id, and counts the drop.
+func (w *worker) answer(r *request, text, reason string) {
+	w.u.m.Drops.WithLabelValues(reason).Inc()
+	if r.id == nil {
+		return
+	}
+	r.client.Send(protocol.AppendError(nil, r.id, text))
+	w.u.m.MessagesOut.WithLabelValues(metrics.KindError).Inc()
+}
