@@ -373,3 +373,5 @@ func refused(t testing.TB, url string, header http.Header) (websocket.StatusCode
 	t.Helper()
 	return connectURL(t, url, header).closed()
 }
+
+type backendEvent = backend.Event

@@ -265,25 +265,14 @@ func (r *Registry) ServiceOf(ctx context.Context, bkid string) (string, bool, er
 }
 
 // Lookup tells whether a client of service can be accepted. When the view
-// has no live backend, it asks Redis before it answers, at most once per
-// onDemandInterval per service.
+// has no live backend, it asks Redis before it answers (see ensureFresh).
 func (r *Registry) Lookup(ctx context.Context, name string) (Status, error) {
-	r.mu.Lock()
-	s, known := r.services[name]
-	if known && len(s.live) > 0 {
-		r.mu.Unlock()
-		return Live, nil
-	}
-	recent := known && time.Since(s.checked) < onDemandInterval
-	r.mu.Unlock()
-	if !recent {
-		if err := r.refreshService(ctx, name); err != nil {
-			return NoLive, err
-		}
+	if err := r.ensureFresh(ctx, name); err != nil {
+		return NoLive, err
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	s, known = r.services[name]
+	s, known := r.services[name]
 	switch {
 	case !known:
 		return Unknown, nil
@@ -293,10 +282,27 @@ func (r *Registry) Lookup(ctx context.Context, name string) (Status, error) {
 	return Live, nil
 }
 
+// ensureFresh reloads a service from Redis when the view has no live
+// backend for it, at most once per onDemandInterval, so that a backend that
+// came up since the last refresh is found at once.
+func (r *Registry) ensureFresh(ctx context.Context, name string) error {
+	r.mu.Lock()
+	s, known := r.services[name]
+	fresh := known && (len(s.live) > 0 || time.Since(s.checked) < onDemandInterval)
+	r.mu.Unlock()
+	if fresh {
+		return nil
+	}
+	return r.refreshService(ctx, name)
+}
+
 // Pick returns the backend a client of service should be bound to: current
 // while it is live, else the next live backend in turn. It returns "" when
-// the service has no live backend.
-func (r *Registry) Pick(name, current string) string {
+// the service has no live backend, after asking Redis (see ensureFresh).
+func (r *Registry) Pick(ctx context.Context, name, current string) string {
+	if err := r.ensureFresh(ctx, name); err != nil {
+		r.log.Debug("refresh before pick", "service", name, "err", err)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s, ok := r.services[name]
@@ -324,6 +330,10 @@ func (r *Registry) MarkDead(name, bkid string) {
 	r.mu.Lock()
 	s, ok := r.services[name]
 	changed := ok && removeLive(s, bkid)
+	if ok {
+		// The view was wrong: let the next Pick or Lookup ask Redis at once.
+		s.checked = time.Time{}
+	}
 	r.mu.Unlock()
 	if changed {
 		r.log.Info("backend not live", "service", name, "bkid", bkid)

@@ -30,7 +30,7 @@ type Client interface {
 type Registry interface {
 	// Pick returns the live backend for a client of service: current while
 	// it is live, else another, or "" when none is.
-	Pick(service, current string) string
+	Pick(ctx context.Context, service, current string) string
 	IsLive(service, bkid string) bool
 	MarkDead(service, bkid string)
 }
@@ -254,7 +254,7 @@ func (w *worker) rebindPending(ctx context.Context) {
 	for _, s := range services {
 		for _, b := range w.byService[s] {
 			if !b.announced || !w.u.reg.IsLive(s, b.bkid) {
-				w.announce(b, &p)
+				w.announce(ctx, b, &p)
 			}
 		}
 	}
@@ -298,13 +298,13 @@ func (w *worker) process(ctx context.Context, batch []request) {
 		switch r.kind {
 		case reqConnect:
 			b := w.bind(r.client)
-			w.announce(b, &p)
+			w.announce(ctx, b, &p)
 		case reqMessage:
 			b := w.bindings[r.client.CID()]
 			if b == nil { // connect failed to enqueue; bind now
 				b = w.bind(r.client)
 			}
-			w.message(b, r, 1, &p)
+			w.message(ctx, b, r, 1, &p)
 		case reqDisconnect:
 			w.unbind(r.client, r.code, r.reason, &p)
 		case reqPublish:
@@ -348,9 +348,9 @@ func (w *worker) unbind(c Client, code int, reason string, p *pipeline) {
 // announce binds b to a live backend and queues client_connected there,
 // unless its backend is live and already announced. It reports whether b has
 // a live backend.
-func (w *worker) announce(b *binding, p *pipeline) bool {
+func (w *worker) announce(ctx context.Context, b *binding, p *pipeline) bool {
 	c := b.client
-	bkid := w.u.reg.Pick(c.Service(), b.bkid)
+	bkid := w.u.reg.Pick(ctx, c.Service(), b.bkid)
 	if bkid == "" {
 		b.announced = false
 		return false
@@ -367,8 +367,8 @@ func (w *worker) announce(b *binding, p *pipeline) bool {
 	return true
 }
 
-func (w *worker) message(b *binding, r *request, attempt int, p *pipeline) {
-	if !w.announce(b, p) {
+func (w *worker) message(ctx context.Context, b *binding, r *request, attempt int, p *pipeline) {
+	if !w.announce(ctx, b, p) {
 		w.answer(r, protocol.ErrTextBackendUnavailable, metrics.DropNoBackend)
 		return
 	}
@@ -385,7 +385,7 @@ func (w *worker) exec(ctx context.Context, p *pipeline) {
 		ops := p.retry
 		p.ops, p.retry = nil, nil
 		for _, o := range ops {
-			w.message(o.b, o.req, o.attempt+1, p)
+			w.message(ctx, o.b, o.req, o.attempt+1, p)
 		}
 	}
 }
