@@ -140,9 +140,10 @@ func (c *client) badFrame(err error) {
 	}
 }
 
-// close asks the writer to close the connection at once.
+// close asks the writer to close the connection after what is queued, so
+// that the client reads the error that led to the close.
 func (c *client) close(code int, reason string) {
-	c.q.close(closeReq{code: code, reason: reason})
+	c.q.close(closeReq{code: code, reason: reason, flush: true})
 }
 
 // writeLoop writes queued frames until the session ends or DMB closes it.

@@ -28,6 +28,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	redis.SetLogger(node.RedisLogger(testLogger()))
 	goleak.VerifyTestMain(m)
 }
 
@@ -166,6 +167,7 @@ type testBackend struct {
 	t      *testing.T
 	rdb    *redis.Client
 	events chan backend.Event
+	held   []backend.Event // events next passed over, oldest first
 	cancel context.CancelFunc
 	done   chan struct{}
 }
@@ -205,9 +207,16 @@ func (b *testBackend) stop() {
 	_ = b.rdb.Close()
 }
 
-// next returns the next event that matches, discarding others.
+// next returns the first event that matches; the others are kept, in
+// order, for later calls.
 func (b *testBackend) next(match func(backend.Event) bool) backend.Event {
 	b.t.Helper()
+	for i, ev := range b.held {
+		if match(ev) {
+			b.held = append(b.held[:i], b.held[i+1:]...)
+			return ev
+		}
+	}
 	timeout := time.After(wait)
 	for {
 		select {
@@ -215,6 +224,7 @@ func (b *testBackend) next(match func(backend.Event) bool) backend.Event {
 			if match(ev) {
 				return ev
 			}
+			b.held = append(b.held, ev)
 		case <-timeout:
 			b.t.Fatalf("backend %s: timed out waiting for an event", b.BKID())
 		}

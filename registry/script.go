@@ -13,8 +13,11 @@ import "github.com/redis/go-redis/v9"
 // ARGV[4] key prefix with its colon.
 //
 // Returns the bkid as a string, or nil when another node claimed the nonce.
-// Numbers are formatted with %d: Lua's tostring would print large ones in
-// exponent form.
+// The counter starts at the Redis clock in microseconds, so that a Redis
+// that lost its data (a restart without persistence) does not hand out a
+// bkid again unless more registrations came than microseconds passed.
+// Numbers are formatted with %d: Lua's tostring would print them in exponent
+// form; a Lua number holds them exactly (they stay below 2^53).
 var registerScript = redis.NewScript(`
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[3])) then
   return false
@@ -29,7 +32,7 @@ end
 if bkid == '' then
   if redis.call('EXISTS', KEYS[2]) == 0 then
     local t = redis.call('TIME')
-    redis.call('SET', KEYS[2], t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000)))
+    redis.call('SET', KEYS[2], t[1] .. string.format('%06d', tonumber(t[2])))
   end
   bkid = string.format('%d', redis.call('INCR', KEYS[2]))
 end
