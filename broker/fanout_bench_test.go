@@ -1,0 +1,148 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dmb-broker/dmb/metrics"
+	"github.com/dmb-broker/dmb/protocol"
+	"github.com/dmb-broker/dmb/registry"
+	"github.com/dmb-broker/dmb/uplink"
+)
+
+// The benchmarks below measure the broker's own hot path, so the registry
+// and uplink are replaced at their seams by ones that accept everything.
+type liveRegistry struct{}
+
+func (liveRegistry) Lookup(context.Context, string) (registry.Status, error) {
+	return registry.Live, nil
+}
+
+type nullUplink struct{}
+
+func (nullUplink) Connect(uplink.Client) error { return nil }
+func (nullUplink) Message(context.Context, uplink.Client, json.RawMessage, json.RawMessage) error {
+	return nil
+}
+func (nullUplink) Disconnect(uplink.Client, int, string) error { return nil }
+
+var payload100 = json.RawMessage(`{"text":"` + strings.Repeat("x", 89) + `"}`)
+
+func BenchmarkEncodeBroadcast(b *testing.B) {
+	b.ReportAllocs()
+	buf := make([]byte, 0, 256)
+	for b.Loop() {
+		buf = protocol.AppendBroadcast(buf[:0], payload100)
+	}
+}
+
+func BenchmarkQueuePushTake(b *testing.B) {
+	q := newSendQueue(1 << 20)
+	frame := protocol.AppendBroadcast(nil, payload100)
+	b.ReportAllocs()
+	for b.Loop() {
+		q.push(frame)
+		if frames, _ := q.take(); len(frames) > 0 {
+			q.recycle(frames)
+		}
+	}
+}
+
+// fanoutRig is a broker on a loopback listener with n reading clients.
+type fanoutRig struct {
+	brk      *Broker
+	srv      *http.Server
+	clients  []*websocket.Conn
+	received atomic.Int64
+	readers  sync.WaitGroup
+}
+
+func newFanoutRig(b *testing.B, n int) *fanoutRig {
+	b.Helper()
+	m := metrics.New(prometheus.NewRegistry())
+	brk := New(liveRegistry{}, nullUplink{}, Config{
+		SendQueue: 4096, MaxMessageBytes: 65536, ClientErrorLimit: 10, WriteTimeout: 10 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: m,
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /ws/{service}", brk)
+	r := &fanoutRig{brk: brk, srv: &http.Server{Handler: mux, ConnContext: ConnContext}}
+	go func() { _ = r.srv.Serve(Listen(ln)) }()
+	url := "ws://" + ln.Addr().String() + "/ws/bench"
+	for range n {
+		c, _, err := websocket.Dial(context.Background(), url, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, _, err := c.Read(context.Background()); err != nil { // dmb:connected
+			b.Fatal(err)
+		}
+		r.clients = append(r.clients, c)
+		r.readers.Add(1)
+		go func() {
+			defer r.readers.Done()
+			for {
+				if _, _, err := c.Read(context.Background()); err != nil {
+					return
+				}
+				r.received.Add(1)
+			}
+		}()
+	}
+	for brk.Clients() < n {
+		time.Sleep(time.Millisecond) // setup only, outside the timed loop
+	}
+	return r
+}
+
+func (r *fanoutRig) close() {
+	_ = r.srv.Close()
+	_ = r.brk.Shutdown(context.Background())
+	for _, c := range r.clients {
+		_ = c.CloseNow()
+	}
+	r.readers.Wait()
+}
+
+// BenchmarkFanout measures a broadcast to 1000 clients: encoded once,
+// queued to each client, written by each client's writer, read by the
+// clients over loopback. One op is one broadcast; deliveries/s is reported.
+func BenchmarkFanout1000(b *testing.B) {
+	const n = 1000
+	r := newFanoutRig(b, n)
+	defer r.close()
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	sent := 0
+	for b.Loop() {
+		r.brk.Broadcast("bench", protocol.AppendBroadcast(nil, payload100))
+		sent++
+		// Keep the queues from overflowing: let readers catch up every 256.
+		if sent%256 == 0 {
+			for r.received.Load() < int64(sent-128)*n {
+				time.Sleep(50 * time.Microsecond)
+			}
+		}
+	}
+	for r.received.Load() < int64(sent)*n {
+		time.Sleep(50 * time.Microsecond)
+	}
+	b.ReportMetric(float64(sent*n)/time.Since(start).Seconds(), "deliveries/s")
+}
