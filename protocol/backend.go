@@ -1,10 +1,8 @@
 package protocol
 
 import (
-	"bytes"
 	"encoding/json"
 	"strconv"
-	"unicode/utf8"
 )
 
 // Backend payload types (PROTOCOL.md, sections 1-5).
@@ -41,32 +39,30 @@ type RegisterRequest struct {
 	BKID    string // bk_connect (optional) and bk_disconnect
 }
 
-type registerJSON struct {
-	Type    string          `json:"type"`
-	Nonce   string          `json:"nonce"`
-	Service string          `json:"service"`
-	BKID    json.RawMessage `json:"bkid"`
-}
-
-// DecodeRegister decodes a register-channel payload. A bk_connect with an
-// invalid service decodes with an error but still returns its nonce, so the
+// DecodeRegister decodes a register-channel payload. A bk_connect that is
+// refused still returns its type and nonce when they could be read, so the
 // caller can answer with a nack; a bk_connect whose nonce is invalid cannot
-// be answered.
+// be answered. A bk_disconnect that is refused returns its bkid when it
+// could be read, so the backend can be told.
 func DecodeRegister(b []byte) (RegisterRequest, error) {
-	var raw registerJSON
-	if err := decodeObject(b, &raw); err != nil {
-		return RegisterRequest{}, err
+	o, bad := decodeObject(b, "payload")
+	if bad != "" {
+		return RegisterRequest{}, &PayloadError{Reason: bad}
 	}
-	bkid, bkidOK := decodeBKID(raw.BKID)
-	req := RegisterRequest{Type: raw.Type, Nonce: raw.Nonce, Service: raw.Service, BKID: bkid}
-	switch raw.Type {
+	typ, _, _ := o.str("type")
+	nonce, _, _ := o.str("nonce")
+	bkid, bkidOK := decodeBKID(o["bkid"])
+	req := RegisterRequest{Type: typ, Nonce: nonce, BKID: bkid}
+	switch typ {
 	case TypeConnect:
-		if !ValidNonce(raw.Nonce) {
+		if !ValidNonce(nonce) {
 			return req, &PayloadError{Reason: "invalid nonce"}
 		}
-		if !ValidService(raw.Service) {
+		service, _, ok := o.str("service")
+		if !ok || !ValidService(service) {
 			return req, &PayloadError{Reason: "invalid service name"}
 		}
+		req.Service = service
 		// An unusable bkid on bk_connect is not an error: DMB assigns a new one.
 		if !bkidOK {
 			req.BKID = ""
@@ -77,11 +73,14 @@ func DecodeRegister(b []byte) (RegisterRequest, error) {
 			return req, &PayloadError{Reason: "invalid bkid"}
 		}
 		return req, nil
-	case "":
-		return req, &PayloadError{Reason: "missing type"}
-	default:
-		return req, &PayloadError{Reason: "unknown type " + quoteShort(raw.Type)}
 	}
+	if _, _, ok := o.str("type"); !ok {
+		return req, &PayloadError{Reason: "type must be a string"}
+	}
+	if typ == "" {
+		return req, &PayloadError{Reason: "missing type"}
+	}
+	return req, &PayloadError{Reason: "unknown type " + quoteShort(typ)}
 }
 
 // decodeBKID accepts a bkid written as a decimal string or, leniently, as a
@@ -116,77 +115,50 @@ type Command struct {
 	ID      json.RawMessage
 }
 
-type commandJSON struct {
-	Type    string          `json:"type"`
-	CID     string          `json:"cid"`
-	User    string          `json:"user"`
-	Data    json.RawMessage `json:"data"`
-	ReplyTo json.RawMessage `json:"reply_to"`
-	Reason  string          `json:"reason"`
-	ID      json.RawMessage `json:"id"`
-}
-
 // DecodeCommand decodes and validates a payload from a backend's downlink
-// channel.
+// channel. Unknown members are ignored.
 func DecodeCommand(b []byte) (Command, error) {
-	var raw commandJSON
-	if err := decodeObject(b, &raw); err != nil {
-		return Command{}, err
+	o, bad := decodeObject(b, "payload")
+	if bad != "" {
+		return Command{}, &PayloadError{Reason: bad}
 	}
-	id := raw.ID
-	if isNull(id) {
-		id = nil
-	}
-	if id != nil && validID(id) == nil {
+	id, ok := o.id("id")
+	if !ok {
 		return Command{}, &PayloadError{Reason: "id must be a string or a number"}
 	}
-	replyTo := raw.ReplyTo
-	if isNull(replyTo) {
-		replyTo = nil
+	fail := func(reason string) (Command, error) { return Command{}, &PayloadError{Reason: reason, ID: id} }
+	replyTo, ok := o.id("reply_to")
+	if !ok {
+		return fail("reply_to must be a string or a number")
 	}
-	if replyTo != nil && validID(replyTo) == nil {
-		return Command{}, &PayloadError{Reason: "reply_to must be a string or a number", ID: id}
+	cmd := Command{Data: o["data"], ReplyTo: replyTo, ID: id}
+	for _, f := range []struct {
+		name string
+		dst  *string
+	}{{"type", &cmd.Type}, {"cid", &cmd.CID}, {"user", &cmd.User}, {"reason", &cmd.Reason}} {
+		v, _, ok := o.str(f.name)
+		if !ok {
+			return fail(f.name + " must be a string")
+		}
+		*f.dst = v
 	}
-	cmd := Command{Type: raw.Type, CID: raw.CID, User: raw.User, Data: raw.Data, ReplyTo: replyTo, Reason: raw.Reason, ID: id}
-	switch raw.Type {
+	switch cmd.Type {
 	case TypeBroadcast:
 	case TypeDirect:
-		if raw.CID == "" && raw.User == "" {
-			return Command{}, &PayloadError{Reason: "direct needs a cid", ID: id}
+		if cmd.CID == "" && cmd.User == "" {
+			return fail("direct needs a cid or a user")
 		}
 	case TypeKick:
-		if raw.CID == "" {
-			return Command{}, &PayloadError{Reason: "kick needs a cid", ID: id}
+		if cmd.CID == "" {
+			return fail("kick needs a cid")
 		}
-		cmd.Reason = TruncateReason(raw.Reason)
+		cmd.Reason = TruncateReason(cmd.Reason)
 	case "":
-		return Command{}, &PayloadError{Reason: "missing type", ID: id}
+		return fail("missing type")
 	default:
-		return Command{}, &PayloadError{Reason: "unknown type " + quoteShort(raw.Type), ID: id}
+		return fail("unknown type " + quoteShort(cmd.Type))
 	}
 	return cmd, nil
-}
-
-// decodeObject unmarshals a UTF-8 JSON object into v, with the error texts
-// backends see.
-func decodeObject(b []byte, v any) error {
-	if !utf8.Valid(b) {
-		return &PayloadError{Reason: "payload is not valid UTF-8"}
-	}
-	t := bytes.TrimSpace(b)
-	if len(t) == 0 || t[0] != '{' {
-		if json.Valid(t) {
-			return &PayloadError{Reason: "payload must be a JSON object"}
-		}
-		return &PayloadError{Reason: "invalid JSON"}
-	}
-	if err := json.Unmarshal(t, v); err != nil {
-		if _, ok := err.(*json.UnmarshalTypeError); ok {
-			return &PayloadError{Reason: "a field has the wrong type: " + err.Error()}
-		}
-		return &PayloadError{Reason: "invalid JSON"}
-	}
-	return nil
 }
 
 // ConnectAck returns the bk_connect_ack payload.

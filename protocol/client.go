@@ -1,11 +1,6 @@
 package protocol
 
-import (
-	"bytes"
-	"encoding/json"
-	"errors"
-	"unicode/utf8"
-)
+import "encoding/json"
 
 // Client events (PROTOCOL.md, sections 3-5).
 const (
@@ -40,51 +35,31 @@ type FrameError struct {
 
 func (e *FrameError) Error() string { return e.Reason }
 
-type clientFrameJSON struct {
-	Event *string         `json:"event"`
-	Data  json.RawMessage `json:"data"`
-	ID    json.RawMessage `json:"id"`
-}
-
 // DecodeClientFrame decodes and validates one text frame from a browser.
-// Unknown fields are ignored. A missing "data" is carried as null.
+// Unknown members are ignored. A missing "data" is carried as null.
 func DecodeClientFrame(b []byte) (ClientFrame, error) {
-	if !utf8.Valid(b) {
-		return ClientFrame{}, &FrameError{Reason: "frame is not valid UTF-8"}
+	o, bad := decodeObject(b, "frame")
+	if bad != "" {
+		return ClientFrame{}, &FrameError{Reason: bad}
 	}
-	b = bytes.TrimSpace(b)
-	if len(b) == 0 || b[0] != '{' {
-		if !json.Valid(b) {
-			return ClientFrame{}, &FrameError{Reason: "invalid JSON"}
-		}
-		return ClientFrame{}, &FrameError{Reason: "frame must be a JSON object"}
-	}
-	var raw clientFrameJSON
-	if err := json.Unmarshal(b, &raw); err != nil {
-		var typeErr *json.UnmarshalTypeError
-		if errors.As(err, &typeErr) {
-			return ClientFrame{}, &FrameError{Reason: "field " + typeErr.Field + " has the wrong type", ID: validID(raw.ID)}
-		}
-		return ClientFrame{}, &FrameError{Reason: "invalid JSON"}
-	}
-	id := raw.ID
-	if isNull(id) {
-		id = nil
-	}
-	if id != nil && validID(id) == nil {
+	id, ok := o.id("id")
+	if !ok {
 		return ClientFrame{}, &FrameError{Reason: "id must be a string or a number"}
 	}
-	if raw.Event == nil {
+	event, present, ok := o.str("event")
+	switch {
+	case !ok:
+		return ClientFrame{}, &FrameError{Reason: "event must be a string", ID: id}
+	case !present:
 		return ClientFrame{}, &FrameError{Reason: "missing event", ID: id}
+	case event != EventMessage:
+		return ClientFrame{}, &FrameError{Reason: "unknown event " + quoteShort(event), ID: id}
 	}
-	if *raw.Event != EventMessage {
-		return ClientFrame{}, &FrameError{Reason: "unknown event " + quoteShort(*raw.Event), ID: id}
-	}
-	data := raw.Data
+	data := o["data"]
 	if data == nil {
 		data = null
 	}
-	return ClientFrame{Event: *raw.Event, Data: data, ID: id}, nil
+	return ClientFrame{Event: event, Data: data, ID: id}, nil
 }
 
 var null = json.RawMessage("null")
@@ -108,7 +83,7 @@ func validID(id json.RawMessage) json.RawMessage {
 func quoteShort(s string) string {
 	const max = 64
 	if len(s) > max {
-		s = s[:max] + "..."
+		s = truncateUTF8(s, max) + "..."
 	}
 	b, _ := json.Marshal(s)
 	return string(b)

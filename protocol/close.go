@@ -21,13 +21,17 @@ const MaxCloseReason = 123
 
 // TruncateReason cuts reason to fit a close frame without splitting a UTF-8
 // sequence.
-func TruncateReason(reason string) string {
-	if len(reason) <= MaxCloseReason {
-		return reason
+func TruncateReason(reason string) string { return truncateUTF8(reason, MaxCloseReason) }
+
+// truncateUTF8 cuts s to at most max bytes without splitting a UTF-8
+// sequence.
+func truncateUTF8(s string, max int) string {
+	if len(s) <= max {
+		return s
 	}
-	cut := MaxCloseReason
-	for cut > 0 && reason[cut]&0xC0 == 0x80 {
+	cut := max
+	for cut > 0 && s[cut]&0xC0 == 0x80 {
 		cut--
 	}
-	return reason[:cut]
+	return s[:cut]
 }

@@ -8,6 +8,7 @@ const (
 	MaxNonceLen   = 128
 	// MaxBKIDLen bounds a decimal bkid: 19 digits hold any int64.
 	MaxBKIDLen = 19
+	maxBKID    = "9223372036854775807"
 )
 
 // ValidService reports whether s is a service name: 1-64 chars of [a-z0-9_.-].
@@ -43,7 +44,7 @@ func ValidNonce(s string) bool {
 // ValidBKID reports whether s is a bkid: a positive decimal number without
 // leading zeros, as DMB assigns them.
 func ValidBKID(s string) bool {
-	if len(s) == 0 || len(s) > MaxBKIDLen || s[0] == '0' {
+	if len(s) == 0 || len(s) > MaxBKIDLen || s[0] == '0' || len(s) == MaxBKIDLen && s > maxBKID {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
