@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"runtime/debug"
 	"time"
 
 	"github.com/coder/websocket"
@@ -76,6 +77,12 @@ func (c *client) run() {
 	writerDone := make(chan struct{})
 	go func() {
 		defer close(writerDone)
+		defer func() {
+			if p := recover(); p != nil {
+				c.log.Error("panic in client writer", "panic", p, "stack", string(debug.Stack()))
+				_ = c.conn.CloseNow()
+			}
+		}()
 		c.writeLoop()
 	}()
 	if err := c.b.up.Connect(c); err != nil {
@@ -113,15 +120,27 @@ func (c *client) readLoop() (int, string) {
 			c.close(protocol.CloseUnsupported, "binary frames are not supported")
 			continue
 		}
-		frame, err := protocol.DecodeClientFrame(data)
-		if err != nil {
-			c.badFrame(err)
-			continue
-		}
-		if err := c.b.up.Message(c.ctx, c, frame.Data, frame.ID); err != nil {
+		if err := c.handle(data); err != nil {
 			return protocol.CloseGoingAway, "server shutting down"
 		}
 	}
+}
+
+// handle passes one text frame on. A panic here is a bug in DMB; it costs
+// this client its connection (1011), never the node.
+func (c *client) handle(data []byte) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			c.log.Error("panic handling a client frame", "panic", p, "stack", string(debug.Stack()))
+			c.close(protocol.CloseInternal, "internal error")
+		}
+	}()
+	frame, err := protocol.DecodeClientFrame(data)
+	if err != nil {
+		c.badFrame(err)
+		return nil
+	}
+	return c.b.up.Message(c.ctx, c, frame.Data, frame.ID)
 }
 
 // badFrame answers a frame DMB refuses, and closes the client with 1008 when

@@ -69,13 +69,19 @@ type fanoutRig struct {
 	readers  sync.WaitGroup
 }
 
+// newTestBroker returns a broker whose registry accepts every service and
+// whose uplink drops everything.
+func newTestBroker(tb testing.TB) *Broker {
+	tb.Helper()
+	return New(liveRegistry{}, nullUplink{}, Config{
+		SendQueue: 4096, MaxMessageBytes: 65536, ClientErrorLimit: 10, WriteTimeout: 10 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: metrics.New(prometheus.NewRegistry()),
+	})
+}
+
 func newFanoutRig(b *testing.B, n int) *fanoutRig {
 	b.Helper()
-	m := metrics.New(prometheus.NewRegistry())
-	brk := New(liveRegistry{}, nullUplink{}, Config{
-		SendQueue: 4096, MaxMessageBytes: 65536, ClientErrorLimit: 10, WriteTimeout: 10 * time.Second,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: m,
-	})
+	brk := newTestBroker(b)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)

@@ -25,7 +25,7 @@ func TestBadClientFramesGetAnErrorAndTheConnectionStaysOpen(t *testing.T) {
 		{`"just a string"`, "frame must be a JSON object", ""},
 		{`{"data":1,"id":3}`, "missing event", "3"},
 		{`{"event":"dmb:subscribe","id":"x"}`, `unknown event "dmb:subscribe"`, `"x"`},
-		{`{"event":42,"id":5}`, "field event has the wrong type", "5"},
+		{`{"event":42,"id":5}`, "event must be a string", "5"},
 		{`{"event":"dmb:message","id":{"a":1}}`, "id must be a string or a number", ""},
 		{"{\"event\":\"dmb:message\",\"data\":\"\xff\"}", "frame is not valid UTF-8", ""},
 	}
@@ -116,7 +116,7 @@ func TestMalformedBackendPayloadsAreDroppedCountedAndReported(t *testing.T) {
 		{`[1]`, "payload must be a JSON object", ""},
 		{`{"type":"shout","data":1,"id":"s1"}`, `unknown type "shout"`, `"s1"`},
 		{`{"data":1}`, "missing type", ""},
-		{`{"type":"direct","data":1,"id":2}`, "direct needs a cid", "2"},
+		{`{"type":"direct","data":1,"id":2}`, "direct needs a cid or a user", "2"},
 		{`{"type":"kick","id":3}`, "kick needs a cid", "3"},
 		{`{"type":"broadcast","id":[1]}`, "id must be a string or a number", ""},
 		{`{"type":"direct","cid":"x","reply_to":{},"id":4}`, "reply_to must be a string or a number", "4"},

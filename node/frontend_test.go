@@ -3,6 +3,7 @@ package node_test
 import (
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/dmb-broker/dmb/config"
 )
@@ -118,10 +119,15 @@ func TestCrashedBackendIsNoticedWithinBackendTimeout(t *testing.T) {
 	b1.next(ofTypeCID("client_connected", c.cid))
 	b2 := e.startBackend("chat")
 	b1.stop()
+	crashed := time.Now()
 	// Without any message from the client, the liveness check moves it.
 	ev := b2.next(ofTypeCID("client_connected", c.cid))
 	if ev.Service != "chat" {
 		t.Fatalf("client_connected = %+v", ev)
+	}
+	// DMB_BACKEND_TIMEOUT is 1s in these tests; allow for a loaded machine.
+	if took := time.Since(crashed); took > 2*time.Second {
+		t.Fatalf("crash noticed after %v, want within the backend timeout", took)
 	}
 }
 

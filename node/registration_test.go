@@ -159,6 +159,12 @@ func TestBKConnectWithInvalidServiceIsNacked(t *testing.T) {
 			t.Fatalf("service %q: answers %+v, want one nack \"invalid service name\"", svc, answers)
 		}
 	}
+	// A service that is not even a string is still answered, once.
+	nonce := newNonce()
+	answers := e.registerRaw(nodes, `{"type":"bk_connect","nonce":"`+nonce+`","service":42}`, nonce)
+	if len(answers) != 1 || answers[0].Type != "bk_connect_nack" {
+		t.Fatalf("answers %+v, want one nack", answers)
+	}
 }
 
 func TestRegistryLivesInRedisSoANodeRestartLosesNoBackend(t *testing.T) {

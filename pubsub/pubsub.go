@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
@@ -149,8 +150,20 @@ func (s *Subscription) session(ctx context.Context) error {
 				}
 			}
 		case *redis.Message:
-			s.cfg.OnMessage(ctx, m)
+			s.handle(ctx, m)
 		case *redis.Pong:
 		}
 	}
+}
+
+// handle runs OnMessage for one message. A panic there is a bug that a
+// message triggered; it costs that message, never the subscription.
+func (s *Subscription) handle(ctx context.Context, m *redis.Message) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.cfg.Logger.Error("panic handling a message", "subscription", s.cfg.Name,
+				"channel", m.Channel, "panic", p, "stack", string(debug.Stack()))
+		}
+	}()
+	s.cfg.OnMessage(ctx, m)
 }
