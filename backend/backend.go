@@ -6,13 +6,20 @@
 // with the same bkid (and follows a new one if Redis lost its registry).
 //
 //	b := backend.New(rdb, "chat", backend.Options{})
-//	go b.Run(ctx, func(ctx context.Context, ev backend.Event) {
-//		if ev.Type == backend.EventMessage {
-//			_ = b.Direct(ctx, ev.CID, ev.Data, ev.ID)
-//		}
-//	})
-//	<-b.Ready()
-//	_ = b.Broadcast(ctx, map[string]string{"text": "hello"})
+//	errc := make(chan error, 1)
+//	go func() {
+//		errc <- b.Run(ctx, func(ctx context.Context, ev backend.Event) {
+//			if ev.Type == backend.EventMessage {
+//				_ = b.Direct(ctx, ev.CID, ev.Data, ev.ID)
+//			}
+//		})
+//	}()
+//	select {
+//	case <-b.Ready():
+//		_ = b.Broadcast(ctx, map[string]string{"text": "hello"})
+//	case err := <-errc: // refused
+//		return err
+//	}
 package backend
 
 import (
@@ -114,10 +121,15 @@ func (b *Backend) BKID() string {
 func (b *Backend) Ready() <-chan struct{} { return b.ready }
 
 // Run registers, listens to the uplink and hands every event to h until
-// ctx ends. It returns ErrRefused if DMB refuses the service.
+// ctx ends, then returns nil. It returns an error wrapping ErrRefused if DMB
+// refuses the service; Ready is never closed then. Run does not leave: call
+// Leave before cancelling ctx to move the clients away at once.
 func (b *Backend) Run(ctx context.Context, h Handler) error {
 	for {
 		bkid, err := b.register(ctx, b.BKID())
+		if ctx.Err() != nil {
+			return nil
+		}
 		if err != nil {
 			return err
 		}
@@ -143,9 +155,11 @@ func (b *Backend) Run(ctx context.Context, h Handler) error {
 					b.once.Do(func() { close(b.ready) })
 					return
 				}
-				// Back after a Redis failure: make sure DMB still knows us.
+				// Back after a Redis failure: make sure DMB still knows us
+				// before handling what follows.
 				again, err := b.register(ctx, bkid)
 				if err != nil {
+					b.log.Error("registering again after a reconnect failed", "bkid", bkid, "err", err)
 					return
 				}
 				if again != bkid {
@@ -158,7 +172,7 @@ func (b *Backend) Run(ctx context.Context, h Handler) error {
 		err = sub.Run(subCtx)
 		cancel()
 		if ctx.Err() != nil {
-			return ctx.Err()
+			return nil
 		}
 		if moved == "" {
 			return err
@@ -194,10 +208,14 @@ func (b *Backend) register(ctx context.Context, bkid string) (string, error) {
 
 func (b *Backend) registerOnce(ctx context.Context, bkid string) (string, error) {
 	nonce := newNonce()
-	ps := b.rdb.Subscribe(ctx, b.ch.RegisterReply(nonce))
-	defer ps.Close()
 	ctx, cancel := context.WithTimeout(ctx, b.opts.RegisterTimeout)
 	defer cancel()
+	ps := b.rdb.Subscribe(ctx, b.ch.RegisterReply(nonce))
+	defer ps.Close()
+	// go-redis watches only a context's deadline while it waits for a
+	// message; closing the subscription ends the wait on cancellation too.
+	stop := context.AfterFunc(ctx, func() { _ = ps.Close() })
+	defer stop()
 	// Wait for the subscription before asking, or the answer could be missed.
 	if _, err := ps.Receive(ctx); err != nil {
 		return "", fmt.Errorf("subscribe to the answer: %w", err)
@@ -216,14 +234,20 @@ func (b *Backend) registerOnce(ctx context.Context, bkid string) (string, error)
 	}
 	var ans struct {
 		Type  string `json:"type"`
+		Nonce string `json:"nonce"`
 		BKID  string `json:"bkid"`
 		Error string `json:"error"`
 	}
 	if err := json.Unmarshal([]byte(msg.Payload), &ans); err != nil {
 		return "", fmt.Errorf("decode bk_connect answer: %w", err)
 	}
-	if ans.Type != protocol.TypeConnectAck {
+	switch {
+	case ans.Nonce != nonce:
+		return "", fmt.Errorf("bk_connect answer for nonce %q, want %q", ans.Nonce, nonce)
+	case ans.Type == protocol.TypeConnectNack:
 		return "", fmt.Errorf("%w: %s", ErrRefused, ans.Error)
+	case ans.Type != protocol.TypeConnectAck || !protocol.ValidBKID(ans.BKID):
+		return "", fmt.Errorf("unexpected bk_connect answer %.200q", msg.Payload)
 	}
 	b.log.Info("registered", "bkid", ans.BKID)
 	return ans.BKID, nil
@@ -271,7 +295,7 @@ func (b *Backend) Broadcast(ctx context.Context, data any) error {
 // Direct sends data to one client; replyTo (the id of the client's message,
 // or nil) lets the client match the reply to its request.
 func (b *Backend) Direct(ctx context.Context, cid string, data, replyTo any) error {
-	if raw, ok := replyTo.(json.RawMessage); ok && len(raw) == 0 {
+	if raw, ok := replyTo.(json.RawMessage); ok && (len(raw) == 0 || string(raw) == "null") {
 		replyTo = nil
 	}
 	return b.Publish(ctx, Command{Type: protocol.TypeDirect, CID: cid, Data: data, ReplyTo: replyTo})

@@ -1,0 +1,370 @@
+package demo
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os/exec"
+	"reflect"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+
+	"github.com/dmb-broker/dmb/backend"
+)
+
+// The goroutines of a test's redis-server and demo backend are stopped in
+// t.Cleanup, after a deferred goleak.VerifyNone would run; so check once all
+// tests and their cleanups are done.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const (
+	testBKID = "7"
+	uplink   = "dmb:uplink:7"
+	downlink = "dmb:7"
+)
+
+// startRedis starts a redis-server on a free loopback port and returns a
+// client for it; both go away when the test ends.
+func startRedis(t *testing.T, ctx context.Context) *redis.Client {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	_ = l.Close()
+
+	cmd := exec.Command("/usr/bin/redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no")
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start redis-server: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+
+	rdb := redis.NewClient(&redis.Options{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port))})
+	t.Cleanup(func() { _ = rdb.Close() })
+	eventually(t, ctx, "redis-server answers PING", func() bool {
+		return rdb.Ping(ctx).Err() == nil
+	})
+	return rdb
+}
+
+// eventually polls cond until it holds, failing the test when ctx ends first.
+func eventually(t *testing.T, ctx context.Context, what string, cond func() bool) {
+	t.Helper()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("timed out waiting until %s", what)
+		case <-tick.C:
+		}
+	}
+}
+
+// harness runs the demo backend against a real Redis, with the test in the
+// role of DMB: it answers the registration and watches the downlink.
+type harness struct {
+	ctx      context.Context
+	rdb      *redis.Client
+	register *redis.PubSub // dmb:register, as DMB listens to it
+	down     *redis.PubSub // dmb:7, the demo's downlink
+	stop     func() error  // cancels Run and returns what it returned
+}
+
+func startDemo(t *testing.T) *harness {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	rdb := startRedis(t, ctx)
+	h := &harness{ctx: ctx, rdb: rdb, register: subscribe(t, ctx, rdb, "dmb:register"), down: subscribe(t, ctx, rdb, downlink)}
+
+	runCtx, stopRun := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(runCtx, rdb, backend.Options{Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
+	}()
+	h.stop = sync.OnceValue(func() error {
+		stopRun()
+		select {
+		case err := <-done:
+			return err
+		case <-ctx.Done():
+			return errors.New("Run did not return after its context ended")
+		}
+	})
+	t.Cleanup(func() {
+		if err := h.stop(); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+
+	// Answer the bk_connect as DMB would.
+	var req struct{ Type, Nonce, Service, BKID string }
+	h.receive(t, h.register, &req)
+	if req.Type != "bk_connect" || req.Service != "chat" || req.Nonce == "" || req.BKID != "" {
+		t.Fatalf("first registration = %+v, want a bk_connect for chat without a bkid", req)
+	}
+	ack := fmt.Sprintf(`{"type":"bk_connect_ack","nonce":%q,"bkid":"7","service":"chat","downlink":"dmb:7","uplink":"dmb:uplink:7"}`, req.Nonce)
+	if err := rdb.Publish(ctx, "dmb:register:"+req.Nonce, ack).Err(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, ctx, "the demo listens on "+uplink, func() bool {
+		n, err := rdb.PubSubNumSub(ctx, uplink).Result()
+		return err == nil && n[uplink] == 1
+	})
+	return h
+}
+
+func subscribe(t *testing.T, ctx context.Context, rdb *redis.Client, channel string) *redis.PubSub {
+	t.Helper()
+	ps := rdb.Subscribe(ctx, channel)
+	t.Cleanup(func() { _ = ps.Close() })
+	// Wait for the confirmation, or what is published next could be missed.
+	if _, err := ps.Receive(ctx); err != nil {
+		t.Fatalf("subscribe %s: %v", channel, err)
+	}
+	return ps
+}
+
+// send publishes an uplink event to the demo, as DMB would.
+func (h *harness) send(t *testing.T, event string) {
+	t.Helper()
+	if err := h.rdb.Publish(h.ctx, uplink, event).Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// receive decodes the next payload on ps into v.
+func (h *harness) receive(t *testing.T, ps *redis.PubSub, v any) {
+	t.Helper()
+	msg, err := ps.ReceiveMessage(h.ctx)
+	if err != nil {
+		t.Fatalf("receive: %v", err)
+	}
+	if err := json.Unmarshal([]byte(msg.Payload), v); err != nil {
+		t.Fatalf("decode %s: %v", msg.Payload, err)
+	}
+}
+
+// expect checks that the demo's next downlink payload equals want as JSON.
+func (h *harness) expect(t *testing.T, want string) {
+	t.Helper()
+	var got, exp any
+	h.receive(t, h.down, &got)
+	if err := json.Unmarshal([]byte(want), &exp); err != nil {
+		t.Fatalf("bad want %s: %v", want, err)
+	}
+	if !reflect.DeepEqual(got, exp) {
+		g, _ := json.Marshal(got)
+		t.Fatalf("downlink:\n got %s\nwant %s", g, want)
+	}
+}
+
+func TestPresenceIsBroadcastWhenClientsComeAndGo(t *testing.T) {
+	h := startDemo(t)
+	h.send(t, `{"type":"client_connected","cid":"c1","service":"chat","remote":"127.0.0.1"}`)
+	h.expect(t, `{"type":"broadcast","data":{"kind":"presence","online":1}}`)
+	h.send(t, `{"type":"client_connected","cid":"c2","service":"chat","remote":"127.0.0.1"}`)
+	h.expect(t, `{"type":"broadcast","data":{"kind":"presence","online":2}}`)
+	// A client rebound to this backend is announced again; it counts once.
+	h.send(t, `{"type":"client_connected","cid":"c2","service":"chat","remote":"127.0.0.1"}`)
+	h.expect(t, `{"type":"broadcast","data":{"kind":"presence","online":2}}`)
+	h.send(t, `{"type":"client_disconnected","cid":"c1","code":1001,"reason":"going away"}`)
+	h.expect(t, `{"type":"broadcast","data":{"kind":"presence","online":1}}`)
+}
+
+func TestChatMessageIsBroadcastAndEchoedToItsSender(t *testing.T) {
+	h := startDemo(t)
+	h.send(t, `{"type":"client_connected","cid":"c1","service":"chat","remote":"127.0.0.1"}`)
+	h.expect(t, `{"type":"broadcast","data":{"kind":"presence","online":1}}`)
+
+	h.send(t, `{"type":"message","cid":"c1","data":{"name":"  bob ","text":"hi <b>all</b>","extra":[1]},"id":7}`)
+	h.expect(t, `{"type":"broadcast","data":{"kind":"chat","name":"bob","text":"hi <b>all</b>"}}`)
+	h.expect(t, `{"type":"direct","cid":"c1","reply_to":7,"data":{"kind":"echo","data":{"name":"  bob ","text":"hi <b>all</b>","extra":[1]}}}`)
+}
+
+func TestReplyToFollowsTheMessageID(t *testing.T) {
+	h := startDemo(t)
+	for _, tc := range []struct{ name, id, replyTo string }{
+		{"string id", `,"id":"m-1"`, `,"reply_to":"m-1"`},
+		{"number id", `,"id":12.5`, `,"reply_to":12.5`},
+		{"no id", ``, ``},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h.send(t, `{"type":"message","cid":"c1","data":{"text":"x"}`+tc.id+`}`)
+			h.expect(t, `{"type":"broadcast","data":{"kind":"chat","name":"anon","text":"x"}}`)
+			h.expect(t, `{"type":"direct","cid":"c1","data":{"kind":"echo","data":{"text":"x"}}`+tc.replyTo+`}`)
+		})
+	}
+}
+
+func TestNameAndTextAreCleaned(t *testing.T) {
+	h := startDemo(t)
+	long := func(s string, n int) string { return strings.Repeat(s, n) }
+	for _, tc := range []struct {
+		name     string
+		data     string
+		wantName string
+		wantText string
+	}{
+		{"no name is anon", `{"text":"hi"}`, "anon", "hi"},
+		{"blank name is anon", `{"text":"hi","name":"   "}`, "anon", "hi"},
+		{"null name is anon", `{"text":"hi","name":null}`, "anon", "hi"},
+		{"text is trimmed", `{"text":"  hi\n"}`, "anon", "hi"},
+		{"name is cut to 32 runes", `{"text":"hi","name":"` + long("é", 40) + `"}`, long("é", 32), "hi"},
+		{"text is cut to 500 runes", `{"text":"` + long("ж", 600) + `"}`, "anon", long("ж", 500)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h.send(t, `{"type":"message","cid":"c1","data":`+tc.data+`,"id":1}`)
+			line, _ := json.Marshal(chatLine{Kind: "chat", Name: tc.wantName, Text: tc.wantText})
+			h.expect(t, `{"type":"broadcast","data":`+string(line)+`}`)
+			// The echo carries the data as received, not as cleaned.
+			h.expect(t, `{"type":"direct","cid":"c1","reply_to":1,"data":{"kind":"echo","data":`+tc.data+`}}`)
+		})
+	}
+}
+
+func TestDataThatIsNotAChatLineGetsAnErrorAndNoBroadcast(t *testing.T) {
+	h := startDemo(t)
+	for _, tc := range []struct{ name, data, error string }{
+		{"string", `"hi"`, `data must be a JSON object with a \"text\" string`},
+		{"array", `[1,2]`, `data must be a JSON object with a \"text\" string`},
+		{"null", `null`, `data must be a JSON object with a \"text\" string`},
+		{"no text", `{"name":"bob"}`, `data must be a JSON object with a \"text\" string`},
+		{"text not a string", `{"text":5}`, `data must be a JSON object with a \"text\" string`},
+		{"blank text", `{"text":"  "}`, `\"text\" is empty`},
+		{"name not a string", `{"text":"hi","name":3}`, `\"name\" must be a string`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h.send(t, `{"type":"message","cid":"c1","data":`+tc.data+`,"id":"q"}`)
+			// A broadcast would come before the reply, so the reply being
+			// next shows there was none.
+			h.expect(t, `{"type":"direct","cid":"c1","reply_to":"q","data":{"kind":"error","error":"`+tc.error+`"}}`)
+		})
+	}
+}
+
+func TestOtherEventsAreIgnored(t *testing.T) {
+	h := startDemo(t)
+	h.send(t, `{"type":"bk_message_ack","id":"m-9","node":"dmb-a1","delivered":3}`)
+	h.send(t, `{"type":"error","error":"unknown type","node":"dmb-a1"}`)
+	h.send(t, `{"type":"something_new","cid":"c1"}`)
+	h.send(t, `not json`)
+	// The answer to this message is the next thing on the downlink.
+	h.send(t, `{"type":"message","cid":"c1","data":{"text":"still here"},"id":1}`)
+	h.expect(t, `{"type":"broadcast","data":{"kind":"chat","name":"anon","text":"still here"}}`)
+}
+
+func TestRunLeavesAndReturnsNilWhenItsContextEnds(t *testing.T) {
+	h := startDemo(t)
+	if err := h.stop(); err != nil {
+		t.Fatalf("Run = %v, want nil", err)
+	}
+	var leave struct{ Type, BKID string }
+	h.receive(t, h.register, &leave)
+	if leave.Type != "bk_disconnect" || leave.BKID != testBKID {
+		t.Fatalf("after stop, register got %+v, want a bk_disconnect for bkid 7", leave)
+	}
+	eventually(t, h.ctx, "the uplink subscription is gone", func() bool {
+		n, err := h.rdb.PubSubNumSub(h.ctx, uplink).Result()
+		return err == nil && n[uplink] == 0
+	})
+}
+
+func TestPageServesTheChatOnlyAtRoot(t *testing.T) {
+	srv := httptest.NewServer(Page())
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	for _, tc := range []struct {
+		method, path string
+		status       int
+	}{
+		{http.MethodGet, "/", http.StatusOK},
+		{http.MethodHead, "/", http.StatusOK},
+		{http.MethodGet, "/x", http.StatusNotFound},
+		{http.MethodGet, "/index.html", http.StatusNotFound},
+		{http.MethodPost, "/", http.StatusMethodNotAllowed},
+	} {
+		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
+			req, err := http.NewRequestWithContext(ctx, tc.method, srv.URL+tc.path, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := srv.Client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body := new(strings.Builder)
+			_, err = io.Copy(body, res.Body)
+			res.Body.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.StatusCode != tc.status {
+				t.Fatalf("status %d, want %d", res.StatusCode, tc.status)
+			}
+			if tc.status != http.StatusOK {
+				return
+			}
+			if ct := res.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/html") {
+				t.Errorf("Content-Type %q, want text/html", ct)
+			}
+			if cc := res.Header.Get("Cache-Control"); cc != "no-cache" {
+				t.Errorf("Cache-Control %q, want no-cache", cc)
+			}
+			if tc.method == http.MethodGet && !strings.Contains(body.String(), "/ws/chat") {
+				t.Errorf("page does not connect to /ws/chat")
+			}
+		})
+	}
+}
+
+func TestPageRevalidatesWithItsETag(t *testing.T) {
+	srv := httptest.NewServer(Page())
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	get := func(etag string) *http.Response {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if etag != "" {
+			req.Header.Set("If-None-Match", etag)
+		}
+		res, err := srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		return res
+	}
+	etag := get("").Header.Get("ETag")
+	if etag == "" {
+		t.Fatal("no ETag")
+	}
+	if res := get(etag); res.StatusCode != http.StatusNotModified {
+		t.Fatalf("status %d with a matching ETag, want 304", res.StatusCode)
+	}
+}
