@@ -8,7 +8,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -16,7 +15,6 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
-	"strings"
 	"syscall"
 
 	"github.com/alicebob/miniredis/v2"
@@ -50,7 +48,7 @@ func run(dev bool) error {
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(cfg.LogLevel, cfg.LogFormat)
+	log, err := config.NewLogger(cfg.LogLevel, cfg.LogFormat)
 	if err != nil {
 		return err
 	}
@@ -104,21 +102,6 @@ func startEmbeddedRedis(port int) (*miniredis.Miniredis, error) {
 		return nil, fmt.Errorf("start embedded redis: %w", err)
 	}
 	return mr, nil
-}
-
-func newLogger(level, format string) (*slog.Logger, error) {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("DMB_LOG_LEVEL: %w", err)
-	}
-	o := &slog.HandlerOptions{Level: lv}
-	switch strings.ToLower(format) {
-	case "text", "":
-		return slog.New(slog.NewTextHandler(os.Stderr, o)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, o)), nil
-	}
-	return nil, errors.New("DMB_LOG_FORMAT must be text or json")
 }
 
 func atoi(s string) int {

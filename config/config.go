@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -143,4 +144,21 @@ func (c *Config) RedisOptions() *redis.Options {
 		o.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.RedisHost}
 	}
 	return o
+}
+
+// NewLogger returns the slog logger that DMB_LOG_LEVEL and DMB_LOG_FORMAT
+// ask for, writing to standard error.
+func NewLogger(level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("DMB_LOG_LEVEL: %w", err)
+	}
+	o := &slog.HandlerOptions{Level: lv}
+	switch strings.ToLower(format) {
+	case "text", "":
+		return slog.New(slog.NewTextHandler(os.Stderr, o)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, o)), nil
+	}
+	return nil, errors.New("DMB_LOG_FORMAT must be text or json")
 }

@@ -66,7 +66,9 @@ func TestKickClosesTheClientWith4009AndTheBackendsReason(t *testing.T) {
 	b := e.startBackend("chat")
 	c := connect(t, n, "chat").welcome()
 	b.publish(t, `{"type":"direct","cid":"`+c.cid+`","data":"last words"}`)
-	b.publish(t, `{"type":"kick","cid":"`+c.cid+`","reason":"banned"}`)
+	if err := b.Kick(context.Background(), c.cid, "banned"); err != nil {
+		t.Fatal(err)
+	}
 	if f := c.next(); string(f.Data) != `"last words"` {
 		t.Fatalf("frame before kick = %+v", f)
 	}

@@ -66,13 +66,17 @@ func TestRedisRestartUnderLoadHealsWithoutRestartingDMB(t *testing.T) {
 
 	id := 0
 	var goroutines int
-	const cycles = 4
+	var heap uint64
+	const cycles = 6
 	for cycle := range cycles {
 		e.redis.Kill()
 		for _, n := range nodes {
 			eventually(t, "readyz 503 while Redis is down", func() bool { return n.readyz() == http.StatusServiceUnavailable })
 		}
 		clients[0].sendUntil(t, "broker unavailable", &id)
+		if cycle == 0 && clients[0].node.metric(`dmb_redis_errors_total{op="uplink"}`) == 0 {
+			t.Errorf("uplink failures while Redis is down not counted")
+		}
 
 		e.redis.Restart() // empty: the registry is gone too
 		for _, n := range nodes {
@@ -92,11 +96,62 @@ func TestRedisRestartUnderLoadHealsWithoutRestartingDMB(t *testing.T) {
 			}
 		}
 		if cycle == 0 {
-			goroutines = runtime.NumGoroutine()
+			goroutines, heap = runtime.NumGoroutine(), heapInUse()
 		}
 	}
-	// Goroutines do not pile up from cycle to cycle.
+	// Goroutines and memory do not pile up from cycle to cycle.
 	eventually(t, "goroutines back to the first cycle's level", func() bool {
 		return runtime.NumGoroutine() <= goroutines+5
 	})
+	after := heapInUse()
+	t.Logf("heap in use after cycle 1: %d kB, after cycle %d: %d kB", heap>>10, cycles, after>>10)
+	if after > heap*3/2+4<<20 {
+		t.Fatalf("heap grew from %d kB to %d kB over %d Redis restarts", heap>>10, after>>10, cycles)
+	}
+}
+
+func heapInUse() uint64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse
+}
+
+func TestSubscriptionsDroppedWithRedisUpKeepTheBKIDAndResume(t *testing.T) {
+	e := newEnv(t)
+	nodes := []*testNode{e.startNode(), e.startNode()}
+	b := e.startBackend("chat")
+	bkid := b.BKID()
+	c := connect(t, nodes[1], "chat").welcome()
+	b.next(ofTypeCID("client_connected", c.cid))
+
+	// Every subscriber connection, the nodes' and the backend's, is cut.
+	killed, err := e.rdb.ClientKillByFilter(e.ctx(), "TYPE", "pubsub").Result()
+	if err != nil || killed < 5 {
+		t.Fatalf("killed %d pub/sub connections (%v), want the nodes' and the backend's", killed, err)
+	}
+	id := 0
+	c.sendUntil(t, "dmb:ack", &id)
+	if b.BKID() != bkid {
+		t.Fatalf("bkid changed from %s to %s although Redis kept the registry", bkid, b.BKID())
+	}
+	eventually(t, "broadcast after resubscribe", func() bool {
+		_ = b.Broadcast(context.Background(), "again")
+		for {
+			select {
+			case f := <-c.frames:
+				if string(f.Data) == `"again"` {
+					return true
+				}
+				continue
+			case <-time.After(100 * time.Millisecond):
+			}
+			return false
+		}
+	})
+	for _, n := range nodes {
+		if got := n.metric(`dmb_redis_subscription_up_total{subscription="downlink"}`); got < 2 {
+			t.Errorf("%s: downlink subscribed %v times, want a resubscribe", n.id, got)
+		}
+	}
 }

@@ -253,6 +253,7 @@ type frame struct {
 // wsClient is a WebSocket client that reads every frame into a channel.
 type wsClient struct {
 	t      testing.TB
+	node   *testNode // the node it connected to, when known
 	conn   *websocket.Conn
 	cid    string
 	frames chan frame
@@ -278,12 +279,14 @@ func dialRaw(t testing.TB, url string, header http.Header) *websocket.Conn {
 // connect dials a service on a node and reads frames in the background.
 func connect(t testing.TB, n *testNode, service string) *wsClient {
 	t.Helper()
-	return connectURL(t, n.wsURL(service), nil)
+	c := connectURL(t, n.wsURL(service), nil)
+	c.node = n
+	return c
 }
 
 func connectURL(t testing.TB, url string, header http.Header) *wsClient {
 	t.Helper()
-	c := &wsClient{t: t, conn: dialRaw(t, url, header), frames: make(chan frame, 100000), ended: make(chan struct{})}
+	c := &wsClient{t: t, conn: dialRaw(t, url, header), frames: make(chan frame, 20000), ended: make(chan struct{})}
 	go func() {
 		defer close(c.ended)
 		for {
