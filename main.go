@@ -48,7 +48,7 @@ func run(dev bool) error {
 	if err != nil {
 		return err
 	}
-	log, err := config.NewLogger(cfg.LogLevel, cfg.LogFormat)
+	log, level, err := config.NewLogger(cfg.LogLevel, cfg.LogFormat)
 	if err != nil {
 		return err
 	}
@@ -57,7 +57,7 @@ func run(dev bool) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	opts := node.Options{Logger: log}
+	opts := node.Options{Logger: log, Level: level, Version: version}
 	var demoDone chan error
 	if dev {
 		mr, err := startEmbeddedRedis(cfg.RedisPort)

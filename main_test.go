@@ -66,7 +66,7 @@ func startDMB(t *testing.T, args string, env ...string) *proc {
 	port := redistest.FreePort(t)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), "DMB_TEST_MAIN=1", "DMB_TEST_MAIN_ARGS="+args,
-		"DMB_PORT="+strconv.Itoa(port), "DMB_BIND=127.0.0.1", "DMB_LOG_FORMAT=json")
+		"DMB_PORT="+strconv.Itoa(port), "DMB_BIND=127.0.0.1", "DMB_LOG_FORMAT=json", "DMB_ADMIN_ADDR=127.0.0.1:0")
 	cmd.Env = append(cmd.Env, env...)
 	p := &proc{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{}), port: port}
 	cmd.Stdout, cmd.Stderr = p.out, p.out

@@ -152,6 +152,7 @@ func (b *Broker) add(c *client) bool {
 	}
 	set[c] = struct{}{}
 	b.m.Connections.WithLabelValues(c.service).Inc()
+	b.m.Connects.WithLabelValues(c.service).Inc()
 	b.m.MessagesOut.WithLabelValues(metrics.KindConnected).Inc()
 	return true
 }

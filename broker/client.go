@@ -176,6 +176,7 @@ func (c *client) writeLoop() {
 		}
 		frames, req := c.q.take()
 		if len(frames) > 0 {
+			c.b.m.WriteBatch.Observe(float64(len(frames)))
 			if err := c.write(frames); err != nil {
 				c.log.Debug("write failed", "err", err)
 				_ = c.conn.CloseNow()

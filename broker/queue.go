@@ -73,6 +73,13 @@ func (q *sendQueue) close(req closeReq) bool {
 	return first
 }
 
+// len returns how many frames are waiting.
+func (q *sendQueue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.frames)
+}
+
 // closeRequest returns the close DMB asked for, or nil.
 func (q *sendQueue) closeRequest() *closeReq {
 	q.mu.Lock()

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"crypto/tls"
 	"net"
 	"sync"
 	"time"
@@ -14,12 +15,13 @@ import (
 // per frame.
 //
 // Only the session's writer corks and uncorks. Control frames that the
-// library writes from the reading goroutine meanwhile join the batch; they
-// are whole frames, so their place among data frames does not matter.
+// library writes from the reading goroutine meanwhile join the batch. mu is
+// held across the socket write on purpose: it keeps the bytes in the order
+// they were produced, which TLS records (numbered in sequence) require.
 type corkConn struct {
 	net.Conn
 
-	mu     sync.Mutex // guards corked and buf; never held across I/O
+	mu     sync.Mutex // orders writes to the socket; guards corked and buf
 	corked bool
 	buf    []byte
 }
@@ -32,12 +34,11 @@ const corkKeepCap = 4 << 10
 
 func (c *corkConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.corked {
 		c.buf = append(c.buf, p...)
-		c.mu.Unlock()
 		return len(p), nil
 	}
-	c.mu.Unlock()
 	return c.Conn.Write(p)
 }
 
@@ -57,22 +58,18 @@ func (c *corkConn) buffered() int {
 // uncork sends the batch in one write, bounded by timeout.
 func (c *corkConn) uncork(timeout time.Duration) error {
 	c.mu.Lock()
-	buf := c.buf
-	c.buf = nil
+	defer c.mu.Unlock()
 	c.corked = false
-	c.mu.Unlock()
-	if len(buf) == 0 {
+	if len(c.buf) == 0 {
 		return nil
 	}
 	_ = c.Conn.SetWriteDeadline(time.Now().Add(timeout))
-	_, err := c.Conn.Write(buf)
+	_, err := c.Conn.Write(c.buf)
 	_ = c.Conn.SetWriteDeadline(time.Time{})
-	if cap(buf) <= corkKeepCap {
-		c.mu.Lock()
-		if c.buf == nil {
-			c.buf = buf[:0]
-		}
-		c.mu.Unlock()
+	if cap(c.buf) > corkKeepCap {
+		c.buf = nil // an idle client keeps no burst-sized buffer
+	} else {
+		c.buf = c.buf[:0]
 	}
 	return err
 }
@@ -95,8 +92,12 @@ func (l listener) Accept() (net.Conn, error) {
 type connKey struct{}
 
 // ConnContext puts the accepted connection into the request context, where
-// the WebSocket handler finds it.
+// the WebSocket handler finds it. Under TLS the corkable connection is the
+// one beneath, so a batch of frames still leaves in one write.
 func ConnContext(ctx context.Context, c net.Conn) context.Context {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
 	if cc, ok := c.(*corkConn); ok {
 		return context.WithValue(ctx, connKey{}, cc)
 	}

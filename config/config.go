@@ -24,6 +24,10 @@ type Config struct {
 	Port int    `envconfig:"DMB_PORT" default:"8082" desc:"HTTP and WebSocket port"`
 	Bind string `envconfig:"DMB_BIND" default:"" desc:"address to listen on; empty means every interface"`
 
+	TLSCert   string `envconfig:"DMB_TLS_CERT" default:"" desc:"PEM certificate (chain) file; with DMB_TLS_KEY, DMB serves HTTPS and wss:// itself"`
+	TLSKey    string `envconfig:"DMB_TLS_KEY" default:"" desc:"PEM private key file for DMB_TLS_CERT"`
+	AdminAddr string `envconfig:"DMB_ADMIN_ADDR" default:"127.0.0.1:8083" desc:"admin listener (stats, log level, disconnect, drain, pprof); empty turns it off"`
+
 	RedisHost     string `envconfig:"REDIS_HOST" default:"localhost" desc:"Redis host"`
 	RedisPort     int    `envconfig:"REDIS_PORT" default:"6379" desc:"Redis port"`
 	RedisUsername string `envconfig:"REDIS_USERNAME" default:"" desc:"Redis ACL user name"`
@@ -83,6 +87,12 @@ func (c *Config) Validate() error {
 	}
 	if c.ClientErrorLimit < 0 {
 		errs = append(errs, errors.New("DMB_CLIENT_ERROR_LIMIT must not be negative"))
+	}
+	if _, _, err := NewLogger(c.LogLevel, c.LogFormat); err != nil {
+		errs = append(errs, err)
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		errs = append(errs, errors.New("DMB_TLS_CERT and DMB_TLS_KEY go together"))
 	}
 	if c.UplinkWorkers < 1 {
 		errs = append(errs, errors.New("DMB_UPLINK_WORKERS must be at least 1"))
@@ -147,18 +157,19 @@ func (c *Config) RedisOptions() *redis.Options {
 }
 
 // NewLogger returns the slog logger that DMB_LOG_LEVEL and DMB_LOG_FORMAT
-// ask for, writing to standard error.
-func NewLogger(level, format string) (*slog.Logger, error) {
-	var lv slog.Level
+// ask for, writing to standard error, and its level, which can be changed
+// while it runs.
+func NewLogger(level, format string) (*slog.Logger, *slog.LevelVar, error) {
+	lv := new(slog.LevelVar)
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("DMB_LOG_LEVEL: %w", err)
+		return nil, nil, fmt.Errorf("DMB_LOG_LEVEL: %w", err)
 	}
 	o := &slog.HandlerOptions{Level: lv}
 	switch strings.ToLower(format) {
 	case "text", "":
-		return slog.New(slog.NewTextHandler(os.Stderr, o)), nil
+		return slog.New(slog.NewTextHandler(os.Stderr, o)), lv, nil
 	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, o)), nil
+		return slog.New(slog.NewJSONHandler(os.Stderr, o)), lv, nil
 	}
-	return nil, errors.New("DMB_LOG_FORMAT must be text or json")
+	return nil, nil, errors.New("DMB_LOG_FORMAT must be text or json")
 }

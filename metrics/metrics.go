@@ -39,7 +39,10 @@ const (
 
 // Metrics holds a node's series.
 type Metrics struct {
+	reg prometheus.Registerer
+
 	Connections     *prometheus.GaugeVec   // open client connections by service
+	Connects        *prometheus.CounterVec // accepted client connections by service
 	Disconnects     *prometheus.CounterVec // closed client connections by close code
 	MessagesIn      *prometheus.CounterVec // messages received by kind (from clients and backends)
 	MessagesOut     *prometheus.CounterVec // frames queued to clients and events published to backends, by kind
@@ -49,12 +52,21 @@ type Metrics struct {
 	RedisErrors     *prometheus.CounterVec // failed Redis operations by operation
 	UplinkLatency   prometheus.Histogram   // uplink pipeline round trip
 	RedisReconnects *prometheus.CounterVec // subscriptions re-established by subscription
+	WriteBatch      prometheus.Histogram   // frames a client writer sent in one socket write
 }
 
 // New creates the series and registers them, with the Go runtime and process
 // collectors, on reg.
 func New(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
+		reg: reg,
+		Connects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "dmb", Name: "connects_total", Help: "Accepted client connections by service.",
+		}, []string{"service"}),
+		WriteBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "dmb", Name: "write_batch_frames", Help: "Frames a client's writer found queued and sent in one socket write.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 11),
+		}),
 		Connections: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: "dmb", Name: "connections", Help: "Open client connections by service.",
 		}, []string{"service"}),
@@ -92,8 +104,17 @@ func New(reg prometheus.Registerer) *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.Connections, m.Disconnects, m.MessagesIn, m.MessagesOut, m.Deliveries,
 		m.Drops, m.BackendsLive, m.RedisErrors, m.UplinkLatency, m.RedisReconnects,
+		m.Connects, m.WriteBatch,
 	)
 	return m
+}
+
+// QueuedFrames exports the frames waiting in all send queues, read from f
+// when Prometheus scrapes, so that the fan-out path pays nothing for it.
+func (m *Metrics) QueuedFrames(f func() float64) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "dmb", Name: "send_queue_frames", Help: "Frames waiting in all client send queues.",
+	}, f))
 }
 
 // Disconnected counts a closed client connection.

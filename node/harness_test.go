@@ -81,6 +81,7 @@ func (e *env) baseConfig() config.Config {
 		e.t.Fatalf("load config: %v", err)
 	}
 	cfg.Bind, cfg.Port = "127.0.0.1", 0
+	cfg.AdminAddr = "127.0.0.1:0"
 	cfg.RedisHost, cfg.RedisPort = "127.0.0.1", e.redis.Port()
 	cfg.NodeID = fmt.Sprintf("node-%d", e.nodes.Add(1))
 	cfg.BackendTimeout = time.Second

@@ -6,11 +6,13 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,6 +31,11 @@ import (
 // Options are what a node takes besides its Config.
 type Options struct {
 	Logger *slog.Logger
+	// Level, when set, is the level of Logger, which the admin listener
+	// changes at run time.
+	Level *slog.LevelVar
+	// Version is reported by the admin listener.
+	Version string
 	// Listener, when set, is served instead of listening on Config.Addr().
 	Listener net.Listener
 	// Root, when set, serves the paths the node does not (the demo page).
@@ -37,11 +44,21 @@ type Options struct {
 
 // Node is one running DMB process's worth of parts.
 type Node struct {
-	cfg  config.Config
-	log  *slog.Logger
-	rdb  *redis.Client
-	ln   net.Listener
-	srv  *http.Server
+	cfg     config.Config
+	log     *slog.Logger
+	level   *slog.LevelVar
+	version string
+	started time.Time
+	rdb     *redis.Client
+	ln      net.Listener
+	srv     *http.Server
+
+	adminLn  net.Listener // nil when DMB_ADMIN_ADDR is empty
+	adminSrv *http.Server
+
+	drain     chan struct{} // closed by Drain
+	drainOnce sync.Once
+
 	reg  *registry.Registry
 	up   *uplink.Uplink
 	down *downlink.Downlink
@@ -62,10 +79,33 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	var tlsConfig *tls.Config
+	if cfg.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("load DMB_TLS_CERT / DMB_TLS_KEY: %w", err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	level := opts.Level
+	if level == nil {
+		level = new(slog.LevelVar)
+	}
 	ln := opts.Listener
 	if ln == nil {
 		if ln, err = net.Listen("tcp", cfg.Addr()); err != nil {
 			return nil, fmt.Errorf("listen on %s: %w", cfg.Addr(), err)
+		}
+	}
+	ln = broker.Listen(ln)
+	if tlsConfig != nil {
+		ln = tls.NewListener(ln, tlsConfig)
+	}
+	var adminLn net.Listener
+	if cfg.AdminAddr != "" {
+		if adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("listen on DMB_ADMIN_ADDR %s: %w", cfg.AdminAddr, err)
 		}
 	}
 	promReg := prometheus.NewRegistry()
@@ -73,7 +113,10 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 	ch := protocol.NewChannels(cfg.Prefix)
 	rdb := redis.NewClient(cfg.RedisOptions())
 
-	n := &Node{cfg: cfg, log: log, rdb: rdb, ln: broker.Listen(ln)}
+	n := &Node{
+		cfg: cfg, log: log, level: level, version: opts.Version, started: time.Now(),
+		rdb: rdb, ln: ln, adminLn: adminLn, drain: make(chan struct{}),
+	}
 	n.reg = registry.New(rdb, registry.Config{
 		Channels: ch, NodeID: cfg.NodeID, BackendTimeout: cfg.BackendTimeout, Logger: log, Metrics: m,
 	})
@@ -94,6 +137,14 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 	n.down = downlink.New(rdb, n.reg, n.brk, n.up, downlink.Config{
 		Channels: ch, NodeID: cfg.NodeID, Logger: log, Metrics: m,
 	})
+	m.QueuedFrames(n.brk.QueuedFrames)
+	if adminLn != nil {
+		n.adminSrv = &http.Server{
+			Handler:           n.adminHandler(),
+			ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		}
+	}
 
 	mux := http.NewServeMux()
 	mux.Handle("GET /ws/{service}", n.brk)
@@ -116,6 +167,27 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 
 // Addr is the address the node listens on.
 func (n *Node) Addr() net.Addr { return n.ln.Addr() }
+
+// AdminAddr is the admin listener's address, nil when it is off.
+func (n *Node) AdminAddr() net.Addr {
+	if n.adminLn == nil {
+		return nil
+	}
+	return n.adminLn.Addr()
+}
+
+// Drain makes Run shut down as if its context ended: clients are closed
+// with 1001, so that they reconnect to another node, and Run returns.
+func (n *Node) Drain() { n.drainOnce.Do(func() { close(n.drain) }) }
+
+func (n *Node) draining() bool {
+	select {
+	case <-n.drain:
+		return true
+	default:
+		return false
+	}
+}
 
 // Broker returns the node's broker (for tests and diagnostics).
 func (n *Node) Broker() *broker.Broker { return n.brk }
@@ -151,8 +223,8 @@ func (n *Node) Run(ctx context.Context) error {
 	defer stopDown()
 	defer stopUp()
 
-	failed := make(chan error, 4)
-	part := func(name string, run func(context.Context) error, ctx context.Context) chan struct{} {
+	failed := make(chan error, 8)
+	part := func(ctx context.Context, name string, run func(context.Context) error) chan struct{} {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
@@ -162,20 +234,33 @@ func (n *Node) Run(ctx context.Context) error {
 		}()
 		return done
 	}
-	regDone := part("registry", n.reg.Run, regCtx)
-	upDone := part("uplink", n.up.Run, upCtx)
-	downDone := part("downlink", n.down.Run, downCtx)
-	srvDone := part("http", func(context.Context) error {
+	regDone := part(regCtx, "registry", n.reg.Run)
+	upDone := part(upCtx, "uplink", n.up.Run)
+	downDone := part(downCtx, "downlink", n.down.Run)
+	srvDone := part(context.Background(), "http", func(context.Context) error {
 		if err := n.srv.Serve(n.ln); !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}
 		return nil
-	}, context.Background())
-	n.log.Info("dmb node started", "addr", n.ln.Addr().String())
+	})
+	adminDone := make(chan struct{})
+	if n.adminSrv != nil {
+		adminDone = part(context.Background(), "admin", func(context.Context) error {
+			if err := n.adminSrv.Serve(n.adminLn); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+		n.log.Info("admin listener started", "addr", n.adminLn.Addr().String())
+	} else {
+		close(adminDone)
+	}
+	n.log.Info("dmb node started", "addr", n.ln.Addr().String(), "tls", n.cfg.TLSCert != "")
 
 	var runErr error
 	select {
 	case <-ctx.Done():
+	case <-n.drain:
 	case runErr = <-failed:
 		n.log.Error("node part failed", "err", runErr)
 	}
@@ -203,6 +288,12 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	stopReg()
 	<-regDone
+	if n.adminSrv != nil {
+		if err := n.adminSrv.Shutdown(sctx); err != nil {
+			errs = append(errs, fmt.Errorf("admin shutdown: %w", err))
+		}
+	}
+	<-adminDone
 	if err := n.rdb.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close redis: %w", err))
 	}

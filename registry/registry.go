@@ -341,6 +341,23 @@ func (r *Registry) MarkDead(name, bkid string) {
 	}
 }
 
+// Backends is one service's backends in the view.
+type Backends struct {
+	Registered []string `json:"registered"`
+	Live       []string `json:"live"`
+}
+
+// Snapshot returns this node's view of every service's backends.
+func (r *Registry) Snapshot() map[string]Backends {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[string]Backends, len(r.services))
+	for name, s := range r.services {
+		out[name] = Backends{Registered: slices.Clone(s.bkids), Live: slices.Clone(s.live)}
+	}
+	return out
+}
+
 // Refresh reloads every service and the liveness of every backend from
 // Redis, and tells the owner which services' live backends changed.
 func (r *Registry) Refresh(ctx context.Context) error {

@@ -446,6 +446,8 @@ func (w *worker) run1(ctx context.Context, p *pipeline) {
 			switch o.kind {
 			case opConnected:
 				m.MessagesOut.WithLabelValues(metrics.KindConnected).Inc()
+				c := o.b.client
+				w.u.log.Info("client bound to backend", "cid", c.CID(), "service", c.Service(), "bkid", o.bkid)
 			case opMessage:
 				m.MessagesOut.WithLabelValues(metrics.KindMessage).Inc()
 				if o.req.id != nil {

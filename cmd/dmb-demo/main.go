@@ -34,7 +34,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	log, err := config.NewLogger(cfg.LogLevel, cfg.LogFormat)
+	log, _, err := config.NewLogger(cfg.LogLevel, cfg.LogFormat)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,191 @@
+package node_test
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/coder/websocket"
+
+	"github.com/dmb-broker/dmb/config"
+	"github.com/dmb-broker/dmb/internal/testcert"
+	"github.com/dmb-broker/dmb/node"
+)
+
+func TestNativeTLSServesWSS(t *testing.T) {
+	e := newEnv(t)
+	cert := testcert.New(t)
+	n := e.startNode(func(c *config.Config) { c.TLSCert, c.TLSKey = cert.CertFile, cert.KeyFile })
+	b := e.startBackend("chat")
+	tr := &http.Transport{TLSClientConfig: cert.ClientConfig()}
+	defer tr.CloseIdleConnections()
+	httpClient := &http.Client{Transport: tr}
+	ctx := e.ctx()
+	conn, _, err := websocket.Dial(ctx, "wss://"+n.Addr().String()+"/ws/chat", &websocket.DialOptions{HTTPClient: httpClient})
+	if err != nil {
+		t.Fatalf("dial wss: %v", err)
+	}
+	defer conn.CloseNow()
+	if _, data, err := conn.Read(ctx); err != nil || !strings.Contains(string(data), "dmb:connected") {
+		t.Fatalf("first frame %s, %v", data, err)
+	}
+	if err := conn.Write(ctx, websocket.MessageText, []byte(`{"event":"dmb:message","data":1,"id":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	// Many frames at once go out coalesced under TLS; all must arrive intact.
+	for range 300 {
+		b.publish(t, `{"type":"broadcast","data":"over tls"}`)
+	}
+	got := 0
+	for got < 300 {
+		_, data, err := conn.Read(ctx)
+		if err != nil {
+			t.Fatalf("read after %d broadcasts: %v", got, err)
+		}
+		if strings.Contains(string(data), "over tls") {
+			got++
+		}
+	}
+	// Plain HTTP on the TLS port is refused.
+	if resp, err := http.Get("http://" + n.Addr().String() + "/healthz"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == 200 {
+			t.Fatal("plain http answered on the TLS port")
+		}
+	}
+}
+
+func (n *testNode) admin(method, path, body string) (int, string) {
+	n.t.Helper()
+	req, _ := http.NewRequest(method, "http://"+n.AdminAddr().String()+path, strings.NewReader(body))
+	req.Close = true // no idle connection outlives the test
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		n.t.Fatalf("admin %s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestAdminStatsShowClientsBackendsAndQueues(t *testing.T) {
+	e := newEnv(t)
+	n := e.startNode()
+	b := e.startBackend("chat")
+	connect(t, n, "chat").welcome()
+	connect(t, n, "chat").welcome()
+	code, body := n.admin("GET", "/stats", "")
+	var st node.AdminStats
+	if err := json.Unmarshal([]byte(body), &st); code != 200 || err != nil {
+		t.Fatalf("stats %d %v: %s", code, err, body)
+	}
+	if st.Node != n.id || !st.Ready || st.Clients.Clients != 2 || st.Clients.ByService["chat"] != 2 || st.Clients.QueueLimit != 1024 {
+		t.Fatalf("stats = %+v", st)
+	}
+	if bk := st.Backends["chat"]; len(bk.Live) != 1 || bk.Live[0] != b.BKID() {
+		t.Fatalf("backends = %+v", st.Backends)
+	}
+	// The admin endpoints are not on the public port.
+	if code, _ := get(t, n.url("/stats")); code != http.StatusNotFound {
+		t.Fatalf("public /stats = %d", code)
+	}
+}
+
+func TestAdminChangesTheLogLevelAtRunTime(t *testing.T) {
+	e := newEnv(t)
+	n := e.startNode()
+	if _, body := n.admin("GET", "/loglevel", ""); strings.TrimSpace(body) != "info" {
+		t.Fatalf("level = %q", body)
+	}
+	if code, _ := n.admin("PUT", "/loglevel", "debug"); code != 200 {
+		t.Fatalf("set level: %d", code)
+	}
+	if _, body := n.admin("GET", "/loglevel", ""); strings.TrimSpace(body) != "debug" {
+		t.Fatalf("level after set = %q", body)
+	}
+	if code, _ := n.admin("PUT", "/loglevel", "chatty"); code != 400 {
+		t.Fatalf("bad level accepted: %d", code)
+	}
+}
+
+func TestAdminDisconnectsAClient(t *testing.T) {
+	e := newEnv(t)
+	n := e.startNode()
+	b := e.startBackend("chat")
+	c := connect(t, n, "chat").welcome()
+	if code, _ := n.admin("POST", "/clients/"+c.cid+"/disconnect?code=4000&reason=bye", ""); code != 202 {
+		t.Fatalf("disconnect: %d", code)
+	}
+	if code, reason := c.closed(); code != 4000 || reason != "bye" {
+		t.Fatalf("close %d %q", code, reason)
+	}
+	if ev := b.next(ofTypeCID("client_disconnected", c.cid)); ev.Code != 4000 {
+		t.Fatalf("client_disconnected %+v", ev)
+	}
+	if code, _ := n.admin("POST", "/clients/nosuch/disconnect", ""); code != 404 {
+		t.Fatalf("unknown cid: %d", code)
+	}
+}
+
+func TestAdminDrainMovesClientsAwayAndStopsTheNode(t *testing.T) {
+	e := newEnv(t)
+	n := e.startNode()
+	e.startBackend("chat")
+	c := connect(t, n, "chat").welcome()
+	if code, _ := n.admin("POST", "/drain", ""); code != 202 {
+		t.Fatalf("drain: %d", code)
+	}
+	if code, _ := c.closed(); code != 1001 {
+		t.Fatalf("close %d, want 1001 so the client reconnects elsewhere", code)
+	}
+	select {
+	case err := <-n.done:
+		n.stopped = true
+		if err != nil {
+			t.Fatalf("drained node stopped with %v", err)
+		}
+	case <-e.ctx().Done():
+		t.Fatal("node did not stop after drain")
+	}
+}
+
+func TestMetricsWorthGraphingExistAndMove(t *testing.T) {
+	e := newEnv(t)
+	n := e.startNode()
+	b := e.startBackend("chat")
+	before := n.metric(`dmb_connects_total{service="chat"}`)
+	c := connect(t, n, "chat").welcome()
+	c.send(`{"event":"dmb:message","data":1,"id":1}`)
+	c.nextEvent("dmb:ack")
+	b.publish(t, `{"type":"broadcast","data":1}`)
+	c.nextEvent("dmb:broadcast")
+	refused(t, n.wsURL("nosuch"), nil)
+	_ = c.conn.Close(websocket.StatusNormalClosure, "")
+	b.next(ofTypeCID("client_disconnected", c.cid))
+	checks := []struct {
+		series string
+		min    float64
+	}{
+		{`dmb_connects_total{service="chat"}`, before + 1},
+		{`dmb_disconnects_total{code="1000"}`, 1},
+		{`dmb_disconnects_total{code="4004"}`, 1},
+		{`dmb_messages_in_total{kind="message"}`, 1},
+		{`dmb_messages_out_total{kind="message"}`, 1},
+		{`dmb_deliveries_total`, 1},
+		{`dmb_write_batch_frames_count`, 1},
+		{`dmb_uplink_publish_seconds_count`, 1},
+		{`dmb_backends_live`, 1},
+		{`dmb_redis_subscription_up_total{subscription="downlink"}`, 1},
+	}
+	for _, ch := range checks {
+		if got := n.metric(ch.series); got < ch.min {
+			t.Errorf("%s = %v, want at least %v", ch.series, got, ch.min)
+		}
+	}
+	_, body := get(t, n.url("/metrics"))
+	if !strings.Contains(body, "dmb_send_queue_frames ") {
+		t.Errorf("dmb_send_queue_frames missing")
+	}
+}
