@@ -8,14 +8,17 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
 	"syscall"
+	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
@@ -32,9 +35,17 @@ var version = "dev"
 func main() {
 	dev := flag.Bool("dev", false, "run with an embedded Redis, the demo backend and the demo page at /")
 	showVersion := flag.Bool("version", false, "print the version and exit")
+	healthcheck := flag.Bool("healthcheck", false, "ask the local node's /healthz and exit 0 when it answers (for container health checks)")
 	flag.Parse()
 	if *showVersion {
 		_, _ = os.Stdout.WriteString(version + "\n")
+		return
+	}
+	if *healthcheck {
+		if err := checkHealth(); err != nil {
+			slog.Error("health check failed", "err", err)
+			os.Exit(1)
+		}
 		return
 	}
 	if err := run(*dev); err != nil {
@@ -88,6 +99,30 @@ func run(dev bool) error {
 		log.Info("dev mode: open the demo", "url", "http://localhost:"+strconv.Itoa(n.Addr().(*net.TCPAddr).Port)+"/")
 	}
 	return n.Run(ctx)
+}
+
+// checkHealth asks /healthz of the node configured in the environment, on
+// loopback: the image has no curl, so the binary checks itself.
+func checkHealth() error {
+	cfg, err := config.Load()
+	if err != nil {
+		return err
+	}
+	scheme, client := "http", &http.Client{Timeout: 2 * time.Second}
+	if cfg.TLSCert != "" {
+		// The certificate names the public host, not loopback.
+		scheme = "https"
+		client.Transport = &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}} //nolint:gosec // loopback self-check
+	}
+	resp, err := client.Get(scheme + "://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.Port)) + "/healthz")
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("healthz answered %s", resp.Status)
+	}
+	return nil
 }
 
 // startEmbeddedRedis starts miniredis on loopback, on port when it is free

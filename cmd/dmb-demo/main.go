@@ -4,16 +4,21 @@
 //
 // It reads the same environment as dmb itself (README, "Settings"); of
 // those it uses the REDIS_* settings, DMB_PREFIX, DMB_LOG_LEVEL and
-// DMB_LOG_FORMAT. It stops on SIGINT or SIGTERM, after telling DMB that it
-// leaves.
+// DMB_LOG_FORMAT. With DEMO_HTTP_ADDR (e.g. ":8090") it also serves the demo
+// page there, for a proxy to put in front (docker-compose.yml does). It
+// stops on SIGINT or SIGTERM, after telling DMB that it leaves.
 package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -46,6 +51,22 @@ func run() error {
 	defer rdb.Close()
 
 	log.Info("dmb-demo starting", "redis", opts.Addr, "prefix", cfg.Prefix)
+	if addr := os.Getenv("DEMO_HTTP_ADDR"); addr != "" {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("DEMO_HTTP_ADDR: %w", err)
+		}
+		srv := &http.Server{Handler: demo.Page(), ReadHeaderTimeout: 10 * time.Second}
+		pageDone := make(chan error, 1)
+		go func() { pageDone <- srv.Serve(ln) }()
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+			<-pageDone
+		}()
+		log.Info("serving the demo page", "addr", addr)
+	}
 	if err := demo.Run(ctx, rdb, backend.Options{Prefix: cfg.Prefix, Logger: log}); err != nil {
 		return err
 	}
