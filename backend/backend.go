@@ -177,6 +177,8 @@ func (b *Backend) Run(ctx context.Context, h Handler) error {
 		if moved == "" {
 			return err
 		}
+		// Listen on the new bkid; registering again with it keeps it.
+		b.setBKID(moved)
 		b.log.Info("bkid changed after Redis lost the registry", "old", bkid, "new", moved)
 	}
 }

@@ -28,6 +28,8 @@ type Uplink interface {
 	Connect(c uplink.Client) error
 	Message(ctx context.Context, c uplink.Client, data, id json.RawMessage) error
 	Disconnect(c uplink.Client, code int, reason string) error
+	// After runs fn once every frame of c queued before has been answered.
+	After(c uplink.Client, fn func()) error
 }
 
 // Config describes a Broker.
@@ -227,9 +229,11 @@ func (b *Broker) Clients() int {
 	return len(b.byCID)
 }
 
-// Shutdown stops accepting clients, closes every client with 1001 after
-// what is queued for it, and waits until every session has ended and told
-// its backend, or until ctx ends, when the rest are dropped.
+// Shutdown stops accepting clients; stops passing on what clients send;
+// once the uplink has published and answered every frame already read,
+// closes each client with 1001 after what is queued for it; and waits until
+// every session has ended and told its backend, or until ctx ends, when the
+// rest are dropped.
 func (b *Broker) Shutdown(ctx context.Context) error {
 	b.mu.Lock()
 	b.closing = true
@@ -239,7 +243,13 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 	}
 	b.mu.Unlock()
 	for _, c := range clients {
-		c.q.close(closeReq{code: protocol.CloseGoingAway, reason: "server shutting down", flush: true})
+		c.stopForwarding()
+		closeAfter := func() {
+			c.q.close(closeReq{code: protocol.CloseGoingAway, reason: "server shutting down", flush: true})
+		}
+		if err := b.up.After(c, closeAfter); err != nil {
+			closeAfter()
+		}
 	}
 	done := make(chan struct{})
 	go func() {

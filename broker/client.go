@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	"github.com/coder/websocket"
@@ -31,6 +32,11 @@ type client struct {
 	cancel context.CancelFunc
 
 	errs errorWindow // reader only
+
+	// fwdMu orders passing a frame to the uplink against stopForwarding, so
+	// that no frame is passed on after the shutdown barrier.
+	fwdMu      sync.Mutex
+	forwarding bool
 }
 
 func newClient(b *Broker, conn *websocket.Conn, wire *corkConn, service, remote string) *client {
@@ -47,7 +53,32 @@ func newClient(b *Broker, conn *websocket.Conn, wire *corkConn, service, remote 
 		q:       newSendQueue(b.cfg.SendQueue),
 		ctx:     ctx,
 		cancel:  cancel,
+
+		forwarding: true,
 	}
+}
+
+// stopForwarding makes the client answer what it sends from now on with
+// "broker unavailable" instead of passing it on: the node is going away,
+// and the client sends it again to the node it reconnects to.
+func (c *client) stopForwarding() {
+	c.fwdMu.Lock()
+	c.forwarding = false
+	c.fwdMu.Unlock()
+}
+
+// forward passes a frame to the uplink unless forwarding stopped.
+func (c *client) forward(frame protocol.ClientFrame) error {
+	c.fwdMu.Lock()
+	defer c.fwdMu.Unlock()
+	if !c.forwarding {
+		c.b.m.Drops.WithLabelValues(metrics.DropShuttingDown).Inc()
+		if frame.ID != nil {
+			c.send(protocol.AppendError(nil, frame.ID, protocol.ErrTextBrokerUnavailable))
+		}
+		return nil
+	}
+	return c.b.up.Message(c.ctx, c, frame.Data, frame.ID)
 }
 
 // CID, Service, Remote and User describe the client to the uplink.
@@ -140,7 +171,7 @@ func (c *client) handle(data []byte) (err error) {
 		c.badFrame(err)
 		return nil
 	}
-	return c.b.up.Message(c.ctx, c, frame.Data, frame.ID)
+	return c.forward(frame)
 }
 
 // badFrame answers a frame DMB refuses, and closes the client with 1008 when

@@ -37,6 +37,7 @@ func (nullUplink) Message(context.Context, uplink.Client, json.RawMessage, json.
 	return nil
 }
 func (nullUplink) Disconnect(uplink.Client, int, string) error { return nil }
+func (nullUplink) After(_ uplink.Client, fn func()) error      { fn(); return nil }
 
 var payload100 = json.RawMessage(`{"text":"` + strings.Repeat("x", 89) + `"}`)
 

@@ -24,9 +24,10 @@ type Config struct {
 	Port int    `envconfig:"DMB_PORT" default:"8082" desc:"HTTP and WebSocket port"`
 	Bind string `envconfig:"DMB_BIND" default:"" desc:"address to listen on; empty means every interface"`
 
-	TLSCert   string `envconfig:"DMB_TLS_CERT" default:"" desc:"PEM certificate (chain) file; with DMB_TLS_KEY, DMB serves HTTPS and wss:// itself"`
-	TLSKey    string `envconfig:"DMB_TLS_KEY" default:"" desc:"PEM private key file for DMB_TLS_CERT"`
-	AdminAddr string `envconfig:"DMB_ADMIN_ADDR" default:"127.0.0.1:8083" desc:"admin listener (stats, log level, disconnect, drain, pprof); empty turns it off"`
+	TLSCert    string `envconfig:"DMB_TLS_CERT" default:"" desc:"PEM certificate (chain) file; with DMB_TLS_KEY, DMB serves HTTPS and wss:// itself"`
+	TLSKey     string `envconfig:"DMB_TLS_KEY" default:"" desc:"PEM private key file for DMB_TLS_CERT"`
+	AdminAddr  string `envconfig:"DMB_ADMIN_ADDR" default:"127.0.0.1:8083" desc:"admin listener (stats, log level, disconnect, drain, pprof); empty turns it off"`
+	AdminToken string `envconfig:"DMB_ADMIN_TOKEN" default:"" desc:"when set, the admin listener requires Authorization: Bearer <token>"`
 
 	RedisHost     string `envconfig:"REDIS_HOST" default:"localhost" desc:"Redis host"`
 	RedisPort     int    `envconfig:"REDIS_PORT" default:"6379" desc:"Redis port"`
@@ -39,6 +40,7 @@ type Config struct {
 	Prefix           string        `envconfig:"DMB_PREFIX" default:"dmb" desc:"prefix of every Redis channel and key"`
 	NodeID           string        `envconfig:"DMB_NODE_ID" default:"" desc:"node name in bk_message_ack; empty means hostname:port"`
 	BackendTimeout   time.Duration `envconfig:"DMB_BACKEND_TIMEOUT" default:"5s" desc:"a crashed backend is noticed within this time"`
+	BackendRetention time.Duration `envconfig:"DMB_BACKEND_RETENTION" default:"1h" desc:"a backend not live for this long is dropped from its service; it can come back with its bkid for as long again"`
 	ShutdownTimeout  time.Duration `envconfig:"DMB_SHUTDOWN_TIMEOUT" default:"10s" desc:"graceful shutdown must finish within this time"`
 	WriteTimeout     time.Duration `envconfig:"DMB_WRITE_TIMEOUT" default:"10s" desc:"a write to a client that takes longer drops the connection"`
 	SendQueue        int           `envconfig:"DMB_SEND_QUEUE" default:"1024" desc:"frames queued per client before it is closed as a slow consumer (4008)"`
@@ -75,6 +77,9 @@ func (c *Config) Validate() error {
 	}
 	if c.BackendTimeout < 100*time.Millisecond {
 		errs = append(errs, errors.New("DMB_BACKEND_TIMEOUT must be at least 100ms"))
+	}
+	if c.BackendRetention < c.BackendTimeout {
+		errs = append(errs, errors.New("DMB_BACKEND_RETENTION must be at least DMB_BACKEND_TIMEOUT"))
 	}
 	if c.ShutdownTimeout <= 0 || c.WriteTimeout <= 0 {
 		errs = append(errs, errors.New("DMB_SHUTDOWN_TIMEOUT and DMB_WRITE_TIMEOUT must be positive"))
@@ -148,7 +153,10 @@ func (c *Config) RedisOptions() *redis.Options {
 		DialTimeout:  2 * time.Second,
 		ReadTimeout:  3 * time.Second,
 		WriteTimeout: 3 * time.Second,
-		MaxRetries:   1,
+		// No automatic retries: a PUBLISH or a registration that timed out
+		// may still run once Redis answers, and a retry would run it twice.
+		// DMB's loops retry what is safe to retry.
+		MaxRetries: -1,
 	}
 	if c.RedisTLS {
 		o.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.RedisHost}

@@ -35,6 +35,8 @@ const (
 	DropUnknownBKID   = "unknown_bkid"
 	DropClientError   = "client_error"
 	DropUnknownClient = "unknown_client"
+	DropQueueFull     = "queue_full"
+	DropShuttingDown  = "shutting_down"
 )
 
 // Metrics holds a node's series.
@@ -106,6 +108,21 @@ func New(reg prometheus.Registerer) *Metrics {
 		m.Drops, m.BackendsLive, m.RedisErrors, m.UplinkLatency, m.RedisReconnects,
 		m.Connects, m.WriteBatch,
 	)
+	// Series with a known, bounded set of labels exist from the start, so
+	// that rates and alerts see a zero before the first event.
+	for _, k := range []string{KindMessage, KindBroadcast, KindDirect, KindKick, KindRegister} {
+		m.MessagesIn.WithLabelValues(k)
+	}
+	for _, k := range []string{KindMessage, KindBroadcast, KindDirect, KindAck, KindError, KindConnected, KindDisconnected, KindMessageAck} {
+		m.MessagesOut.WithLabelValues(k)
+	}
+	for _, r := range []string{DropSlowConsumer, DropNoBackend, DropBrokerDown, DropMalformed, DropUnknownBKID,
+		DropClientError, DropUnknownClient, DropQueueFull, DropShuttingDown} {
+		m.Drops.WithLabelValues(r)
+	}
+	for _, op := range []string{"uplink", "publish", "register", "refresh", "lookup", "prune"} {
+		m.RedisErrors.WithLabelValues(op)
+	}
 	return m
 }
 

@@ -389,3 +389,23 @@ func refused(t testing.TB, url string, header http.Header) (websocket.StatusCode
 }
 
 type backendEvent = backend.Event
+
+// outcome dials and returns 0 when the node accepted the client (which it
+// then closes), else the close code it was refused with.
+func outcome(t testing.TB, url string) websocket.StatusCode {
+	t.Helper()
+	c := connectURL(t, url, nil)
+	defer c.conn.CloseNow()
+	select {
+	case f := <-c.frames:
+		if f.Event == "dmb:connected" {
+			return 0
+		}
+		t.Fatalf("first frame %+v", f)
+	case <-c.ended:
+	case <-time.After(wait):
+		t.Fatalf("no answer from %s", url)
+	}
+	code, _ := c.closed()
+	return code
+}

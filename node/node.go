@@ -118,7 +118,8 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 		rdb: rdb, ln: ln, adminLn: adminLn, drain: make(chan struct{}),
 	}
 	n.reg = registry.New(rdb, registry.Config{
-		Channels: ch, NodeID: cfg.NodeID, BackendTimeout: cfg.BackendTimeout, Logger: log, Metrics: m,
+		Channels: ch, NodeID: cfg.NodeID, Logger: log, Metrics: m,
+		BackendTimeout: cfg.BackendTimeout, BackendRetention: cfg.BackendRetention,
 	})
 	n.up = uplink.New(rdb, n.reg, uplink.Config{
 		Channels: ch, Workers: cfg.UplinkWorkers, Logger: log, Metrics: m,

@@ -8,6 +8,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/dmb-broker/dmb/config"
+	"github.com/dmb-broker/dmb/node"
 )
 
 // answer is a reply on dmb:register:{nonce}.
@@ -197,12 +200,61 @@ func TestBKDisconnectMakesTheBackendNotLive(t *testing.T) {
 	}
 	// The backend still listens on its uplink, but it left: not live.
 	eventually(t, "4503 after bk_disconnect", func() bool {
-		code, _ := refused(t, n.wsURL("chat"), nil)
-		return code == 4503
+		return outcome(t, n.wsURL("chat")) == 4503
 	})
 	// Its clients stay connected.
 	c.send(`{"event":"dmb:message","data":1,"id":1}`)
 	if f := c.nextEvent("dmb:error"); f.Error != "backend unavailable" {
 		t.Fatalf("error = %q", f.Error)
+	}
+}
+
+func TestBackendsDeadLongerThanTheRetentionAreDroppedButMayComeBack(t *testing.T) {
+	e := newEnv(t)
+	n := e.startNode(func(c *config.Config) { c.BackendRetention = time.Second })
+	live := e.startBackend("chat")
+	var crashed []string
+	for range 3 {
+		b := e.startBackend("chat")
+		crashed = append(crashed, b.BKID())
+		b.stop()
+	}
+	eventually(t, "crashed backends dropped from the service", func() bool {
+		members, _ := e.rdb.SMembers(e.ctx(), "dmb:service:chat").Result()
+		return len(members) == 1 && members[0] == live.BKID()
+	})
+	if ttl, _ := e.rdb.TTL(e.ctx(), "dmb:backend:"+crashed[0]).Result(); ttl <= 0 {
+		t.Fatalf("record of a dropped bkid has TTL %v, want it to expire", ttl)
+	}
+	_, body := n.admin("GET", "/stats", "")
+	var st node.AdminStats
+	_ = json.Unmarshal([]byte(body), &st)
+	if got := st.Backends["chat"].Registered; len(got) != 1 {
+		t.Fatalf("view still holds %v", got)
+	}
+	// A backend that comes back with a dropped bkid keeps it.
+	again := e.register([]*testNode{n}, "chat", crashed[0])
+	if again.BKID != crashed[0] {
+		t.Fatalf("came back with %s, got %s", crashed[0], again.BKID)
+	}
+	if ttl, _ := e.rdb.TTL(e.ctx(), "dmb:backend:"+crashed[0]).Result(); ttl != -1 {
+		t.Fatalf("record of a bkid in use has TTL %v, want none", ttl)
+	}
+}
+
+func TestAServiceKnownBeforeRedisLostItsDataGets4503Not4004(t *testing.T) {
+	e := newEnv(t)
+	n := e.startNode()
+	b := e.startBackend("chat")
+	connect(t, n, "chat").welcome()
+	b.stop()
+	if err := e.rdb.FlushAll(e.ctx()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "4503 for a service this node knew", func() bool {
+		return outcome(t, n.wsURL("chat")) == 4503
+	})
+	if code, _ := refused(t, n.wsURL("never"), nil); code != 4004 {
+		t.Fatalf("never registered: %d, want 4004", code)
 	}
 }

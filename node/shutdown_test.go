@@ -40,7 +40,7 @@ func refusedOrDown(t *testing.T, n *testNode) (int, error) {
 	return 1, nil
 }
 
-func TestShutdownFinishesInFlightUplinkPublishes(t *testing.T) {
+func TestShutdownFinishesInFlightUplinkPublishesAndAcksThem(t *testing.T) {
 	e := newEnv(t)
 	n := e.startNode()
 	b := e.startBackend("chat")
@@ -53,11 +53,14 @@ func TestShutdownFinishesInFlightUplinkPublishes(t *testing.T) {
 		t.Fatalf("shutdown: %v", err)
 	}
 	// The backend got an unbroken run of the client's messages, then the
-	// disconnect; every message the client saw acked is among them.
+	// disconnect.
 	got := 0
 	for {
 		ev := b.next(func(ev backendEvent) bool { return ev.CID == c.cid && ev.Type != "client_connected" })
 		if ev.Type == "client_disconnected" {
+			if ev.Code != 1001 {
+				t.Fatalf("client_disconnected %+v", ev)
+			}
 			break
 		}
 		if string(ev.Data) != strconv.Itoa(got) {
@@ -65,20 +68,53 @@ func TestShutdownFinishesInFlightUplinkPublishes(t *testing.T) {
 		}
 		got++
 	}
-	acked := 0
-	for {
-		select {
-		case f := <-c.frames:
-			if f.Event == "dmb:ack" {
-				acked++
+	// The client got an ack for exactly those, and "broker unavailable" for
+	// any it sent after the node stopped passing frames on.
+	acked, refused := 0, 0
+	for f := range drain(c) {
+		switch f.Event {
+		case "dmb:ack":
+			if string(f.ID) != strconv.Itoa(acked) {
+				t.Fatalf("ack %s when %d was due", f.ID, acked)
 			}
-			continue
-		case <-c.ended:
+			acked++
+		case "dmb:error":
+			if f.Error != "broker unavailable" || string(f.ID) != strconv.Itoa(got+refused) {
+				t.Fatalf("error %+v, want broker unavailable for id %d", f, got+refused)
+			}
+			refused++
 		}
-		break
 	}
-	if acked > got || got == 0 {
-		t.Fatalf("client saw %d acks, backend got %d messages", acked, got)
+	if acked != got {
+		t.Fatalf("backend got %d messages, client saw %d acks", got, acked)
 	}
-	t.Logf("%d of %d messages read before shutdown, %d acks seen", got, count, acked)
+	if got == 0 {
+		t.Fatalf("no message read before shutdown")
+	}
+	t.Logf("of %d frames: %d delivered and acked, %d refused, %d unread at close", count, got, refused, count-got-refused)
+}
+
+// drain returns every frame the client receives until its connection ends.
+func drain(c *wsClient) <-chan frame {
+	out := make(chan frame)
+	go func() {
+		defer close(out)
+		for {
+			select {
+			case f := <-c.frames:
+				out <- f
+				continue
+			case <-c.ended:
+			}
+			for {
+				select {
+				case f := <-c.frames:
+					out <- f
+				default:
+					return
+				}
+			}
+		}
+	}()
+	return out
 }

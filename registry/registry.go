@@ -28,11 +28,12 @@ const onDemandInterval = 100 * time.Millisecond
 
 // Config describes a Registry.
 type Config struct {
-	Channels       protocol.Channels
-	NodeID         string
-	BackendTimeout time.Duration
-	Logger         *slog.Logger
-	Metrics        *metrics.Metrics
+	Channels         protocol.Channels
+	NodeID           string
+	BackendTimeout   time.Duration
+	BackendRetention time.Duration
+	Logger           *slog.Logger
+	Metrics          *metrics.Metrics
 }
 
 // Status of a service for a connecting client.
@@ -55,14 +56,18 @@ type Registry struct {
 
 	onChange func(service string)
 
-	// refreshMu serialises refreshes so that a slow one cannot overwrite the
+	// refresh is held by one refresh at a time (a semaphore, so that waiting
+	// for it honours a context), so that a slow one cannot overwrite the
 	// view with older data than a fast one wrote.
-	refreshMu sync.Mutex
+	refresh chan struct{}
 
 	// mu guards the view below.
 	mu       sync.Mutex
 	services map[string]*service
-	owner    map[string]string // bkid -> service; never changes once known
+	owner    map[string]string    // bkid -> service; never changes once known
+	seen     map[string]bool      // every service this node has known: 4503, never 4004, for them
+	asked    map[string]time.Time // on-demand look-ups of services not in the view
+	dead     map[string]time.Time // registered bkids not live, since when (this node's view)
 }
 
 type service struct {
@@ -79,8 +84,12 @@ func New(rdb redis.UniversalClient, cfg Config) *Registry {
 		cfg:      cfg,
 		log:      cfg.Logger,
 		m:        cfg.Metrics,
+		refresh:  make(chan struct{}, 1),
 		services: make(map[string]*service),
 		owner:    make(map[string]string),
+		seen:     make(map[string]bool),
+		asked:    make(map[string]time.Time),
+		dead:     make(map[string]time.Time),
 	}
 	r.sub = pubsub.New(rdb, pubsub.Config{
 		Name:      "register",
@@ -274,6 +283,10 @@ func (r *Registry) Lookup(ctx context.Context, name string) (Status, error) {
 	defer r.mu.Unlock()
 	s, known := r.services[name]
 	switch {
+	case !known && r.seen[name]:
+		// Redis lost its registry, or the service's last backend was
+		// pruned: its backends may come back, so the client retries.
+		return NoLive, nil
 	case !known:
 		return Unknown, nil
 	case len(s.live) == 0:
@@ -283,18 +296,66 @@ func (r *Registry) Lookup(ctx context.Context, name string) (Status, error) {
 }
 
 // ensureFresh reloads a service from Redis when the view has no live
-// backend for it, at most once per onDemandInterval, so that a backend that
-// came up since the last refresh is found at once.
+// backend for it, at most once per onDemandInterval whatever the number of
+// callers, so that a backend that came up since the last refresh is found
+// at once and a crowd of clients costs one look-up.
 func (r *Registry) ensureFresh(ctx context.Context, name string) error {
-	r.mu.Lock()
-	s, known := r.services[name]
-	fresh := known && (len(s.live) > 0 || time.Since(s.checked) < onDemandInterval)
-	r.mu.Unlock()
-	if fresh {
+	if r.fresh(name) {
 		return nil
 	}
-	return r.refreshService(ctx, name)
+	if err := r.lockRefresh(ctx); err != nil {
+		return err
+	}
+	defer r.unlockRefresh()
+	if r.fresh(name) { // another caller looked while this one waited
+		return nil
+	}
+	r.mu.Lock()
+	if s, ok := r.services[name]; ok {
+		s.checked = time.Now()
+	} else {
+		r.noteAskedLocked(name)
+	}
+	r.mu.Unlock()
+	return r.refreshServiceLocked(ctx, name)
 }
+
+// fresh reports whether the view of a service needs no look-up now.
+func (r *Registry) fresh(name string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s, ok := r.services[name]; ok {
+		return len(s.live) > 0 || time.Since(s.checked) < onDemandInterval
+	}
+	return time.Since(r.asked[name]) < onDemandInterval
+}
+
+// noteAskedLocked records a look-up of a service not in the view; the
+// record is bounded, since clients choose the names.
+func (r *Registry) noteAskedLocked(name string) {
+	if len(r.asked) >= 4096 {
+		for n, t := range r.asked {
+			if time.Since(t) >= onDemandInterval {
+				delete(r.asked, n)
+			}
+		}
+		if len(r.asked) >= 4096 {
+			clear(r.asked)
+		}
+	}
+	r.asked[name] = time.Now()
+}
+
+func (r *Registry) lockRefresh(ctx context.Context) error {
+	select {
+	case r.refresh <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (r *Registry) unlockRefresh() { <-r.refresh }
 
 // Pick returns the backend a client of service should be bound to: current
 // while it is live, else the next live backend in turn. It returns "" when
@@ -361,8 +422,10 @@ func (r *Registry) Snapshot() map[string]Backends {
 // Refresh reloads every service and the liveness of every backend from
 // Redis, and tells the owner which services' live backends changed.
 func (r *Registry) Refresh(ctx context.Context) error {
-	r.refreshMu.Lock()
-	defer r.refreshMu.Unlock()
+	if err := r.lockRefresh(ctx); err != nil {
+		return err
+	}
+	defer r.unlockRefresh()
 	names, err := r.rdb.SMembers(ctx, r.cfg.Channels.Key("services")).Result()
 	if err != nil {
 		r.m.RedisErrors.WithLabelValues("refresh").Inc()
@@ -372,6 +435,7 @@ func (r *Registry) Refresh(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	r.prune(ctx, fresh)
 	r.mu.Lock()
 	var changed []string
 	for name, old := range r.services {
@@ -398,10 +462,62 @@ func (r *Registry) Refresh(ctx context.Context) error {
 	return nil
 }
 
-// refreshService reloads one service from Redis.
-func (r *Registry) refreshService(ctx context.Context, name string) error {
-	r.refreshMu.Lock()
-	defer r.refreshMu.Unlock()
+// prune drops from their services the bkids that have not been live for
+// DMB_BACKEND_RETENTION: backends that crashed and never came back, whose
+// bkids would otherwise pile up in Redis and in every node's liveness
+// check. The bkid's record expires after as long again, so a backend that
+// does come back within it keeps its bkid. Every node prunes what it has
+// seen dead long enough; the Redis updates are idempotent.
+func (r *Registry) prune(ctx context.Context, fresh map[string]*service) {
+	now := time.Now()
+	var expired []string
+	r.mu.Lock()
+	stillDead := make(map[string]time.Time, len(r.dead))
+	for _, s := range fresh {
+		for _, b := range s.bkids {
+			if slices.Contains(s.live, b) {
+				continue
+			}
+			since, ok := r.dead[b]
+			if !ok {
+				since = now
+			}
+			if now.Sub(since) >= r.cfg.BackendRetention {
+				expired = append(expired, b)
+				continue
+			}
+			stillDead[b] = since
+		}
+	}
+	r.dead = stillDead
+	r.mu.Unlock()
+	if len(expired) == 0 {
+		return
+	}
+	pipe := r.rdb.Pipeline()
+	for name, s := range fresh {
+		for _, b := range expired {
+			if i := slices.Index(s.bkids, b); i >= 0 {
+				s.bkids = slices.Delete(s.bkids, i, i+1)
+				pipe.SRem(ctx, r.cfg.Channels.Key("service", name), b)
+				pipe.Expire(ctx, r.cfg.Channels.Key("backend", b), r.cfg.BackendRetention)
+				r.log.Info("backend dropped after retention", "service", name, "bkid", b)
+			}
+		}
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		r.m.RedisErrors.WithLabelValues("prune").Inc()
+	}
+	r.mu.Lock()
+	for _, b := range expired {
+		delete(r.owner, b)
+	}
+	r.mu.Unlock()
+}
+
+// refreshServiceLocked reloads one service from Redis; the caller holds the
+// refresh semaphore.
+func (r *Registry) refreshServiceLocked(ctx context.Context, name string) error {
 	known, err := r.rdb.SIsMember(ctx, r.cfg.Channels.Key("services"), name).Result()
 	if err != nil {
 		r.m.RedisErrors.WithLabelValues("refresh").Inc()
@@ -463,6 +579,8 @@ func (r *Registry) load(ctx context.Context, names []string) (map[string]*servic
 	}
 	r.mu.Lock()
 	for name, s := range fresh {
+		r.seen[name] = true
+		delete(r.asked, name)
 		for _, b := range s.bkids {
 			r.owner[b] = name
 			if subs[r.cfg.Channels.Uplink(b)] > 0 {

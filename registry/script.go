@@ -37,6 +37,8 @@ if bkid == '' then
   bkid = string.format('%d', redis.call('INCR', KEYS[2]))
 end
 redis.call('HSET', ARGV[4] .. 'backend:' .. bkid, 'service', service)
+-- A bkid dropped after its retention expires later; coming back keeps it.
+redis.call('PERSIST', ARGV[4] .. 'backend:' .. bkid)
 redis.call('SADD', ARGV[4] .. 'service:' .. service, bkid)
 redis.call('SADD', KEYS[3], service)
 return bkid

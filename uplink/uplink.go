@@ -66,7 +66,8 @@ type Uplink struct {
 	log     *slog.Logger
 	m       *metrics.Metrics
 	reg     Registry
-	workers []*worker
+	workers []*worker // client events, by cid
+	events  *worker   // node events (bk_message_ack, error): never behind client traffic
 	seed    maphash.Seed
 
 	drain   chan struct{} // closed by Drain
@@ -87,16 +88,21 @@ func New(rdb redis.UniversalClient, reg Registry, cfg Config) *Uplink {
 		stopped: make(chan struct{}),
 	}
 	for range cfg.Workers {
-		u.workers = append(u.workers, &worker{
-			u:         u,
-			in:        make(chan request, queueSize),
-			rebind:    make(chan struct{}, 1),
-			bindings:  make(map[string]*binding),
-			byService: make(map[string]map[string]*binding),
-			pending:   make(map[string]struct{}),
-		})
+		u.workers = append(u.workers, u.newWorker())
 	}
+	u.events = u.newWorker()
 	return u
+}
+
+func (u *Uplink) newWorker() *worker {
+	return &worker{
+		u:         u,
+		in:        make(chan request, queueSize),
+		rebind:    make(chan struct{}, 1),
+		bindings:  make(map[string]*binding),
+		byService: make(map[string]map[string]*binding),
+		pending:   make(map[string]struct{}),
+	}
 }
 
 // Run publishes until ctx is done, or until Drain is called and everything
@@ -104,7 +110,7 @@ func New(rdb redis.UniversalClient, reg Registry, cfg Config) *Uplink {
 func (u *Uplink) Run(ctx context.Context) error {
 	defer close(u.stopped)
 	g, ctx := errgroup.WithContext(ctx)
-	for _, w := range u.workers {
+	for _, w := range append([]*worker{u.events}, u.workers...) {
 		g.Go(func() error { return w.run(ctx) })
 	}
 	return g.Wait()
@@ -132,10 +138,30 @@ func (u *Uplink) Disconnect(c Client, code int, reason string) error {
 	return u.enqueue(context.Background(), u.clientWorker(c), request{kind: reqDisconnect, client: c, code: code, reason: reason})
 }
 
-// Publish publishes a node event to a backend's uplink, fire and forget.
+// ErrQueueFull is returned by Publish when node events come faster than
+// Redis takes them; the event is dropped and counted.
+var ErrQueueFull = errors.New("uplink event queue full")
+
+// Publish publishes a node event to a backend's uplink, fire and forget,
+// in the order of the calls. It never blocks: the downlink calls it, and
+// fan-out must not wait for client traffic or for Redis.
 func (u *Uplink) Publish(bkid string, payload []byte) error {
-	w := u.workers[maphash.String(u.seed, bkid)%uint64(len(u.workers))]
-	return u.enqueue(context.Background(), w, request{kind: reqPublish, bkid: bkid, data: payload})
+	select {
+	case u.events.in <- request{kind: reqPublish, bkid: bkid, data: payload}:
+		return nil
+	case <-u.stopped:
+		return ErrStopped
+	default:
+		u.m.Drops.WithLabelValues(metrics.DropQueueFull).Inc()
+		return ErrQueueFull
+	}
+}
+
+// After runs fn once every frame of c queued before it has been published
+// and answered. The broker uses it to close a client only after the acks of
+// what it sent.
+func (u *Uplink) After(c Client, fn func()) error {
+	return u.enqueue(context.Background(), u.clientWorker(c), request{kind: reqBarrier, client: c, then: fn})
 }
 
 // BackendsChanged moves the clients of service whose backend is no longer
@@ -174,6 +200,7 @@ const (
 	reqMessage
 	reqDisconnect
 	reqPublish
+	reqBarrier
 )
 
 type request struct {
@@ -184,6 +211,7 @@ type request struct {
 	code   int
 	reason string
 	bkid   string // publish
+	then   func() // barrier
 }
 
 // binding is where one client's frames go. Only its worker touches it.
@@ -293,6 +321,7 @@ func (p *pipeline) add(o op) { p.ops = append(p.ops, o) }
 // process publishes one batch of requests in one pipeline.
 func (w *worker) process(ctx context.Context, batch []request) {
 	var p pipeline
+	var barriers []func()
 	for i := range batch {
 		r := &batch[i]
 		switch r.kind {
@@ -309,9 +338,16 @@ func (w *worker) process(ctx context.Context, batch []request) {
 			w.unbind(r.client, r.code, r.reason, &p)
 		case reqPublish:
 			p.add(op{kind: opPublish, bkid: r.bkid, payload: r.data})
+		case reqBarrier:
+			barriers = append(barriers, r.then)
 		}
 	}
 	w.exec(ctx, &p)
+	// Every frame before a barrier was in this pipeline or an earlier one,
+	// and has been answered.
+	for _, fn := range barriers {
+		fn()
+	}
 }
 
 func (w *worker) bind(c Client) *binding {
@@ -434,9 +470,14 @@ func (w *worker) run1(ctx context.Context, p *pipeline) {
 				if o.b.bkid == o.bkid {
 					o.b.announced = false
 				}
-				if o.attempt < maxAttempts {
+				switch {
+				case w.bindings[o.b.client.CID()] != o.b:
+					// The client left in this same batch; offering its frame
+					// to another backend would bind a client that is gone.
+					w.answer(o.req, protocol.ErrTextBackendUnavailable, metrics.DropNoBackend)
+				case o.attempt < maxAttempts:
 					p.retry = append(p.retry, *o)
-				} else {
+				default:
 					w.answer(o.req, protocol.ErrTextBackendUnavailable, metrics.DropNoBackend)
 				}
 			case opDisconnected, opPublish:
