@@ -1,6 +1,7 @@
 package node
 
 import (
+	"crypto/subtle"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -28,7 +29,8 @@ type AdminStats struct {
 	Backends      map[string]registry.Backends `json:"backends"`
 }
 
-// adminHandler is the operator's console, served on DMB_ADMIN_ADDR only:
+// adminHandler is the operator's console, served on DMB_ADMIN_ADDR only,
+// behind DMB_ADMIN_TOKEN when one is set:
 //
 //	GET  /stats                     node stats as JSON
 //	GET  /loglevel                  the log level
@@ -68,8 +70,8 @@ func (n *Node) adminHandler() http.Handler {
 		code := websocket.StatusPolicyViolation
 		if s := r.URL.Query().Get("code"); s != "" {
 			c, err := strconv.Atoi(s)
-			if err != nil || c < 1000 || c > 4999 {
-				http.Error(w, "code must be a close code from 1000 to 4999", http.StatusBadRequest)
+			if err != nil || !sendableCloseCode(c) {
+				http.Error(w, "code must be 1000, 1001, 1008, 1011 or 3000-4999", http.StatusBadRequest)
 				return
 			}
 			code = websocket.StatusCode(c)
@@ -94,7 +96,29 @@ func (n *Node) adminHandler() http.Handler {
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
-	return mux
+	if n.cfg.AdminToken == "" {
+		return mux
+	}
+	want := "Bearer " + n.cfg.AdminToken
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), []byte(want)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="dmb-admin"`)
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// sendableCloseCode reports whether an operator may close a client with
+// code: the codes a server sends for its own reasons, or an application
+// code (1005, 1006 and 1015 never appear in a close frame).
+func sendableCloseCode(c int) bool {
+	switch c {
+	case 1000, 1001, 1008, 1011:
+		return true
+	}
+	return c >= 3000 && c <= 4999
 }
 
 func writeJSON(w http.ResponseWriter, v any) {

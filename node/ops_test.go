@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -127,6 +129,28 @@ func TestAdminDisconnectsAClient(t *testing.T) {
 	if code, _ := n.admin("POST", "/clients/nosuch/disconnect", ""); code != 404 {
 		t.Fatalf("unknown cid: %d", code)
 	}
+	if code, _ := n.admin("POST", "/clients/x/disconnect?code=1006", ""); code != 400 {
+		t.Fatalf("close code 1006 accepted: %d", code)
+	}
+}
+
+func TestAdminTokenIsRequiredWhenSet(t *testing.T) {
+	e := newEnv(t)
+	n := e.startNode(func(c *config.Config) { c.AdminToken = "s3cret" })
+	if code, _ := n.admin("GET", "/stats", ""); code != http.StatusUnauthorized {
+		t.Fatalf("no token: %d", code)
+	}
+	req, _ := http.NewRequest("GET", "http://"+n.AdminAddr().String()+"/stats", nil)
+	req.Header.Set("Authorization", "Bearer s3cret")
+	req.Close = true
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("with token: %d", resp.StatusCode)
+	}
 }
 
 func TestAdminDrainMovesClientsAwayAndStopsTheNode(t *testing.T) {
@@ -187,5 +211,39 @@ func TestMetricsWorthGraphingExistAndMove(t *testing.T) {
 	_, body := get(t, n.url("/metrics"))
 	if !strings.Contains(body, "dmb_send_queue_frames ") {
 		t.Errorf("dmb_send_queue_frames missing")
+	}
+}
+
+func TestGrafanaDashboardUsesOnlyExportedSeries(t *testing.T) {
+	e := newEnv(t)
+	n := e.startNode()
+	e.startBackend("chat")
+	c := connect(t, n, "chat").welcome()
+	_ = c.conn.Close(websocket.StatusNormalClosure, "")
+	c.closed()
+	var exported string
+	eventually(t, "the disconnect counted", func() bool {
+		_, exported = get(t, n.url("/metrics"))
+		return strings.Contains(exported, "# TYPE dmb_disconnects_total ")
+	})
+	dash, err := os.ReadFile("../deploy/grafana/dmb-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !json.Valid(dash) {
+		t.Fatal("dashboard is not JSON")
+	}
+	used := regexp.MustCompile(`\b(dmb|go|process)_[a-z_]+`).FindAllString(string(dash), -1)
+	if len(used) < 10 {
+		t.Fatalf("dashboard uses only %v", used)
+	}
+	for _, name := range used {
+		base := name
+		for _, suffix := range []string{"_bucket", "_count", "_sum"} {
+			base = strings.TrimSuffix(base, suffix)
+		}
+		if !strings.Contains(exported, "# TYPE "+base+" ") {
+			t.Errorf("dashboard uses %s, which the node does not export", name)
+		}
 	}
 }
