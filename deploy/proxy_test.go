@@ -78,52 +78,128 @@ func startNode(t *testing.T, r *redistest.Server) *node.Node {
 	return n
 }
 
-// nginx runs Debian's nginx with deploy/nginx/dmb.conf, its listen ports,
-// certificate paths and upstreams set for the test.
-type nginx struct {
+// proxy is a TLS proxy running one of deploy/'s configurations.
+type proxy struct {
 	https, http int
 }
 
-func startNginx(t *testing.T, dmbAddr, pageAddr string, cert testcert.Cert) nginx {
+// proxyKind starts one kind of proxy in front of DMB and the page.
+type proxyKind struct {
+	name  string
+	start func(t *testing.T, dmbAddr, pageAddr string, cert testcert.Cert) proxy
+}
+
+var proxies = []proxyKind{{"nginx", startNginx}, {"apache", startApache}}
+
+// templated returns a deploy/ config file with the given replacements,
+// each of which must be found.
+func templated(t *testing.T, path string, repl map[string]string) string {
 	t.Helper()
-	bin, err := exec.LookPath("nginx")
-	if err != nil {
-		bin = "/usr/sbin/nginx"
-		if _, err := os.Stat(bin); err != nil {
-			t.Fatalf("nginx not installed (apt-get install nginx): %v", err)
-		}
-	}
-	src, err := os.ReadFile("nginx/dmb.conf")
+	src, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	px := nginx{https: redistest.FreePort(t), http: redistest.FreePort(t)}
 	conf := string(src)
-	for from, to := range map[string]string{
+	for from, to := range repl {
+		if !strings.Contains(conf, from) {
+			t.Fatalf("%s no longer has %q", path, from)
+		}
+		conf = strings.ReplaceAll(conf, from, to)
+	}
+	return conf
+}
+
+// runServer starts a proxy process in its own process group (so that its
+// workers stop with it), logging to a file, and waits for its TLS port.
+func runServer(t *testing.T, dir string, port int, bin string, args ...string) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	// Output to a file: the workers inherit it, and a pipe would keep Wait
+	// waiting for them too.
+	logFile, err := os.Create(filepath.Join(dir, "server.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	output := func() string {
+		b, _ := os.ReadFile(logFile.Name())
+		e, _ := os.ReadFile(filepath.Join(dir, "error.log"))
+		return string(b) + string(e)
+	}
+	t.Cleanup(func() {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-exited
+		if t.Failed() {
+			t.Logf("%s output:\n%s", filepath.Base(bin), output())
+		}
+	})
+	eventually(t, filepath.Base(bin)+" listening", func() bool {
+		select {
+		case <-exited:
+			t.Fatalf("%s exited: %s", bin, output())
+		default:
+		}
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 100*time.Millisecond)
+		if err != nil {
+			return false
+		}
+		c.Close()
+		return true
+	})
+}
+
+func findBinary(t *testing.T, name, pkg string) string {
+	t.Helper()
+	if bin, err := exec.LookPath(name); err == nil {
+		return bin
+	}
+	bin := "/usr/sbin/" + name
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatalf("%s not installed (apt-get install %s): %v", name, pkg, err)
+	}
+	return bin
+}
+
+func tempDir(t *testing.T) string {
+	dir := t.TempDir()
+	_ = os.Chmod(dir, 0o755) // workers run as another user
+	return dir
+}
+
+func writeFile(t *testing.T, dir, name, text string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, name), []byte(text), fs.FileMode(0o644)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startNginx runs Debian's nginx with deploy/nginx/dmb.conf, its listen
+// ports, certificate paths and upstreams set for the test.
+func startNginx(t *testing.T, dmbAddr, pageAddr string, cert testcert.Cert) proxy {
+	t.Helper()
+	bin := findBinary(t, "nginx", "nginx")
+	px := proxy{https: redistest.FreePort(t), http: redistest.FreePort(t)}
+	conf := templated(t, "nginx/dmb.conf", map[string]string{
 		"listen 443 ssl;":           fmt.Sprintf("listen 127.0.0.1:%d ssl;", px.https),
 		"listen 80;":                fmt.Sprintf("listen 127.0.0.1:%d;", px.http),
 		"/etc/nginx/certs/tls.crt;": cert.CertFile + ";",
 		"/etc/nginx/certs/tls.key;": cert.KeyFile + ";",
-	} {
-		if !strings.Contains(conf, from) {
-			t.Fatalf("deploy/nginx/dmb.conf no longer has %q", from)
-		}
-		conf = strings.ReplaceAll(conf, from, to)
-	}
-	dir := t.TempDir()
-	_ = os.Chmod(dir, 0o755)
-	write := func(name, text string) {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), fs.FileMode(0o644)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write("dmb.conf", conf)
-	write("upstreams.conf", fmt.Sprintf("upstream dmb { server %s; }\nupstream dmb_page { server %s; }\n", dmbAddr, pageAddr))
+	})
+	dir := tempDir(t)
+	writeFile(t, dir, "dmb.conf", conf)
+	writeFile(t, dir, "upstreams.conf", fmt.Sprintf("upstream dmb { server %s; }\nupstream dmb_page { server %s; }\n", dmbAddr, pageAddr))
 	user := ""
 	if os.Geteuid() == 0 {
 		user = "user root;"
 	}
-	write("nginx.conf", fmt.Sprintf(`%s
+	writeFile(t, dir, "nginx.conf", fmt.Sprintf(`%s
 daemon off;
 worker_processes 1;
 pid %[2]s/nginx.pid;
@@ -140,46 +216,48 @@ http {
     include %[2]s/dmb.conf;
 }
 `, user, dir))
-	cmd := exec.Command(bin, "-p", dir, "-c", filepath.Join(dir, "nginx.conf"), "-e", "stderr")
-	// Output to a file: nginx's worker inherits it, and a pipe would keep
-	// Wait waiting for the worker too.
-	logFile, err := os.Create(filepath.Join(dir, "nginx.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logFile.Close()
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	// Its own process group, so that the master and its worker stop together.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	output := func() string {
-		b, _ := os.ReadFile(logFile.Name())
-		return string(b)
-	}
-	t.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		<-exited
-		if t.Failed() {
-			t.Logf("nginx output:\n%s", output())
-		}
+	runServer(t, dir, px.https, bin, "-p", dir, "-c", filepath.Join(dir, "nginx.conf"), "-e", "stderr")
+	return px
+}
+
+// startApache runs Debian's Apache httpd with deploy/apache/dmb.conf, its
+// virtual hosts, certificate paths and backends set for the test.
+func startApache(t *testing.T, dmbAddr, pageAddr string, cert testcert.Cert) proxy {
+	t.Helper()
+	bin := findBinary(t, "apache2", "apache2")
+	px := proxy{https: redistest.FreePort(t), http: redistest.FreePort(t)}
+	conf := templated(t, "apache/dmb.conf", map[string]string{
+		"<VirtualHost *:80>":       fmt.Sprintf("<VirtualHost 127.0.0.1:%d>", px.http),
+		"<VirtualHost *:443>":      fmt.Sprintf("<VirtualHost 127.0.0.1:%d>", px.https),
+		"/etc/ssl/certs/dmb.crt":   cert.CertFile,
+		"/etc/ssl/private/dmb.key": cert.KeyFile,
+		"http://127.0.0.1:8082/":   "http://" + dmbAddr + "/",
+		`"http://127.0.0.1:8090"`:  `"http://` + pageAddr + `"`,
+		"ws://127.0.0.1:8082/ws/":  "ws://" + dmbAddr + "/ws/",
 	})
-	eventually(t, "nginx listening", func() bool {
-		select {
-		case <-exited:
-			t.Fatalf("nginx exited: %s", output())
-		default:
-		}
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", px.https), 100*time.Millisecond)
-		if err != nil {
-			return false
-		}
-		c.Close()
-		return true
-	})
+	dir := tempDir(t)
+	writeFile(t, dir, "dmb.conf", conf)
+	mods := "/usr/lib/apache2/modules/"
+	var load strings.Builder
+	for _, m := range []string{"mpm_event", "authz_core", "alias", "headers", "socache_shmcb", "ssl", "proxy", "proxy_http", "proxy_wstunnel"} {
+		fmt.Fprintf(&load, "LoadModule %s_module %smod_%s.so\n", m, mods, m)
+	}
+	user := ""
+	if os.Geteuid() == 0 {
+		user = "User www-data\nGroup www-data\n"
+	}
+	writeFile(t, dir, "httpd.conf", fmt.Sprintf(`%s%s
+ServerName localhost
+ServerRoot %[3]s
+PidFile %[3]s/httpd.pid
+DefaultRuntimeDir %[3]s
+ErrorLog %[3]s/error.log
+LogLevel warn
+Listen 127.0.0.1:%[4]d
+Listen 127.0.0.1:%[5]d
+Include %[3]s/dmb.conf
+`, load.String(), user, dir, px.https, px.http))
+	runServer(t, dir, px.https, bin, "-f", filepath.Join(dir, "httpd.conf"), "-DFOREGROUND")
 	return px
 }
 
@@ -194,20 +272,20 @@ func clientTransport(t *testing.T, cert testcert.Cert) *http.Transport {
 type env struct {
 	t      *testing.T
 	cert   testcert.Cert
-	px     nginx
+	px     proxy
 	node   *node.Node
 	events chan backend.Event
 	b      *backend.Backend
 }
 
-func setup(t *testing.T) *env {
+func setup(t *testing.T, kind proxyKind) *env {
 	r := redistest.Start(t)
 	n := startNode(t, r)
 	page := httptest.NewServer(demo.Page())
 	t.Cleanup(page.Close)
 	cert := testcert.New(t)
 	e := &env{t: t, cert: cert, node: n, events: make(chan backend.Event, 1000)}
-	e.px = startNginx(t, n.Addr().String(), strings.TrimPrefix(page.URL, "http://"), cert)
+	e.px = kind.start(t, n.Addr().String(), strings.TrimPrefix(page.URL, "http://"), cert)
 
 	rdb := redis.NewClient(&redis.Options{Addr: r.Addr()})
 	t.Cleanup(func() { _ = rdb.Close() })
@@ -270,8 +348,13 @@ func read(t *testing.T, c *websocket.Conn) map[string]any {
 	return f
 }
 
-func TestWSSThroughNginxCarriesTheWholeContract(t *testing.T) {
-	e := setup(t)
+func TestWSSThroughTheProxyCarriesTheWholeContract(t *testing.T) {
+	for _, kind := range proxies {
+		t.Run(kind.name, func(t *testing.T) { testWholeContract(t, setup(t, kind)) })
+	}
+}
+
+func testWholeContract(t *testing.T, e *env) {
 	wss := "wss://127.0.0.1:" + strconv.Itoa(e.px.https) + "/ws/chat"
 	origin := http.Header{"Origin": {"https://127.0.0.1:" + strconv.Itoa(e.px.https)}}
 	c, cid := e.dial(wss, origin, clientTransport(t, e.cert))
@@ -305,7 +388,12 @@ func TestWSSThroughNginxCarriesTheWholeContract(t *testing.T) {
 }
 
 func TestXForwardedForCannotBeSpoofed(t *testing.T) {
-	e := setup(t)
+	for _, kind := range proxies {
+		t.Run(kind.name, func(t *testing.T) { testNoSpoofing(t, setup(t, kind)) })
+	}
+}
+
+func testNoSpoofing(t *testing.T, e *env) {
 	forged := http.Header{"X-Forwarded-For": {"6.6.6.6"}, "X-Real-Ip": {"6.6.6.7"}}
 	// Through the proxy: nginx replaces the header with what it saw.
 	_, cid := e.dial("wss://127.0.0.1:"+strconv.Itoa(e.px.https)+"/ws/chat", forged, clientTransport(t, e.cert))
@@ -319,21 +407,28 @@ func TestXForwardedForCannotBeSpoofed(t *testing.T) {
 	}
 }
 
-func TestNginxProxiesOnlyTheWebSocketAndThePage(t *testing.T) {
-	e := setup(t)
+func TestTheProxyPassesOnlyTheWebSocketAndThePage(t *testing.T) {
+	for _, kind := range proxies {
+		t.Run(kind.name, func(t *testing.T) { testOnlyWebSocketAndPage(t, setup(t, kind)) })
+	}
+}
+
+func testOnlyWebSocketAndPage(t *testing.T, e *env) {
 	tr := clientTransport(t, e.cert)
 	tr.TLSClientConfig = &tls.Config{RootCAs: e.cert.Pool, MinVersion: tls.VersionTLS12}
 	client := &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	base := "https://127.0.0.1:" + strconv.Itoa(e.px.https)
-	for path, want := range map[string]int{"/": 200, "/metrics": 404, "/healthz": 404, "/readyz": 404, "/dmb.js": 404} {
+	for _, path := range []string{"/", "/metrics", "/healthz", "/readyz", "/stats"} {
 		resp, err := client.Get(base + path)
 		if err != nil {
 			t.Fatal(err)
 		}
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode != want {
-			t.Errorf("GET %s = %d, want %d", path, resp.StatusCode, want)
+		// The page is served; nothing else of DMB is (404 from nginx, 403
+		// from Apache).
+		if ok := resp.StatusCode == 200; ok != (path == "/") || (path != "/" && resp.StatusCode != 404 && resp.StatusCode != 403) {
+			t.Errorf("GET %s = %d", path, resp.StatusCode)
 		}
 		if path == "/" && !strings.Contains(string(body), "/ws/chat") {
 			t.Errorf("page is not the demo page")

@@ -92,11 +92,17 @@ func (e *env) baseConfig() config.Config {
 // startNode starts a node and waits until it is ready.
 func (e *env) startNode(mutate ...func(*config.Config)) *testNode {
 	e.t.Helper()
+	return e.startNodeLogging(testLogger().With("test", e.t.Name()), mutate...)
+}
+
+// startNodeLogging starts a node that logs to log.
+func (e *env) startNodeLogging(log *slog.Logger, mutate ...func(*config.Config)) *testNode {
+	e.t.Helper()
 	cfg := e.baseConfig()
 	for _, f := range mutate {
 		f(&cfg)
 	}
-	n, err := node.New(cfg, node.Options{Logger: testLogger().With("test", e.t.Name())})
+	n, err := node.New(cfg, node.Options{Logger: log})
 	if err != nil {
 		e.t.Fatalf("new node: %v", err)
 	}

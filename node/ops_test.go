@@ -1,12 +1,16 @@
 package node_test
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/coder/websocket"
@@ -245,5 +249,69 @@ func TestGrafanaDashboardUsesOnlyExportedSeries(t *testing.T) {
 		if !strings.Contains(exported, "# TYPE "+base+" ") {
 			t.Errorf("dashboard uses %s, which the node does not export", name)
 		}
+	}
+}
+
+// syncBuffer is a log destination safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) lines() []map[string]any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []map[string]any
+	for _, l := range bytes.Split(s.b.Bytes(), []byte("\n")) {
+		var m map[string]any
+		if json.Unmarshal(l, &m) == nil {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func TestLogsHaveOneLinePerLifecycleEventAndNonePerMessage(t *testing.T) {
+	e := newEnv(t)
+	var buf syncBuffer
+	n := e.startNodeLogging(slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo})))
+	b := e.startBackend("chat")
+	c := connect(t, n, "chat").welcome()
+	for i := range 50 {
+		c.send(fmt.Sprintf(`{"event":"dmb:message","data":%d,"id":%d}`, i, i))
+		b.publish(t, `{"type":"broadcast","data":1}`)
+	}
+	for range 50 {
+		c.nextEvent("dmb:ack")
+	}
+	_ = c.conn.Close(websocket.StatusNormalClosure, "bye")
+	b.next(ofTypeCID("client_disconnected", c.cid))
+	var mine []map[string]any
+	eventually(t, "the disconnect logged", func() bool {
+		mine = nil
+		for _, l := range buf.lines() {
+			if l["cid"] == c.cid {
+				mine = append(mine, l)
+			}
+		}
+		return len(mine) > 0 && mine[len(mine)-1]["msg"] == "client disconnected"
+	})
+	want := []string{"client connected", "client bound to backend", "client disconnected"}
+	if len(mine) != len(want) {
+		t.Fatalf("%d lines for one client and 100 messages, want %d: %v", len(mine), len(want), mine)
+	}
+	for i, l := range mine {
+		if l["msg"] != want[i] || l["service"] != "chat" || l["node"] != n.id {
+			t.Errorf("line %d = %v, want %q with service and node", i, l, want[i])
+		}
+	}
+	if mine[1]["bkid"] != b.BKID() {
+		t.Errorf("bound line %v lacks bkid %s", mine[1], b.BKID())
 	}
 }
