@@ -35,6 +35,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/dmb-broker/dmb/auth"
 	"github.com/dmb-broker/dmb/protocol"
 	"github.com/dmb-broker/dmb/pubsub"
 )
@@ -320,4 +321,18 @@ func (b *Backend) Leave(ctx context.Context) error {
 		return fmt.Errorf("publish bk_disconnect: %w", err)
 	}
 	return nil
+}
+
+// DirectUser sends data to every connection of user, on every node: each
+// tab the user has open. It needs auth (DMB_JWT_SECRET) on the nodes.
+func (b *Backend) DirectUser(ctx context.Context, user string, data any) error {
+	return b.Publish(ctx, Command{Type: protocol.TypeDirect, User: user, Data: data})
+}
+
+// MintToken returns a client token for user, valid for ttl, signed with
+// the secret the DMB nodes have as DMB_JWT_SECRET, admitting the listed
+// services (every service when none is listed). Hand it to the browser,
+// which connects with ?token=.
+func MintToken(secret, user string, ttl time.Duration, services ...string) (string, error) {
+	return auth.Mint(secret, user, ttl, services...)
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/dmb-broker/dmb/auth"
 	"github.com/dmb-broker/dmb/metrics"
 	"github.com/dmb-broker/dmb/protocol"
 	"github.com/dmb-broker/dmb/registry"
@@ -40,8 +41,11 @@ type Config struct {
 	WriteTimeout     time.Duration
 	AllowedOrigins   []string
 	TrustedProxies   []netip.Prefix
-	Logger           *slog.Logger
-	Metrics          *metrics.Metrics
+	// Auth, when set, requires a token of every client (PROTOCOL.md,
+	// section 7).
+	Auth    *auth.Verifier
+	Logger  *slog.Logger
+	Metrics *metrics.Metrics
 }
 
 // lookupTimeout bounds the registry look-up of a connecting client.
@@ -66,7 +70,12 @@ type Broker struct {
 	closing   bool
 	byCID     map[string]*client
 	byService map[string]map[*client]struct{}
+	byUser    map[userKey]map[*client]struct{} // when auth is on
 }
+
+// userKey is a user within a service: a backend reaches only the clients
+// of its own service.
+type userKey struct{ service, user string }
 
 // New returns a broker.
 func New(reg Registry, up Uplink, cfg Config) *Broker {
@@ -81,6 +90,7 @@ func New(reg Registry, up Uplink, cfg Config) *Broker {
 		cancel:    cancel,
 		byCID:     make(map[string]*client),
 		byService: make(map[string]map[*client]struct{}),
+		byUser:    make(map[userKey]map[*client]struct{}),
 	}
 }
 
@@ -111,6 +121,15 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(protocol.CloseUnknownSvc, "unknown service")
 		return
 	}
+	var user string
+	if b.cfg.Auth != nil {
+		// Before any look-up: who may not connect learns nothing of the
+		// services.
+		if user, err = b.cfg.Auth.Verify(r.URL.Query().Get("token"), service); err != nil {
+			refuse(protocol.CloseUnauthorized, authReason(err))
+			return
+		}
+	}
 	ctx, cancel := context.WithTimeout(b.ctx, lookupTimeout)
 	status, err := b.reg.Lookup(ctx, service)
 	cancel()
@@ -126,7 +145,7 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(protocol.CloseNoLiveBackend, "no live backend")
 		return
 	}
-	c := newClient(b, conn, corkConnFrom(r.Context()), service, remote)
+	c := newClient(b, conn, corkConnFrom(r.Context()), service, remote, user)
 	if !b.add(c) {
 		refuse(protocol.CloseGoingAway, "server shutting down")
 		return
@@ -153,6 +172,13 @@ func (b *Broker) add(c *client) bool {
 		b.byService[c.service] = set
 	}
 	set[c] = struct{}{}
+	if c.user != "" {
+		k := userKey{c.service, c.user}
+		if b.byUser[k] == nil {
+			b.byUser[k] = make(map[*client]struct{})
+		}
+		b.byUser[k][c] = struct{}{}
+	}
 	b.m.Connections.WithLabelValues(c.service).Inc()
 	b.m.Connects.WithLabelValues(c.service).Inc()
 	b.m.MessagesOut.WithLabelValues(metrics.KindConnected).Inc()
@@ -166,6 +192,13 @@ func (b *Broker) remove(c *client) {
 		delete(set, c)
 		if len(set) == 0 {
 			delete(b.byService, c.service)
+		}
+	}
+	if c.user != "" {
+		k := userKey{c.service, c.user}
+		delete(b.byUser[k], c)
+		if len(b.byUser[k]) == 0 {
+			delete(b.byUser, k)
 		}
 	}
 	b.mu.Unlock()
@@ -197,6 +230,32 @@ func (b *Broker) Direct(service, cid string, frame []byte) int {
 	b.m.Deliveries.Inc()
 	b.m.MessagesOut.WithLabelValues(metrics.KindDirect).Inc()
 	return 1
+}
+
+// DirectUser queues frame to every connection of user among the clients of
+// service on this node.
+func (b *Broker) DirectUser(service, user string, frame []byte) int {
+	n := 0
+	b.mu.RLock()
+	for c := range b.byUser[userKey{service, user}] {
+		if c.send(frame) {
+			n++
+		}
+	}
+	b.mu.RUnlock()
+	b.m.Deliveries.Add(float64(n))
+	b.m.MessagesOut.WithLabelValues(metrics.KindDirect).Add(float64(n))
+	return n
+}
+
+// authReason is the close reason for a refused token.
+func authReason(err error) string {
+	for _, e := range []error{auth.ErrMissing, auth.ErrExpired, auth.ErrNoSubject, auth.ErrWrongScope} {
+		if errors.Is(err, e) {
+			return e.Error()
+		}
+	}
+	return auth.ErrInvalid.Error()
 }
 
 // Kick closes the client cid with 4009 if it is a client of service, after

@@ -39,7 +39,7 @@ type client struct {
 	forwarding bool
 }
 
-func newClient(b *Broker, conn *websocket.Conn, wire *corkConn, service, remote string) *client {
+func newClient(b *Broker, conn *websocket.Conn, wire *corkConn, service, remote, user string) *client {
 	ctx, cancel := context.WithCancel(b.ctx)
 	cid := newCID()
 	return &client{
@@ -47,6 +47,7 @@ func newClient(b *Broker, conn *websocket.Conn, wire *corkConn, service, remote 
 		cid:     cid,
 		service: service,
 		remote:  remote,
+		user:    user,
 		log:     b.log.With("cid", cid, "service", service),
 		conn:    conn,
 		wire:    wire,

@@ -27,6 +27,7 @@ type Config struct {
 	TLSCert    string `envconfig:"DMB_TLS_CERT" default:"" desc:"PEM certificate (chain) file; with DMB_TLS_KEY, DMB serves HTTPS and wss:// itself"`
 	TLSKey     string `envconfig:"DMB_TLS_KEY" default:"" desc:"PEM private key file for DMB_TLS_CERT"`
 	AdminAddr  string `envconfig:"DMB_ADMIN_ADDR" default:"127.0.0.1:8083" desc:"admin listener (stats, log level, disconnect, drain, pprof); empty turns it off"`
+	JWTSecret  string `envconfig:"DMB_JWT_SECRET" default:"" desc:"when set (32 bytes or more), clients must present ?token=<HS256 JWT signed with it>"`
 	AdminToken string `envconfig:"DMB_ADMIN_TOKEN" default:"" desc:"when set, the admin listener requires Authorization: Bearer <token>"`
 
 	RedisHost     string `envconfig:"REDIS_HOST" default:"localhost" desc:"Redis host"`
@@ -95,6 +96,9 @@ func (c *Config) Validate() error {
 	}
 	if _, _, err := NewLogger(c.LogLevel, c.LogFormat); err != nil {
 		errs = append(errs, err)
+	}
+	if c.JWTSecret != "" && len(c.JWTSecret) < 32 {
+		errs = append(errs, errors.New("DMB_JWT_SECRET must be at least 32 bytes"))
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		errs = append(errs, errors.New("DMB_TLS_CERT and DMB_TLS_KEY go together"))

@@ -30,6 +30,7 @@ import (
 type Sink interface {
 	Broadcast(service string, frame []byte) int
 	Direct(service, cid string, frame []byte) int
+	DirectUser(service, user string, frame []byte) int
 	Kick(service, cid, reason string) int
 }
 
@@ -111,12 +112,15 @@ func (d *Downlink) Handle(ctx context.Context, channel string, payload []byte) {
 	case protocol.TypeBroadcast:
 		delivered = d.sink.Broadcast(service, protocol.AppendBroadcast(nil, cmd.Data))
 	case protocol.TypeDirect:
-		if cmd.CID == "" {
-			// Addressing a user needs auth (PROTOCOL.md, section 7), which
-			// this node does not run: nobody has a user.
-			break
+		frame := protocol.AppendDirect(nil, cmd.Data, cmd.ReplyTo)
+		if cmd.CID != "" {
+			delivered = d.sink.Direct(service, cmd.CID, frame)
+		} else {
+			// Every connection (every tab) of the user on this node; the
+			// other nodes deliver to theirs. Only with auth do clients have
+			// users.
+			delivered = d.sink.DirectUser(service, cmd.User, frame)
 		}
-		delivered = d.sink.Direct(service, cmd.CID, protocol.AppendDirect(nil, cmd.Data, cmd.ReplyTo))
 	case protocol.TypeKick:
 		delivered = d.sink.Kick(service, cmd.CID, cmd.Reason)
 	}

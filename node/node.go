@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/dmb-broker/dmb/auth"
 	"github.com/dmb-broker/dmb/broker"
 	"github.com/dmb-broker/dmb/config"
 	"github.com/dmb-broker/dmb/downlink"
@@ -87,6 +88,12 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 		}
 		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
+	var verifier *auth.Verifier
+	if cfg.JWTSecret != "" {
+		if verifier, err = auth.NewVerifier(cfg.JWTSecret); err != nil {
+			return nil, fmt.Errorf("DMB_JWT_SECRET: %w", err)
+		}
+	}
 	level := opts.Level
 	if level == nil {
 		level = new(slog.LevelVar)
@@ -132,6 +139,7 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 		WriteTimeout:     cfg.WriteTimeout,
 		AllowedOrigins:   cfg.AllowedOrigins,
 		TrustedProxies:   trusted,
+		Auth:             verifier,
 		Logger:           log,
 		Metrics:          m,
 	})
