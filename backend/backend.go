@@ -336,3 +336,34 @@ func (b *Backend) DirectUser(ctx context.Context, user string, data any) error {
 func MintToken(secret, user string, ttl time.Duration, services ...string) (string, error) {
 	return auth.Mint(secret, user, ttl, services...)
 }
+
+// Reply answers a client's message event: a direct to its cid whose
+// reply_to is the message's id, which resolves the client's request.
+func (b *Backend) Reply(ctx context.Context, ev Event, data any) error {
+	return b.Direct(ctx, ev.CID, data, ev.ID)
+}
+
+// RequestFunc answers one client request; its result is the reply's data.
+// An error is sent back as {"error": "<text>"}.
+type RequestFunc func(ctx context.Context, ev Event) (any, error)
+
+// Requests returns a Handler that answers every message event with fn's
+// result, through Reply, and passes every other event to rest (which may be
+// nil).
+func (b *Backend) Requests(fn RequestFunc, rest Handler) Handler {
+	return func(ctx context.Context, ev Event) {
+		if ev.Type != EventMessage {
+			if rest != nil {
+				rest(ctx, ev)
+			}
+			return
+		}
+		out, err := fn(ctx, ev)
+		if err != nil {
+			out = map[string]string{"error": err.Error()}
+		}
+		if err := b.Reply(ctx, ev, out); err != nil {
+			b.log.Warn("reply not sent", "cid", ev.CID, "bkid", b.BKID(), "err", err)
+		}
+	}
+}
