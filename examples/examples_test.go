@@ -1,0 +1,479 @@
+// Package examples_test runs the backend examples (Python and Node) as
+// subprocesses against a real redis-server and an in-process DMB node, and
+// talks to them over WebSocket as a browser would.
+package examples_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+
+	"github.com/dmb-broker/dmb/config"
+	"github.com/dmb-broker/dmb/internal/redistest"
+	"github.com/dmb-broker/dmb/node"
+)
+
+func TestMain(m *testing.M) {
+	redis.SetLogger(node.RedisLogger(testLogger()))
+	goleak.VerifyTestMain(m)
+}
+
+// wait bounds every awaited event, recovery after a Redis restart included.
+const wait = 30 * time.Second
+
+// secret is the DMB_JWT_SECRET of the auth tests: 32 bytes.
+const secret = "0123456789abcdef0123456789abcdef"
+
+// testLogger discards logs unless DMB_TEST_LOG is set.
+func testLogger() *slog.Logger {
+	if os.Getenv("DMB_TEST_LOG") == "" {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// example is one language's example backend.
+type example struct {
+	name string
+	// check fails the test, saying what to install, when the language's
+	// runtime or Redis client is missing.
+	check func(t *testing.T)
+	// echo is the command line of the echo backend.
+	echo []string
+	// mint is the command line of a one-liner that prints two tokens for
+	// user alice, minted with the library and secret: one for the service
+	// echo, one for the service chat.
+	mint []string
+}
+
+func examples(t *testing.T) []example {
+	dir, err := os.Getwd() // the package directory: examples/
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := filepath.Dir(dir)
+	return []example{{
+		name: "python",
+		check: func(t *testing.T) {
+			out, err := exec.Command("/usr/bin/python3", "-c", "import redis").CombinedOutput()
+			if err != nil {
+				t.Fatalf("/usr/bin/python3 cannot import redis (install it: apt-get install -y python3-redis): %v\n%s", err, out)
+			}
+		},
+		echo: []string{"/usr/bin/python3", filepath.Join(dir, "python", "echo.py")},
+		mint: []string{"/usr/bin/python3", "-c", `import sys
+sys.path.insert(0, sys.argv[1])
+from dmb_backend import mint_token
+print(mint_token(sys.argv[2], "alice", 60, ["echo"]))
+print(mint_token(sys.argv[2], "alice", 60, services=["chat"]))`, filepath.Join(dir, "python"), secret},
+	}, {
+		name: "node",
+		check: func(t *testing.T) {
+			if _, err := exec.LookPath("node"); err != nil {
+				t.Fatalf("node not found (install Node.js 20 or later): %v", err)
+			}
+			pkg := filepath.Join(root, "node_modules", "redis", "package.json")
+			if _, err := os.Stat(pkg); err != nil {
+				t.Fatalf("the redis npm package is missing (run `npm ci` in %s): %v", root, err)
+			}
+		},
+		echo: []string{"node", filepath.Join(dir, "node", "echo.mjs")},
+		mint: []string{"node", "--input-type=module", "-e", `
+const { mintToken } = await import(process.argv[1]);
+console.log(mintToken(process.argv[2], 'alice', 60, ['echo']));
+console.log(mintToken(process.argv[2], 'alice', 60, ['chat']));`,
+			(&url.URL{Scheme: "file", Path: filepath.Join(dir, "node", "dmb-backend.mjs")}).String(), secret},
+	}}
+}
+
+// TestEchoSurvivesARedisRestart runs each echo example, checks its answers,
+// then kills Redis and starts it again, empty, and checks the example
+// registered again by itself.
+func TestEchoSurvivesARedisRestart(t *testing.T) {
+	for _, ex := range examples(t) {
+		t.Run(ex.name, func(t *testing.T) {
+			t.Parallel()
+			ex.check(t)
+			rs := redistest.Start(t)
+			n := startNode(t, rs, nil)
+			startExample(t, ex.echo, rs)
+
+			c := dialAccepted(t, n, "echo", "")
+			if !c.roundTrip(7) {
+				t.Fatalf("message 7: backend unavailable")
+			}
+			c.close()
+
+			rs.Kill()
+			eventually(t, "the node to notice Redis is gone", func() bool { return !n.Ready(context.Background()) })
+			start := time.Now()
+			rs.Restart()
+			// Until its next refresh, the node's view of the backends may
+			// be from before the restart: it may then accept a client for
+			// the old bkid and answer "backend unavailable". A client
+			// retries, as it would after 4503.
+			deadline := time.Now().Add(wait)
+			for id := 8; ; id++ {
+				c = dialAccepted(t, n, "echo", "")
+				if c.roundTrip(id) {
+					break
+				}
+				c.close()
+				t.Logf("%s: message %d: backend unavailable; connecting again", ex.name, id)
+				if time.Now().After(deadline) {
+					t.Fatalf("%s: no echo within %v of the Redis restart", ex.name, wait)
+				}
+			}
+			t.Logf("%s: echo again %v after redis-server was started again", ex.name, time.Since(start).Round(time.Millisecond))
+		})
+	}
+}
+
+// TestMintedTokenIsAccepted mints tokens with each library and presents
+// them to a node with auth on.
+func TestMintedTokenIsAccepted(t *testing.T) {
+	for _, ex := range examples(t) {
+		t.Run(ex.name, func(t *testing.T) {
+			t.Parallel()
+			ex.check(t)
+			out, err := exec.Command(ex.mint[0], ex.mint[1:]...).Output()
+			if err != nil {
+				var ee *exec.ExitError
+				if errors.As(err, &ee) {
+					t.Fatalf("mint: %v\n%s", err, ee.Stderr)
+				}
+				t.Fatalf("mint: %v", err)
+			}
+			tokens := strings.Fields(string(out))
+			if len(tokens) != 2 {
+				t.Fatalf("mint printed %q, want two tokens", out)
+			}
+			forEcho, forChat := tokens[0], tokens[1]
+
+			rs := redistest.Start(t)
+			n := startNode(t, rs, func(c *config.Config) { c.JWTSecret = secret })
+			// Watch every uplink: a pattern subscription does not make a
+			// backend live (PUBSUB NUMSUB counts channels only).
+			ctx, cancel := context.WithTimeout(context.Background(), wait)
+			defer cancel()
+			rdb := rs.Client()
+			ps := rdb.PSubscribe(ctx, "dmb:uplink:*")
+			defer ps.Close()
+			if _, err := ps.Receive(ctx); err != nil {
+				t.Fatalf("psubscribe: %v", err)
+			}
+			startExample(t, ex.echo, rs)
+
+			c := dialAccepted(t, n, "echo", forEcho)
+			for {
+				msg, err := ps.ReceiveMessage(ctx)
+				if err != nil {
+					t.Fatalf("waiting for client_connected of %s: %v", c.cid, err)
+				}
+				var ev struct{ Type, CID, User string }
+				if err := json.Unmarshal([]byte(msg.Payload), &ev); err != nil {
+					t.Fatalf("uplink event %q: %v", msg.Payload, err)
+				}
+				if ev.Type == "client_connected" && ev.CID == c.cid {
+					if ev.User != "alice" {
+						t.Fatalf("client_connected = %s, want user alice", msg.Payload)
+					}
+					break
+				}
+			}
+			if !c.roundTrip(7) {
+				t.Fatalf("message 7: backend unavailable")
+			}
+
+			// The svc claim is honoured: the other token admits only chat.
+			if code := dialCode(t, n, "echo", forChat); code != 4001 {
+				t.Fatalf("a token for the service chat: close %d, want 4001", code)
+			}
+			if code := dialCode(t, n, "echo", ""); code != 4001 {
+				t.Fatalf("no token: close %d, want 4001", code)
+			}
+		})
+	}
+}
+
+// startNode starts an in-process DMB node on rs and waits until it is ready.
+func startNode(t *testing.T, rs *redistest.Server, mutate func(*config.Config)) *node.Node {
+	t.Helper()
+	cfg, err := config.Load()
+	if err != nil {
+		t.Fatalf("load config: %v", err)
+	}
+	cfg.Bind, cfg.Port = "127.0.0.1", 0
+	cfg.AdminAddr = ""
+	cfg.RedisHost, cfg.RedisPort = "127.0.0.1", rs.Port()
+	cfg.NodeID = "node-" + t.Name()
+	cfg.BackendTimeout = time.Second
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	n, err := node.New(cfg, node.Options{Logger: testLogger().With("test", t.Name())})
+	if err != nil {
+		t.Fatalf("new node: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("node: %v", err)
+			}
+		case <-time.After(wait):
+			t.Errorf("node did not stop")
+		}
+	})
+	eventually(t, "node ready", func() bool { return n.Ready(context.Background()) })
+	return n
+}
+
+// eventually polls cond until it holds, failing the test after wait.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		<-tick.C
+	}
+}
+
+// syncBuffer collects a subprocess's output.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// startExample runs argv, an example backend, on rs in its own process
+// group. When the test ends it sends SIGTERM and expects a clean exit
+// (status 0); its output is shown when the test failed.
+func startExample(t *testing.T, argv []string, rs *redistest.Server) {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(),
+		"REDIS_HOST=127.0.0.1", fmt.Sprintf("REDIS_PORT=%d", rs.Port()),
+		"DMB_PREFIX=dmb", "DMB_SERVICE=echo", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1")
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %v: %v", argv, err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		pgid := cmd.Process.Pid
+		_ = syscall.Kill(-pgid, syscall.SIGTERM)
+		select {
+		case err := <-exited:
+			if err != nil {
+				t.Errorf("%s did not exit cleanly on SIGTERM: %v", filepath.Base(argv[len(argv)-1]), err)
+			}
+		case <-time.After(wait):
+			t.Errorf("%s did not exit on SIGTERM", filepath.Base(argv[len(argv)-1]))
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+			<-exited
+		}
+		if t.Failed() || testing.Verbose() {
+			t.Logf("output of %v:\n%s", argv[len(argv)-1], out)
+		}
+	})
+}
+
+// client is one WebSocket client of a node.
+type client struct {
+	t    *testing.T
+	conn *websocket.Conn
+	cid  string
+}
+
+// frame is a frame DMB sends to a client.
+type frame struct {
+	Event   string          `json:"event"`
+	CID     string          `json:"cid"`
+	Data    json.RawMessage `json:"data"`
+	ID      json.RawMessage `json:"id"`
+	ReplyTo json.RawMessage `json:"reply_to"`
+	Error   string          `json:"error"`
+}
+
+func wsURL(n *node.Node, service, token string) string {
+	u := "ws://" + n.Addr().String() + "/ws/" + service
+	if token != "" {
+		u += "?token=" + url.QueryEscape(token)
+	}
+	return u
+}
+
+// dial connects once and returns the client when DMB accepted it (its first
+// frame is dmb:connected), else the error, with the close code DMB sent.
+func dial(t *testing.T, n *node.Node, service, token string) (*client, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, _, err := websocket.Dial(ctx, wsURL(n, service, token), nil)
+	if err != nil {
+		return nil, err
+	}
+	c := &client{t: t, conn: conn}
+	f, err := c.read(ctx)
+	if err != nil {
+		_ = conn.CloseNow()
+		return nil, err
+	}
+	if f.Event != "dmb:connected" || f.CID == "" {
+		_ = conn.CloseNow()
+		return nil, fmt.Errorf("first frame %+v, want dmb:connected", f)
+	}
+	c.cid = f.CID
+	t.Cleanup(func() { _ = conn.CloseNow() })
+	return c, nil
+}
+
+// dialAccepted dials until DMB accepts the client: until the example has
+// registered, DMB refuses it with 4004 (unknown service) or 4503 (no live
+// backend).
+func dialAccepted(t *testing.T, n *node.Node, service, token string) *client {
+	t.Helper()
+	var err error
+	deadline := time.Now().Add(wait)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for time.Now().Before(deadline) {
+		var c *client
+		if c, err = dial(t, n, service, token); err == nil {
+			return c
+		}
+		<-tick.C
+	}
+	t.Fatalf("no client of %s accepted within %v; last: %v", service, wait, err)
+	return nil
+}
+
+// dialCode dials once and returns the close code DMB refused the client
+// with, 0 when it accepted it.
+func dialCode(t *testing.T, n *node.Node, service, token string) websocket.StatusCode {
+	t.Helper()
+	c, err := dial(t, n, service, token)
+	if err == nil {
+		c.close()
+		return 0
+	}
+	code := websocket.CloseStatus(err)
+	if code == -1 {
+		t.Fatalf("dial: %v", err)
+	}
+	return code
+}
+
+func (c *client) read(ctx context.Context) (frame, error) {
+	_, data, err := c.conn.Read(ctx)
+	if err != nil {
+		return frame{}, err
+	}
+	var f frame
+	if err := json.Unmarshal(data, &f); err != nil {
+		return frame{}, fmt.Errorf("frame %q: %w", data, err)
+	}
+	return f, nil
+}
+
+func (c *client) close() { _ = c.conn.Close(websocket.StatusNormalClosure, "") }
+
+// roundTrip sends a message with id and expects, in any order, its ack and
+// the echo example's direct reply, then its broadcast (which the backend
+// publishes after the direct, so it comes after it). It returns false when
+// DMB answers the message with "backend unavailable".
+func (c *client) roundTrip(id int) bool {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	msg := fmt.Sprintf(`{"event":"dmb:message","data":{"x":1},"id":%d}`, id)
+	if err := c.conn.Write(ctx, websocket.MessageText, []byte(msg)); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+	wantID := fmt.Sprint(id)
+	var acked, replied, broadcast bool
+	for !acked || !replied || !broadcast {
+		f, err := c.read(ctx)
+		if err != nil {
+			c.t.Fatalf("waiting for the answers to message %d (ack %v, direct %v, broadcast %v): %v",
+				id, acked, replied, broadcast, err)
+		}
+		switch f.Event {
+		case "dmb:error":
+			if string(f.ID) == wantID && f.Error == "backend unavailable" && !replied {
+				return false
+			}
+			c.t.Fatalf("unexpected error frame %+v", f)
+		case "dmb:ack":
+			if string(f.ID) != wantID {
+				c.t.Fatalf("ack %+v, want id %s", f, wantID)
+			}
+			acked = true
+		case "dmb:direct":
+			if string(f.ReplyTo) != wantID || !sameJSON(f.Data, `{"echo":{"x":1}}`) {
+				c.t.Fatalf("direct: data %s, reply_to %s; want {\"echo\":{\"x\":1}}, %s", f.Data, f.ReplyTo, wantID)
+			}
+			replied = true
+		case "dmb:broadcast":
+			if !replied {
+				c.t.Fatalf("broadcast before the direct reply")
+			}
+			want := fmt.Sprintf(`{"from":%q,"data":{"x":1}}`, c.cid)
+			if !sameJSON(f.Data, want) {
+				c.t.Fatalf("broadcast: data %s, want %s", f.Data, want)
+			}
+			broadcast = true
+		default:
+			c.t.Fatalf("unexpected frame %+v", f)
+		}
+	}
+	return true
+}
+
+// sameJSON reports whether got and want encode the same value.
+func sameJSON(got json.RawMessage, want string) bool {
+	var g, w any
+	if json.Unmarshal(got, &g) != nil || json.Unmarshal([]byte(want), &w) != nil {
+		return false
+	}
+	return reflect.DeepEqual(g, w)
+}

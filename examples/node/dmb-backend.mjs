@@ -1,0 +1,298 @@
+// A small DMB backend library for Node, on the `redis` package (v4).
+//
+// A DMB backend talks only to Redis (see PROTOCOL.md): it registers a
+// service and gets a bkid, listens to its clients' events on
+// dmb:uplink:{bkid}, and answers on dmb:{bkid}. This module mirrors the Go
+// package github.com/dmb-broker/dmb/backend:
+//
+//   const client = createClient({ socket: { host: 'localhost', port: 6379 } });
+//   const b = new Backend(client, 'chat');
+//   process.once('SIGTERM', () => b.stop());
+//   await b.run(async (ev) => {
+//     if (ev.type === 'message') await b.direct(ev.cid, ev.data, ev.id);
+//   }); // until b.stop()
+//
+// run() survives a Redis restart: node-redis reconnects and resubscribes by
+// itself, and the backend then registers again with the same bkid, following
+// a new bkid when DMB hands out another one (Redis lost its data). It speaks
+// plain pub/sub, so it works with a single Redis (or Sentinel), not with
+// Redis Cluster.
+//
+// mintToken() makes the HS256 client tokens DMB accepts when DMB_JWT_SECRET
+// is set, with node:crypto only.
+
+import { createHmac, randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+const MAX_BACKOFF = 5000; // ms
+
+/** DMB answered bk_connect with bk_connect_nack (e.g. an invalid service name). */
+export class RegistrationRefused extends Error {
+  constructor(reason) {
+    super(`registration refused: ${reason}`);
+    this.name = 'RegistrationRefused';
+  }
+}
+
+/** A logger writing one line per entry to stderr; debug goes nowhere. */
+export const stderrLogger = Object.fromEntries(
+  ['info', 'warn', 'error'].map((level) => [
+    level,
+    (msg, fields = {}) => {
+      const kv = Object.entries(fields).map(([k, v]) => ` ${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`);
+      process.stderr.write(`${new Date().toISOString()} ${level.toUpperCase()} dmb-backend: ${msg}${kv.join('')}\n`);
+    },
+  ]).concat([['debug', () => {}]]),
+);
+
+/** One backend of a DMB service. */
+export class Backend {
+  #client;
+  #sub = null; // the subscriber connection: a duplicate of #client
+  #abort = new AbortController(); // aborted by stop()
+  #chain = Promise.resolve(); // handler calls, one at a time
+  #recovering = false;
+  #down = false;
+
+  /**
+   * @param client a node-redis v4 client, used to publish; run() and register()
+   *   connect it when it is not open. If it has no 'error' listener, the
+   *   backend adds one (node-redis would otherwise crash the process on a
+   *   connection error); the backend logs connection trouble itself.
+   * @param service the service name
+   * @param opts prefix (DMB_PREFIX, default "dmb"), registerTimeout (ms, default 5000), logger
+   */
+  constructor(client, service, { prefix = 'dmb', registerTimeout = 5000, logger = stderrLogger } = {}) {
+    this.#client = client;
+    this.service = service;
+    this.prefix = prefix;
+    this.registerTimeout = registerTimeout;
+    this.log = logger;
+    /** The bkid, null before the first registration. */
+    this.bkid = null;
+    if (client.listenerCount('error') === 0) {
+      client.on('error', (err) => this.log.debug?.('redis error', { err: err.message }));
+    }
+  }
+
+  get #stopped() {
+    return this.#abort.signal.aborted;
+  }
+
+  async #subscriber() {
+    if (!this.#client.isOpen) {
+      // It keeps retrying by itself; register() waits until it is ready.
+      this.#client.connect().catch((err) => this.log.error('redis client gave up', { err: err.message }));
+    }
+    if (!this.#sub) {
+      this.#sub = this.#client.duplicate();
+      this.#sub.on('error', (err) => {
+        if (!this.#down) this.log.warn('redis connection lost; reconnecting', { err: err.message });
+        this.#down = true;
+      });
+      await this.#sub.connect();
+    }
+    return this.#sub;
+  }
+
+  /**
+   * Register once and return the bkid; with a bkid already, ask to keep it.
+   * Subscribes to dmb:register:{nonce} before it publishes bk_connect, so the
+   * answer cannot be missed. Rejects with RegistrationRefused on a nack, and
+   * with another error when no answer comes within registerTimeout (or no DMB
+   * node listens) or Redis is unreachable.
+   */
+  async register() {
+    const sub = await this.#subscriber();
+    if (!sub.isReady || !this.#client.isReady) throw new Error('redis not connected');
+    const nonce = `n-${randomBytes(12).toString('hex')}`;
+    const reply = `${this.prefix}:register:${nonce}`;
+    const req = { type: 'bk_connect', nonce, service: this.service };
+    if (this.bkid) req.bkid = this.bkid;
+    let answered;
+    const answer = new Promise((resolve) => (answered = resolve));
+    let timer;
+    const timeout = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no answer to bk_connect within ${this.registerTimeout} ms`)), this.registerTimeout);
+    });
+    const attempt = (async () => {
+      await sub.subscribe(reply, (msg) => answered(msg));
+      const receivers = await this.#client.publish(`${this.prefix}:register`, JSON.stringify(req));
+      if (receivers === 0) throw new Error(`no DMB node listens on ${this.prefix}:register`);
+      return answer;
+    })();
+    attempt.catch(() => {}); // it may lose the race below
+    let ans;
+    try {
+      ans = JSON.parse(await Promise.race([attempt, timeout]));
+    } finally {
+      clearTimeout(timer);
+      sub.unsubscribe(reply).catch(() => {});
+    }
+    if (ans?.type === 'bk_connect_nack') throw new RegistrationRefused(ans.error ?? 'refused');
+    if (ans?.type !== 'bk_connect_ack' || ans.nonce !== nonce || typeof ans.bkid !== 'string' || !ans.bkid) {
+      throw new Error(`unexpected answer to bk_connect: ${JSON.stringify(ans).slice(0, 200)}`);
+    }
+    if (this.bkid && ans.bkid !== this.bkid) {
+      this.log.info('bkid changed after Redis lost the registry', { old: this.bkid, new: ans.bkid });
+    } else {
+      this.log.info('registered', { service: this.service, bkid: ans.bkid });
+    }
+    this.bkid = ans.bkid;
+    return ans.bkid;
+  }
+
+  // registerRetrying registers until DMB answers, with backoff; it returns
+  // null once stopped and rejects only with RegistrationRefused.
+  async #registerRetrying() {
+    for (let backoff = 100; !this.#stopped; backoff = Math.min(backoff * 2, MAX_BACKOFF)) {
+      try {
+        return await this.register();
+      } catch (err) {
+        if (err instanceof RegistrationRefused) throw err;
+        if (this.#stopped) break;
+        this.log.warn('registration failed; retrying', { err: err.message, retry_in_ms: backoff });
+      }
+      try {
+        await sleep(backoff, undefined, { signal: this.#abort.signal });
+      } catch {
+        break; // stopped
+      }
+    }
+    return null;
+  }
+
+  async #listen(bkid, handler) {
+    await this.#sub.subscribe(`${this.prefix}:uplink:${bkid}`, (payload) => {
+      let ev;
+      try {
+        ev = JSON.parse(payload);
+      } catch {
+        this.log.warn('undecodable uplink event', { payload: payload.slice(0, 200) });
+        return;
+      }
+      this.#chain = this.#chain
+        .then(() => handler(ev))
+        .catch((err) => this.log.error('handler failed', { type: ev?.type, err: err?.stack ?? String(err) }));
+    });
+  }
+
+  /**
+   * Register, then call handler(event) for every uplink event until stop().
+   * Events come one at a time, in order (an async handler is awaited before
+   * the next event); an exception in handler is logged. Rejects with
+   * RegistrationRefused if DMB refuses the service.
+   */
+  async run(handler) {
+    const stopped = new Promise((resolve) => this.#abort.signal.addEventListener('abort', resolve, { once: true }));
+    try {
+      const connected = this.#subscriber();
+      connected.catch(() => {}); // it may lose the race
+      await Promise.race([connected, stopped]);
+      if (this.#stopped) return;
+      if (!this.bkid && !(await this.#registerRetrying())) return;
+      // node-redis resubscribes before 'ready': from there, make sure DMB
+      // still knows us.
+      const sub = this.#sub;
+      const onReady = () => {
+        this.#down = false;
+        this.log.info('redis connection back; registering again', { bkid: this.bkid });
+        this.#recover(handler);
+      };
+      sub.on('ready', onReady);
+      try {
+        const listening = this.#listen(this.bkid, handler);
+        listening.catch(() => {}); // it may lose the race
+        await Promise.race([listening, stopped]);
+        await stopped;
+      } finally {
+        sub.off('ready', onReady);
+      }
+    } finally {
+      const sub = this.#sub;
+      this.#sub = null;
+      if (sub?.isOpen) await sub.disconnect();
+    }
+  }
+
+  async #recover(handler) {
+    if (this.#recovering) return;
+    this.#recovering = true;
+    try {
+      for (;;) {
+        const old = this.bkid;
+        const got = await this.#registerRetrying();
+        if (!got || got === old || !this.#sub) return;
+        // A new bkid: listen on it, drop the old one, make sure DMB keeps it.
+        await this.#listen(got, handler);
+        await this.#sub.unsubscribe(`${this.prefix}:uplink:${old}`);
+      }
+    } catch (err) {
+      this.log.error('registering again after a reconnect failed', { err: err.message });
+    } finally {
+      this.#recovering = false;
+    }
+  }
+
+  /** Make run() return; closes the subscriber connection. */
+  stop() {
+    this.#abort.abort();
+  }
+
+  /** Publish a downlink command as is; add `id` to get bk_message_ack events. */
+  async publish(command) {
+    if (!this.bkid) throw new Error('not registered');
+    await this.#client.publish(`${this.prefix}:${this.bkid}`, JSON.stringify(command));
+  }
+
+  /** Send data to every client of the service, on every node. */
+  broadcast(data) {
+    return this.publish({ type: 'broadcast', data });
+  }
+
+  /** Send data to one client; replyTo (the id of its message) lets it match the reply. */
+  direct(cid, data, replyTo) {
+    const cmd = { type: 'direct', cid, data };
+    if (replyTo !== undefined && replyTo !== null) cmd.reply_to = replyTo;
+    return this.publish(cmd);
+  }
+
+  /** Send data to every connection of a user (needs DMB_JWT_SECRET on the nodes). */
+  directUser(user, data) {
+    return this.publish({ type: 'direct', user, data });
+  }
+
+  /** Close a client with 4009 and reason. */
+  kick(cid, reason) {
+    return this.publish({ type: 'kick', cid, reason });
+  }
+
+  /**
+   * Tell DMB the backend goes away (bk_disconnect): its clients move to the
+   * other backends. Resolves to false, without waiting, when Redis is down
+   * (DMB then notices within DMB_BACKEND_TIMEOUT).
+   */
+  async leave() {
+    if (!this.bkid) return true;
+    if (!this.#client.isReady) return false;
+    await this.#client.publish(`${this.prefix}:register`, JSON.stringify({ type: 'bk_disconnect', bkid: this.bkid }));
+    return true;
+  }
+}
+
+/**
+ * Return an HS256 JWT for user, valid for ttlSeconds, for DMB's ?token=.
+ * secret is DMB_JWT_SECRET (string or Buffer, at least 32 bytes); services,
+ * when given, lists the services the token admits (every service otherwise).
+ */
+export function mintToken(secret, user, ttlSeconds, services) {
+  const key = Buffer.from(secret);
+  if (key.length < 32) throw new Error('secret must be at least 32 bytes');
+  if (!user || !(ttlSeconds > 0)) throw new Error('a token needs a user and a positive lifetime');
+  const now = Math.floor(Date.now() / 1000);
+  const claims = { sub: user, iat: now, exp: now + Math.ceil(ttlSeconds) };
+  if (services?.length) claims.svc = [...services];
+  const enc = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
+  const input = `${enc({ alg: 'HS256', typ: 'JWT' })}.${enc(claims)}`;
+  return `${input}.${createHmac('sha256', key).update(input).digest('base64url')}`;
+}

@@ -1,0 +1,291 @@
+"""A small DMB backend library for Python, on redis-py.
+
+A DMB backend talks only to Redis (see PROTOCOL.md): it registers a service
+and gets a bkid, listens to its clients' events on dmb:uplink:{bkid}, and
+answers on dmb:{bkid}. This module mirrors the Go package
+github.com/dmb-broker/dmb/backend:
+
+    r = redis.Redis(host="localhost", port=6379)
+    b = Backend(r, "chat")
+
+    def on_event(ev):
+        if ev["type"] == "message":
+            b.direct(ev["cid"], ev.get("data"), reply_to=ev.get("id"))
+
+    b.run(on_event)  # until b.stop(), e.g. from a signal handler
+
+run() survives a Redis restart: it reconnects with backoff, registers again
+with the same bkid, and follows a new bkid when DMB hands out another one
+(Redis lost its data). It speaks plain pub/sub, so it works with a single
+Redis (or Sentinel), not with Redis Cluster.
+
+mint_token() makes the HS256 client tokens DMB accepts when DMB_JWT_SECRET
+is set; it needs nothing but the standard library.
+"""
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import math
+import secrets
+import threading
+import time
+
+import redis
+
+__all__ = ["Backend", "RegistrationRefused", "mint_token"]
+
+log = logging.getLogger("dmb_backend")
+
+# Errors after which run() reconnects and registers again.
+_RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError, TimeoutError)
+
+_MAX_BACKOFF = 5.0  # seconds
+_POLL = 0.25  # seconds between checks of stop() while waiting
+
+
+class RegistrationRefused(Exception):
+    """DMB answered bk_connect with bk_connect_nack (e.g. an invalid service name)."""
+
+
+class Backend:
+    """One backend of a DMB service."""
+
+    def __init__(self, redis_client, service, prefix="dmb", register_timeout=5.0):
+        self.redis = redis_client
+        self.service = service
+        self.prefix = prefix
+        self.register_timeout = register_timeout
+        self.bkid = None  # set by register()
+        self._stop = threading.Event()
+        self._reconnected = False
+
+    # -- registration -----------------------------------------------------
+
+    def register(self):
+        """Register once and return the bkid; with a bkid already, ask to keep it.
+
+        Subscribes to dmb:register:{nonce} before it publishes bk_connect, so
+        the answer cannot be missed. Raises RegistrationRefused on a nack,
+        TimeoutError when no answer comes within register_timeout (or no DMB
+        node listens at all), and redis errors when Redis is unreachable.
+        """
+        nonce = "n-" + secrets.token_hex(12)
+        reply = "%s:register:%s" % (self.prefix, nonce)
+        req = {"type": "bk_connect", "nonce": nonce, "service": self.service}
+        if self.bkid:
+            req["bkid"] = self.bkid
+        deadline = time.monotonic() + self.register_timeout
+        ps = self.redis.pubsub()
+        try:
+            ps.subscribe(reply)
+            self._wait(ps, "subscribe", deadline)
+            if self.redis.publish("%s:register" % self.prefix, _dumps(req)) == 0:
+                raise TimeoutError("no DMB node listens on %s:register" % self.prefix)
+            ans = json.loads(self._wait(ps, "message", deadline)["data"])
+        finally:
+            ps.close()
+        if not isinstance(ans, dict) or ans.get("nonce") != nonce:
+            raise TimeoutError("unexpected answer to bk_connect: %r" % (ans,))
+        if ans.get("type") == "bk_connect_nack":
+            raise RegistrationRefused(ans.get("error", "refused"))
+        bkid = ans.get("bkid")
+        if ans.get("type") != "bk_connect_ack" or not isinstance(bkid, str) or not bkid:
+            raise TimeoutError("unexpected answer to bk_connect: %r" % (ans,))
+        if self.bkid and bkid != self.bkid:
+            log.info("bkid changed after Redis lost the registry: %s -> %s", self.bkid, bkid)
+        else:
+            log.info("registered service %s as bkid %s", self.service, bkid)
+        self.bkid = bkid
+        return bkid
+
+    def _wait(self, ps, typ, deadline):
+        """Read ps until a message of type typ, or raise TimeoutError at deadline."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or self._stop.is_set():
+                raise TimeoutError("no %s within %.1fs" % (typ, self.register_timeout))
+            msg = ps.get_message(timeout=min(left, _POLL))
+            if msg and msg["type"] == typ:
+                return msg
+
+    # -- listening --------------------------------------------------------
+
+    def run(self, handler):
+        """Register, then call handler(event_dict) for every uplink event until stop().
+
+        Events come one at a time, in order. An exception in handler is
+        logged and does not stop the loop. On a Redis failure run() retries
+        with backoff, then registers again with the same bkid before it
+        handles what follows. Raises RegistrationRefused if DMB refuses the
+        service.
+        """
+        ps = None
+        try:
+            while not self._stop.is_set():
+                if ps is None:
+                    ps = self._connect()
+                    if ps is None:
+                        break  # stopped
+                try:
+                    msg = ps.get_message(timeout=_POLL)
+                    if self._reconnected:  # the client reconnected on its own
+                        raise redis.exceptions.ConnectionError("pub/sub connection was re-established")
+                except _RETRYABLE as e:
+                    log.warning("lost the uplink subscription: %s", e)
+                    _close(ps)
+                    ps = None
+                    continue
+                if not msg or msg["type"] != "message":
+                    continue
+                try:
+                    ev = json.loads(msg["data"])
+                except ValueError:
+                    log.warning("undecodable uplink event: %.200r", msg["data"])
+                    continue
+                try:
+                    handler(ev)
+                except Exception:
+                    log.exception("handler failed on a %s event", ev.get("type") if isinstance(ev, dict) else "?")
+        finally:
+            _close(ps)
+
+    def stop(self):
+        """Make run() return soon (within a fraction of a second). Safe from a signal handler."""
+        self._stop.set()
+
+    def _connect(self):
+        """Return a pub/sub subscribed to the uplink of a registered bkid, or None once stopped."""
+        backoff = 0.1
+        while not self._stop.is_set():
+            ps = None
+            try:
+                fresh = self.bkid is None
+                if fresh:
+                    self.register()
+                bkid = self.bkid
+                # Subscribe first, so that from the ack on the backend is live.
+                ps = self._subscribe(self._uplink(bkid))
+                if not fresh:
+                    self._reregister(ps, bkid)
+                return ps
+            except RegistrationRefused:
+                _close(ps)
+                raise
+            except _RETRYABLE as e:
+                _close(ps)
+                log.warning("registration failed (%s); retrying in %.1fs", e, backoff)
+            if self._stop.wait(backoff):
+                break
+            backoff = min(backoff * 2, _MAX_BACKOFF)
+        return None
+
+    def _reregister(self, ps, bkid):
+        """Register again while ps listens on bkid's uplink; follow a new bkid."""
+        old = []
+        while self.register() != bkid:
+            # A new bkid: listen on it too, then make sure DMB keeps it.
+            # Events that came on the old uplink meanwhile stay in ps and
+            # are handled; clients bound to it move to the new bkid.
+            old.append(bkid)
+            bkid = self.bkid
+            ps.subscribe(self._uplink(bkid))
+        if old:
+            ps.unsubscribe(*[self._uplink(b) for b in old])
+
+    def _uplink(self, bkid):
+        return "%s:uplink:%s" % (self.prefix, bkid)
+
+    def _subscribe(self, channel):
+        ps = self.redis.pubsub()
+        try:
+            ps.subscribe(channel)
+            self._wait(ps, "subscribe", time.monotonic() + self.register_timeout)
+            self._reconnected = False
+            conn = getattr(ps, "connection", None)
+            if conn is not None and hasattr(conn, "register_connect_callback"):
+                # A client configured with retries may reconnect (and
+                # resubscribe) by itself: notice it, to register again.
+                conn.register_connect_callback(self._on_connect)
+        except BaseException:
+            _close(ps)
+            raise
+        return ps
+
+    def _on_connect(self, _connection):
+        self._reconnected = True
+
+    # -- downlink ---------------------------------------------------------
+
+    def publish(self, command):
+        """Publish a downlink command (a dict) as is; add "id" to get bk_message_ack events."""
+        if not self.bkid:
+            raise RuntimeError("not registered")
+        self.redis.publish("%s:%s" % (self.prefix, self.bkid), _dumps(command))
+
+    def broadcast(self, data):
+        """Send data to every client of the service, on every node."""
+        self.publish({"type": "broadcast", "data": data})
+
+    def direct(self, cid, data, reply_to=None):
+        """Send data to one client; reply_to (the id of its message) lets it match the reply."""
+        cmd = {"type": "direct", "cid": cid, "data": data}
+        if reply_to is not None:
+            cmd["reply_to"] = reply_to
+        self.publish(cmd)
+
+    def direct_user(self, user, data):
+        """Send data to every connection of a user (needs DMB_JWT_SECRET on the nodes)."""
+        self.publish({"type": "direct", "user": user, "data": data})
+
+    def kick(self, cid, reason):
+        """Close a client with 4009 and reason."""
+        self.publish({"type": "kick", "cid": cid, "reason": reason})
+
+    def leave(self):
+        """Tell DMB the backend goes away (bk_disconnect): its clients move to other backends."""
+        if self.bkid:
+            self.redis.publish("%s:register" % self.prefix, _dumps({"type": "bk_disconnect", "bkid": self.bkid}))
+
+    @staticmethod
+    def mint_token(secret, user, ttl_seconds, services=None):
+        return mint_token(secret, user, ttl_seconds, services)
+
+
+def mint_token(secret, user, ttl_seconds, services=None):
+    """Return an HS256 JWT for user, valid for ttl_seconds, for DMB's ?token=.
+
+    secret is DMB_JWT_SECRET (str or bytes, at least 32 bytes); services, when
+    given, lists the services the token admits (every service otherwise).
+    """
+    key = secret.encode() if isinstance(secret, str) else bytes(secret)
+    if len(key) < 32:
+        raise ValueError("secret must be at least 32 bytes")
+    if not user or ttl_seconds <= 0:
+        raise ValueError("a token needs a user and a positive lifetime")
+    now = int(time.time())
+    claims = {"sub": user, "iat": now, "exp": now + math.ceil(ttl_seconds)}
+    if services:
+        claims["svc"] = list(services)
+    header = _b64(_dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    signing_input = header + "." + _b64(_dumps(claims).encode())
+    sig = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + _b64(sig)
+
+
+def _b64(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def _dumps(v):
+    return json.dumps(v, separators=(",", ":"), ensure_ascii=False)
+
+
+def _close(ps):
+    if ps is not None:
+        try:
+            ps.close()
+        except Exception:
+            pass
