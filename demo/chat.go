@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -43,9 +45,26 @@ type (
 		Error string `json:"error"`
 	}
 	presence struct {
-		Kind   string `json:"kind"` // "presence"
-		Online int    `json:"online"`
+		Kind   string   `json:"kind"` // "presence"
+		Online int      `json:"online"`
+		Names  []string `json:"names"` // sorted, one per client
 	}
+	timeReply struct {
+		Kind string `json:"kind"` // "time"
+		Now  string `json:"now"`  // RFC 3339, UTC
+	}
+)
+
+// anon is the name of a client that has not said hello, or said it without
+// a name.
+const anon = "anon"
+
+// Errors the demo answers a message with, as the "error" of its reply.
+var (
+	errNotObject = errors.New(`data must be a JSON object with a "text" string`)
+	errEmptyText = errors.New(`"text" is empty`)
+	errNameType  = errors.New(`"name" must be a string`)
+	errKindType  = errors.New(`"kind" must be a string`)
 )
 
 // Run runs the chat backend for the service "chat" on rdb until ctx ends,
@@ -56,7 +75,7 @@ func Run(ctx context.Context, rdb redis.UniversalClient, opts backend.Options) e
 		opts.Logger = slog.Default()
 	}
 	b := backend.New(rdb, service, opts)
-	c := &chat{b: b, log: opts.Logger.With("service", service), online: make(map[string]struct{})}
+	c := &chat{b: b, log: opts.Logger.With("service", service), online: make(map[string]string)}
 
 	err := b.Run(ctx, c.handle)
 	if ctx.Err() == nil {
@@ -76,10 +95,10 @@ func Run(ctx context.Context, rdb redis.UniversalClient, opts backend.Options) e
 type chat struct {
 	b   *backend.Backend
 	log *slog.Logger
-	// online holds the cids connected to this backend. Only handle touches
-	// it, and the backend calls handle for one event at a time, so it needs
-	// no lock.
-	online map[string]struct{}
+	// online maps the cids connected to this backend to their names. Only
+	// handle touches it, and the backend calls handle for one event at a
+	// time, so it needs no lock.
+	online map[string]string
 }
 
 // handle is the backend.Handler: it turns one uplink event into downlink
@@ -88,11 +107,15 @@ func (c *chat) handle(ctx context.Context, ev backend.Event) {
 	var err error
 	switch ev.Type {
 	case backend.EventClientConnected:
-		c.online[ev.CID] = struct{}{}
-		err = c.b.Broadcast(ctx, presence{Kind: "presence", Online: len(c.online)})
+		// A client rebound to this backend is announced again; it keeps
+		// the name it gave.
+		if _, ok := c.online[ev.CID]; !ok {
+			c.online[ev.CID] = anon
+		}
+		err = c.b.Broadcast(ctx, c.presence())
 	case backend.EventClientDisconnected:
 		delete(c.online, ev.CID)
-		err = c.b.Broadcast(ctx, presence{Kind: "presence", Online: len(c.online)})
+		err = c.b.Broadcast(ctx, c.presence())
 	case backend.EventMessage:
 		err = c.message(ctx, ev)
 	default:
@@ -105,49 +128,110 @@ func (c *chat) handle(ctx context.Context, ev backend.Event) {
 	}
 }
 
-// message broadcasts a chat line and answers its sender with an echo, or
-// answers with an error alone when the data is not a chat line. Either way
-// the sender gets exactly one direct reply, matched to its request by
-// reply_to.
-func (c *chat) message(ctx context.Context, ev backend.Event) error {
-	line, err := parseChat(ev.Data)
-	if err != nil {
-		return c.b.Direct(ctx, ev.CID, errorReply{Kind: "error", Error: err.Error()}, ev.ID)
+// presence lists the clients of this backend by name.
+func (c *chat) presence() presence {
+	names := make([]string, 0, len(c.online))
+	for _, name := range c.online {
+		names = append(names, name)
 	}
-	// Broadcast first: the sender sees its line among everyone's before the
-	// echo confirms it.
-	if err := c.b.Broadcast(ctx, line); err != nil {
-		return err
-	}
-	return c.b.Direct(ctx, ev.CID, echoReply{Kind: "echo", Data: ev.Data}, ev.ID)
+	slices.Sort(names)
+	return presence{Kind: "presence", Online: len(names), Names: names}
 }
 
-// parseChat reads {"text":..., "name":...} from a message's data. The name is
-// optional ("anon"); both are trimmed and cut to their limits.
-func parseChat(data json.RawMessage) (chatLine, error) {
+// message answers one message by its data's "kind":
+//   - "hello" {"name"}: the client's name for the online list; presence
+//     is broadcast, and nothing is replied (DMB's ack is enough).
+//   - "time": a direct reply {"kind":"time","now":...}.
+//   - "chat" or none {"name","text"}: the line is broadcast and the sender
+//     gets a direct echo.
+//
+// Data that is none of these gets a direct error reply alone. Every direct
+// reply carries the message's id back as reply_to.
+func (c *chat) message(ctx context.Context, ev backend.Event) error {
+	fields, kind, err := parseMessage(ev.Data)
+	if err != nil {
+		return c.replyError(ctx, ev, err)
+	}
+	switch kind {
+	case "hello":
+		name, err := parseName(fields)
+		if err != nil {
+			return c.replyError(ctx, ev, err)
+		}
+		c.online[ev.CID] = name
+		return c.b.Broadcast(ctx, c.presence())
+	case "time":
+		return c.b.Direct(ctx, ev.CID, timeReply{Kind: "time", Now: time.Now().UTC().Format(time.RFC3339)}, ev.ID)
+	case "", "chat":
+		line, err := parseChat(fields)
+		if err != nil {
+			return c.replyError(ctx, ev, err)
+		}
+		// Broadcast first: the sender sees its line among everyone's
+		// before the echo confirms it.
+		if err := c.b.Broadcast(ctx, line); err != nil {
+			return err
+		}
+		return c.b.Direct(ctx, ev.CID, echoReply{Kind: "echo", Data: ev.Data}, ev.ID)
+	default:
+		return c.replyError(ctx, ev, fmt.Errorf("unknown kind %q", kind))
+	}
+}
+
+// replyError answers a message that the demo cannot take with what was
+// wrong with it.
+func (c *chat) replyError(ctx context.Context, ev backend.Event, err error) error {
+	return c.b.Direct(ctx, ev.CID, errorReply{Kind: "error", Error: err.Error()}, ev.ID)
+}
+
+// parseMessage reads a message's data as a JSON object and its optional
+// "kind".
+func parseMessage(data json.RawMessage) (map[string]json.RawMessage, string, error) {
 	var fields map[string]json.RawMessage
 	// null decodes to a nil map without an error; anything else that is not
 	// an object fails.
 	if err := json.Unmarshal(data, &fields); err != nil || fields == nil {
-		return chatLine{}, errors.New(`data must be a JSON object with a "text" string`)
+		return nil, "", errNotObject
 	}
+	var kind string
+	if raw, ok := fields["kind"]; ok {
+		if err := json.Unmarshal(raw, &kind); err != nil {
+			return nil, "", errKindType
+		}
+	}
+	return fields, kind, nil
+}
+
+// parseChat reads {"text":..., "name":...} from a message's fields. The
+// name is optional ("anon"); both are trimmed and cut to their limits.
+func parseChat(fields map[string]json.RawMessage) (chatLine, error) {
 	var text string
 	if err := json.Unmarshal(fields["text"], &text); err != nil {
-		return chatLine{}, errors.New(`data must be a JSON object with a "text" string`)
+		return chatLine{}, errNotObject
 	}
 	if text = clean(text, maxText); text == "" {
-		return chatLine{}, errors.New(`"text" is empty`)
+		return chatLine{}, errEmptyText
 	}
+	name, err := parseName(fields)
+	if err != nil {
+		return chatLine{}, err
+	}
+	return chatLine{Kind: "chat", Name: name, Text: text}, nil
+}
+
+// parseName reads the optional "name" of a message's fields, trimmed and
+// cut to maxName; a missing, null or blank name is anon.
+func parseName(fields map[string]json.RawMessage) (string, error) {
 	var name string
 	if raw, ok := fields["name"]; ok {
 		if err := json.Unmarshal(raw, &name); err != nil {
-			return chatLine{}, errors.New(`"name" must be a string`)
+			return "", errNameType
 		}
 	}
 	if name = clean(name, maxName); name == "" {
-		name = "anon"
+		name = anon
 	}
-	return chatLine{Kind: "chat", Name: name, Text: text}, nil
+	return name, nil
 }
 
 // clean trims s and cuts it to at most n runes.

@@ -180,20 +180,77 @@ func (h *harness) expect(t *testing.T, want string) {
 func TestPresenceIsBroadcastWhenClientsComeAndGo(t *testing.T) {
 	h := startDemo(t)
 	h.send(t, `{"type":"client_connected","cid":"c1","service":"chat","remote":"127.0.0.1"}`)
-	h.expect(t, `{"type":"broadcast","data":{"kind":"presence","online":1}}`)
+	h.expect(t, `{"type":"broadcast","data":{"kind":"presence","online":1,"names":["anon"]}}`)
 	h.send(t, `{"type":"client_connected","cid":"c2","service":"chat","remote":"127.0.0.1"}`)
-	h.expect(t, `{"type":"broadcast","data":{"kind":"presence","online":2}}`)
-	// A client rebound to this backend is announced again; it counts once.
-	h.send(t, `{"type":"client_connected","cid":"c2","service":"chat","remote":"127.0.0.1"}`)
-	h.expect(t, `{"type":"broadcast","data":{"kind":"presence","online":2}}`)
+	h.expect(t, `{"type":"broadcast","data":{"kind":"presence","online":2,"names":["anon","anon"]}}`)
 	h.send(t, `{"type":"client_disconnected","cid":"c1","code":1001,"reason":"going away"}`)
-	h.expect(t, `{"type":"broadcast","data":{"kind":"presence","online":1}}`)
+	h.expect(t, `{"type":"broadcast","data":{"kind":"presence","online":1,"names":["anon"]}}`)
+	h.send(t, `{"type":"client_disconnected","cid":"c2","code":1000,"reason":""}`)
+	h.expect(t, `{"type":"broadcast","data":{"kind":"presence","online":0,"names":[]}}`)
+}
+
+func TestHelloNamesTheClientInPresence(t *testing.T) {
+	h := startDemo(t)
+	h.send(t, `{"type":"client_connected","cid":"c1","service":"chat","remote":"127.0.0.1"}`)
+	h.expect(t, `{"type":"broadcast","data":{"kind":"presence","online":1,"names":["anon"]}}`)
+	h.send(t, `{"type":"client_connected","cid":"c2","service":"chat","remote":"127.0.0.1"}`)
+	h.expect(t, `{"type":"broadcast","data":{"kind":"presence","online":2,"names":["anon","anon"]}}`)
+
+	// Names are cleaned like a chat line's, and sorted.
+	h.send(t, `{"type":"message","cid":"c2","data":{"kind":"hello","name":"  zoe "},"id":1}`)
+	h.expect(t, `{"type":"broadcast","data":{"kind":"presence","online":2,"names":["anon","zoe"]}}`)
+	h.send(t, `{"type":"message","cid":"c1","data":{"kind":"hello","name":"bob"},"id":1}`)
+	h.expect(t, `{"type":"broadcast","data":{"kind":"presence","online":2,"names":["bob","zoe"]}}`)
+	// A new name replaces the old; a blank one is anon again.
+	h.send(t, `{"type":"message","cid":"c1","data":{"kind":"hello","name":"amy"},"id":2}`)
+	h.expect(t, `{"type":"broadcast","data":{"kind":"presence","online":2,"names":["amy","zoe"]}}`)
+	h.send(t, `{"type":"message","cid":"c2","data":{"kind":"hello","name":" "},"id":2}`)
+	h.expect(t, `{"type":"broadcast","data":{"kind":"presence","online":2,"names":["amy","anon"]}}`)
+	h.send(t, `{"type":"message","cid":"c2","data":{"kind":"hello","name":"zoe"}}`)
+	h.expect(t, `{"type":"broadcast","data":{"kind":"presence","online":2,"names":["amy","zoe"]}}`)
+
+	// A client rebound to this backend is announced again; it counts once
+	// and keeps its name.
+	h.send(t, `{"type":"client_connected","cid":"c2","service":"chat","remote":"127.0.0.1"}`)
+	h.expect(t, `{"type":"broadcast","data":{"kind":"presence","online":2,"names":["amy","zoe"]}}`)
+	h.send(t, `{"type":"client_disconnected","cid":"c1","code":1001,"reason":"going away"}`)
+	h.expect(t, `{"type":"broadcast","data":{"kind":"presence","online":1,"names":["zoe"]}}`)
+
+	// A hello gets no reply of its own: the answer to the next message is
+	// what follows its presence.
+	h.send(t, `{"type":"message","cid":"c2","data":{"kind":"hello","name":"zed"},"id":3}`)
+	h.expect(t, `{"type":"broadcast","data":{"kind":"presence","online":1,"names":["zed"]}}`)
+	h.send(t, `{"type":"message","cid":"c2","data":{"kind":"chat","text":"hi"},"id":4}`)
+	h.expect(t, `{"type":"broadcast","data":{"kind":"chat","name":"anon","text":"hi"}}`)
+}
+
+func TestTimeRequestIsAnsweredWithTheTime(t *testing.T) {
+	h := startDemo(t)
+	before := time.Now().Truncate(time.Second)
+	h.send(t, `{"type":"message","cid":"c1","data":{"kind":"time"},"id":"t-1"}`)
+	var got struct {
+		Type, CID string
+		ReplyTo   any `json:"reply_to"`
+		Data      struct{ Kind, Now string }
+	}
+	h.receive(t, h.down, &got)
+	after := time.Now()
+	if got.Type != "direct" || got.CID != "c1" || got.ReplyTo != "t-1" || got.Data.Kind != "time" {
+		t.Fatalf("downlink %+v, want a direct time reply to c1 with reply_to t-1", got)
+	}
+	now, err := time.Parse(time.RFC3339, got.Data.Now)
+	if err != nil {
+		t.Fatalf("now %q is not RFC 3339: %v", got.Data.Now, err)
+	}
+	if now.Before(before) || now.After(after) {
+		t.Errorf("now %s, want between %s and %s", now, before, after)
+	}
 }
 
 func TestChatMessageIsBroadcastAndEchoedToItsSender(t *testing.T) {
 	h := startDemo(t)
 	h.send(t, `{"type":"client_connected","cid":"c1","service":"chat","remote":"127.0.0.1"}`)
-	h.expect(t, `{"type":"broadcast","data":{"kind":"presence","online":1}}`)
+	h.expect(t, `{"type":"broadcast","data":{"kind":"presence","online":1,"names":["anon"]}}`)
 
 	h.send(t, `{"type":"message","cid":"c1","data":{"name":"  bob ","text":"hi <b>all</b>","extra":[1]},"id":7}`)
 	h.expect(t, `{"type":"broadcast","data":{"kind":"chat","name":"bob","text":"hi <b>all</b>"}}`)
@@ -213,6 +270,13 @@ func TestReplyToFollowsTheMessageID(t *testing.T) {
 			h.expect(t, `{"type":"direct","cid":"c1","data":{"kind":"echo","data":{"text":"x"}}`+tc.replyTo+`}`)
 		})
 	}
+}
+
+func TestChatLineMayNameItsKind(t *testing.T) {
+	h := startDemo(t)
+	h.send(t, `{"type":"message","cid":"c1","data":{"kind":"chat","name":"bob","text":"hi"},"id":3}`)
+	h.expect(t, `{"type":"broadcast","data":{"kind":"chat","name":"bob","text":"hi"}}`)
+	h.expect(t, `{"type":"direct","cid":"c1","reply_to":3,"data":{"kind":"echo","data":{"kind":"chat","name":"bob","text":"hi"}}}`)
 }
 
 func TestNameAndTextAreCleaned(t *testing.T) {
@@ -241,7 +305,7 @@ func TestNameAndTextAreCleaned(t *testing.T) {
 	}
 }
 
-func TestDataThatIsNotAChatLineGetsAnErrorAndNoBroadcast(t *testing.T) {
+func TestDataThatIsNotUnderstoodGetsAnErrorAndNoBroadcast(t *testing.T) {
 	h := startDemo(t)
 	for _, tc := range []struct{ name, data, error string }{
 		{"string", `"hi"`, `data must be a JSON object with a \"text\" string`},
@@ -251,6 +315,9 @@ func TestDataThatIsNotAChatLineGetsAnErrorAndNoBroadcast(t *testing.T) {
 		{"text not a string", `{"text":5}`, `data must be a JSON object with a \"text\" string`},
 		{"blank text", `{"text":"  "}`, `\"text\" is empty`},
 		{"name not a string", `{"text":"hi","name":3}`, `\"name\" must be a string`},
+		{"kind not a string", `{"kind":1,"text":"hi"}`, `\"kind\" must be a string`},
+		{"unknown kind", `{"kind":"dance","text":"hi"}`, `unknown kind \"dance\"`},
+		{"hello with a name not a string", `{"kind":"hello","name":["bob"]}`, `\"name\" must be a string`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h.send(t, `{"type":"message","cid":"c1","data":`+tc.data+`,"id":"q"}`)
@@ -288,7 +355,26 @@ func TestRunLeavesAndReturnsNilWhenItsContextEnds(t *testing.T) {
 	})
 }
 
-func TestPageServesTheChatOnlyAtRoot(t *testing.T) {
+// getPage requests path from srv and returns the response with its body.
+func getPage(t *testing.T, ctx context.Context, srv *httptest.Server, method, path string) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, method, srv.URL+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res, string(body)
+}
+
+func TestPageServesTheChatAtRootAndDMBJS(t *testing.T) {
 	srv := httptest.NewServer(Page())
 	defer srv.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -297,44 +383,92 @@ func TestPageServesTheChatOnlyAtRoot(t *testing.T) {
 	for _, tc := range []struct {
 		method, path string
 		status       int
+		contentType  string
 	}{
-		{http.MethodGet, "/", http.StatusOK},
-		{http.MethodHead, "/", http.StatusOK},
-		{http.MethodGet, "/x", http.StatusNotFound},
-		{http.MethodGet, "/index.html", http.StatusNotFound},
-		{http.MethodPost, "/", http.StatusMethodNotAllowed},
+		{http.MethodGet, "/", http.StatusOK, "text/html; charset=utf-8"},
+		{http.MethodHead, "/", http.StatusOK, "text/html; charset=utf-8"},
+		{http.MethodGet, "/dmb.js", http.StatusOK, "text/javascript; charset=utf-8"},
+		{http.MethodHead, "/dmb.js", http.StatusOK, "text/javascript; charset=utf-8"},
+		{http.MethodGet, "/dmb.d.ts", http.StatusOK, "application/typescript; charset=utf-8"},
+		{http.MethodGet, "/x", http.StatusNotFound, ""},
+		{http.MethodGet, "/index.html", http.StatusNotFound, ""},
+		{http.MethodGet, "/static/index.html", http.StatusNotFound, ""},
+		{http.MethodPost, "/", http.StatusMethodNotAllowed, ""},
+		{http.MethodPost, "/dmb.js", http.StatusMethodNotAllowed, ""},
 	} {
 		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
-			req, err := http.NewRequestWithContext(ctx, tc.method, srv.URL+tc.path, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			res, err := srv.Client().Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			body := new(strings.Builder)
-			_, err = io.Copy(body, res.Body)
-			res.Body.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
+			res, body := getPage(t, ctx, srv, tc.method, tc.path)
 			if res.StatusCode != tc.status {
 				t.Fatalf("status %d, want %d", res.StatusCode, tc.status)
 			}
 			if tc.status != http.StatusOK {
 				return
 			}
-			if ct := res.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/html") {
-				t.Errorf("Content-Type %q, want text/html", ct)
+			if ct := res.Header.Get("Content-Type"); ct != tc.contentType {
+				t.Errorf("Content-Type %q, want %q", ct, tc.contentType)
+			}
+			if tc.method == http.MethodGet && tc.path == "/dmb.js" && !strings.Contains(body, "export class DMB") {
+				t.Errorf("/dmb.js is not dmb.js")
+			}
+			if tc.path != "/" {
+				return
 			}
 			if cc := res.Header.Get("Cache-Control"); cc != "no-cache" {
 				t.Errorf("Cache-Control %q, want no-cache", cc)
 			}
-			if tc.method == http.MethodGet && !strings.Contains(body.String(), "/ws/chat") {
-				t.Errorf("page does not connect to /ws/chat")
+			if tc.method == http.MethodGet {
+				for _, want := range []string{`<script type="module">`, `import { DMB } from "/dmb.js";`, `service: "chat"`} {
+					if !strings.Contains(body, want) {
+						t.Errorf("page does not contain %s", want)
+					}
+				}
 			}
 		})
+	}
+}
+
+// The browser tests select these; renaming one breaks them.
+func TestPageHasTheElementsBrowserTestsSelect(t *testing.T) {
+	page := string(indexHTML)
+	for _, want := range []string{
+		`id="name"`, `id="text"`, `id="send"`, `id="time"`, `id="messages"`, `id="online"`, `id="status"`, `id="cid"`,
+		`li.dataset.kind = kind;`, // every .line of #messages has data-kind
+		`ui.status.textContent = status;`,
+	} {
+		if !strings.Contains(page, want) {
+			t.Errorf("page does not contain %s", want)
+		}
+	}
+}
+
+func TestPageCSPAllowsDMBJSAndTheSocketOnly(t *testing.T) {
+	srv := httptest.NewServer(Page())
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	res, _ := getPage(t, ctx, srv, http.MethodGet, "/")
+	directives := map[string][]string{}
+	for _, d := range strings.Split(res.Header.Get("Content-Security-Policy"), ";") {
+		if f := strings.Fields(d); len(f) > 0 {
+			directives[f[0]] = f[1:]
+		}
+	}
+	for _, tc := range []struct {
+		directive string
+		want      []string
+	}{
+		{"default-src", []string{"'none'"}},
+		// The page's inline module and /dmb.js from its own origin.
+		{"script-src", []string{"'self'", "'unsafe-inline'"}},
+		// The WebSocket to /ws/chat on the page's host.
+		{"connect-src", []string{"'self'", "ws:", "wss:"}},
+		{"base-uri", []string{"'none'"}},
+		{"frame-ancestors", []string{"'none'"}},
+	} {
+		if got := directives[tc.directive]; !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%s %q, want %q", tc.directive, got, tc.want)
+		}
 	}
 }
 

@@ -418,20 +418,24 @@ func testOnlyWebSocketAndPage(t *testing.T, e *env) {
 	tr.TLSClientConfig = &tls.Config{RootCAs: e.cert.Pool, MinVersion: tls.VersionTLS12}
 	client := &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	base := "https://127.0.0.1:" + strconv.Itoa(e.px.https)
-	for _, path := range []string{"/", "/metrics", "/healthz", "/readyz", "/stats"} {
+	for _, path := range []string{"/", "/dmb.js", "/metrics", "/healthz", "/readyz", "/stats"} {
 		resp, err := client.Get(base + path)
 		if err != nil {
 			t.Fatal(err)
 		}
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		// The page is served; nothing else of DMB is (404 from nginx, 403
-		// from Apache).
-		if ok := resp.StatusCode == 200; ok != (path == "/") || (path != "/" && resp.StatusCode != 404 && resp.StatusCode != 403) {
+		// The page and the browser client are served; nothing else of DMB
+		// is (404 from nginx, 403 from Apache).
+		public := path == "/" || path == "/dmb.js"
+		if ok := resp.StatusCode == 200; ok != public || (!public && resp.StatusCode != 404 && resp.StatusCode != 403) {
 			t.Errorf("GET %s = %d", path, resp.StatusCode)
 		}
-		if path == "/" && !strings.Contains(string(body), "/ws/chat") {
-			t.Errorf("page is not the demo page")
+		if path == "/" && !strings.Contains(string(body), `from "/dmb.js"`) {
+			t.Errorf("page is not the demo page on dmb.js")
+		}
+		if path == "/dmb.js" && (!strings.Contains(string(body), "export class DMB") || resp.Header.Get("Cache-Control") == "") {
+			t.Errorf("/dmb.js through the proxy: %.80s, Cache-Control %q", body, resp.Header.Get("Cache-Control"))
 		}
 	}
 	resp, err := client.Get("http://127.0.0.1:" + strconv.Itoa(e.px.http) + "/")

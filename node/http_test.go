@@ -59,3 +59,22 @@ func TestHealthReadyAndMetricsEndpoints(t *testing.T) {
 		}
 	}
 }
+
+func TestTheNodeServesTheBrowserClientWithCacheHeaders(t *testing.T) {
+	e := newEnv(t)
+	n := e.startNode()
+	resp, err := http.Get(n.url("/dmb.js"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "export class DMB") ||
+		!strings.HasPrefix(resp.Header.Get("Content-Type"), "text/javascript") ||
+		!strings.Contains(resp.Header.Get("Cache-Control"), "max-age") || resp.Header.Get("ETag") == "" {
+		t.Fatalf("/dmb.js: %d %v", resp.StatusCode, resp.Header)
+	}
+	if code, body := get(t, n.url("/dmb.d.ts")); code != 200 || !strings.Contains(body, "class DMB") {
+		t.Fatalf("/dmb.d.ts: %d", code)
+	}
+}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/dmb-broker/dmb/auth"
 	"github.com/dmb-broker/dmb/broker"
+	dmbjs "github.com/dmb-broker/dmb/clients/js"
 	"github.com/dmb-broker/dmb/config"
 	"github.com/dmb-broker/dmb/downlink"
 	"github.com/dmb-broker/dmb/metrics"
@@ -162,6 +163,9 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 	})
 	mux.HandleFunc("GET /readyz", n.serveReady)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(promReg, promhttp.HandlerOpts{}))
+	// The browser client, with its TypeScript declarations.
+	mux.Handle("/dmb.js", dmbjs.Handler())
+	mux.Handle("/dmb.d.ts", dmbjs.Handler())
 	if opts.Root != nil {
 		mux.Handle("/", opts.Root)
 	}

@@ -1,0 +1,182 @@
+// Package browser_test drives the demo page in a real browser (Debian's
+// Chromium through playwright-core): two pages chat through DMB and the demo
+// backend, a page's request() gets its reply, DMB restarts mid-session and
+// the pages reconnect by themselves, and a page with a bad token sees the
+// auth failure. The scenario is browser/chat.mjs; this test runs the real
+// parts around it and restarts DMB when the script asks.
+package browser_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+
+	"github.com/dmb-broker/dmb/backend"
+	"github.com/dmb-broker/dmb/config"
+	"github.com/dmb-broker/dmb/demo"
+	"github.com/dmb-broker/dmb/internal/redistest"
+	"github.com/dmb-broker/dmb/node"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const jwtSecret = "browser-test-secret-0123456789abcdef"
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// runningNode is a DMB node serving the demo page on a fixed port.
+type runningNode struct {
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startNode(t *testing.T, r *redistest.Server, port int, secret string) *runningNode {
+	t.Helper()
+	cfg, err := config.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Bind, cfg.Port, cfg.AdminAddr = "127.0.0.1", port, ""
+	cfg.RedisHost, cfg.RedisPort = "127.0.0.1", r.Port()
+	cfg.NodeID = "browser-" + strconv.Itoa(port)
+	cfg.BackendTimeout = time.Second
+	cfg.JWTSecret = secret
+	var ln net.Listener
+	deadline := time.Now().Add(10 * time.Second)
+	for { // the port of a node that just stopped may take a moment to free
+		if ln, err = net.Listen("tcp", cfg.Addr()); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("listen on %d: %v", port, err)
+		}
+		time.Sleep(20 * time.Millisecond) // retry interval, not synchronisation
+	}
+	n, err := node.New(cfg, node.Options{Logger: quiet(), Listener: ln, Root: demo.Page()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	rn := &runningNode{cancel: cancel, done: make(chan error, 1)}
+	go func() { rn.done <- n.Run(ctx) }()
+	for !n.Ready(context.Background()) {
+		if time.Now().After(deadline) {
+			t.Fatal("node not ready")
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval, not synchronisation
+	}
+	return rn
+}
+
+func (n *runningNode) stop(t *testing.T) {
+	n.cancel()
+	select {
+	case err := <-n.done:
+		if err != nil {
+			t.Errorf("node stopped with %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Error("node did not stop")
+	}
+}
+
+func TestChatInARealBrowser(t *testing.T) {
+	chromium := os.Getenv("CHROMIUM")
+	if chromium == "" {
+		chromium = "/usr/bin/chromium"
+	}
+	if _, err := os.Stat(chromium); err != nil {
+		t.Fatalf("chromium not installed (apt-get install chromium): %v", err)
+	}
+	if _, err := os.Stat("../node_modules/playwright-core"); err != nil {
+		t.Fatalf("playwright-core not installed (npm ci at the repo root): %v", err)
+	}
+	artifacts := os.Getenv("DMB_ARTIFACTS")
+	if artifacts == "" {
+		artifacts = "artifacts"
+	}
+	artifacts, _ = filepath.Abs(artifacts)
+	if err := os.MkdirAll(artifacts, 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	r := redistest.Start(t)
+	port, authPort := redistest.FreePort(t), redistest.FreePort(t)
+	var mu sync.Mutex
+	n := startNode(t, r, port, "")
+	authNode := startNode(t, r, authPort, jwtSecret)
+	defer func() {
+		mu.Lock()
+		n.stop(t)
+		mu.Unlock()
+		authNode.stop(t)
+	}()
+
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr()})
+	defer rdb.Close()
+	ctx, stopDemo := context.WithCancel(context.Background())
+	demoDone := make(chan error, 1)
+	go func() { demoDone <- demo.Run(ctx, rdb, backend.Options{Logger: quiet()}) }()
+	defer func() { stopDemo(); <-demoDone }()
+
+	cmd := exec.Command("node", "chat.mjs")
+	cmd.Env = append(os.Environ(),
+		fmt.Sprintf("DMB_URL=http://127.0.0.1:%d", port),
+		fmt.Sprintf("DMB_AUTH_URL=http://127.0.0.1:%d", authPort),
+		"DMB_ARTIFACTS="+artifacts,
+		"CHROMIUM="+chromium,
+	)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.AfterFunc(3*time.Minute, func() { _ = cmd.Process.Kill() })
+	defer killed.Stop()
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		line := sc.Text()
+		t.Log(line)
+		if line == "RESTART" {
+			// DMB goes away (1001) and comes back on the same port; the
+			// pages must reconnect by themselves.
+			mu.Lock()
+			n.stop(t)
+			n = startNode(t, r, port, "")
+			mu.Unlock()
+			if _, err := io.WriteString(stdin, "OK\n"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("browser scenario failed: %v\n%s", err, stderr.String())
+	}
+	for _, shot := range []string{"chat.png", "after-restart.png", "bad-token.png"} {
+		if fi, err := os.Stat(filepath.Join(artifacts, shot)); err != nil || fi.Size() == 0 {
+			t.Errorf("screenshot %s missing: %v", shot, err)
+		}
+	}
+}

@@ -1,0 +1,114 @@
+// The browser scenario of browser_test.go: the demo page in Debian's
+// Chromium, driven by playwright-core. It prints RESTART and waits for OK
+// on stdin when DMB is to be restarted; it exits non-zero on any failure.
+import { chromium } from "playwright-core";
+import assert from "node:assert/strict";
+import readline from "node:readline";
+import path from "node:path";
+
+const url = process.env.DMB_URL;
+const authURL = process.env.DMB_AUTH_URL;
+const artifacts = process.env.DMB_ARTIFACTS;
+const wait = { timeout: 20000 };
+
+const input = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+
+async function restartDMB() {
+  console.log("RESTART");
+  const { value } = await input.next();
+  assert.equal(value, "OK");
+}
+
+function step(name) {
+  console.log(`step: ${name}`);
+}
+
+async function openChat(browser, name) {
+  const page = await (await browser.newContext()).newPage();
+  page.on("pageerror", (err) => console.log(`page error (${name}): ${err.message}`));
+  await page.goto(url + "/");
+  await page.waitForFunction(() => document.querySelector("#status")?.textContent.trim() === "open", null, wait);
+  await page.fill("#name", name);
+  await page.dispatchEvent("#name", "change");
+  return page;
+}
+
+async function say(page, text) {
+  await page.fill("#text", text);
+  await page.click("#send");
+}
+
+async function sees(page, text) {
+  await page.waitForFunction(
+    (t) => [...document.querySelectorAll('#messages .line[data-kind="chat"]')].some((l) => l.textContent.includes(t)),
+    text,
+    wait,
+  );
+}
+
+async function online(page, names) {
+  await page.waitForFunction(
+    (want) => want.every((n) => document.querySelector("#online")?.textContent.includes(n)),
+    names,
+    wait,
+  );
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM,
+  headless: true,
+  args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+try {
+  step("two pages chat through DMB and the demo backend");
+  const ann = await openChat(browser, "ann");
+  const bob = await openChat(browser, "bob");
+  await online(ann, ["ann", "bob"]);
+  await online(bob, ["ann", "bob"]);
+  await say(ann, "hello from ann");
+  await sees(bob, "hello from ann");
+  await say(bob, "hi ann");
+  await sees(ann, "hi ann");
+  await ann.screenshot({ path: path.join(artifacts, "chat.png"), fullPage: true });
+
+  step("request() gets its reply");
+  const reply = await ann.evaluate(async () => {
+    const { DMB } = await import("/dmb.js");
+    const c = new DMB({ service: "chat" });
+    await new Promise((resolve) => c.on("connected", resolve));
+    try {
+      return await c.request({ kind: "time" }, { timeout: 5000 });
+    } finally {
+      c.close();
+    }
+  });
+  assert.equal(reply.kind, "time");
+  assert.ok(!Number.isNaN(Date.parse(reply.now)), `reply.now = ${reply.now}`);
+
+  step("DMB restarts mid-session; the pages reconnect by themselves");
+  const oldCID = await ann.textContent("#cid");
+  await restartDMB();
+  for (const page of [ann, bob]) {
+    await page.waitForFunction(
+      (old) => document.querySelector("#status")?.textContent.trim() === "open" && document.querySelector("#cid")?.textContent !== old,
+      oldCID,
+      wait,
+    );
+  }
+  await online(ann, ["ann", "bob"]);
+  await say(bob, "still here after the restart");
+  await sees(ann, "still here after the restart");
+  await ann.screenshot({ path: path.join(artifacts, "after-restart.png"), fullPage: true });
+
+  step("a page with a bad token sees the auth failure");
+  const bad = await (await browser.newContext()).newPage();
+  await bad.goto(authURL + "/?token=not-a-valid-token");
+  await bad.waitForFunction(() => document.querySelector("#status")?.textContent.trim() === "closed", null, wait);
+  const shown = await bad.textContent("body");
+  assert.match(shown, /4001/, "the page shows the 4001 close");
+  await bad.screenshot({ path: path.join(artifacts, "bad-token.png"), fullPage: true });
+  step("done");
+} finally {
+  await browser.close();
+  process.stdin.destroy();
+}

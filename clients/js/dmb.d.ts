@@ -1,0 +1,94 @@
+// Type declarations of dmb.js, the client of DMB, the Duplex Message Broker.
+
+/** Where a DMB connection stands. */
+export type DMBStatus = "connecting" | "open" | "reconnecting" | "closed";
+
+/** What the backend puts in reply_to, echoed from a message's id. */
+export type MessageID = string | number;
+
+/**
+ * The part of the WebSocket interface that dmb.js uses. dmb.js sets the
+ * handlers; their events are typed any so that both the DOM's WebSocket and
+ * Node's ws fit.
+ */
+export interface WebSocketLike {
+  readonly readyState: number;
+  /** dmb.js reads ev.data, a string. */
+  onmessage: ((ev: any) => void) | null;
+  /** dmb.js reads ev.code and ev.reason. */
+  onclose: ((ev: any) => void) | null;
+  onerror: ((ev: any) => void) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+
+/** A WebSocket constructor: the browser's, or Node's ws package. */
+export type WebSocketConstructorLike = new (url: string) => WebSocketLike;
+
+export interface DMBOptions {
+  /** The service to connect to; required unless url is given. */
+  service?: string;
+  /** A JWT, sent as ?token= when DMB auth is on. */
+  token?: string;
+  /** The WebSocket URL; default ws(s)://{location.host}/ws/{service}. */
+  url?: string;
+  /** The WebSocket constructor; default globalThis.WebSocket. */
+  WebSocket?: WebSocketConstructorLike;
+  /** Reconnect delays in milliseconds: initial 500, max 30000. */
+  backoff?: { initial?: number; max?: number };
+  /** Default timeout of request() in milliseconds: 10000. */
+  requestTimeout?: number;
+  /** Source of reconnect jitter in [0, 1); default Math.random. */
+  random?: () => number;
+  /** Timer functions, for tests; default the global ones. */
+  setTimeout?: (fn: () => void, ms: number) => unknown;
+  clearTimeout?: (handle: any) => void;
+}
+
+export interface ConnectedInfo {
+  cid: string;
+  service: string;
+}
+
+export interface CloseInfo {
+  /** The WebSocket close code (PROTOCOL.md, section 3). */
+  code: number;
+  reason: string;
+  /** Whether dmb.js will reconnect. */
+  willRetry: boolean;
+}
+
+export interface DMBEvents {
+  connected: (info: ConnectedInfo) => void;
+  broadcast: (data: any) => void;
+  /** A direct message; a reply that settles a request() is not one. */
+  direct: (data: any, replyTo: MessageID | undefined) => void;
+  error: (err: DMBError) => void;
+  close: (info: CloseInfo) => void;
+  status: (status: DMBStatus) => void;
+}
+
+/** The error of a failed send() or request(), and of the "error" event. */
+export class DMBError extends Error {
+  constructor(message: string, code?: number);
+  readonly name: "DMBError";
+  /** The close code, when a close caused the error. */
+  readonly code: number | undefined;
+}
+
+/** One connection to a DMB service, reconnecting until close(). */
+export class DMB {
+  constructor(options: DMBOptions);
+  /** Where the connection stands. */
+  readonly status: DMBStatus;
+  /** The cid of the current connection; null while not open. */
+  readonly cid: string | null;
+  on<E extends keyof DMBEvents>(event: E, fn: DMBEvents[E]): this;
+  off<E extends keyof DMBEvents>(event: E, fn: DMBEvents[E]): this;
+  /** Sends data; resolves on DMB's ack, rejects on its error, on close, or when not connected. */
+  send(data: unknown): Promise<void>;
+  /** Sends data; resolves with the data of the direct reply whose reply_to is its id. */
+  request<T = any>(data: unknown, options?: { timeout?: number }): Promise<T>;
+  /** Closes for good: no reconnect. */
+  close(): void;
+}

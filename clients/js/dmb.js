@@ -1,0 +1,328 @@
+// dmb.js: the browser (and Node) client of DMB, the Duplex Message Broker.
+// One ES module, no dependencies. It speaks the client frames of DMB's wire
+// protocol (PROTOCOL.md, sections 3 to 7): it connects to /ws/{service},
+// matches acks, errors and replies to the messages it sent, and reconnects
+// with backoff after the close codes that allow it.
+//
+//   import { DMB } from "/dmb.js";
+//   const c = new DMB({ service: "chat" });
+//   c.on("broadcast", (data) => console.log(data));
+//   await c.send({ text: "hi" });
+
+/** Close codes after which reconnecting cannot help (PROTOCOL.md, section 3). */
+const FINAL_CODES = new Set([
+  4001, // token missing, invalid or expired
+  4004, // no backend has ever registered this service
+  4009, // kicked by the backend
+]);
+
+const OPEN = 1; // WebSocket.OPEN, the same in browsers and in ws
+
+/**
+ * DMBError is how dmb.js fails a promise or reports an error event.
+ * `message` is DMB's error text ("backend unavailable") or dmb.js's own
+ * ("not connected", "connection closed", "request timed out"); `code` is
+ * the WebSocket close code when a close caused it.
+ */
+export class DMBError extends Error {
+  /**
+   * @param {string} message
+   * @param {number} [code] close code, when a close caused the error
+   */
+  constructor(message, code) {
+    super(message);
+    this.name = "DMBError";
+    /** @type {number | undefined} */
+    this.code = code;
+  }
+}
+
+/**
+ * DMB is one connection to a DMB service, kept open until close() or a
+ * close code after which retrying cannot help (4001, 4004, 4009).
+ *
+ * Events (subscribe with on, unsubscribe with off):
+ * - "connected" ({cid, service}): DMB accepted the connection (every reconnect too).
+ * - "broadcast" (data): a broadcast of the service's backend.
+ * - "direct" (data, replyTo): a message to this client; replyTo is undefined
+ *   when the backend gave none. A reply that settles a request() goes to
+ *   that request only.
+ * - "error" (DMBError): a dmb:error that answers none of our pending calls
+ *   (a bad frame), or a frame from DMB that is not JSON.
+ * - "close" ({code, reason, willRetry}): the socket closed; willRetry tells
+ *   whether dmb.js will reconnect.
+ * - "status" (status): status changed.
+ */
+export class DMB {
+  /**
+   * @param {object} options
+   * @param {string} [options.service] service to connect to; required unless url is given
+   * @param {string} [options.token] JWT, sent as ?token= (DMB auth)
+   * @param {string} [options.url] WebSocket URL; default ws(s)://{location.host}/ws/{service}
+   * @param {Function} [options.WebSocket] WebSocket constructor; default globalThis.WebSocket
+   * @param {{initial?: number, max?: number}} [options.backoff] reconnect delays in ms (500, 30000)
+   * @param {number} [options.requestTimeout] default timeout of request() in ms (10000)
+   * @param {() => number} [options.random] source of jitter in [0, 1); default Math.random
+   * @param {Function} [options.setTimeout] timer functions (for tests); default the global ones
+   * @param {Function} [options.clearTimeout]
+   */
+  constructor(options = {}) {
+    this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    if (typeof this._WebSocket !== "function") {
+      throw new TypeError("DMB: no WebSocket constructor; pass options.WebSocket");
+    }
+    this._url = buildURL(options);
+    this._initial = options.backoff?.initial ?? 500;
+    this._max = options.backoff?.max ?? 30000;
+    this._requestTimeout = options.requestTimeout ?? 10000;
+    this._random = options.random ?? Math.random;
+    this._setTimeout = options.setTimeout ?? ((fn, ms) => setTimeout(fn, ms));
+    this._clearTimeout = options.clearTimeout ?? ((t) => clearTimeout(t));
+
+    this._listeners = new Map(); // event name -> Set of functions
+    this._pending = new Map(); // message id -> {resolve, reject, request, timer}
+    this._nextId = 0;
+    this._attempt = 0; // failed connections since the last successful one
+    this._retryTimer = null;
+    this._stopped = false;
+    this._ws = null;
+
+    /** @type {"connecting" | "open" | "reconnecting" | "closed"} */
+    this.status = "connecting";
+    /** @type {string | null} the cid of the current connection; null while not open */
+    this.cid = null;
+
+    this._connect();
+  }
+
+  /**
+   * on adds fn as a listener of event.
+   * @param {string} event
+   * @param {Function} fn
+   * @returns {this}
+   */
+  on(event, fn) {
+    if (!this._listeners.has(event)) this._listeners.set(event, new Set());
+    this._listeners.get(event).add(fn);
+    return this;
+  }
+
+  /**
+   * off removes fn as a listener of event.
+   * @param {string} event
+   * @param {Function} fn
+   * @returns {this}
+   */
+  off(event, fn) {
+    this._listeners.get(event)?.delete(fn);
+    return this;
+  }
+
+  /**
+   * send sends data to the service's backend as a dmb:message. It resolves
+   * when DMB acknowledges that a live backend received it, and rejects with
+   * DMB's error ("backend unavailable", "broker unavailable"), with "not
+   * connected" when the connection is not open (nothing is queued), or with
+   * "connection closed" when it closes before the answer.
+   * @param {any} data any JSON value
+   * @returns {Promise<void>}
+   */
+  send(data) {
+    return this._call(data, false, 0);
+  }
+
+  /**
+   * request sends data like send, and resolves with the data of the
+   * dmb:direct whose reply_to is this message's id (the ack alone does not
+   * resolve it). It rejects like send, and with "request timed out" after
+   * the timeout (default options.requestTimeout).
+   * @param {any} data any JSON value
+   * @param {{timeout?: number}} [options]
+   * @returns {Promise<any>}
+   */
+  request(data, options = {}) {
+    return this._call(data, true, options.timeout ?? this._requestTimeout);
+  }
+
+  /**
+   * close closes the connection for good: no reconnect follows, pending
+   * calls reject, and status becomes "closed".
+   */
+  close() {
+    if (this._stopped) return;
+    this._stopped = true;
+    if (this._retryTimer !== null) {
+      this._clearTimeout(this._retryTimer);
+      this._retryTimer = null;
+    }
+    this._failPending(new DMBError("connection closed"));
+    this.cid = null;
+    this._setStatus("closed");
+    if (this._ws) {
+      // The socket's close event reports the code, with willRetry false.
+      this._ws.close(1000, "closed by client");
+    } else {
+      // Waiting to reconnect: there is no socket left to report the close.
+      this._emit("close", { code: 1000, reason: "closed by client", willRetry: false });
+    }
+  }
+
+  _call(data, request, timeout) {
+    return new Promise((resolve, reject) => {
+      if (this.status !== "open" || !this._ws || this._ws.readyState !== OPEN) {
+        reject(new DMBError("not connected"));
+        return;
+      }
+      const id = this._nextId + 1;
+      try {
+        // JSON.stringify throws on data that is not JSON (a BigInt, a cycle).
+        this._ws.send(JSON.stringify({ event: "dmb:message", data, id }));
+      } catch (err) {
+        reject(new DMBError("send failed: " + (err?.message ?? err)));
+        return;
+      }
+      this._nextId = id;
+      const call = { resolve, reject, request, timer: null };
+      if (request) {
+        call.timer = this._setTimeout(() => {
+          this._pending.delete(id);
+          reject(new DMBError("request timed out"));
+        }, timeout);
+      }
+      this._pending.set(id, call);
+    });
+  }
+
+  _settle(id, err, value) {
+    const call = this._pending.get(id);
+    if (!call) return false;
+    this._pending.delete(id);
+    if (call.timer !== null) this._clearTimeout(call.timer);
+    if (err) call.reject(err);
+    else call.resolve(value);
+    return true;
+  }
+
+  _failPending(err) {
+    for (const id of [...this._pending.keys()]) this._settle(id, err);
+  }
+
+  _connect() {
+    const ws = new this._WebSocket(this._url);
+    this._ws = ws;
+    // Every failure ends in a close event, which does the work; an error
+    // event without a listener would throw in Node's ws.
+    ws.onerror = () => {};
+    ws.onmessage = (ev) => {
+      // After close(), frames still in flight are not for the app.
+      if (!this._stopped) this._onFrame(ev.data);
+    };
+    ws.onclose = (ev) => this._onClose(ev.code, ev.reason);
+  }
+
+  _onFrame(raw) {
+    let f;
+    try {
+      f = JSON.parse(typeof raw === "string" ? raw : String(raw));
+    } catch {
+      f = null;
+    }
+    if (!f || typeof f !== "object" || Array.isArray(f)) {
+      this._emit("error", new DMBError("frame from DMB is not a JSON object"));
+      return;
+    }
+    switch (f.event) {
+      case "dmb:connected":
+        this._attempt = 0;
+        this.cid = f.cid;
+        this._setStatus("open");
+        this._emit("connected", { cid: f.cid, service: f.service });
+        break;
+      case "dmb:ack": {
+        // A request waits for its reply, not for the ack.
+        const call = this._pending.get(f.id);
+        if (call && !call.request) this._settle(f.id, null, undefined);
+        break;
+      }
+      case "dmb:error":
+        if (f.id === undefined || f.id === null || !this._settle(f.id, new DMBError(f.error))) {
+          this._emit("error", new DMBError(f.error));
+        }
+        break;
+      case "dmb:broadcast":
+        this._emit("broadcast", f.data);
+        break;
+      case "dmb:direct": {
+        // A reply goes to the request() that waits for it, and only there.
+        const call = f.reply_to === undefined ? undefined : this._pending.get(f.reply_to);
+        if (call?.request) this._settle(f.reply_to, null, f.data);
+        else this._emit("direct", f.data, f.reply_to);
+        break;
+      }
+      default:
+        // Unknown events are ignored, for forward compatibility.
+    }
+  }
+
+  _onClose(code, reason) {
+    this._ws = null;
+    this.cid = null;
+    this._failPending(new DMBError("connection closed", code));
+    if (this._stopped) {
+      this._emit("close", { code, reason, willRetry: false });
+      return;
+    }
+    if (FINAL_CODES.has(code)) {
+      this._stopped = true;
+      this._setStatus("closed");
+      this._emit("close", { code, reason, willRetry: false });
+      return;
+    }
+    // Full jitter: a random delay up to the exponential cap, so that
+    // clients dropped together (1001 from a node shutting down) do not come
+    // back together.
+    const cap = Math.min(this._max, this._initial * 2 ** this._attempt);
+    const delay = Math.floor(this._random() * cap);
+    this._attempt++;
+    this._setStatus("reconnecting");
+    this._emit("close", { code, reason, willRetry: true });
+    if (this._stopped) return; // a close listener called close()
+    this._retryTimer = this._setTimeout(() => {
+      this._retryTimer = null;
+      if (!this._stopped) this._connect();
+    }, delay);
+  }
+
+  _setStatus(status) {
+    if (this.status === status) return;
+    this.status = status;
+    this._emit("status", status);
+  }
+
+  _emit(event, ...args) {
+    const fns = this._listeners.get(event);
+    if (!fns) return;
+    for (const fn of [...fns]) {
+      try {
+        fn(...args);
+      } catch (err) {
+        // A listener's bug must not break the connection's bookkeeping;
+        // report it the way an uncaught error would be.
+        queueMicrotask(() => {
+          throw err;
+        });
+      }
+    }
+  }
+}
+
+// buildURL returns the WebSocket URL of options, with the token in the query.
+function buildURL({ url, service, token }) {
+  if (!url) {
+    if (!service) throw new TypeError("DMB: options.service or options.url is required");
+    if (typeof location === "undefined") throw new TypeError("DMB: options.url is required outside a browser");
+    url = (location.protocol === "https:" ? "wss" : "ws") + "://" + location.host + "/ws/" + encodeURIComponent(service);
+  }
+  if (token) url += (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
+  return url;
+}
