@@ -207,16 +207,23 @@ func (b *Broker) remove(c *client) {
 
 // Broadcast queues frame to every client of service on this node.
 func (b *Broker) Broadcast(service string, frame []byte) int {
-	n := 0
 	b.mu.RLock()
-	for c := range b.byService[service] {
+	defer b.mu.RUnlock()
+	n := fanout(b.byService[service], frame)
+	b.m.MessagesOut.WithLabelValues(metrics.KindBroadcast).Add(float64(n))
+	b.m.Deliveries.Add(float64(n))
+	return n
+}
+
+// fanout queues the same frame to every client of set; the caller holds
+// b.mu for reading. It never waits on a client.
+func fanout(set map[*client]struct{}, frame []byte) int {
+	n := 0
+	for c := range set {
 		if c.send(frame) {
 			n++
 		}
 	}
-	b.mu.RUnlock()
-	b.m.Deliveries.Add(float64(n))
-	b.m.MessagesOut.WithLabelValues(metrics.KindBroadcast).Add(float64(n))
 	return n
 }
 
@@ -235,16 +242,11 @@ func (b *Broker) Direct(service, cid string, frame []byte) int {
 // DirectUser queues frame to every connection of user among the clients of
 // service on this node.
 func (b *Broker) DirectUser(service, user string, frame []byte) int {
-	n := 0
 	b.mu.RLock()
-	for c := range b.byUser[userKey{service, user}] {
-		if c.send(frame) {
-			n++
-		}
-	}
-	b.mu.RUnlock()
-	b.m.Deliveries.Add(float64(n))
+	defer b.mu.RUnlock()
+	n := fanout(b.byUser[userKey{service, user}], frame)
 	b.m.MessagesOut.WithLabelValues(metrics.KindDirect).Add(float64(n))
+	b.m.Deliveries.Add(float64(n))
 	return n
 }
 
