@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,6 +18,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/dmb-broker/dmb/internal/nodetest"
 	"github.com/dmb-broker/dmb/internal/redistest"
 )
 
@@ -39,26 +38,9 @@ const wait = 15 * time.Second
 // proc is a dmb child process.
 type proc struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *nodetest.Buffer
 	done chan struct{}
 	port int
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func startDMB(t *testing.T, args string, env ...string) *proc {
@@ -68,7 +50,7 @@ func startDMB(t *testing.T, args string, env ...string) *proc {
 	cmd.Env = append(os.Environ(), "DMB_TEST_MAIN=1", "DMB_TEST_MAIN_ARGS="+args,
 		"DMB_PORT="+strconv.Itoa(port), "DMB_BIND=127.0.0.1", "DMB_LOG_FORMAT=json", "DMB_ADMIN_ADDR=127.0.0.1:0")
 	cmd.Env = append(cmd.Env, env...)
-	p := &proc{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{}), port: port}
+	p := &proc{cmd: cmd, out: &nodetest.Buffer{}, done: make(chan struct{}), port: port}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -100,18 +82,7 @@ func (p *proc) ws(service string) string {
 	return fmt.Sprintf("ws://127.0.0.1:%d/ws/%s", p.port, service)
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(wait)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		<-tick.C
-	}
-}
+var waitFor = nodetest.Eventually
 
 func readJSON(t *testing.T, c *websocket.Conn) map[string]any {
 	t.Helper()

@@ -11,14 +11,11 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,8 +23,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/dmb-broker/dmb/backend"
-	"github.com/dmb-broker/dmb/config"
 	"github.com/dmb-broker/dmb/demo"
+	"github.com/dmb-broker/dmb/internal/nodetest"
 	"github.com/dmb-broker/dmb/internal/redistest"
 	"github.com/dmb-broker/dmb/node"
 )
@@ -36,62 +33,21 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 const jwtSecret = "browser-test-secret-0123456789abcdef"
 
-func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
-
-// runningNode is a DMB node serving the demo page on a fixed port.
-type runningNode struct {
-	cancel context.CancelFunc
-	done   chan error
-}
-
-func startNode(t *testing.T, r *redistest.Server, port int, secret string) *runningNode {
+// startNode runs a DMB node serving the demo page on a fixed port, so
+// that a restarted node comes back where the pages reconnect to.
+func startNode(t *testing.T, r *redistest.Server, port int, secret string) *nodetest.Node {
 	t.Helper()
-	cfg, err := config.Load()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Bind, cfg.Port, cfg.AdminAddr = "127.0.0.1", port, ""
-	cfg.RedisHost, cfg.RedisPort = "127.0.0.1", r.Port()
-	cfg.NodeID = "browser-" + strconv.Itoa(port)
-	cfg.BackendTimeout = time.Second
+	cfg := nodetest.Config(t, r)
+	cfg.Port = port
 	cfg.JWTSecret = secret
 	var ln net.Listener
-	deadline := time.Now().Add(10 * time.Second)
-	for { // the port of a node that just stopped may take a moment to free
-		if ln, err = net.Listen("tcp", cfg.Addr()); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("listen on %d: %v", port, err)
-		}
-		time.Sleep(20 * time.Millisecond) // retry interval, not synchronisation
-	}
-	n, err := node.New(cfg, node.Options{Logger: quiet(), Listener: ln, Root: demo.Page()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	rn := &runningNode{cancel: cancel, done: make(chan error, 1)}
-	go func() { rn.done <- n.Run(ctx) }()
-	for !n.Ready(context.Background()) {
-		if time.Now().After(deadline) {
-			t.Fatal("node not ready")
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval, not synchronisation
-	}
-	return rn
-}
-
-func (n *runningNode) stop(t *testing.T) {
-	n.cancel()
-	select {
-	case err := <-n.done:
-		if err != nil {
-			t.Errorf("node stopped with %v", err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Error("node did not stop")
-	}
+	// The port of a node that just stopped may take a moment to free.
+	nodetest.Eventually(t, fmt.Sprintf("port %d free", port), func() bool {
+		var err error
+		ln, err = net.Listen("tcp", cfg.Addr())
+		return err == nil
+	})
+	return nodetest.Start(t, cfg, node.Options{Listener: ln, Root: demo.Page()})
 }
 
 func TestChatInARealBrowser(t *testing.T) {
@@ -116,21 +72,14 @@ func TestChatInARealBrowser(t *testing.T) {
 
 	r := redistest.Start(t)
 	port, authPort := redistest.FreePort(t), redistest.FreePort(t)
-	var mu sync.Mutex
 	n := startNode(t, r, port, "")
-	authNode := startNode(t, r, authPort, jwtSecret)
-	defer func() {
-		mu.Lock()
-		n.stop(t)
-		mu.Unlock()
-		authNode.stop(t)
-	}()
+	startNode(t, r, authPort, jwtSecret)
 
 	rdb := redis.NewClient(&redis.Options{Addr: r.Addr()})
 	defer rdb.Close()
 	ctx, stopDemo := context.WithCancel(context.Background())
 	demoDone := make(chan error, 1)
-	go func() { demoDone <- demo.Run(ctx, rdb, backend.Options{Logger: quiet()}) }()
+	go func() { demoDone <- demo.Run(ctx, rdb, backend.Options{Logger: nodetest.Logger()}) }()
 	defer func() { stopDemo(); <-demoDone }()
 
 	cmd := exec.Command("node", "chat.mjs")
@@ -162,10 +111,10 @@ func TestChatInARealBrowser(t *testing.T) {
 		if line == "RESTART" {
 			// DMB goes away (1001) and comes back on the same port; the
 			// pages must reconnect by themselves.
-			mu.Lock()
-			n.stop(t)
+			if err := n.Stop(); err != nil {
+				t.Fatalf("stop: %v", err)
+			}
 			n = startNode(t, r, port, "")
-			mu.Unlock()
 			if _, err := io.WriteString(stdin, "OK\n"); err != nil {
 				t.Fatal(err)
 			}

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -27,8 +26,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/dmb-broker/dmb/backend"
-	"github.com/dmb-broker/dmb/config"
 	"github.com/dmb-broker/dmb/demo"
+	"github.com/dmb-broker/dmb/internal/nodetest"
 	"github.com/dmb-broker/dmb/internal/redistest"
 	"github.com/dmb-broker/dmb/internal/testcert"
 	"github.com/dmb-broker/dmb/node"
@@ -40,42 +39,18 @@ const wait = 10 * time.Second
 // that it differs from the proxy's own 127.0.0.1.
 const clientAddr = "127.0.0.23"
 
-func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
-
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(wait)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		<-tick.C
-	}
-}
+var (
+	quiet      = nodetest.Logger
+	eventually = nodetest.Eventually
+)
 
 // startNode runs a DMB node that trusts only the proxy's address.
-func startNode(t *testing.T, r *redistest.Server) *node.Node {
+func startNode(t *testing.T, r *redistest.Server) *nodetest.Node {
 	t.Helper()
-	cfg, err := config.Load()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Bind, cfg.Port, cfg.AdminAddr = "127.0.0.1", 0, ""
-	cfg.RedisHost, cfg.RedisPort = "127.0.0.1", r.Port()
+	cfg := nodetest.Config(t, r)
 	cfg.NodeID = "proxied"
 	cfg.TrustedProxies = []string{"127.0.0.1/32"}
-	n, err := node.New(cfg, node.Options{Logger: quiet()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- n.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	eventually(t, "node ready", func() bool { return n.Ready(context.Background()) })
-	return n
+	return nodetest.Start(t, cfg, node.Options{})
 }
 
 // proxy is a TLS proxy running one of deploy/'s configurations.
@@ -273,7 +248,7 @@ type env struct {
 	t      *testing.T
 	cert   testcert.Cert
 	px     proxy
-	node   *node.Node
+	node   *nodetest.Node
 	events chan backend.Event
 	b      *backend.Backend
 }

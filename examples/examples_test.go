@@ -4,7 +4,6 @@
 package examples_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,7 +15,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -26,6 +24,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/dmb-broker/dmb/config"
+	"github.com/dmb-broker/dmb/internal/nodetest"
 	"github.com/dmb-broker/dmb/internal/redistest"
 	"github.com/dmb-broker/dmb/node"
 )
@@ -216,71 +215,14 @@ func TestMintedTokenIsAccepted(t *testing.T) {
 // startNode starts an in-process DMB node on rs and waits until it is ready.
 func startNode(t *testing.T, rs *redistest.Server, mutate func(*config.Config)) *node.Node {
 	t.Helper()
-	cfg, err := config.Load()
-	if err != nil {
-		t.Fatalf("load config: %v", err)
-	}
-	cfg.Bind, cfg.Port = "127.0.0.1", 0
-	cfg.AdminAddr = ""
-	cfg.RedisHost, cfg.RedisPort = "127.0.0.1", rs.Port()
-	cfg.NodeID = "node-" + t.Name()
-	cfg.BackendTimeout = time.Second
+	cfg := nodetest.Config(t, rs)
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	n, err := node.New(cfg, node.Options{Logger: testLogger().With("test", t.Name())})
-	if err != nil {
-		t.Fatalf("new node: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- n.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("node: %v", err)
-			}
-		case <-time.After(wait):
-			t.Errorf("node did not stop")
-		}
-	})
-	eventually(t, "node ready", func() bool { return n.Ready(context.Background()) })
-	return n
+	return nodetest.Start(t, cfg, node.Options{}).Node
 }
 
-// eventually polls cond until it holds, failing the test after wait.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(wait)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		<-tick.C
-	}
-}
-
-// syncBuffer collects a subprocess's output.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+var eventually = nodetest.Eventually
 
 // startExample runs argv, an example backend, on rs in its own process
 // group. When the test ends it sends SIGTERM and expects a clean exit
@@ -291,7 +233,7 @@ func startExample(t *testing.T, argv []string, rs *redistest.Server) {
 	cmd.Env = append(os.Environ(),
 		"REDIS_HOST=127.0.0.1", fmt.Sprintf("REDIS_PORT=%d", rs.Port()),
 		"DMB_PREFIX=dmb", "DMB_SERVICE=echo", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1")
-	out := &syncBuffer{}
+	out := &nodetest.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {

@@ -6,14 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,6 +20,7 @@ import (
 
 	"github.com/dmb-broker/dmb/backend"
 	"github.com/dmb-broker/dmb/config"
+	"github.com/dmb-broker/dmb/internal/nodetest"
 	"github.com/dmb-broker/dmb/internal/redistest"
 	"github.com/dmb-broker/dmb/node"
 )
@@ -33,22 +31,18 @@ func TestMain(m *testing.M) {
 }
 
 // wait is how long any awaited event may take before a test fails.
-const wait = 10 * time.Second
+const wait = nodetest.Wait
 
-// testLogger discards logs unless DMB_TEST_LOG is set.
-func testLogger() *slog.Logger {
-	if os.Getenv("DMB_TEST_LOG") == "" {
-		return slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
+var (
+	testLogger = nodetest.Logger
+	eventually = nodetest.Eventually
+)
 
 // env is one Redis and whatever a test starts on it.
 type env struct {
 	t     *testing.T
 	redis *redistest.Server
 	rdb   *redis.Client
-	nodes atomic.Int32
 }
 
 func newEnv(t *testing.T) *env {
@@ -65,70 +59,38 @@ func (e *env) ctx() context.Context {
 
 // testNode is one in-process DMB node.
 type testNode struct {
-	*node.Node
-	t       *testing.T
-	id      string
-	cancel  context.CancelFunc
-	done    chan error
-	stopped bool
+	*nodetest.Node
+	t  *testing.T
+	id string
 }
 
-// baseConfig is the configuration tests start from: the defaults, on a
-// free loopback port, with a short backend timeout.
+// baseConfig is the configuration tests start from: nodetest's, with the
+// admin listener on a free port.
 func (e *env) baseConfig() config.Config {
-	cfg, err := config.Load()
-	if err != nil {
-		e.t.Fatalf("load config: %v", err)
-	}
-	cfg.Bind, cfg.Port = "127.0.0.1", 0
+	cfg := nodetest.Config(e.t, e.redis)
 	cfg.AdminAddr = "127.0.0.1:0"
-	cfg.RedisHost, cfg.RedisPort = "127.0.0.1", e.redis.Port()
-	cfg.NodeID = fmt.Sprintf("node-%d", e.nodes.Add(1))
-	cfg.BackendTimeout = time.Second
-	cfg.ShutdownTimeout = 5 * time.Second
 	return cfg
 }
 
 // startNode starts a node and waits until it is ready.
 func (e *env) startNode(mutate ...func(*config.Config)) *testNode {
 	e.t.Helper()
-	return e.startNodeLogging(testLogger().With("test", e.t.Name()), mutate...)
+	return e.startNodeLogging(nil, mutate...)
 }
 
-// startNodeLogging starts a node that logs to log.
+// startNodeLogging starts a node that logs to log (nil: nodetest's).
 func (e *env) startNodeLogging(log *slog.Logger, mutate ...func(*config.Config)) *testNode {
 	e.t.Helper()
 	cfg := e.baseConfig()
 	for _, f := range mutate {
 		f(&cfg)
 	}
-	n, err := node.New(cfg, node.Options{Logger: log})
-	if err != nil {
-		e.t.Fatalf("new node: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	tn := &testNode{Node: n, t: e.t, id: cfg.NodeID, cancel: cancel, done: make(chan error, 1)}
-	go func() { tn.done <- n.Run(ctx) }()
-	e.t.Cleanup(func() { tn.stop() })
-	eventually(e.t, "node ready", func() bool { return n.Ready(context.Background()) })
-	return tn
+	n := nodetest.Start(e.t, cfg, node.Options{Logger: log})
+	return &testNode{Node: n, t: e.t, id: cfg.NodeID}
 }
 
 // stop shuts the node down gracefully and returns Run's result.
-func (n *testNode) stop() error {
-	if n.stopped {
-		return nil
-	}
-	n.stopped = true
-	n.cancel()
-	select {
-	case err := <-n.done:
-		return err
-	case <-time.After(wait):
-		n.t.Errorf("node %s did not stop", n.id)
-		return errors.New("timeout")
-	}
-}
+func (n *testNode) stop() error { return n.Stop() }
 
 func (n *testNode) url(path string) string { return "http://" + n.Addr().String() + path }
 func (n *testNode) wsURL(service string) string {
@@ -152,20 +114,6 @@ func (n *testNode) metric(series string) float64 {
 		}
 	}
 	return 0
-}
-
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(wait)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		<-tick.C
-	}
 }
 
 // testBackend is a backend run with the backend library, recording events.

@@ -10,12 +10,12 @@ import (
 	"os"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/coder/websocket"
 
 	"github.com/dmb-broker/dmb/config"
+	"github.com/dmb-broker/dmb/internal/nodetest"
 	"github.com/dmb-broker/dmb/internal/testcert"
 	"github.com/dmb-broker/dmb/node"
 )
@@ -168,14 +168,8 @@ func TestAdminDrainMovesClientsAwayAndStopsTheNode(t *testing.T) {
 	if code, _ := c.closed(); code != 1001 {
 		t.Fatalf("close %d, want 1001 so the client reconnects elsewhere", code)
 	}
-	select {
-	case err := <-n.done:
-		n.stopped = true
-		if err != nil {
-			t.Fatalf("drained node stopped with %v", err)
-		}
-	case <-e.ctx().Done():
-		t.Fatal("node did not stop after drain")
+	if err := n.Wait(); err != nil {
+		t.Fatalf("drained node: %v", err)
 	}
 }
 
@@ -252,23 +246,10 @@ func TestGrafanaDashboardUsesOnlyExportedSeries(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log destination safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) lines() []map[string]any {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// logLines parses a buffer of JSON log lines.
+func logLines(buf *nodetest.Buffer) []map[string]any {
 	var out []map[string]any
-	for _, l := range bytes.Split(s.b.Bytes(), []byte("\n")) {
+	for _, l := range bytes.Split(buf.Bytes(), []byte("\n")) {
 		var m map[string]any
 		if json.Unmarshal(l, &m) == nil {
 			out = append(out, m)
@@ -279,7 +260,7 @@ func (s *syncBuffer) lines() []map[string]any {
 
 func TestLogsHaveOneLinePerLifecycleEventAndNonePerMessage(t *testing.T) {
 	e := newEnv(t)
-	var buf syncBuffer
+	var buf nodetest.Buffer
 	n := e.startNodeLogging(slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	b := e.startBackend("chat")
 	c := connect(t, n, "chat").welcome()
@@ -295,7 +276,7 @@ func TestLogsHaveOneLinePerLifecycleEventAndNonePerMessage(t *testing.T) {
 	var mine []map[string]any
 	eventually(t, "the disconnect logged", func() bool {
 		mine = nil
-		for _, l := range buf.lines() {
+		for _, l := range logLines(&buf) {
 			if l["cid"] == c.cid {
 				mine = append(mine, l)
 			}
