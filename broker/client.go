@@ -41,6 +41,9 @@ type client struct {
 
 func newClient(b *Broker, conn *websocket.Conn, wire *corkConn, service, remote, user string) *client {
 	ctx, cancel := context.WithCancel(b.ctx)
+	if wire != nil {
+		wire.setTimeout(b.cfg.WriteTimeout)
+	}
 	cid := newCID()
 	return &client{
 		b:       b,
@@ -228,29 +231,35 @@ func (c *client) writeLoop() {
 // write sends a batch of frames, in one socket write when the connection is
 // corkable.
 func (c *client) write(frames [][]byte) error {
-	ctx, cancel := context.WithTimeout(c.ctx, c.b.cfg.WriteTimeout)
-	defer cancel()
-	if c.wire != nil {
-		c.wire.cork()
+	if c.wire == nil {
+		ctx, cancel := context.WithTimeout(c.ctx, c.b.cfg.WriteTimeout)
+		defer cancel()
+		for _, f := range frames {
+			if err := c.conn.Write(ctx, websocket.MessageText, f); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
+	// Corked, the library's writes only fill the batch; the one socket write
+	// is uncork's, bounded by DMB_WRITE_TIMEOUT with a socket deadline (as
+	// is every other write to the socket, see corkConn). A context without a
+	// deadline spares the library a timer per frame.
+	ctx := context.Background()
+	c.wire.cork()
 	for _, f := range frames {
 		if err := c.conn.Write(ctx, websocket.MessageText, f); err != nil {
-			if c.wire != nil {
-				_ = c.wire.uncork(c.b.cfg.WriteTimeout)
-			}
+			_ = c.wire.uncork()
 			return err
 		}
-		if c.wire != nil && c.wire.buffered() >= corkFlushAt {
-			if err := c.wire.uncork(c.b.cfg.WriteTimeout); err != nil {
+		if c.wire.buffered() >= corkFlushAt {
+			if err := c.wire.uncork(); err != nil {
 				return err
 			}
 			c.wire.cork()
 		}
 	}
-	if c.wire != nil {
-		return c.wire.uncork(c.b.cfg.WriteTimeout)
-	}
-	return nil
+	return c.wire.uncork()
 }
 
 // closeStatus turns the error that ended a read into the code and reason

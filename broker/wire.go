@@ -21,9 +21,10 @@ import (
 type corkConn struct {
 	net.Conn
 
-	mu     sync.Mutex // orders writes to the socket; guards corked and buf
-	corked bool
-	buf    []byte
+	mu      sync.Mutex // orders writes to the socket; guards the fields below
+	corked  bool
+	buf     []byte
+	timeout time.Duration // bounds every socket write; 0 until a session sets it
 }
 
 // corkFlushAt is the batch size at which the writer uncorks early.
@@ -39,7 +40,25 @@ func (c *corkConn) Write(p []byte) (int, error) {
 		c.buf = append(c.buf, p...)
 		return len(p), nil
 	}
+	return c.writeLocked(p)
+}
+
+// writeLocked writes to the socket within the write timeout, so that no
+// write (a control frame to a client that stopped reading, say) can hold
+// the socket, and the WebSocket library's lock, for ever.
+func (c *corkConn) writeLocked(p []byte) (int, error) {
+	if c.timeout > 0 {
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+		defer c.Conn.SetWriteDeadline(time.Time{})
+	}
 	return c.Conn.Write(p)
+}
+
+// setTimeout sets the bound of every socket write.
+func (c *corkConn) setTimeout(d time.Duration) {
+	c.mu.Lock()
+	c.timeout = d
+	c.mu.Unlock()
 }
 
 func (c *corkConn) cork() {
@@ -55,17 +74,15 @@ func (c *corkConn) buffered() int {
 	return len(c.buf)
 }
 
-// uncork sends the batch in one write, bounded by timeout.
-func (c *corkConn) uncork(timeout time.Duration) error {
+// uncork sends the batch in one write, within the write timeout.
+func (c *corkConn) uncork() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.corked = false
 	if len(c.buf) == 0 {
 		return nil
 	}
-	_ = c.Conn.SetWriteDeadline(time.Now().Add(timeout))
-	_, err := c.Conn.Write(c.buf)
-	_ = c.Conn.SetWriteDeadline(time.Time{})
+	_, err := c.writeLocked(c.buf)
 	if cap(c.buf) > corkKeepCap {
 		c.buf = nil // an idle client keeps no burst-sized buffer
 	} else {
