@@ -30,13 +30,17 @@ type corkConn struct {
 // corkFlushAt is the batch size at which the writer uncorks early.
 const corkFlushAt = 64 << 10
 
-// corkKeepCap is the largest buffer kept between batches.
-const corkKeepCap = 4 << 10
+// batchBuffers lends batch buffers to busy writers: a batch is built in a
+// buffer that another batch already grew, and an idle client holds none.
+var batchBuffers = sync.Pool{New: func() any { b := make([]byte, 0, corkFlushAt+4<<10); return &b }}
 
 func (c *corkConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.corked {
+		if c.buf == nil {
+			c.buf = (*batchBuffers.Get().(*[]byte))[:0]
+		}
 		c.buf = append(c.buf, p...)
 		return len(p), nil
 	}
@@ -83,11 +87,11 @@ func (c *corkConn) uncork() error {
 		return nil
 	}
 	_, err := c.writeLocked(c.buf)
-	if cap(c.buf) > corkKeepCap {
-		c.buf = nil // an idle client keeps no burst-sized buffer
-	} else {
-		c.buf = c.buf[:0]
+	if cap(c.buf) <= 2*corkFlushAt {
+		b := c.buf[:0]
+		batchBuffers.Put(&b)
 	}
+	c.buf = nil
 	return err
 }
 

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
+
 	"github.com/dmb-broker/dmb/config"
 	"github.com/dmb-broker/dmb/node"
 )
@@ -173,6 +175,28 @@ func TestOriginPolicy(t *testing.T) {
 	for _, origin := range []string{"https://evil.test", "http://app.example.com.evil.test", "null"} {
 		if code, reason := refused(t, n.wsURL("chat"), http.Header{"Origin": {origin}}); code != 1008 {
 			t.Errorf("origin %s: close %d %q, want 1008", origin, code, reason)
+		}
+	}
+}
+
+// A crowd that connects just as the service's first backend registers is
+// served: a look-up in progress is waited for, not taken as an answer.
+func TestABurstOfClientsRightAfterRegistrationIsAccepted(t *testing.T) {
+	for round := range 5 {
+		e := newEnv(t)
+		n := e.startNode()
+		// The node registered the backend but has not looked up whether it
+		// is live: the first client's look-up is the one the crowd waits for.
+		e.startBackend("chat")
+		const crowd = 30
+		codes := make(chan websocket.StatusCode, crowd)
+		for range crowd {
+			go func() { codes <- outcome(t, n.wsURL("chat")) }()
+		}
+		for range crowd {
+			if code := <-codes; code != 0 {
+				t.Fatalf("round %d: a client was refused with %d right after a backend registered", round, code)
+			}
 		}
 	}
 }

@@ -310,6 +310,10 @@ func (r *Registry) ensureFresh(ctx context.Context, name string) error {
 	if r.fresh(name) { // another caller looked while this one waited
 		return nil
 	}
+	err := r.refreshServiceLocked(ctx, name)
+	// Marked checked only now that the look-up is done (failed or not):
+	// callers that came meanwhile waited above and see its result, rather
+	// than a view that was marked fresh before it was.
 	r.mu.Lock()
 	if s, ok := r.services[name]; ok {
 		s.checked = time.Now()
@@ -317,7 +321,7 @@ func (r *Registry) ensureFresh(ctx context.Context, name string) error {
 		r.noteAskedLocked(name)
 	}
 	r.mu.Unlock()
-	return r.refreshServiceLocked(ctx, name)
+	return err
 }
 
 // fresh reports whether the view of a service needs no look-up now.

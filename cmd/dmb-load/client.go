@@ -1,0 +1,402 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// client is one WebSocket connection to DMB. Its reader goroutine, started
+// by startReading and ended by closing the connection, handles every frame
+// DMB sends; in the uplink scenario a sender goroutine (sendLoop) writes its
+// frames. Counters the other goroutines read are atomic; the rest belong to
+// the reader and are read only after it ended.
+type client struct {
+	idx int
+	ws  *websocket.Conn
+	cid string
+	lat *histogram // downlink latency or ack latency
+	run *runClock
+
+	ended    chan struct{} // closed when the reader returns
+	endErr   error         // why it returned; read after ended
+	gone     atomic.Bool   // the connection ended before the generator closed it
+	closing  atomic.Bool   // the generator is closing it
+	received atomic.Int64  // broadcast and direct frames
+	sentTo   atomic.Int64  // direct: messages the backend published to this client
+
+	lastSeq    int64 // reader only
+	reordered  int64 // reader only
+	duplicates int64 // reader only
+	undecoded  int64 // reader only: frames the generator could not read
+	strayErrs  int64 // reader only: dmb:error without an id of ours
+
+	up *uplinkState // uplink scenario only
+}
+
+// uplinkState is a client's side of the uplink scenario. window holds a
+// token per frame sent and not yet answered; sentAt remembers when each of
+// those was sent, by id modulo the window.
+type uplinkState struct {
+	window  chan struct{}
+	sentAt  []atomic.Int64
+	sent    atomic.Int64
+	acked   atomic.Int64
+	errored atomic.Int64 // dmb:error answers to our ids
+}
+
+// runClock is the run's time base: timestamps in messages are nanoseconds
+// since start on the monotonic clock, as generator and DMB share a machine
+// (and the generator is both sender and receiver).
+type runClock struct{ start time.Time }
+
+func (r *runClock) now() int64 { return int64(time.Since(r.start)) }
+
+// Frames DMB sends, as protocol/client.go encodes them. The fast path
+// reads them at fixed offsets; anything else goes through encoding/json.
+var (
+	prefixBroadcast = []byte(`{"event":"dmb:broadcast","data":`)
+	prefixDirect    = []byte(`{"event":"dmb:direct","data":`)
+	prefixAck       = []byte(`{"event":"dmb:ack","id":`)
+	prefixError     = []byte(`{"event":"dmb:error",`)
+	prefixConnected = []byte(`{"event":"dmb:connected","cid":"`)
+)
+
+type frameKind uint8
+
+const (
+	frameOther frameKind = iota
+	frameData            // dmb:broadcast or dmb:direct
+	frameAck
+	frameError
+	frameConnected
+)
+
+// frameInfo is what the generator needs of a frame.
+type frameInfo struct {
+	kind   frameKind
+	seq, t int64  // frameData: the message's sequence number and send time
+	id     int64  // frameAck, frameError: the id answered (-1 when none)
+	cid    string // frameConnected
+	ok     bool   // the fields above could be read
+}
+
+// readFrame reads what the generator needs of one frame without
+// allocating, for the frames DMB writes, and falls back to encoding/json.
+func readFrame(f []byte) frameInfo {
+	switch {
+	case bytes.HasPrefix(f, prefixBroadcast):
+		if seq, t, ok := readSeqTime(f[len(prefixBroadcast):]); ok {
+			return frameInfo{kind: frameData, seq: seq, t: t, ok: true}
+		}
+	case bytes.HasPrefix(f, prefixDirect):
+		if seq, t, ok := readSeqTime(f[len(prefixDirect):]); ok {
+			return frameInfo{kind: frameData, seq: seq, t: t, ok: true}
+		}
+	case bytes.HasPrefix(f, prefixAck):
+		if id, rest, ok := readInt(f[len(prefixAck):]); ok && len(rest) == 1 && rest[0] == '}' {
+			return frameInfo{kind: frameAck, id: id, ok: true}
+		}
+	}
+	return readFrameJSON(f)
+}
+
+// readSeqTime reads the start of a data object {"s":<seq>,"t":<ns>,...}.
+func readSeqTime(b []byte) (seq, t int64, ok bool) {
+	const s, tt = `{"s":`, `,"t":`
+	if !bytes.HasPrefix(b, []byte(s)) {
+		return 0, 0, false
+	}
+	seq, b, ok = readInt(b[len(s):])
+	if !ok || !bytes.HasPrefix(b, []byte(tt)) {
+		return 0, 0, false
+	}
+	t, _, ok = readInt(b[len(tt):])
+	return seq, t, ok
+}
+
+// readInt reads a non-negative decimal and returns what follows it.
+func readInt(b []byte) (int64, []byte, bool) {
+	var v int64
+	i := 0
+	for ; i < len(b) && i < 18 && b[i] >= '0' && b[i] <= '9'; i++ {
+		v = v*10 + int64(b[i]-'0')
+	}
+	return v, b[i:], i > 0
+}
+
+// readFrameJSON is the slow path of readFrame.
+func readFrameJSON(f []byte) frameInfo {
+	var fr struct {
+		Event string `json:"event"`
+		CID   string `json:"cid"`
+		Data  struct {
+			S *int64 `json:"s"`
+			T *int64 `json:"t"`
+		} `json:"data"`
+		ID json.RawMessage `json:"id"`
+	}
+	if err := json.Unmarshal(f, &fr); err != nil {
+		// data that is not our object still has an event worth knowing
+		var ev struct {
+			Event string `json:"event"`
+		}
+		_ = json.Unmarshal(f, &ev)
+		fr.Event = ev.Event
+	}
+	info := frameInfo{id: -1}
+	if len(fr.ID) > 0 {
+		if id, err := strconv.ParseInt(string(fr.ID), 10, 64); err == nil {
+			info.id = id
+		}
+	}
+	switch fr.Event {
+	case "dmb:broadcast", "dmb:direct":
+		info.kind = frameData
+		if fr.Data.S != nil && fr.Data.T != nil {
+			info.seq, info.t, info.ok = *fr.Data.S, *fr.Data.T, true
+		}
+	case "dmb:ack":
+		info.kind, info.ok = frameAck, info.id >= 0
+	case "dmb:error":
+		info.kind, info.ok = frameError, true
+	case "dmb:connected":
+		info.kind, info.cid, info.ok = frameConnected, fr.CID, fr.CID != ""
+	}
+	return info
+}
+
+// handshakeTimeout bounds one connection's dial, upgrade and first frame.
+const handshakeTimeout = 10 * time.Second
+
+// dialClient opens a WebSocket and reads DMB's first frame, dmb:connected.
+func dialClient(ctx context.Context, hc *http.Client, url string, readLimit int64) (*websocket.Conn, string, error) {
+	ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPClient: hc})
+	if err != nil {
+		return nil, "", err
+	}
+	ws.SetReadLimit(readLimit)
+	_, data, err := ws.Read(ctx)
+	if err != nil {
+		_ = ws.CloseNow()
+		return nil, "", err
+	}
+	if bytes.HasPrefix(data, prefixConnected) {
+		if i := bytes.IndexByte(data[len(prefixConnected):], '"'); i > 0 {
+			return ws, string(data[len(prefixConnected) : len(prefixConnected)+i]), nil
+		}
+	}
+	if info := readFrameJSON(data); info.kind == frameConnected && info.ok {
+		return ws, info.cid, nil
+	}
+	_ = ws.CloseNow()
+	return nil, "", fmt.Errorf("first frame is not dmb:connected: %.100q", data)
+}
+
+// startReading starts the reader goroutine. Reads use a context without a
+// deadline, so that coder/websocket sets up no timer per read; closing the
+// connection ends the reader.
+func (c *client) startReading() {
+	go func() {
+		defer close(c.ended)
+		c.endErr = c.readLoop()
+		if !c.closing.Load() {
+			c.gone.Store(true)
+		}
+	}()
+}
+
+func (c *client) readLoop() error {
+	var buf []byte
+	for {
+		_, r, err := c.ws.Reader(context.Background())
+		if err != nil {
+			return err
+		}
+		if buf, err = readMessage(r, buf[:0]); err != nil {
+			return err
+		}
+		now := c.run.now()
+		c.handle(readFrame(buf), now)
+	}
+}
+
+// readMessage reads one message into buf, growing it as needed, so that a
+// client reuses one buffer for every frame.
+func readMessage(r io.Reader, buf []byte) ([]byte, error) {
+	if cap(buf) == 0 {
+		buf = make([]byte, 0, 512)
+	}
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
+}
+
+func (c *client) handle(f frameInfo, now int64) {
+	switch f.kind {
+	case frameData:
+		if !f.ok {
+			c.undecoded++
+			return
+		}
+		c.received.Add(1)
+		switch {
+		case f.seq < c.lastSeq:
+			c.reordered++
+		case f.seq == c.lastSeq:
+			c.duplicates++
+		default:
+			c.lastSeq = f.seq
+		}
+		c.lat.record(c.idx, time.Duration(now-f.t))
+	case frameAck, frameError:
+		u := c.up
+		if u == nil || !f.ok || f.id <= 0 || f.id > u.sent.Load() {
+			if f.kind == frameError {
+				c.strayErrs++
+			} else {
+				c.undecoded++
+			}
+			return
+		}
+		if f.kind == frameAck {
+			c.lat.record(c.idx, time.Duration(now-u.sentAt[f.id%int64(len(u.sentAt))].Load()))
+			u.acked.Add(1)
+		} else {
+			u.errored.Add(1)
+		}
+		select { // free the frame's place in the window
+		case <-u.window:
+		default:
+		}
+	default:
+		c.undecoded++
+	}
+}
+
+// uplinkFrame appends {"event":"dmb:message","data":{"t":<ns>,"p":"..."},"id":<id>}
+// with data of payload bytes (or just the header when payload is smaller).
+func uplinkFrame(dst []byte, id, t int64, payload int, pad []byte) []byte {
+	dst = append(dst, `{"event":"dmb:message","data":{"t":`...)
+	mark := len(dst) - len(`{"t":`)
+	dst = strconv.AppendInt(dst, t, 10)
+	dst = append(dst, `,"p":"`...)
+	dst = appendPad(dst, payload-(len(dst)-mark)-2, pad)
+	dst = append(dst, `"},"id":`...)
+	dst = strconv.AppendInt(dst, id, 10)
+	return append(dst, '}')
+}
+
+// appendPad appends n bytes of padding (none when n <= 0).
+func appendPad(dst []byte, n int, pad []byte) []byte {
+	if n <= 0 {
+		return dst
+	}
+	return append(dst, pad[:min(n, len(pad))]...)
+}
+
+// sendLoop writes uplink frames from start until end: at rate frames/s
+// (0: as fast as the window allows), never more than the window unanswered.
+// Frame i is due at start + offset + i/rate; a client that falls behind
+// sends at once until it has caught up.
+func (c *client) sendLoop(ctx context.Context, start, end time.Time, offset time.Duration, rate float64, payload int, pad []byte) {
+	u := c.up
+	buf := make([]byte, 0, payload+96)
+	var timer *time.Timer
+	var interval time.Duration
+	if rate > 0 {
+		interval = time.Duration(float64(time.Second) / rate)
+		timer = time.NewTimer(0)
+		<-timer.C
+		defer timer.Stop()
+	}
+	for id := int64(1); ; id++ {
+		if rate > 0 {
+			due := start.Add(offset + time.Duration(id-1)*interval)
+			if !due.Before(end) {
+				return
+			}
+			if d := time.Until(due); d > 0 {
+				timer.Reset(d)
+				select {
+				case <-timer.C:
+				case <-ctx.Done():
+					return
+				}
+			}
+		} else if !time.Now().Before(end) {
+			return
+		}
+		select {
+		case u.window <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		if c.gone.Load() {
+			return
+		}
+		t := c.run.now()
+		u.sentAt[id%int64(len(u.sentAt))].Store(t)
+		buf = uplinkFrame(buf[:0], id, t, payload, pad)
+		// Count it before writing: the ack may come back before Write returns.
+		u.sent.Add(1)
+		if err := c.ws.Write(context.Background(), websocket.MessageText, buf); err != nil {
+			u.sent.Add(-1)
+			return
+		}
+	}
+}
+
+// endCode is the close code that ended a connection DMB (or the network)
+// closed: DMB's code, or 1006 when the connection just dropped.
+func (c *client) endCode() int {
+	if code := websocket.CloseStatus(c.endErr); code != -1 {
+		return int(code)
+	}
+	return int(websocket.StatusAbnormalClosure)
+}
+
+// failureReason classifies a failed handshake for the report, with few
+// distinct values.
+func failureReason(err error) string {
+	var ce websocket.CloseError
+	switch {
+	case errors.As(err, &ce):
+		return "close " + strconv.Itoa(int(ce.Code))
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case errors.Is(err, context.Canceled):
+		return "cancelled"
+	}
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno.Error()
+	}
+	msg := err.Error()
+	if len(msg) > 80 {
+		msg = msg[:80]
+	}
+	return msg
+}

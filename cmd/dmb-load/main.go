@@ -1,0 +1,351 @@
+// Command dmb-load is DMB's load generator. It plays both sides against a
+// running DMB node and its Redis: a backend over Redis (registered with
+// package backend) and many WebSocket clients, opened from many loopback
+// source addresses. It talks to the local machine only: every address it is
+// given must be 127.0.0.0/8, ::1 or localhost, and every connection it opens
+// is checked again as it connects. Each run is bounded in clients and time,
+// stops by itself, and reports one JSON object and a readable table.
+//
+// Usage:
+//
+//	dmb-load [flags]
+//
+//	go run ./cmd/dmb-load -scenario idle -clients 2000 -duration 5s
+//	go run ./cmd/dmb-load -scenario broadcast -clients 1000 -rate 0 -duration 10s
+//	go run ./cmd/dmb-load -scenario uplink -clients 200 -duration 10s -json out.json
+//
+// Flags:
+//
+//	-dmb URL        DMB's WebSocket base URL (default ws://127.0.0.1:8082);
+//	                clients connect to URL/ws/SERVICE
+//	-metrics URL    DMB's Prometheus endpoint (default: /metrics on -dmb's
+//	                host and port, http://127.0.0.1:8082/metrics)
+//	-redis ADDR     the Redis DMB uses, host:port (default 127.0.0.1:6379)
+//	-prefix P       DMB_PREFIX of the node (default dmb)
+//	-service NAME   the service the backend registers and clients join
+//	                (default load)
+//	-scenario S     idle, broadcast, direct or uplink (default idle)
+//	-clients N      WebSocket clients (default 100, at most 200000 and the
+//	                open-file limit)
+//	-rate R         broadcast, direct: messages/s the backend publishes;
+//	                uplink: frames/s each client sends; 0 (default): as fast
+//	                as the window allows (at most 1e6)
+//	-window W       the bound on messages in flight (0: the scenario's
+//	                default): broadcast, messages not yet received by the
+//	                slowest client (default 256; keep it below DMB_SEND_QUEUE
+//	                or slow clients are closed with 4008); direct, messages
+//	                not yet received in all (default min(4096, 256 x N));
+//	                uplink, frames per client not yet answered (default 16)
+//	-duration D     how long to send, or for idle how long to hold the
+//	                connections (default 10s, 100ms to 30m)
+//	-payload B      bytes of each message's data (default 100, at most
+//	                60000; data carries at least its sequence number and
+//	                send time)
+//	-inflight K     concurrent WebSocket handshakes (default 64, at most 4096)
+//	-sources S      loopback source addresses to spread the clients over,
+//	                127.0.0.1, 127.0.0.2, ... (default: enough for 50,000
+//	                clients per address, or three quarters of the ephemeral
+//	                port range if that is smaller; at most 1000)
+//	-json FILE      also write the JSON result to FILE; "-" writes it to
+//	                standard output and the table to standard error
+//	-v              log the backend library's warnings to standard error
+//	-cpuprofile F   write the generator's own CPU profile to F
+//
+// Scenarios. Each registers the backend, then opens the N clients with at
+// most -inflight handshakes at once (a handshake lasts from the dial to
+// DMB's dmb:connected frame), then:
+//
+//   - idle: holds the connections for -duration. Reports the connect rate,
+//     handshake latency, failures, and DMB's memory per connection: the
+//     change of process_resident_memory_bytes (and of
+//     go_memstats_heap_inuse_bytes and go_goroutines) from before the
+//     connects to the end of the hold, divided by the connections. Measure
+//     it on a freshly started DMB: a node that served a bigger run keeps
+//     the memory it grew to, and the difference then means little.
+//   - broadcast: the backend broadcasts messages carrying a sequence number
+//     and a send time. Reports deliveries/s, loss (expected minus received,
+//     expected being messages times clients), reordering (a client's
+//     sequence going backwards), latency from the backend's send to the
+//     client's read, and DMB's CPU-seconds and deliveries per CPU-second.
+//   - direct: the same with direct messages to the clients in turn.
+//   - uplink: every client sends frames with ids; DMB acks each. Reports
+//     acked frames/s, ack latency, errors, DMB's CPU, and what the backend
+//     received (which should equal what was acked) and whether each
+//     client's frames reached it in order.
+//
+// Rates are measured from the start of sending until the last message in
+// flight arrived (at most 5 s later, or 1 s after the last arrival), and
+// DMB's CPU over the same span, read from process_cpu_seconds_total on
+// -metrics; Redis's CPU comes from INFO cpu, and the generator's own is
+// reported too: on a small machine the three share the cores. At full speed
+// (-rate 0) the window is always full, so latencies are mostly queueing:
+// use a -rate below the full-speed figure to measure latency under load.
+// Latencies are kept in fixed-size log-linear histograms (1.6% resolution);
+// the times in messages come from one monotonic clock, the generator being
+// both sender and receiver.
+//
+// Before the connects, one probe client waits until DMB admits clients of
+// the service: a node may answer 4503 for a moment after a backend
+// registered, and the connect figures should not measure that.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/pprof"
+	"syscall"
+	"time"
+
+	"github.com/dmb-broker/dmb/protocol"
+)
+
+func main() {
+	if err := mainErr(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "dmb-load:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+func mainErr(args []string, stdout, stderr io.Writer) error {
+	o, err := parseOptions(args, stderr)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if o.CPUProfile != "" {
+		f, err := os.Create(o.CPUProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	rep, err := run(ctx, o, stderr)
+	if err != nil {
+		return err
+	}
+	table := stdout
+	if o.JSON == "-" {
+		table = stderr
+	}
+	writeTable(table, rep)
+	if o.JSON != "" {
+		return writeJSON(o.JSON, stdout, rep)
+	}
+	return nil
+}
+
+// writeJSON writes the report to path, or to stdout for "-".
+func writeJSON(path string, stdout io.Writer, rep *report) error {
+	b, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	b = append(b, '\n')
+	if path == "-" {
+		_, err = stdout.Write(b)
+		return err
+	}
+	return os.WriteFile(path, b, 0o644)
+}
+
+// options are the flags.
+type options struct {
+	DMB        string
+	Metrics    string
+	Redis      string
+	Prefix     string
+	Service    string
+	Scenario   string
+	Clients    int
+	Rate       float64
+	Window     int
+	Duration   time.Duration
+	Payload    int
+	Inflight   int
+	Sources    int
+	JSON       string
+	Verbose    bool
+	CPUProfile string
+}
+
+// Scenarios.
+const (
+	scenarioIdle      = "idle"
+	scenarioBroadcast = "broadcast"
+	scenarioDirect    = "direct"
+	scenarioUplink    = "uplink"
+)
+
+// Bounds of the flags.
+const (
+	maxClients   = 200000
+	maxRate      = 1e6
+	minDuration  = 100 * time.Millisecond
+	maxDuration  = 30 * time.Minute
+	maxPayload   = 60000
+	maxInflight  = 4096
+	maxWindowBC  = 1000 // below DMB_SEND_QUEUE's default, 1024
+	maxWindowDir = 1 << 20
+	maxWindowUp  = 4096
+)
+
+func defaultOptions() options {
+	return options{
+		DMB: "ws://127.0.0.1:8082", Redis: "127.0.0.1:6379", Prefix: "dmb",
+		Service: "load", Scenario: scenarioIdle, Clients: 100, Duration: 10 * time.Second,
+		Payload: 100, Inflight: 64,
+	}
+}
+
+// parseOptions reads and checks the flags.
+func parseOptions(args []string, stderr io.Writer) (options, error) {
+	o := defaultOptions()
+	fs := flag.NewFlagSet("dmb-load", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.DMB, "dmb", o.DMB, "DMB's WebSocket base URL; clients connect to URL/ws/SERVICE")
+	fs.StringVar(&o.Metrics, "metrics", "", "DMB's /metrics URL (default: http://DMB-HOST:PORT/metrics)")
+	fs.StringVar(&o.Redis, "redis", o.Redis, "Redis host:port that DMB uses")
+	fs.StringVar(&o.Prefix, "prefix", o.Prefix, "DMB_PREFIX of the node")
+	fs.StringVar(&o.Service, "service", o.Service, "service the backend registers and the clients join")
+	fs.StringVar(&o.Scenario, "scenario", o.Scenario, "idle, broadcast, direct or uplink")
+	fs.IntVar(&o.Clients, "clients", o.Clients, fmt.Sprintf("WebSocket clients (1-%d)", maxClients))
+	fs.Float64Var(&o.Rate, "rate", o.Rate, "broadcast/direct: messages/s; uplink: frames/s per client; 0: as fast as the window allows")
+	fs.IntVar(&o.Window, "window", o.Window, "messages in flight (0: scenario default: broadcast 256 behind the slowest client, direct min(4096, 256*N) in all, uplink 16 per client)")
+	fs.DurationVar(&o.Duration, "duration", o.Duration, "how long to send, or to hold the connections for idle (100ms-30m)")
+	fs.IntVar(&o.Payload, "payload", o.Payload, fmt.Sprintf("bytes of each message's data (0-%d)", maxPayload))
+	fs.IntVar(&o.Inflight, "inflight", o.Inflight, fmt.Sprintf("concurrent WebSocket handshakes (1-%d)", maxInflight))
+	fs.IntVar(&o.Sources, "sources", o.Sources, fmt.Sprintf("loopback source addresses 127.0.0.1... to spread clients over (0: enough for %d per address; at most %d)", perSourceLimit(), maxSources))
+	fs.StringVar(&o.JSON, "json", "", `write the JSON result to this file ("-": standard output, the table then goes to standard error)`)
+	fs.BoolVar(&o.Verbose, "v", false, "log the backend library's warnings to standard error")
+	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write the generator's own CPU profile to this file")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: dmb-load [flags]\n\n"+
+			"Load generator for DMB: a backend over Redis and N WebSocket clients, loopback only.\n"+
+			"Scenarios: idle (connect and hold), broadcast, direct (backend to clients), uplink (clients to backend).\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if err := o.check(); err != nil {
+		return o, err
+	}
+	return o, nil
+}
+
+// check validates the options and fills in the defaults that depend on
+// others (-metrics, -sources, -window).
+func (o *options) check() error {
+	u, err := checkURL("dmb", o.DMB, "ws")
+	if err != nil {
+		return err
+	}
+	if o.Metrics == "" {
+		o.Metrics = "http://" + u.Host + "/metrics"
+	}
+	if _, err := checkURL("metrics", o.Metrics, "http"); err != nil {
+		return err
+	}
+	if err := checkHostPort("redis", o.Redis); err != nil {
+		return err
+	}
+	switch o.Scenario {
+	case scenarioIdle, scenarioBroadcast, scenarioDirect, scenarioUplink:
+	default:
+		return fmt.Errorf("-scenario %q: want idle, broadcast, direct or uplink", o.Scenario)
+	}
+	if !protocol.ValidService(o.Service) {
+		return fmt.Errorf("-service %q: 1-64 characters of a-z 0-9 _ . -", o.Service)
+	}
+	if o.Prefix == "" {
+		return errors.New("-prefix is empty")
+	}
+	switch {
+	case o.Clients < 1 || o.Clients > maxClients:
+		return fmt.Errorf("-clients %d: want 1 to %d", o.Clients, maxClients)
+	case o.Rate < 0 || o.Rate > maxRate:
+		return fmt.Errorf("-rate %g: want 0 to %g", o.Rate, float64(maxRate))
+	case o.Duration < minDuration || o.Duration > maxDuration:
+		return fmt.Errorf("-duration %v: want %v to %v", o.Duration, minDuration, maxDuration)
+	case o.Payload < 0 || o.Payload > maxPayload:
+		return fmt.Errorf("-payload %d: want 0 to %d", o.Payload, maxPayload)
+	case o.Inflight < 1 || o.Inflight > maxInflight:
+		return fmt.Errorf("-inflight %d: want 1 to %d", o.Inflight, maxInflight)
+	case o.Sources < 0 || o.Sources > maxSources:
+		return fmt.Errorf("-sources %d: want 0 (automatic) to %d", o.Sources, maxSources)
+	case o.Window < 0:
+		return fmt.Errorf("-window %d: want 0 (the default) or more", o.Window)
+	}
+	ipv6 := isIPv6Host(u.Hostname())
+	if o.Sources == 0 {
+		o.Sources = defaultSources(o.Clients)
+		if ipv6 {
+			o.Sources = 1
+		}
+	}
+	if ipv6 && o.Sources > 1 {
+		return fmt.Errorf("-sources %d: an IPv6 target has one loopback source address, ::1", o.Sources)
+	}
+	if per := perSourceLimit(); o.Clients > o.Sources*per {
+		return fmt.Errorf("-clients %d need at least %d source addresses (-sources) at %d per address", o.Clients, (o.Clients+per-1)/per, per)
+	}
+	var limit int
+	switch o.Scenario {
+	case scenarioBroadcast:
+		limit = maxWindowBC
+		if o.Window == 0 {
+			o.Window = 256
+		}
+	case scenarioDirect:
+		limit = maxWindowDir
+		if o.Window == 0 {
+			o.Window = min(4096, 256*o.Clients)
+		}
+	case scenarioUplink:
+		limit = maxWindowUp
+		if o.Window == 0 {
+			o.Window = 16
+		}
+	default:
+		limit = 0
+		o.Window = 0
+	}
+	if o.Window > limit {
+		return fmt.Errorf("-window %d: at most %d for %s", o.Window, limit, o.Scenario)
+	}
+	return nil
+}
+
+// wsURL is the URL clients connect to.
+func (o *options) wsURL() string {
+	base := o.DMB
+	for len(base) > 0 && base[len(base)-1] == '/' {
+		base = base[:len(base)-1]
+	}
+	return base + "/ws/" + o.Service
+}
+
+// logger is the backend library's logger.
+func (o *options) logger(stderr io.Writer) *slog.Logger {
+	if !o.Verbose || stderr == nil {
+		return discardLogger()
+	}
+	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}

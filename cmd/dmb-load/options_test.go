@@ -1,0 +1,128 @@
+package main
+
+import (
+	"context"
+	"io"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestNonLoopbackAddressesAreRefused(t *testing.T) {
+	for _, args := range [][]string{
+		{"-dmb", "ws://10.0.0.1:8082"},
+		{"-dmb", "ws://example.com:8082"},
+		{"-dmb", "ws://0.0.0.0:8082"},
+		{"-dmb", "ws://[::2]:8082"},
+		{"-dmb", "ws://[fe80::1%25lo]:8082"},
+		{"-metrics", "http://192.168.1.10:8082/metrics"},
+		{"-metrics", "http://dmb.internal/metrics"},
+		{"-redis", "10.1.2.3:6379"},
+		{"-redis", "redis.example.com:6379"},
+		{"-redis", "[2001:db8::1]:6379"},
+	} {
+		_, err := parseOptions(args, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), "loopback") && !strings.Contains(err.Error(), "localhost") {
+			t.Errorf("%v: err = %v, want a refusal of a non-loopback address", args, err)
+		}
+	}
+}
+
+func TestRunRefusesNonLoopbackAddressesBeforeConnecting(t *testing.T) {
+	for _, mutate := range []func(*options){
+		func(o *options) { o.DMB = "ws://192.0.2.1:8082" },
+		func(o *options) { o.Metrics = "http://192.0.2.1:8082/metrics" },
+		func(o *options) { o.Redis = "192.0.2.1:6379" },
+	} {
+		o := defaultOptions()
+		mutate(&o)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		rep, err := run(ctx, o, nil)
+		cancel()
+		if err == nil || rep != nil || !strings.Contains(err.Error(), "loopback") {
+			t.Errorf("%+v: run = %v, %v; want a refusal", o, rep, err)
+		}
+	}
+}
+
+func TestLoopbackAddressesAreAccepted(t *testing.T) {
+	for _, args := range [][]string{
+		{},
+		{"-dmb", "ws://localhost:8082", "-redis", "localhost:6379"},
+		{"-dmb", "ws://127.1.2.3:9000/", "-metrics", "http://127.0.0.1:9000/metrics", "-redis", "127.0.0.2:6380"},
+		{"-dmb", "ws://[::1]:8082", "-redis", "[::1]:6379"},
+	} {
+		if _, err := parseOptions(args, io.Discard); err != nil {
+			t.Errorf("%v: %v", args, err)
+		}
+	}
+}
+
+func TestDialsGoToLoopbackOnly(t *testing.T) {
+	for addr, ok := range map[string]bool{
+		"127.0.0.1:80": true, "127.9.9.9:80": true, "[::1]:80": true,
+		"10.0.0.1:80": false, "[2001:db8::1]:80": false, "0.0.0.0:80": false,
+	} {
+		if err := loopbackOnly("tcp", addr, nil); (err == nil) != ok {
+			t.Errorf("loopbackOnly(%s) = %v", addr, err)
+		}
+	}
+}
+
+func TestFlagsAreBounded(t *testing.T) {
+	for _, args := range [][]string{
+		{"-clients", "0"},
+		{"-clients", "1000000"},
+		{"-duration", "2h"},
+		{"-duration", "1ms"},
+		{"-rate", "-1"},
+		{"-rate", "1e9"},
+		{"-payload", "70000"},
+		{"-inflight", "0"},
+		{"-sources", "5000"},
+		{"-scenario", "storm"},
+		{"-service", "Bad Name"},
+		{"-scenario", "broadcast", "-window", "5000"},
+		{"-dmb", "http://127.0.0.1:8082"},
+		{"-dmb", "ws://[::1]:8082", "-sources", "2"},
+		{"-clients", "100000", "-sources", "1"},
+		{"stray"},
+	} {
+		if _, err := parseOptions(args, io.Discard); err == nil {
+			t.Errorf("%v accepted", args)
+		}
+	}
+}
+
+func TestDefaultsFollowOtherFlags(t *testing.T) {
+	o, err := parseOptions([]string{"-dmb", "ws://127.0.0.1:9999", "-clients", "60000", "-scenario", "direct"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Metrics != "http://127.0.0.1:9999/metrics" {
+		t.Errorf("metrics = %q", o.Metrics)
+	}
+	if o.Sources < 2 || o.Sources*perSourceLimit() < 60000 {
+		t.Errorf("sources = %d for 60000 clients at %d per address", o.Sources, perSourceLimit())
+	}
+	if o.Window != 4096 {
+		t.Errorf("direct window = %d", o.Window)
+	}
+	if got := o.wsURL(); got != "ws://127.0.0.1:9999/ws/load" {
+		t.Errorf("ws URL = %q", got)
+	}
+}
+
+func TestSourceAddressesAreDistinctLoopbackHosts(t *testing.T) {
+	seen := map[string]bool{}
+	for _, a := range sourceAddrs(maxSources, false) {
+		b := a.As4()
+		if !a.IsLoopback() || b[3] == 0 || b[3] == 255 || seen[a.String()] {
+			t.Fatalf("bad source address %v", a)
+		}
+		seen[a.String()] = true
+	}
+	if len(seen) != maxSources {
+		t.Errorf("%d addresses", len(seen))
+	}
+}
