@@ -41,7 +41,7 @@ func dialNeverReading(t *testing.T, url string) *websocket.Conn {
 func TestSlowConsumerIsClosedWith4008AndOthersGetEverything(t *testing.T) {
 	e := newEnv(t)
 	n := e.startNode(func(c *config.Config) {
-		c.SendQueue = 8
+		c.SendQueue = 32
 		// The writer is blocked on the stalled socket when the queue
 		// overflows; the close follows when that write times out.
 		c.WriteTimeout = time.Second
@@ -49,18 +49,29 @@ func TestSlowConsumerIsClosedWith4008AndOthersGetEverything(t *testing.T) {
 	b := e.startBackend("chat")
 	fast := connect(t, n, "chat").welcome()
 	dialNeverReading(t, n.wsURL("chat"))
-	// Enough to fill the socket buffers of the client that never reads,
-	// then its queue of 8.
-	const count = 100
-	big := strings.Repeat("x", 60<<10)
-	for i := range count {
-		b.publish(t, fmt.Sprintf(`{"type":"broadcast","data":{"i":%d,"pad":"%s"}}`, i, big))
+	// Enough to fill the socket buffers of the client that never reads
+	// (about 100 kB with its 4 kB receive buffer), then its queue of 32.
+	// The client that reads is never more than window frames behind, half
+	// its queue, however slow the machine: it must not be closed.
+	const count, window = 300, 16
+	big := strings.Repeat("x", 16<<10)
+	read := 0
+	readOne := func() {
+		t.Helper()
+		f := fast.next()
+		if !strings.HasPrefix(string(f.Data), fmt.Sprintf(`{"i":%d,`, read)) {
+			t.Fatalf("fast client: frame %d = %.40s", read, f.Data)
+		}
+		read++
 	}
 	for i := range count {
-		f := fast.next()
-		if !strings.HasPrefix(string(f.Data), fmt.Sprintf(`{"i":%d,`, i)) {
-			t.Fatalf("fast client: frame %d = %.40s", i, f.Data)
+		b.publish(t, fmt.Sprintf(`{"type":"broadcast","data":{"i":%d,"pad":"%s"}}`, i, big))
+		if i >= window {
+			readOne()
 		}
+	}
+	for read < count {
+		readOne()
 	}
 	ev := b.next(ofType("client_disconnected"))
 	if ev.Code != 4008 {

@@ -51,7 +51,7 @@ func DecodeRegister(b []byte) (RegisterRequest, error) {
 	}
 	typ, _, _ := o.str("type")
 	nonce, _, _ := o.str("nonce")
-	bkid, bkidOK := decodeBKID(o["bkid"])
+	bkid, bkidOK := decodeBKID(o.raw("bkid"))
 	req := RegisterRequest{Type: typ, Nonce: nonce, BKID: bkid}
 	switch typ {
 	case TypeConnect:
@@ -131,7 +131,7 @@ func DecodeCommand(b []byte) (Command, error) {
 	if !ok {
 		return fail("reply_to must be a string or a number")
 	}
-	cmd := Command{Data: o["data"], ReplyTo: replyTo, ID: id}
+	cmd := Command{Data: o.raw("data"), ReplyTo: replyTo, ID: id}
 	for _, f := range []struct {
 		name string
 		dst  *string

@@ -55,7 +55,7 @@ func DecodeClientFrame(b []byte) (ClientFrame, error) {
 	case event != EventMessage:
 		return ClientFrame{}, &FrameError{Reason: "unknown event " + quoteShort(event), ID: id}
 	}
-	data := o["data"]
+	data := o.raw("data")
 	if data == nil {
 		data = null
 	}
