@@ -84,20 +84,7 @@ func (p *proc) ws(service string) string {
 
 var waitFor = nodetest.Eventually
 
-func readJSON(t *testing.T, c *websocket.Conn) map[string]any {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	_, data, err := c.Read(ctx)
-	if err != nil {
-		t.Fatalf("read: %v", err)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(data, &m); err != nil {
-		t.Fatalf("frame %q: %v", data, err)
-	}
-	return m
-}
+var readJSON = nodetest.ReadJSON
 
 func dial(t *testing.T, url string) *websocket.Conn {
 	t.Helper()

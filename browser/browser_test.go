@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"go.uber.org/goleak"
 
 	"github.com/dmb-broker/dmb/backend"
 	"github.com/dmb-broker/dmb/demo"
@@ -29,7 +28,7 @@ import (
 	"github.com/dmb-broker/dmb/node"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { nodetest.Main(m) }
 
 const jwtSecret = "browser-test-secret-0123456789abcdef"
 

@@ -6,7 +6,6 @@ package deploy_test
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"fmt"
 	"io"
 	"io/fs"
@@ -308,20 +307,9 @@ func (e *env) dial(url string, header http.Header, tr *http.Transport) (*websock
 	return c, f["cid"].(string)
 }
 
-func read(t *testing.T, c *websocket.Conn) map[string]any {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	_, data, err := c.Read(ctx)
-	if err != nil {
-		t.Fatalf("read: %v", err)
-	}
-	var f map[string]any
-	if err := json.Unmarshal(data, &f); err != nil {
-		t.Fatalf("frame %q: %v", data, err)
-	}
-	return f
-}
+var read = nodetest.ReadJSON
+
+func TestMain(m *testing.M) { nodetest.Main(m) }
 
 func TestWSSThroughTheProxyCarriesTheWholeContract(t *testing.T) {
 	for _, kind := range proxies {

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/url"
 	"os"
 	"os/exec"
@@ -20,8 +19,6 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/redis/go-redis/v9"
-	"go.uber.org/goleak"
 
 	"github.com/dmb-broker/dmb/config"
 	"github.com/dmb-broker/dmb/internal/nodetest"
@@ -29,10 +26,7 @@ import (
 	"github.com/dmb-broker/dmb/node"
 )
 
-func TestMain(m *testing.M) {
-	redis.SetLogger(node.RedisLogger(testLogger()))
-	goleak.VerifyTestMain(m)
-}
+func TestMain(m *testing.M) { nodetest.Main(m) }
 
 // wait bounds every awaited event, recovery after a Redis restart included.
 const wait = 30 * time.Second
@@ -40,13 +34,7 @@ const wait = 30 * time.Second
 // secret is the DMB_JWT_SECRET of the auth tests: 32 bytes.
 const secret = "0123456789abcdef0123456789abcdef"
 
-// testLogger discards logs unless DMB_TEST_LOG is set.
-func testLogger() *slog.Logger {
-	if os.Getenv("DMB_TEST_LOG") == "" {
-		return slog.New(slog.DiscardHandler)
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
+var testLogger = nodetest.Logger
 
 // example is one language's example backend.
 type example struct {

@@ -16,7 +16,6 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/redis/go-redis/v9"
-	"go.uber.org/goleak"
 
 	"github.com/dmb-broker/dmb/backend"
 	"github.com/dmb-broker/dmb/config"
@@ -25,10 +24,7 @@ import (
 	"github.com/dmb-broker/dmb/node"
 )
 
-func TestMain(m *testing.M) {
-	redis.SetLogger(node.RedisLogger(testLogger()))
-	goleak.VerifyTestMain(m)
-}
+func TestMain(m *testing.M) { nodetest.Main(m) }
 
 // wait is how long any awaited event may take before a test fails.
 const wait = nodetest.Wait

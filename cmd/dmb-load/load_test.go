@@ -8,18 +8,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-	"go.uber.org/goleak"
-
 	"github.com/dmb-broker/dmb/internal/nodetest"
 	"github.com/dmb-broker/dmb/internal/redistest"
 	"github.com/dmb-broker/dmb/node"
 )
 
-func TestMain(m *testing.M) {
-	redis.SetLogger(node.RedisLogger(nodetest.Logger()))
-	goleak.VerifyTestMain(m)
-}
+func TestMain(m *testing.M) { nodetest.Main(m) }
 
 // target is a real redis-server and an in-process DMB node on it.
 type target struct {

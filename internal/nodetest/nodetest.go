@@ -7,6 +7,7 @@ package nodetest
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,6 +16,10 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
 
 	"github.com/dmb-broker/dmb/config"
 	"github.com/dmb-broker/dmb/internal/redistest"
@@ -147,3 +152,27 @@ func (n *Node) URL(path string) string { return "http://" + n.Addr().String() + 
 
 // WSURL is the WebSocket URL of a service on the node.
 func (n *Node) WSURL(service string) string { return "ws://" + n.Addr().String() + "/ws/" + service }
+
+// Main runs a package's tests the way every DMB integration test package
+// does: go-redis's own messages through Logger, and a check that no
+// goroutine outlives the tests.
+func Main(m *testing.M) {
+	redis.SetLogger(node.RedisLogger(Logger()))
+	goleak.VerifyTestMain(m)
+}
+
+// ReadJSON reads one frame from c, within Wait, as a JSON object.
+func ReadJSON(t testing.TB, c *websocket.Conn) map[string]any {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), Wait)
+	defer cancel()
+	_, data, err := c.Read(ctx)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	var f map[string]any
+	if err := json.Unmarshal(data, &f); err != nil {
+		t.Fatalf("frame %q: %v", data, err)
+	}
+	return f
+}
