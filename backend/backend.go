@@ -5,6 +5,12 @@
 // Redis restarts: when the uplink subscription comes back it registers again
 // with the same bkid (and follows a new one if Redis lost its registry).
 //
+// rdb may be a *redis.Client (one Redis, or redis.NewFailoverClient behind
+// Sentinel) or a *redis.ClusterClient, on which the backend uses sharded
+// pub/sub (SSUBSCRIBE, SPUBLISH), as DMB does there; New then adds a hook to
+// the cluster client that makes it follow a failover (see
+// pubsub.FollowFailovers).
+//
 //	b := backend.New(rdb, "chat", backend.Options{})
 //	errc := make(chan error, 1)
 //	go func() {
@@ -83,6 +89,7 @@ var ErrRefused = errors.New("registration refused")
 // Backend is one registered backend of a service.
 type Backend struct {
 	rdb     redis.UniversalClient
+	sharded bool // a Redis Cluster: SSUBSCRIBE and SPUBLISH
 	service string
 	ch      protocol.Channels
 	opts    Options
@@ -96,6 +103,7 @@ type Backend struct {
 
 // New returns a backend for service; nothing happens until Run.
 func New(rdb redis.UniversalClient, service string, opts Options) *Backend {
+	pubsub.FollowFailovers(rdb)
 	if opts.Prefix == "" {
 		opts.Prefix = "dmb"
 	}
@@ -106,7 +114,7 @@ func New(rdb redis.UniversalClient, service string, opts Options) *Backend {
 		opts.Logger = slog.Default()
 	}
 	return &Backend{
-		rdb: rdb, service: service, ch: protocol.NewChannels(opts.Prefix), opts: opts,
+		rdb: rdb, sharded: pubsub.Sharded(rdb), service: service, ch: protocol.NewChannels(opts.Prefix), opts: opts,
 		log: opts.Logger.With("service", service), ready: make(chan struct{}),
 	}
 }
@@ -213,7 +221,12 @@ func (b *Backend) registerOnce(ctx context.Context, bkid string) (string, error)
 	nonce := newNonce()
 	ctx, cancel := context.WithTimeout(ctx, b.opts.RegisterTimeout)
 	defer cancel()
-	ps := b.rdb.Subscribe(ctx, b.ch.RegisterReply(nonce))
+	var ps *redis.PubSub
+	if b.sharded {
+		ps = b.rdb.SSubscribe(ctx, b.ch.RegisterReply(nonce))
+	} else {
+		ps = b.rdb.Subscribe(ctx, b.ch.RegisterReply(nonce))
+	}
 	defer ps.Close()
 	// go-redis watches only a context's deadline while it waits for a
 	// message; closing the subscription ends the wait on cancellation too.
@@ -228,7 +241,7 @@ func (b *Backend) registerOnce(ctx context.Context, bkid string) (string, error)
 		req["bkid"] = bkid
 	}
 	payload, _ := json.Marshal(req)
-	if err := b.rdb.Publish(ctx, b.ch.Register(), payload).Err(); err != nil {
+	if err := pubsub.Publish(ctx, b.rdb, b.sharded, b.ch.Register(), payload).Err(); err != nil {
 		return "", fmt.Errorf("publish bk_connect: %w", err)
 	}
 	msg, err := ps.ReceiveMessage(ctx)
@@ -284,7 +297,7 @@ func (b *Backend) Publish(ctx context.Context, cmd Command) error {
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", cmd.Type, err)
 	}
-	if err := b.rdb.Publish(ctx, b.ch.Downlink(bkid), payload).Err(); err != nil {
+	if err := pubsub.Publish(ctx, b.rdb, b.sharded, b.ch.Downlink(bkid), payload).Err(); err != nil {
 		return fmt.Errorf("publish %s: %w", cmd.Type, err)
 	}
 	return nil
@@ -317,7 +330,7 @@ func (b *Backend) Leave(ctx context.Context) error {
 		return nil
 	}
 	payload, _ := json.Marshal(map[string]string{"type": protocol.TypeDisconnect, "bkid": bkid})
-	if err := b.rdb.Publish(ctx, b.ch.Register(), payload).Err(); err != nil {
+	if err := pubsub.Publish(ctx, b.rdb, b.sharded, b.ch.Register(), payload).Err(); err != nil {
 		return fmt.Errorf("publish bk_disconnect: %w", err)
 	}
 	return nil

@@ -4,6 +4,7 @@
 package config
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -37,6 +38,11 @@ type Config struct {
 	RedisDB       int    `envconfig:"REDIS_DB" default:"0" desc:"Redis database number"`
 	RedisTLS      bool   `envconfig:"REDIS_TLS" default:"false" desc:"connect to Redis over TLS"`
 	RedisPoolSize int    `envconfig:"REDIS_POOL_SIZE" default:"0" desc:"Redis connections per node for commands; 0 means 10 per CPU"`
+
+	RedisClusterAddrs     []string `envconfig:"REDIS_CLUSTER_ADDRS" default:"" desc:"comma-separated host:port of Redis Cluster nodes (some suffice); DMB then uses sharded pub/sub"`
+	RedisSentinelAddrs    []string `envconfig:"REDIS_SENTINEL_ADDRS" default:"" desc:"comma-separated host:port of Redis Sentinels; DMB then follows the master they name"`
+	RedisSentinelMaster   string   `envconfig:"REDIS_SENTINEL_MASTER" default:"" desc:"the master name the Sentinels watch"`
+	RedisSentinelPassword string   `envconfig:"REDIS_SENTINEL_PASSWORD" default:"" desc:"password of the Sentinels themselves, when they require one"`
 
 	Prefix           string        `envconfig:"DMB_PREFIX" default:"dmb" desc:"prefix of every Redis channel and key"`
 	NodeID           string        `envconfig:"DMB_NODE_ID" default:"" desc:"node name in bk_message_ack; empty means hostname:port"`
@@ -73,8 +79,8 @@ func (c *Config) Validate() error {
 	if c.Port < 0 || c.Port > 65535 {
 		errs = append(errs, fmt.Errorf("DMB_PORT %d out of range", c.Port))
 	}
-	if c.Prefix == "" || strings.ContainsAny(c.Prefix, " \t\r\n") {
-		errs = append(errs, errors.New("DMB_PREFIX must be a non-empty word"))
+	if c.Prefix == "" || strings.ContainsAny(c.Prefix, " \t\r\n{}") {
+		errs = append(errs, errors.New("DMB_PREFIX must be a non-empty word without braces"))
 	}
 	if c.BackendTimeout < 100*time.Millisecond {
 		errs = append(errs, errors.New("DMB_BACKEND_TIMEOUT must be at least 100ms"))
@@ -103,6 +109,7 @@ func (c *Config) Validate() error {
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		errs = append(errs, errors.New("DMB_TLS_CERT and DMB_TLS_KEY go together"))
 	}
+	errs = append(errs, c.validateRedis()...)
 	if c.UplinkWorkers < 1 {
 		errs = append(errs, errors.New("DMB_UPLINK_WORKERS must be at least 1"))
 	}
@@ -144,7 +151,109 @@ func (c *Config) TrustedPrefixes() ([]netip.Prefix, error) {
 // Addr is the address the HTTP server listens on.
 func (c *Config) Addr() string { return net.JoinHostPort(c.Bind, strconv.Itoa(c.Port)) }
 
-// RedisOptions returns the go-redis options for the configured Redis.
+// RedisMode is how DMB reaches Redis.
+type RedisMode string
+
+// The Redis modes.
+const (
+	RedisSingle   RedisMode = "single"   // one server: REDIS_HOST, REDIS_PORT
+	RedisSentinel RedisMode = "sentinel" // the master that Sentinels name
+	RedisCluster  RedisMode = "cluster"  // a Redis Cluster, sharded pub/sub
+)
+
+// RedisMode returns the mode the settings select.
+func (c *Config) RedisMode() RedisMode {
+	switch {
+	case len(c.RedisClusterAddrs) > 0:
+		return RedisCluster
+	case len(c.RedisSentinelAddrs) > 0:
+		return RedisSentinel
+	}
+	return RedisSingle
+}
+
+func (c *Config) validateRedis() []error {
+	var errs []error
+	if len(c.RedisClusterAddrs) > 0 && len(c.RedisSentinelAddrs) > 0 {
+		errs = append(errs, errors.New("REDIS_CLUSTER_ADDRS and REDIS_SENTINEL_ADDRS exclude each other"))
+	}
+	if (len(c.RedisSentinelAddrs) > 0) != (c.RedisSentinelMaster != "") {
+		errs = append(errs, errors.New("REDIS_SENTINEL_ADDRS and REDIS_SENTINEL_MASTER go together"))
+	}
+	if len(c.RedisClusterAddrs) > 0 && c.RedisDB != 0 {
+		errs = append(errs, errors.New("REDIS_DB must be 0 with REDIS_CLUSTER_ADDRS: a cluster has one database"))
+	}
+	for _, list := range [][]string{c.RedisClusterAddrs, c.RedisSentinelAddrs} {
+		for _, a := range list {
+			if _, _, err := net.SplitHostPort(strings.TrimSpace(a)); err != nil {
+				errs = append(errs, fmt.Errorf("redis address %q: %w", a, err))
+			}
+		}
+	}
+	return errs
+}
+
+// RedisClient returns a go-redis client for the configured mode: a
+// *redis.Client for one server or behind Sentinel, a *redis.ClusterClient
+// for a cluster.
+func (c *Config) RedisClient() redis.UniversalClient {
+	o := c.RedisOptions()
+	if c.RedisTLS && c.RedisMode() != RedisSingle {
+		// Each cluster node or master is verified under its own host name.
+		o.TLSConfig = nil
+		o.Dialer = tlsDialer(o.DialTimeout)
+	}
+	switch c.RedisMode() {
+	case RedisCluster:
+		return redis.NewClusterClient(&redis.ClusterOptions{
+			Addrs:    trimAll(c.RedisClusterAddrs),
+			Username: o.Username, Password: o.Password, PoolSize: o.PoolSize,
+			DialTimeout: o.DialTimeout, ReadTimeout: o.ReadTimeout, WriteTimeout: o.WriteTimeout,
+			MaxRetries: o.MaxRetries, Dialer: o.Dialer,
+			// MOVED and ASK are still followed (the command did not run);
+			// they are how a cluster says a slot moved to a new master.
+			MaxRedirects: 3,
+		})
+	case RedisSentinel:
+		return redis.NewFailoverClient(&redis.FailoverOptions{
+			MasterName: c.RedisSentinelMaster, SentinelAddrs: trimAll(c.RedisSentinelAddrs),
+			SentinelPassword: c.RedisSentinelPassword,
+			Username:         o.Username, Password: o.Password, DB: o.DB, PoolSize: o.PoolSize,
+			DialTimeout: o.DialTimeout, ReadTimeout: o.ReadTimeout, WriteTimeout: o.WriteTimeout,
+			MaxRetries: o.MaxRetries, Dialer: o.Dialer,
+		})
+	}
+	return redis.NewClient(o)
+}
+
+// tlsDialer dials Redis over TLS, verifying the certificate against the
+// host of the address dialled.
+func tlsDialer(timeout time.Duration) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, fmt.Errorf("redis address %q: %w", addr, err)
+		}
+		d := &tls.Dialer{
+			NetDialer: &net.Dialer{Timeout: timeout, KeepAlive: 5 * time.Minute},
+			Config:    &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host},
+		}
+		return d.DialContext(ctx, network, addr)
+	}
+}
+
+func trimAll(list []string) []string {
+	out := make([]string, 0, len(list))
+	for _, s := range list {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// RedisOptions returns the go-redis options for one Redis server
+// (REDIS_HOST, REDIS_PORT); RedisClient builds on them for every mode.
 func (c *Config) RedisOptions() *redis.Options {
 	o := &redis.Options{
 		Addr:     net.JoinHostPort(c.RedisHost, strconv.Itoa(c.RedisPort)),

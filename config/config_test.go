@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // clearEnv unsets every setting for the test, so that defaults apply.
@@ -87,7 +89,11 @@ func TestInvalidSettingsAreRefusedAtStart(t *testing.T) {
 		{"DMB_MAX_MESSAGE_BYTES", "10"},
 		{"DMB_TRUSTED_PROXIES", "not-a-cidr"},
 		{"DMB_PREFIX", "has space"},
+		{"DMB_PREFIX", "{dmb}"},
 		{"DMB_UPLINK_WORKERS", "0"},
+		{"REDIS_SENTINEL_ADDRS", "127.0.0.1:26379"}, // without REDIS_SENTINEL_MASTER
+		{"REDIS_SENTINEL_MASTER", "mymaster"},       // without REDIS_SENTINEL_ADDRS
+		{"REDIS_CLUSTER_ADDRS", "no-port"},
 	} {
 		t.Run(tc.key+"="+tc.value, func(t *testing.T) {
 			clearEnv(t)
@@ -96,5 +102,46 @@ func TestInvalidSettingsAreRefusedAtStart(t *testing.T) {
 				t.Fatalf("%s=%s accepted", tc.key, tc.value)
 			}
 		})
+	}
+}
+
+func TestRedisModesFollowTheSettings(t *testing.T) {
+	clearEnv(t)
+	c, err := Load()
+	if err != nil || c.RedisMode() != RedisSingle {
+		t.Fatalf("default mode %q (%v), want single", c.RedisMode(), err)
+	}
+	if _, ok := c.RedisClient().(*redis.Client); !ok {
+		t.Fatalf("single mode client is %T", c.RedisClient())
+	}
+
+	t.Setenv("REDIS_CLUSTER_ADDRS", "10.0.0.1:7000, 10.0.0.2:7000")
+	if c, err = Load(); err != nil || c.RedisMode() != RedisCluster {
+		t.Fatalf("mode %q (%v), want cluster", c.RedisMode(), err)
+	}
+	cc, ok := c.RedisClient().(*redis.ClusterClient)
+	if !ok {
+		t.Fatalf("cluster mode client is %T", c.RedisClient())
+	}
+	if got := cc.Options().Addrs; len(got) != 2 || got[1] != "10.0.0.2:7000" {
+		t.Fatalf("cluster addrs %q", got)
+	}
+	t.Setenv("REDIS_DB", "2")
+	if _, err := Load(); err == nil {
+		t.Fatal("REDIS_DB 2 accepted with a cluster")
+	}
+	t.Setenv("REDIS_DB", "0")
+	t.Setenv("REDIS_SENTINEL_ADDRS", "10.0.0.3:26379")
+	t.Setenv("REDIS_SENTINEL_MASTER", "mymaster")
+	if _, err := Load(); err == nil {
+		t.Fatal("cluster and sentinel accepted together")
+	}
+
+	t.Setenv("REDIS_CLUSTER_ADDRS", "")
+	if c, err = Load(); err != nil || c.RedisMode() != RedisSentinel {
+		t.Fatalf("mode %q (%v), want sentinel", c.RedisMode(), err)
+	}
+	if _, ok := c.RedisClient().(*redis.Client); !ok {
+		t.Fatalf("sentinel mode client is %T", c.RedisClient())
 	}
 }

@@ -1,14 +1,18 @@
 // Package downlink carries what backends publish to clients: it holds one
 // pattern subscription over every downlink channel (P:{bkid}), so that a
 // node receives a new backend's messages from the moment it is acked without
-// having to learn of it first; it resolves each bkid to its service, decodes
+// having to learn of it first. A Redis Cluster has no pattern subscriptions:
+// there it subscribes to each backend's downlink shard channel as the
+// registry learns the bkid (see Watch), and the registry holds the ack until
+// every node has. It resolves each bkid to its service, decodes
 // and validates the command, encodes the client frame once, and hands it to
 // the broker's Sink. For a command with an id it publishes this node's
 // bk_message_ack; for a payload it drops, an error event, both through the
 // uplink's publisher.
 //
-// Messages are handled one at a time in the order Redis delivers them, which
-// keeps the order a backend published in. The downlink never touches client
+// One downlink channel's messages are handled one at a time in the order
+// Redis delivers them, which keeps the order a backend published in (on a
+// cluster, different shards' channels are handled concurrently). The downlink never touches client
 // sessions; the Sink does.
 package downlink
 
@@ -60,27 +64,70 @@ type Downlink struct {
 	reg  Registry
 	sink Sink
 	pub  Publisher
-	sub  *pubsub.Subscription
+	sub  *pubsub.Subscription // one server or Sentinel
+	subs *pubsub.Shards       // cluster
 }
 
 // New returns a downlink; nothing is received until Run.
 func New(rdb redis.UniversalClient, reg Registry, sink Sink, pub Publisher, cfg Config) *Downlink {
 	d := &Downlink{cfg: cfg, log: cfg.Logger, m: cfg.Metrics, reg: reg, sink: sink, pub: pub}
+	onMessage := func(ctx context.Context, msg *redis.Message) { d.Handle(ctx, msg.Channel, []byte(msg.Payload)) }
+	onUp := func(context.Context) { d.m.RedisReconnects.WithLabelValues("downlink").Inc() }
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		d.subs = pubsub.NewShards(cc, pubsub.ShardsConfig{
+			Name: "downlink", OnMessage: onMessage, OnUp: onUp, Logger: cfg.Logger,
+		})
+		return d
+	}
 	d.sub = pubsub.New(rdb, pubsub.Config{
 		Name:      "downlink",
 		Patterns:  []string{cfg.Channels.DownlinkPattern()},
-		OnMessage: func(ctx context.Context, msg *redis.Message) { d.Handle(ctx, msg.Channel, []byte(msg.Payload)) },
-		OnUp:      func(context.Context) { d.m.RedisReconnects.WithLabelValues("downlink").Inc() },
+		OnMessage: onMessage,
+		OnUp:      onUp,
 		Logger:    cfg.Logger,
 	})
 	return d
 }
 
-// Ready reports whether the downlink pattern is subscribed.
-func (d *Downlink) Ready() bool { return d.sub.Up() }
+// Watch subscribes, on a cluster, to the downlinks of bkids; elsewhere the
+// pattern covers them already.
+func (d *Downlink) Watch(bkids ...string) {
+	if d.subs != nil {
+		d.subs.Add(d.channels(bkids)...)
+	}
+}
+
+// Unwatch unsubscribes, on a cluster, from the downlinks of bkids.
+func (d *Downlink) Unwatch(bkids ...string) {
+	if d.subs != nil {
+		d.subs.Remove(d.channels(bkids)...)
+	}
+}
+
+func (d *Downlink) channels(bkids []string) []string {
+	out := make([]string, len(bkids))
+	for i, b := range bkids {
+		out[i] = d.cfg.Channels.Downlink(b)
+	}
+	return out
+}
+
+// Ready reports whether the downlink pattern, or on a cluster every
+// watched downlink, is subscribed.
+func (d *Downlink) Ready() bool {
+	if d.subs != nil {
+		return d.subs.Up()
+	}
+	return d.sub.Up()
+}
 
 // Run receives until ctx is done.
-func (d *Downlink) Run(ctx context.Context) error { return d.sub.Run(ctx) }
+func (d *Downlink) Run(ctx context.Context) error {
+	if d.subs != nil {
+		return d.subs.Run(ctx)
+	}
+	return d.sub.Run(ctx)
+}
 
 // Handle delivers one payload published on channel.
 func (d *Downlink) Handle(ctx context.Context, channel string, payload []byte) {

@@ -26,6 +26,7 @@ import (
 	"github.com/dmb-broker/dmb/downlink"
 	"github.com/dmb-broker/dmb/metrics"
 	"github.com/dmb-broker/dmb/protocol"
+	"github.com/dmb-broker/dmb/pubsub"
 	"github.com/dmb-broker/dmb/registry"
 	"github.com/dmb-broker/dmb/uplink"
 )
@@ -51,7 +52,7 @@ type Node struct {
 	level   *slog.LevelVar
 	version string
 	started time.Time
-	rdb     *redis.Client
+	rdb     redis.UniversalClient
 	ln      net.Listener
 	srv     *http.Server
 
@@ -119,7 +120,8 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 	promReg := prometheus.NewRegistry()
 	m := metrics.New(promReg)
 	ch := protocol.NewChannels(cfg.Prefix)
-	rdb := redis.NewClient(cfg.RedisOptions())
+	rdb := cfg.RedisClient()
+	pubsub.FollowFailovers(rdb)
 
 	n := &Node{
 		cfg: cfg, log: log, level: level, version: opts.Version, started: time.Now(),
@@ -147,6 +149,7 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 	n.down = downlink.New(rdb, n.reg, n.brk, n.up, downlink.Config{
 		Channels: ch, NodeID: cfg.NodeID, Logger: log, Metrics: m,
 	})
+	n.reg.Watch(n.down)
 	m.QueuedFrames(n.brk.QueuedFrames)
 	if adminLn != nil {
 		n.adminSrv = &http.Server{

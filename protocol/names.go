@@ -93,10 +93,15 @@ func (c Channels) DownlinkBKID(channel string) (string, bool) {
 	return rest, true
 }
 
-// Key returns a registry key under the prefix.
+// Key returns a registry key under the prefix. Every key carries the
+// prefix as a hash tag, "{dmb}:bkid", so that on a Redis Cluster they all
+// live in one slot and a script can change several of them at once.
 func (c Channels) Key(parts ...string) string {
-	return c.prefix + ":" + strings.Join(parts, ":")
+	return c.KeyPrefix() + strings.Join(parts, ":")
 }
+
+// KeyPrefix is what every registry key starts with: "{dmb}:".
+func (c Channels) KeyPrefix() string { return "{" + c.prefix + "}:" }
 
 // globEscape escapes the characters that Redis glob patterns treat specially.
 func globEscape(s string) string {

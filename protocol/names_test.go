@@ -111,9 +111,9 @@ func TestChannelNamesFollowSection1(t *testing.T) {
 		prefix                                 string
 		register, registerReply, down, up, key string
 	}{
-		{"dmb", "dmb:register", "dmb:register:n-81f2", "dmb:42", "dmb:uplink:42", "dmb:bkid:42:service"},
-		{"app.prod", "app.prod:register", "app.prod:register:n-81f2", "app.prod:42", "app.prod:uplink:42", "app.prod:bkid:42:service"},
-		{"a:b", "a:b:register", "a:b:register:n-81f2", "a:b:42", "a:b:uplink:42", "a:b:bkid:42:service"},
+		{"dmb", "dmb:register", "dmb:register:n-81f2", "dmb:42", "dmb:uplink:42", "{dmb}:bkid:42:service"},
+		{"app.prod", "app.prod:register", "app.prod:register:n-81f2", "app.prod:42", "app.prod:uplink:42", "{app.prod}:bkid:42:service"},
+		{"a:b", "a:b:register", "a:b:register:n-81f2", "a:b:42", "a:b:uplink:42", "{a:b}:bkid:42:service"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.prefix, func(t *testing.T) {

@@ -4,6 +4,11 @@
 // connects and subscribes again with backoff. It reports whether the
 // subscription is up, so that readiness and state reloads can follow it.
 //
+// On a Redis Cluster (see Sharded) a Subscription uses SSUBSCRIBE, and its
+// channels must share a slot (DMB's fixed subscriptions have one channel
+// each); Shards keeps a changing set of shard channels over the whole
+// cluster.
+//
 // It knows nothing of DMB's channels or payloads.
 package pubsub
 
@@ -23,8 +28,8 @@ import (
 // Config describes one subscription.
 type Config struct {
 	Name     string   // for logs
-	Channels []string // SUBSCRIBE
-	Patterns []string // PSUBSCRIBE
+	Channels []string // SUBSCRIBE, or SSUBSCRIBE on a cluster
+	Patterns []string // PSUBSCRIBE; a cluster allows none
 	// OnMessage handles one message; it runs on the subscription's goroutine,
 	// so messages are handled one at a time in the order Redis sent them.
 	OnMessage func(ctx context.Context, msg *redis.Message)
@@ -85,6 +90,9 @@ func (s *Subscription) Run(ctx context.Context) error {
 			}
 		}
 		s.cfg.Logger.Warn("redis subscription failed", "subscription", s.cfg.Name, "err", err, "retry_in", backoff)
+		if cc, ok := s.rdb.(*redis.ClusterClient); ok {
+			cc.ReloadState(ctx) // a failover may have moved the slot
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -98,7 +106,16 @@ func (s *Subscription) Run(ctx context.Context) error {
 
 // session runs one connection from subscribe to failure.
 func (s *Subscription) session(ctx context.Context) error {
-	ps := s.rdb.Subscribe(ctx)
+	sharded := Sharded(s.rdb)
+	if sharded && len(s.cfg.Patterns) > 0 {
+		return errors.New("a Redis Cluster allows no pattern subscriptions")
+	}
+	var ps *redis.PubSub
+	if sharded {
+		ps = s.rdb.SSubscribe(ctx)
+	} else {
+		ps = s.rdb.Subscribe(ctx)
+	}
 	defer ps.Close()
 	// Close unblocks a Receive in progress when ctx ends.
 	stop := context.AfterFunc(ctx, func() { _ = ps.Close() })
@@ -106,7 +123,11 @@ func (s *Subscription) session(ctx context.Context) error {
 
 	want := len(s.cfg.Channels) + len(s.cfg.Patterns)
 	if len(s.cfg.Channels) > 0 {
-		if err := ps.Subscribe(ctx, s.cfg.Channels...); err != nil {
+		subscribe := ps.Subscribe
+		if sharded {
+			subscribe = ps.SSubscribe
+		}
+		if err := subscribe(ctx, s.cfg.Channels...); err != nil {
 			return fmt.Errorf("subscribe: %w", err)
 		}
 	}
@@ -116,9 +137,30 @@ func (s *Subscription) session(ctx context.Context) error {
 		}
 	}
 	confirmed := 0
+	return receive(ctx, ps, s.cfg.HealthInterval, func(m *redis.Subscription) error {
+		if m.Kind == "sunsubscribe" {
+			// The cluster moved the channel's slot to another shard.
+			return fmt.Errorf("unsubscribed from %s by the cluster (slot moved)", m.Channel)
+		}
+		if confirmed++; confirmed == want {
+			if s.cfg.OnUp != nil {
+				s.cfg.OnUp(ctx)
+			}
+			s.up.Store(true)
+			s.cfg.Logger.Info("redis subscription up", "subscription", s.cfg.Name)
+		}
+		return nil
+	}, func(m *redis.Message) { handle(ctx, s.cfg.Logger, s.cfg.Name, s.cfg.OnMessage, m) })
+}
+
+// receive reads ps until it fails or ctx ends, passing on subscription
+// changes and messages in order. A connection silent for interval gets a
+// ping; one silent for another interval has failed.
+func receive(ctx context.Context, ps *redis.PubSub, interval time.Duration,
+	onSubscription func(*redis.Subscription) error, onMessage func(*redis.Message)) error {
 	pingSent := false
 	for {
-		msg, err := ps.ReceiveTimeout(ctx, s.cfg.HealthInterval)
+		msg, err := ps.ReceiveTimeout(ctx, interval)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -139,31 +181,24 @@ func (s *Subscription) session(ctx context.Context) error {
 		pingSent = false
 		switch m := msg.(type) {
 		case *redis.Subscription:
-			if m.Kind == "subscribe" || m.Kind == "psubscribe" {
-				confirmed++
-				if confirmed == want {
-					if s.cfg.OnUp != nil {
-						s.cfg.OnUp(ctx)
-					}
-					s.up.Store(true)
-					s.cfg.Logger.Info("redis subscription up", "subscription", s.cfg.Name)
-				}
+			if err := onSubscription(m); err != nil {
+				return err
 			}
 		case *redis.Message:
-			s.handle(ctx, m)
+			onMessage(m)
 		case *redis.Pong:
 		}
 	}
 }
 
-// handle runs OnMessage for one message. A panic there is a bug that a
-// message triggered; it costs that message, never the subscription.
-func (s *Subscription) handle(ctx context.Context, m *redis.Message) {
+// handle runs fn for one message. A panic there is a bug that a message
+// triggered; it costs that message, never the subscription.
+func handle(ctx context.Context, log *slog.Logger, name string, fn func(context.Context, *redis.Message), m *redis.Message) {
 	defer func() {
 		if p := recover(); p != nil {
-			s.cfg.Logger.Error("panic handling a message", "subscription", s.cfg.Name,
+			log.Error("panic handling a message", "subscription", name,
 				"channel", m.Channel, "panic", p, "stack", string(debug.Stack()))
 		}
 	}()
-	s.cfg.OnMessage(ctx, m)
+	fn(ctx, m)
 }

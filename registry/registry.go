@@ -55,6 +55,12 @@ type Registry struct {
 	sub *pubsub.Subscription
 
 	onChange func(service string)
+	watch    Watcher
+	sharded  bool
+
+	// acks are the answers waiting, on a cluster, for every node to
+	// subscribe to a new backend's downlink; Run waits for them.
+	acks sync.WaitGroup
 
 	// refresh is held by one refresh at a time (a semaphore, so that waiting
 	// for it honours a context), so that a slow one cannot overwrite the
@@ -84,6 +90,7 @@ func New(rdb redis.UniversalClient, cfg Config) *Registry {
 		cfg:      cfg,
 		log:      cfg.Logger,
 		m:        cfg.Metrics,
+		sharded:  pubsub.Sharded(rdb),
 		refresh:  make(chan struct{}, 1),
 		services: make(map[string]*service),
 		owner:    make(map[string]string),
@@ -107,6 +114,24 @@ func New(rdb redis.UniversalClient, cfg Config) *Registry {
 	return r
 }
 
+// Watcher is told of the bkids whose downlink channels the node must
+// receive: on a cluster, where there are no pattern subscriptions, the
+// downlink subscribes to each.
+type Watcher interface {
+	Watch(bkids ...string)
+	Unwatch(bkids ...string)
+}
+
+// Watch sets the Watcher told of every bkid the registry learns and drops.
+// Set it before Run.
+func (r *Registry) Watch(w Watcher) { r.watch = w }
+
+func (r *Registry) watched(bkids ...string) {
+	if r.watch != nil && len(bkids) > 0 {
+		r.watch.Watch(bkids...)
+	}
+}
+
 // OnChange sets the function told, outside any lock, that the live backends
 // of a service changed. Set it before Run; it must not block.
 func (r *Registry) OnChange(fn func(service string)) { r.onChange = fn }
@@ -119,7 +144,9 @@ func (r *Registry) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return r.sub.Run(ctx) })
 	g.Go(func() error { return r.livenessLoop(ctx) })
-	return g.Wait()
+	err := g.Wait()
+	r.acks.Wait()
+	return err
 }
 
 func (r *Registry) livenessLoop(ctx context.Context) error {
@@ -140,8 +167,14 @@ func (r *Registry) livenessLoop(ctx context.Context) error {
 // handleRegister answers one payload of the register channel.
 func (r *Registry) handleRegister(ctx context.Context, msg *redis.Message) {
 	// Counted when handled, answer included: tests read it to know that
-	// every node is done with a payload.
-	defer r.m.MessagesIn.WithLabelValues(metrics.KindRegister).Inc()
+	// every node is done with a payload. An answer that waits for the other
+	// nodes (on a cluster) counts when it is sent.
+	later := false
+	defer func() {
+		if !later {
+			r.countRegister()
+		}
+	}()
 	req, err := protocol.DecodeRegister([]byte(msg.Payload))
 	if err != nil {
 		r.m.Drops.WithLabelValues(metrics.DropMalformed).Inc()
@@ -160,31 +193,36 @@ func (r *Registry) handleRegister(ctx context.Context, msg *redis.Message) {
 	}
 	switch req.Type {
 	case protocol.TypeConnect:
-		r.connect(ctx, req)
+		later = r.connect(ctx, req)
 	case protocol.TypeDisconnect:
 		r.disconnect(ctx, req.BKID)
 	}
 }
 
-func (r *Registry) connect(ctx context.Context, req protocol.RegisterRequest) {
+func (r *Registry) countRegister() { r.m.MessagesIn.WithLabelValues(metrics.KindRegister).Inc() }
+
+// connect answers a bk_connect. It reports whether the answer is sent later,
+// by a goroutine of its own.
+func (r *Registry) connect(ctx context.Context, req protocol.RegisterRequest) (later bool) {
 	ch := r.cfg.Channels
 	res, err := registerScript.Run(ctx, r.rdb,
 		[]string{ch.Key("nonce", req.Nonce), ch.Key("bkid"), ch.Key("services")},
-		req.Service, req.BKID, int(nonceTTL/time.Second), ch.Prefix()+":",
-	).Result()
-	if errors.Is(err, redis.Nil) {
-		return // another node claimed the nonce and answers
-	}
+		req.Service, req.BKID, int(nonceTTL/time.Second), ch.KeyPrefix(),
+	).Slice()
 	if err != nil {
 		r.m.RedisErrors.WithLabelValues("register").Inc()
 		r.log.Warn("bk_connect failed", "service", req.Service, "nonce", req.Nonce, "err", err)
-		return
+		return false
 	}
-	bkid, ok := res.(string)
-	if !ok || !protocol.ValidBKID(bkid) {
+	claimed, bkid, ok := scriptResult(res)
+	if !ok {
 		r.log.Error("bk_connect: script returned no bkid", "result", res)
-		return
+		return false
 	}
+	if !protocol.ValidBKID(bkid) {
+		return false // the claim was this nonce's nack
+	}
+	// Every node learns the bkid, the ones that lost the claim too.
 	r.mu.Lock()
 	r.owner[bkid] = req.Service
 	s := r.serviceLocked(req.Service)
@@ -192,7 +230,37 @@ func (r *Registry) connect(ctx context.Context, req protocol.RegisterRequest) {
 		s.bkids = append(s.bkids, bkid)
 	}
 	r.mu.Unlock()
-	if err := r.rdb.Publish(ctx, ch.RegisterReply(req.Nonce), protocol.ConnectAck(ch, req.Nonce, bkid, req.Service)).Err(); err != nil {
+	r.watched(bkid)
+	if !claimed {
+		return false // the node that claimed the nonce answers
+	}
+	if !r.sharded {
+		r.ack(ctx, req, bkid) // the pattern subscription covers the new downlink already
+		return false
+	}
+	r.acks.Add(1)
+	go func() {
+		defer r.acks.Done()
+		defer r.countRegister()
+		r.awaitSubscribers(ctx, bkid)
+		r.ack(ctx, req, bkid)
+	}()
+	return true
+}
+
+// scriptResult reads the register script's {claimed, bkid}.
+func scriptResult(res []any) (claimed bool, bkid string, ok bool) {
+	if len(res) != 2 {
+		return false, "", false
+	}
+	n, ok1 := res[0].(int64)
+	bkid, ok2 := res[1].(string)
+	return n == 1, bkid, ok1 && ok2
+}
+
+func (r *Registry) ack(ctx context.Context, req protocol.RegisterRequest, bkid string) {
+	ch := r.cfg.Channels
+	if err := pubsub.Publish(ctx, r.rdb, r.sharded, ch.RegisterReply(req.Nonce), protocol.ConnectAck(ch, req.Nonce, bkid, req.Service)).Err(); err != nil {
 		r.m.RedisErrors.WithLabelValues("publish").Inc()
 		r.log.Warn("bk_connect_ack not sent", "service", req.Service, "bkid", bkid, "err", err)
 		return
@@ -200,8 +268,41 @@ func (r *Registry) connect(ctx context.Context, req protocol.RegisterRequest) {
 	r.log.Info("backend registered", "service", req.Service, "bkid", bkid, "requested", req.BKID)
 }
 
+// awaitSubscribers waits, on a cluster, until every node subscribes to the
+// downlink of bkid, so that nothing the backend publishes after its ack is
+// lost to a node that has not subscribed yet: there are no pattern
+// subscriptions on a cluster. The nodes are the subscribers of the register
+// channel; each subscribes to the downlink when it handles the bk_connect,
+// or, if it started since, when it loads the registry after subscribing to
+// the register channel. A node that is reconnecting may never come: the
+// wait ends after DMB_BACKEND_TIMEOUT, and the ack goes out all the same.
+func (r *Registry) awaitSubscribers(ctx context.Context, bkid string) {
+	ch := r.cfg.Channels
+	down := ch.Downlink(bkid)
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.BackendTimeout)
+	defer cancel()
+	pause := time.Millisecond
+	for {
+		nodes, err := pubsub.NumSub(ctx, r.rdb, ch.Register())
+		if err == nil {
+			var subs map[string]int64
+			subs, err = pubsub.NumSub(ctx, r.rdb, down)
+			if err == nil && subs[down] >= nodes[ch.Register()] {
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			r.log.Warn("bk_connect_ack sent before every node subscribed to the downlink", "bkid", bkid, "err", err)
+			return
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, 20*time.Millisecond)
+	}
+}
+
 func (r *Registry) nack(ctx context.Context, nonce, reason string) {
-	won, err := r.rdb.SetNX(ctx, r.cfg.Channels.Key("nonce", nonce), "1", nonceTTL).Result()
+	won, err := r.rdb.SetNX(ctx, r.cfg.Channels.Key("nonce", nonce), "-", nonceTTL).Result()
 	if err != nil {
 		r.m.RedisErrors.WithLabelValues("register").Inc()
 		return
@@ -209,7 +310,7 @@ func (r *Registry) nack(ctx context.Context, nonce, reason string) {
 	if !won {
 		return
 	}
-	if err := r.rdb.Publish(ctx, r.cfg.Channels.RegisterReply(nonce), protocol.ConnectNack(nonce, reason)).Err(); err != nil {
+	if err := pubsub.Publish(ctx, r.rdb, r.sharded, r.cfg.Channels.RegisterReply(nonce), protocol.ConnectNack(nonce, reason)).Err(); err != nil {
 		r.m.RedisErrors.WithLabelValues("publish").Inc()
 	}
 }
@@ -241,7 +342,7 @@ func (r *Registry) disconnect(ctx context.Context, bkid string) {
 // dropped.
 func (r *Registry) ReportError(ctx context.Context, bkid, reason string, id []byte) {
 	payload := protocol.AppendBackendError(nil, reason, id, r.cfg.NodeID)
-	if err := r.rdb.Publish(ctx, r.cfg.Channels.Uplink(bkid), payload).Err(); err != nil {
+	if err := pubsub.Publish(ctx, r.rdb, r.sharded, r.cfg.Channels.Uplink(bkid), payload).Err(); err != nil {
 		r.m.RedisErrors.WithLabelValues("publish").Inc()
 		return
 	}
@@ -517,6 +618,9 @@ func (r *Registry) prune(ctx context.Context, fresh map[string]*service) {
 		delete(r.owner, b)
 	}
 	r.mu.Unlock()
+	if r.watch != nil {
+		r.watch.Unwatch(expired...)
+	}
 }
 
 // refreshServiceLocked reloads one service from Redis; the caller holds the
@@ -575,12 +679,17 @@ func (r *Registry) load(ctx context.Context, names []string) (map[string]*servic
 	subs := map[string]int64{}
 	if len(channels) > 0 {
 		var err error
-		subs, err = r.rdb.PubSubNumSub(ctx, channels...).Result()
+		subs, err = pubsub.NumSub(ctx, r.rdb, channels...)
 		if err != nil {
 			r.m.RedisErrors.WithLabelValues("refresh").Inc()
 			return nil, fmt.Errorf("count uplink subscribers: %w", err)
 		}
 	}
+	var all []string
+	for _, s := range fresh {
+		all = append(all, s.bkids...)
+	}
+	r.watched(all...)
 	r.mu.Lock()
 	for name, s := range fresh {
 		r.seen[name] = true

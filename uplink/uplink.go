@@ -14,6 +14,7 @@ import (
 
 	"github.com/dmb-broker/dmb/metrics"
 	"github.com/dmb-broker/dmb/protocol"
+	"github.com/dmb-broker/dmb/pubsub"
 )
 
 // Client is what the uplink needs of a client session.
@@ -62,6 +63,7 @@ const maxAttempts = 3
 // Uplink publishes client events to backends.
 type Uplink struct {
 	rdb     redis.UniversalClient
+	sharded bool // SPUBLISH on a cluster
 	cfg     Config
 	log     *slog.Logger
 	m       *metrics.Metrics
@@ -79,6 +81,7 @@ type Uplink struct {
 func New(rdb redis.UniversalClient, reg Registry, cfg Config) *Uplink {
 	u := &Uplink{
 		rdb:     rdb,
+		sharded: pubsub.Sharded(rdb),
 		cfg:     cfg,
 		log:     cfg.Logger,
 		m:       cfg.Metrics,
@@ -431,7 +434,7 @@ func (w *worker) run1(ctx context.Context, p *pipeline) {
 	pipe := w.u.rdb.Pipeline()
 	for i := range p.ops {
 		o := &p.ops[i]
-		o.cmd = pipe.Publish(ctx, ch.Uplink(o.bkid), o.payload)
+		o.cmd = pubsub.Publish(ctx, pipe, w.u.sharded, ch.Uplink(o.bkid), o.payload)
 	}
 	start := time.Now()
 	_, err := pipe.Exec(ctx)

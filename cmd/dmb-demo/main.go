@@ -20,8 +20,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/dmb-broker/dmb/backend"
 	"github.com/dmb-broker/dmb/config"
 	"github.com/dmb-broker/dmb/demo"
@@ -46,11 +44,10 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	opts := cfg.RedisOptions()
-	rdb := redis.NewClient(opts)
+	rdb := cfg.RedisClient()
 	defer rdb.Close()
 
-	log.Info("dmb-demo starting", "redis", opts.Addr, "prefix", cfg.Prefix)
+	log.Info("dmb-demo starting", "redis_mode", cfg.RedisMode(), "prefix", cfg.Prefix)
 	if addr := os.Getenv("DEMO_HTTP_ADDR"); addr != "" {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
