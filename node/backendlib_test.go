@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/dmb-broker/dmb/backend"
 )
 
@@ -17,7 +15,7 @@ import (
 func TestBackendRequestsReplyWithReplyTo(t *testing.T) {
 	e := newEnv(t)
 	n := e.startNode()
-	rdb := redis.NewClient(&redis.Options{Addr: e.redis.Addr()})
+	rdb := e.client()
 	t.Cleanup(func() { _ = rdb.Close() })
 	b := backend.New(rdb, "calc", backend.Options{Logger: testLogger()})
 	handler := b.Requests(func(_ context.Context, ev backend.Event) (any, error) {

@@ -98,11 +98,8 @@ func TestBinaryFrameClosesWith1003(t *testing.T) {
 // rawUplink subscribes to a backend's uplink channel as the backend would.
 func rawUplink(t *testing.T, e *env, bkid string) *redis.PubSub {
 	t.Helper()
-	ps := e.rdb.Subscribe(e.ctx(), "dmb:uplink:"+bkid)
+	ps := e.subscribe(e.ctx(), "dmb:uplink:"+bkid)
 	t.Cleanup(func() { _ = ps.Close() })
-	if _, err := ps.Receive(e.ctx()); err != nil {
-		t.Fatal(err)
-	}
 	return ps
 }
 
@@ -146,12 +143,12 @@ func TestMalformedRegisterPayloadsAreDroppedAndCounted(t *testing.T) {
 	b := e.startBackend("chat")
 	before := n.metric(`dmb_drops_total{reason="malformed"}`)
 	for _, p := range []string{`nope`, `{"type":"bk_connect"}`, `{"type":"bk_connect","nonce":"bad nonce!","service":"chat"}`, `{"type":"bk_hello"}`} {
-		if err := e.rdb.Publish(e.ctx(), "dmb:register", p).Err(); err != nil {
+		if err := e.publish(e.ctx(), "dmb:register", p); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// With a known bkid, the backend hears why.
-	e.rdb.Publish(e.ctx(), "dmb:register", `{"type":"bk_bye","bkid":"`+b.BKID()+`"}`)
+	_ = e.publish(e.ctx(), "dmb:register", `{"type":"bk_bye","bkid":"`+b.BKID()+`"}`)
 	if ev := b.next(ofType("error")); ev.Error != `unknown type "bk_bye"` {
 		t.Fatalf("error = %+v", ev)
 	}
@@ -165,8 +162,8 @@ func TestMalformedRegisterPayloadsAreDroppedAndCounted(t *testing.T) {
 func TestDownlinkForAnUnknownBKIDIsDropped(t *testing.T) {
 	e := newEnv(t)
 	n := e.startNode()
-	e.rdb.Publish(e.ctx(), "dmb:424242", `{"type":"broadcast","data":1}`)
-	e.rdb.Publish(e.ctx(), "dmb:42x", `{"type":"broadcast","data":1}`)
+	_ = e.publish(e.ctx(), "dmb:424242", `{"type":"broadcast","data":1}`)
+	_ = e.publish(e.ctx(), "dmb:42x", `{"type":"broadcast","data":1}`)
 	eventually(t, "unknown bkid counted", func() bool {
 		return n.metric(`dmb_drops_total{reason="unknown_bkid"}`) == 1
 	})

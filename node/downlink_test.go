@@ -7,11 +7,14 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/dmb-broker/dmb/config"
+	"github.com/dmb-broker/dmb/pubsub"
 )
 
 func (b *testBackend) publish(t *testing.T, payload string) {
 	t.Helper()
-	if err := b.rdb.Publish(context.Background(), "dmb:"+b.BKID(), payload).Err(); err != nil {
+	if err := pubsub.Publish(context.Background(), b.rdb, pubsub.Sharded(b.rdb), "dmb:"+b.BKID(), payload).Err(); err != nil {
 		t.Fatalf("publish: %v", err)
 	}
 }
@@ -134,17 +137,21 @@ func TestEveryNodeAcksAMessageWithIDWithItsDeliveredCount(t *testing.T) {
 
 func TestMessagesOfOneBackendReachAClientInPublishOrder(t *testing.T) {
 	e := newEnv(t)
-	nodes := []*testNode{e.startNode(), e.startNode()}
+	// The burst is published at once: a send queue that holds all of it
+	// keeps the test about order, whatever the speed of the test's reader.
+	bigQueue := func(c *config.Config) { c.SendQueue = 4096 }
+	nodes := []*testNode{e.startNode(bigQueue), e.startNode(bigQueue)}
 	b := e.startBackend("chat")
 	c1 := connect(t, nodes[0], "chat").welcome()
 	c2 := connect(t, nodes[1], "chat").welcome()
 	const count = 2000
 	pipe := b.rdb.Pipeline()
+	sharded := pubsub.Sharded(b.rdb)
 	for i := range count {
 		if i%3 == 0 {
-			pipe.Publish(context.Background(), "dmb:"+b.BKID(), fmt.Sprintf(`{"type":"direct","cid":"%s","data":%d}`, c1.cid, i))
+			pubsub.Publish(context.Background(), pipe, sharded, "dmb:"+b.BKID(), fmt.Sprintf(`{"type":"direct","cid":"%s","data":%d}`, c1.cid, i))
 		} else {
-			pipe.Publish(context.Background(), "dmb:"+b.BKID(), fmt.Sprintf(`{"type":"broadcast","data":%d}`, i))
+			pubsub.Publish(context.Background(), pipe, sharded, "dmb:"+b.BKID(), fmt.Sprintf(`{"type":"broadcast","data":%d}`, i))
 		}
 	}
 	if _, err := pipe.Exec(context.Background()); err != nil {
@@ -178,12 +185,11 @@ func TestNoGapAfterTheAck(t *testing.T) {
 	ctx := e.ctx()
 	for round := range 20 {
 		nonce := newNonce()
-		ps := e.rdb.Subscribe(ctx, "dmb:register:"+nonce)
-		if _, err := ps.Receive(ctx); err != nil {
+		ps := e.subscribe(ctx, "dmb:register:"+nonce)
+		req, _ := json.Marshal(map[string]string{"type": "bk_connect", "nonce": nonce, "service": "chat"})
+		if err := e.publish(ctx, "dmb:register", string(req)); err != nil {
 			t.Fatal(err)
 		}
-		req, _ := json.Marshal(map[string]string{"type": "bk_connect", "nonce": nonce, "service": "chat"})
-		e.rdb.Publish(ctx, "dmb:register", req)
 		msg, err := ps.ReceiveMessage(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -192,7 +198,9 @@ func TestNoGapAfterTheAck(t *testing.T) {
 		var a answer
 		_ = json.Unmarshal([]byte(msg.Payload), &a)
 		// Publish at once, before anything else happens.
-		e.rdb.Publish(ctx, a.Downlink, fmt.Sprintf(`{"type":"broadcast","data":%d}`, round))
+		if err := e.publish(ctx, a.Downlink, fmt.Sprintf(`{"type":"broadcast","data":%d}`, round)); err != nil {
+			t.Fatal(err)
+		}
 		for i, c := range clients {
 			if f := c.next(); string(f.Data) != strconv.Itoa(round) {
 				t.Fatalf("round %d: client on node %d got %+v", round, i, f)

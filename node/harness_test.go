@@ -22,6 +22,7 @@ import (
 	"github.com/dmb-broker/dmb/internal/nodetest"
 	"github.com/dmb-broker/dmb/internal/redistest"
 	"github.com/dmb-broker/dmb/node"
+	"github.com/dmb-broker/dmb/pubsub"
 )
 
 func TestMain(m *testing.M) { nodetest.Main(m) }
@@ -34,17 +35,53 @@ var (
 	eventually = nodetest.Eventually
 )
 
-// env is one Redis and whatever a test starts on it.
+// env is one Redis deployment and whatever a test starts on it. By default
+// it is a Redis of the test's own; the contract suite (topology_test.go)
+// runs tests on a cluster and behind Sentinel too.
 type env struct {
 	t     *testing.T
-	redis *redistest.Server
-	rdb   *redis.Client
+	redis *redistest.Server // the single server; nil on other topologies
+	topo  *topology
+	rdb   redis.UniversalClient
 }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	if topo := currentTopology; topo != nil {
+		return topo.env(t)
+	}
 	s := redistest.Start(t)
-	return &env{t: t, redis: s, rdb: s.Client()}
+	return &env{t: t, redis: s, rdb: s.Client(), topo: single(s)}
+}
+
+// client returns a new Redis client for the deployment, closed when the
+// test ends: a backend's own connection.
+func (e *env) client() redis.UniversalClient {
+	c := e.topo.client()
+	e.t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// publish publishes as a backend in another language would: PUBLISH, or
+// SPUBLISH on a cluster.
+func (e *env) publish(ctx context.Context, channel, payload string) error {
+	return pubsub.Publish(ctx, e.rdb, e.topo.sharded, channel, payload).Err()
+}
+
+// subscribe subscribes as a backend in another language would (SUBSCRIBE,
+// or SSUBSCRIBE on a cluster) and waits for the confirmation.
+func (e *env) subscribe(ctx context.Context, channel string) *redis.PubSub {
+	e.t.Helper()
+	var ps *redis.PubSub
+	if e.topo.sharded {
+		ps = e.rdb.SSubscribe(ctx, channel)
+	} else {
+		ps = e.rdb.Subscribe(ctx, channel)
+	}
+	if _, err := ps.Receive(ctx); err != nil {
+		e.t.Fatalf("subscribe to %s: %v", channel, err)
+	}
+	return ps
 }
 
 func (e *env) ctx() context.Context {
@@ -65,6 +102,7 @@ type testNode struct {
 func (e *env) baseConfig() config.Config {
 	cfg := nodetest.Config(e.t, e.redis)
 	cfg.AdminAddr = "127.0.0.1:0"
+	e.topo.configure(&cfg)
 	return cfg
 }
 
@@ -116,7 +154,7 @@ func (n *testNode) metric(series string) float64 {
 type testBackend struct {
 	*backend.Backend
 	t      *testing.T
-	rdb    *redis.Client
+	rdb    redis.UniversalClient
 	events chan backend.Event
 	held   []backend.Event // events next passed over, oldest first
 	cancel context.CancelFunc
@@ -127,7 +165,7 @@ type testBackend struct {
 // and waits until it listens.
 func (e *env) startBackend(service string) *testBackend {
 	e.t.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: e.redis.Addr()})
+	rdb := e.topo.client()
 	b := backend.New(rdb, service, backend.Options{Logger: testLogger(), RegisterTimeout: time.Second})
 	ctx, cancel := context.WithCancel(context.Background())
 	tb := &testBackend{Backend: b, t: e.t, rdb: rdb, events: make(chan backend.Event, 10000), cancel: cancel, done: make(chan struct{})}

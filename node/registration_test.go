@@ -31,16 +31,13 @@ func (e *env) registerRaw(nodes []*testNode, payload string, nonce string) []ans
 	e.t.Helper()
 	ctx := e.ctx()
 	reply := "dmb:register:" + nonce
-	ps := e.rdb.Subscribe(ctx, reply)
+	ps := e.subscribe(ctx, reply)
 	defer ps.Close()
-	if _, err := ps.Receive(ctx); err != nil {
-		e.t.Fatalf("subscribe: %v", err)
-	}
 	before := make([]float64, len(nodes))
 	for i, n := range nodes {
 		before[i] = n.metric(`dmb_messages_in_total{kind="register"}`)
 	}
-	if err := e.rdb.Publish(ctx, "dmb:register", payload).Err(); err != nil {
+	if err := e.publish(ctx, "dmb:register", payload); err != nil {
 		e.t.Fatalf("publish: %v", err)
 	}
 	// Every node has handled the request, its answer included, once its
@@ -51,7 +48,7 @@ func (e *env) registerRaw(nodes []*testNode, payload string, nonce string) []ans
 			return n.metric(`dmb_messages_in_total{kind="register"}`) > before[i]
 		})
 	}
-	if err := e.rdb.Publish(ctx, reply, "marker").Err(); err != nil {
+	if err := e.publish(ctx, reply, "marker"); err != nil {
 		e.t.Fatalf("publish marker: %v", err)
 	}
 	var answers []answer
@@ -122,7 +119,7 @@ func TestBKIDsAreDecimalStringsFromACounter(t *testing.T) {
 		}
 		prev, seen[a.BKID] = n, true
 	}
-	if got, err := e.rdb.Get(e.ctx(), "dmb:bkid").Uint64(); err != nil || got != prev {
+	if got, err := e.rdb.Get(e.ctx(), "{dmb}:bkid").Uint64(); err != nil || got != prev {
 		t.Fatalf("counter dmb:bkid = %d, %v; want %d", got, err, prev)
 	}
 }
@@ -183,9 +180,8 @@ func TestRegistryLivesInRedisSoANodeRestartLosesNoBackend(t *testing.T) {
 	if ev.Service != "chat" {
 		t.Fatalf("client_connected = %+v", ev)
 	}
-	keys, err := e.rdb.Keys(e.ctx(), "dmb:*").Result()
-	if err != nil || len(keys) == 0 {
-		t.Fatalf("registry keys in Redis: %v %v", keys, err)
+	if n, err := e.rdb.Exists(e.ctx(), "{dmb}:services", "{dmb}:service:chat", "{dmb}:backend:"+b.BKID()).Result(); err != nil || n != 3 {
+		t.Fatalf("registry keys in Redis: %d of 3 (%v)", n, err)
 	}
 }
 
@@ -220,10 +216,10 @@ func TestBackendsDeadLongerThanTheRetentionAreDroppedButMayComeBack(t *testing.T
 		b.stop()
 	}
 	eventually(t, "crashed backends dropped from the service", func() bool {
-		members, _ := e.rdb.SMembers(e.ctx(), "dmb:service:chat").Result()
+		members, _ := e.rdb.SMembers(e.ctx(), "{dmb}:service:chat").Result()
 		return len(members) == 1 && members[0] == live.BKID()
 	})
-	if ttl, _ := e.rdb.TTL(e.ctx(), "dmb:backend:"+crashed[0]).Result(); ttl <= 0 {
+	if ttl, _ := e.rdb.TTL(e.ctx(), "{dmb}:backend:"+crashed[0]).Result(); ttl <= 0 {
 		t.Fatalf("record of a dropped bkid has TTL %v, want it to expire", ttl)
 	}
 	_, body := n.admin("GET", "/stats", "")
@@ -237,7 +233,7 @@ func TestBackendsDeadLongerThanTheRetentionAreDroppedButMayComeBack(t *testing.T
 	if again.BKID != crashed[0] {
 		t.Fatalf("came back with %s, got %s", crashed[0], again.BKID)
 	}
-	if ttl, _ := e.rdb.TTL(e.ctx(), "dmb:backend:"+crashed[0]).Result(); ttl != -1 {
+	if ttl, _ := e.rdb.TTL(e.ctx(), "{dmb}:backend:"+crashed[0]).Result(); ttl != -1 {
 		t.Fatalf("record of a bkid in use has TTL %v, want none", ttl)
 	}
 }

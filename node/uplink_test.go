@@ -93,15 +93,9 @@ func TestClientMessagesReachTheBackendInOrder(t *testing.T) {
 func TestUplinkCarriesNoUnexpectedFields(t *testing.T) {
 	e := newEnv(t)
 	n := e.startNode()
-	raw := e.rdb.Subscribe(e.ctx())
-	defer raw.Close()
 	b := e.startBackend("chat")
-	if err := raw.Subscribe(e.ctx(), "dmb:uplink:"+b.BKID()); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := raw.Receive(e.ctx()); err != nil {
-		t.Fatal(err)
-	}
+	raw := e.subscribe(e.ctx(), "dmb:uplink:"+b.BKID())
+	defer raw.Close()
 	c := connectURL(t, n.wsURL("chat"), nil).welcome()
 	c.send(`{"event":"dmb:message","data":{"text":"hi"},"id":7,"extra":"ignored"}`)
 	want := []string{

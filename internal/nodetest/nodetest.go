@@ -86,7 +86,9 @@ func Config(t testing.TB, r *redistest.Server) config.Config {
 		t.Fatalf("load config: %v", err)
 	}
 	cfg.Bind, cfg.Port, cfg.AdminAddr = "127.0.0.1", 0, ""
-	cfg.RedisHost, cfg.RedisPort = "127.0.0.1", r.Port()
+	if r != nil { // else the caller points the node at its Redis
+		cfg.RedisHost, cfg.RedisPort = "127.0.0.1", r.Port()
+	}
 	cfg.NodeID = fmt.Sprintf("node-%d", nodes.Add(1))
 	cfg.BackendTimeout = time.Second
 	cfg.ShutdownTimeout = 5 * time.Second

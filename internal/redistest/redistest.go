@@ -23,6 +23,9 @@ type Server struct {
 	t    testing.TB
 	port int
 	args []string
+	// conf, when set, is a config file the server starts from in Sentinel
+	// mode (a sentinel rewrites its file, so it has one of its own).
+	conf string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -74,6 +77,9 @@ func (s *Server) start() {
 		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--daemonize", "no",
 	}, s.args...)
+	if s.conf != "" {
+		args = append([]string{s.conf, "--sentinel", "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1"}, s.args...)
+	}
 	cmd := exec.Command("redis-server", args...)
 	out := &bytes.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
