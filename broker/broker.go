@@ -59,8 +59,9 @@ type Broker struct {
 	reg Registry
 	up  Uplink
 
-	// ctx is the lifetime of every session; cancelled by Shutdown when time
-	// runs out, which drops the sessions that are left.
+	// ctx bounds what sessions wait for (a full uplink queue, an unbuffered
+	// write); cancelled by Shutdown when time runs out, which also closes
+	// the connections that are left.
 	ctx    context.Context
 	cancel context.CancelFunc
 
@@ -150,8 +151,14 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(protocol.CloseGoingAway, "server shutting down")
 		return
 	}
-	defer b.sessions.Done()
-	c.run()
+	// The session runs on a goroutine of its own, and the handler returns:
+	// the request, the HTTP server's state for the connection and the deep
+	// stack that serving the upgrade grew are then garbage instead of being
+	// kept as long as the client stays. Shutdown waits for the session.
+	go func() {
+		defer b.sessions.Done()
+		c.run()
+	}()
 }
 
 // add indexes a new client; false when the broker is shutting down. The
@@ -271,6 +278,16 @@ func (b *Broker) Kick(service, cid, reason string) int {
 	return 1
 }
 
+// dropAll closes every connection left, without a close handshake: their
+// sessions end at once.
+func (b *Broker) dropAll() {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	for _, c := range b.byCID {
+		_ = c.conn.CloseNow()
+	}
+}
+
 // lookup finds a client by cid within a service: a backend reaches only the
 // clients of its own service.
 func (b *Broker) lookup(service, cid string) *client {
@@ -322,7 +339,8 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 		b.cancel()
 		return nil
 	case <-ctx.Done():
-		b.cancel() // drops the sessions that are left
+		b.cancel()
+		b.dropAll()
 		<-done
 		return errors.Join(errors.New("clients dropped at shutdown timeout"), ctx.Err())
 	}

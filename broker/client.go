@@ -14,22 +14,24 @@ import (
 	"github.com/dmb-broker/dmb/protocol"
 )
 
-// client is one WebSocket session. The handler goroutine reads; one writer
-// goroutine, started and waited for by run, owns every write.
+// client is one WebSocket session. The session goroutine reads; a writer
+// goroutine, which exists only while the send queue holds something (see
+// sendQueue), owns every write. run waits for the last writer.
+//
+// An idle client is kept small on purpose: one blocked goroutine, no
+// context, timer or logger of its own; what it logs carries its cid and
+// service through log.
 type client struct {
 	b       *Broker
 	cid     string
 	service string
 	remote  string
 	user    string
-	log     *slog.Logger
 
-	conn *websocket.Conn
-	wire *corkConn // nil when the connection did not come through Listen
-	q    *sendQueue
-
-	ctx    context.Context // ends when the session ends
-	cancel context.CancelFunc
+	conn    *websocket.Conn
+	wire    *corkConn // nil when the connection did not come through Listen
+	q       *sendQueue
+	writers sync.WaitGroup // the running writer, if any
 
 	errs errorWindow // reader only
 
@@ -40,25 +42,31 @@ type client struct {
 }
 
 func newClient(b *Broker, conn *websocket.Conn, wire *corkConn, service, remote, user string) *client {
-	ctx, cancel := context.WithCancel(b.ctx)
 	if wire != nil {
 		wire.setTimeout(b.cfg.WriteTimeout)
 	}
-	cid := newCID()
-	return &client{
+	c := &client{
 		b:       b,
-		cid:     cid,
+		cid:     newCID(),
 		service: service,
 		remote:  remote,
 		user:    user,
-		log:     b.log.With("cid", cid, "service", service),
 		conn:    conn,
 		wire:    wire,
-		q:       newSendQueue(b.cfg.SendQueue),
-		ctx:     ctx,
-		cancel:  cancel,
 
 		forwarding: true,
+	}
+	c.q = newSendQueue(b.cfg.SendQueue, c.startWriter)
+	return c
+}
+
+// log logs msg with the client's cid and service. The attributes are
+// joined only when the level is on: a logger per client would cost every
+// idle connection a few hundred bytes.
+func (c *client) log(level slog.Level, msg string, args ...any) {
+	ctx := context.Background()
+	if c.b.log.Enabled(ctx, level) {
+		c.b.log.With("cid", c.cid, "service", c.service).Log(ctx, level, msg, args...)
 	}
 }
 
@@ -82,7 +90,9 @@ func (c *client) forward(frame protocol.ClientFrame) error {
 		}
 		return nil
 	}
-	return c.b.up.Message(c.ctx, c, frame.Data, frame.ID)
+	// A full uplink queue holds the reader back until the broker's lifetime
+	// ends: the session itself ends only when its reader returns.
+	return c.b.up.Message(c.b.ctx, c, frame.Data, frame.ID)
 }
 
 // CID, Service, Remote and User describe the client to the uplink.
@@ -100,50 +110,44 @@ func (c *client) send(frame []byte) bool {
 		return true
 	case overflow:
 		c.b.m.Drops.WithLabelValues(metrics.DropSlowConsumer).Inc()
-		c.log.Info("slow consumer: closing")
+		c.log(slog.LevelInfo, "slow consumer: closing")
 	}
 	return false
 }
 
 // run serves the session until it ends, then tells the backend.
 func (c *client) run() {
-	c.log.Info("client connected", "remote", c.remote)
+	c.log(slog.LevelInfo, "client connected", "remote", c.remote)
 	c.conn.SetReadLimit(c.b.cfg.MaxMessageBytes)
-	writerDone := make(chan struct{})
-	go func() {
-		defer close(writerDone)
-		defer func() {
-			if p := recover(); p != nil {
-				c.log.Error("panic in client writer", "panic", p, "stack", string(debug.Stack()))
-				_ = c.conn.CloseNow()
-			}
-		}()
-		c.writeLoop()
-	}()
 	if err := c.b.up.Connect(c); err != nil {
-		c.log.Warn("client_connected not queued", "err", err)
+		c.log(slog.LevelWarn, "client_connected not queued", "err", err)
 	}
 
 	code, reason := c.readLoop()
 
 	c.b.remove(c)
-	c.cancel()
-	<-writerDone
+	c.q.stop()
+	_ = c.conn.CloseNow() // ends a writer that is still writing
+	c.writers.Wait()
 	if req := c.q.closeRequest(); req != nil {
 		code, reason = req.code, req.reason
 	}
 	c.b.m.Disconnected(code)
-	c.log.Info("client disconnected", "code", code, "reason", reason)
+	c.log(slog.LevelInfo, "client disconnected", "code", code, "reason", reason)
 	if err := c.b.up.Disconnect(c, code, reason); err != nil {
-		c.log.Warn("client_disconnected not queued", "err", err)
+		c.log(slog.LevelWarn, "client_disconnected not queued", "err", err)
 	}
 }
 
 // readLoop reads frames until the connection ends and returns the close code
 // and reason the client gave, or what ended the connection.
+//
+// The read has no context: a context that can end makes the library
+// register a callback on it for every read. The connection is closed
+// instead when the session must end early (see Broker.Shutdown).
 func (c *client) readLoop() (int, string) {
 	for {
-		typ, data, err := c.conn.Read(c.ctx)
+		typ, data, err := c.conn.Read(context.Background())
 		if err != nil {
 			return closeStatus(err)
 		}
@@ -166,7 +170,7 @@ func (c *client) readLoop() (int, string) {
 func (c *client) handle(data []byte) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			c.log.Error("panic handling a client frame", "panic", p, "stack", string(debug.Stack()))
+			c.log(slog.LevelError, "panic handling a client frame", "panic", p, "stack", string(debug.Stack()))
 			c.close(protocol.CloseInternal, "internal error")
 		}
 	}()
@@ -200,20 +204,36 @@ func (c *client) close(code int, reason string) {
 	c.q.close(closeReq{code: code, reason: reason, flush: true})
 }
 
-// writeLoop writes queued frames until the session ends or DMB closes it.
+// startWriter starts a writer; the send queue calls it, with its lock held,
+// when a frame or a close request finds no writer running.
+func (c *client) startWriter() {
+	c.writers.Add(1)
+	go func() {
+		defer c.writers.Done()
+		defer func() {
+			if p := recover(); p != nil {
+				c.log(slog.LevelError, "panic in client writer", "panic", p, "stack", string(debug.Stack()))
+				c.q.stop()
+				_ = c.conn.CloseNow()
+			}
+		}()
+		c.writeLoop()
+	}()
+}
+
+// writeLoop writes queued frames until the queue is empty, the connection
+// fails, or DMB closes it.
 func (c *client) writeLoop() {
 	for {
-		select {
-		case <-c.q.wake:
-		case <-c.ctx.Done():
-			_ = c.conn.CloseNow()
+		frames, req, done := c.q.take()
+		if done {
 			return
 		}
-		frames, req := c.q.take()
 		if len(frames) > 0 {
 			c.b.m.WriteBatch.Observe(float64(len(frames)))
 			if err := c.write(frames); err != nil {
-				c.log.Debug("write failed", "err", err)
+				c.log(slog.LevelDebug, "write failed", "err", err)
+				c.q.stop()
 				_ = c.conn.CloseNow()
 				return
 			}
@@ -232,7 +252,7 @@ func (c *client) writeLoop() {
 // corkable.
 func (c *client) write(frames [][]byte) error {
 	if c.wire == nil {
-		ctx, cancel := context.WithTimeout(c.ctx, c.b.cfg.WriteTimeout)
+		ctx, cancel := context.WithTimeout(c.b.ctx, c.b.cfg.WriteTimeout)
 		defer cancel()
 		for _, f := range frames {
 			if err := c.conn.Write(ctx, websocket.MessageText, f); err != nil {

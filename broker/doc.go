@@ -1,6 +1,8 @@
 // Package broker owns the browsers' side of DMB: the WebSocket endpoint
 // /ws/{service}, one session per client with its own bounded send queue
-// drained by its own writer goroutine, the index of clients by cid and by
+// drained by its own writer goroutine (which runs only while something is
+// queued, so an idle client costs one goroutine), the index of clients by
+// cid and by
 // service, and the fan-out that the downlink calls (Broadcast, Direct,
 // Kick). It decides who may connect (origin, service known, a live backend)
 // and closes clients with the contract's codes.

@@ -50,14 +50,15 @@ func BenchmarkEncodeBroadcast(b *testing.B) {
 }
 
 func BenchmarkQueuePushTake(b *testing.B) {
-	q := newSendQueue(1 << 20)
+	q := newSendQueue(1<<20, func() {})
 	frame := protocol.AppendBroadcast(nil, payload100)
 	b.ReportAllocs()
 	for b.Loop() {
 		q.push(frame)
-		if frames, _ := q.take(); len(frames) > 0 {
+		if frames, _, _ := q.take(); len(frames) > 0 {
 			q.recycle(frames)
 		}
+		q.take() // the writer ends on the empty queue; the next push starts one
 	}
 }
 

@@ -16,18 +16,37 @@ type closeReq struct {
 // sendQueue holds the frames waiting for one client's writer. It is bounded:
 // a push that finds it full turns into a close with 4008, so a slow client
 // never makes the pusher wait.
+//
+// The writer exists only while there is something to write: the push (or
+// close) that finds the queue idle starts it through start, and it ends when
+// take finds nothing left. Both decisions are made under mu, so a frame is
+// never left behind with no writer to send it, and at most one writer runs
+// at a time, which keeps the frames in order. An idle client thus keeps no
+// goroutine, and no stack, for its writes.
 type sendQueue struct {
 	mu      sync.Mutex // guards the fields below
 	frames  [][]byte
 	spare   [][]byte // the writer's last batch, handed back for reuse
 	closing *closeReq
 	max     int
+	writer  writerState
 
-	wake chan struct{} // one pending wake-up for the writer
+	start func() // spawns a writer that calls take until it reports done
 }
 
-func newSendQueue(max int) *sendQueue {
-	return &sendQueue{max: max, wake: make(chan struct{}, 1)}
+// writerState says whether a writer runs for the queue.
+type writerState uint8
+
+const (
+	writerIdle    writerState = iota // nothing to write, no writer
+	writerRunning                    // a writer runs, or has been started
+	writerStopped                    // no writer runs or will ever start again
+)
+
+// newSendQueue returns a queue of at most max frames whose writers are
+// started by start.
+func newSendQueue(max int, start func()) *sendQueue {
+	return &sendQueue{max: max, start: start}
 }
 
 // pushResult says what became of a pushed frame.
@@ -41,36 +60,45 @@ const (
 
 func (q *sendQueue) push(frame []byte) pushResult {
 	q.mu.Lock()
+	defer q.mu.Unlock()
 	switch {
 	case q.closing != nil:
-		q.mu.Unlock()
 		return closed
 	case len(q.frames) >= q.max:
 		q.closing = &closeReq{code: protocol.CloseSlowConsumer, reason: "slow consumer"}
 		q.frames = nil
-		q.mu.Unlock()
-		q.signal()
+		q.startLocked()
 		return overflow
 	}
 	q.frames = append(q.frames, frame)
-	q.mu.Unlock()
-	q.signal()
+	q.startLocked()
 	return pushed
 }
 
 // close asks the writer to close the client; the first request wins.
 func (q *sendQueue) close(req closeReq) bool {
 	q.mu.Lock()
-	first := q.closing == nil
-	if first {
-		q.closing = &req
-		if !req.flush {
-			q.frames = nil
-		}
+	defer q.mu.Unlock()
+	if q.closing != nil {
+		return false
 	}
-	q.mu.Unlock()
-	q.signal()
-	return first
+	q.closing = &req
+	if !req.flush {
+		q.frames = nil
+	}
+	q.startLocked()
+	return true
+}
+
+// startLocked starts a writer unless one runs. start is called with mu held
+// (it only spawns the goroutine), so that stop, which takes mu, is ordered
+// after it: whoever waits for the writers after stop cannot miss one.
+func (q *sendQueue) startLocked() {
+	if q.writer != writerIdle {
+		return
+	}
+	q.writer = writerRunning
+	q.start()
 }
 
 // len returns how many frames are waiting.
@@ -87,21 +115,35 @@ func (q *sendQueue) closeRequest() *closeReq {
 	return q.closing
 }
 
-func (q *sendQueue) signal() {
-	select {
-	case q.wake <- struct{}{}:
-	default:
-	}
-}
-
 // take hands the writer everything queued, and the close request if any.
-func (q *sendQueue) take() ([][]byte, *closeReq) {
+// With neither, done is true and the writer must end: the next push starts
+// a new one. A close request is handed out once; after it, or after stop, no
+// writer starts again.
+func (q *sendQueue) take() (frames [][]byte, req *closeReq, done bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	frames := q.frames
-	q.frames = q.spare
-	q.spare = nil
-	return frames, q.closing
+	switch {
+	case q.writer == writerStopped:
+		return nil, nil, true
+	case q.closing != nil:
+		frames, q.frames = q.frames, nil
+		q.writer = writerStopped
+		return frames, q.closing, false
+	case len(q.frames) == 0:
+		q.writer = writerIdle
+		return nil, nil, true
+	}
+	frames = q.frames
+	q.frames, q.spare = q.spare, nil
+	return frames, nil, false
+}
+
+// stop makes sure that no writer starts from now on. The writer that fails
+// to write calls it, and so does the session when it ends.
+func (q *sendQueue) stop() {
+	q.mu.Lock()
+	q.writer = writerStopped
+	q.mu.Unlock()
 }
 
 // recycle gives a written batch back for reuse, unless it grew large: an

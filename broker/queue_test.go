@@ -1,13 +1,16 @@
 package broker
 
 import (
+	"encoding/binary"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/dmb-broker/dmb/protocol"
 )
 
 func TestQueueOverflowTurnsIntoASlowConsumerClose(t *testing.T) {
-	q := newSendQueue(3)
+	q := newSendQueue(3, func() {})
 	for i := range 3 {
 		if r := q.push([]byte{byte(i)}); r != pushed {
 			t.Fatalf("push %d = %v", i, r)
@@ -19,14 +22,15 @@ func TestQueueOverflowTurnsIntoASlowConsumerClose(t *testing.T) {
 	if r := q.push([]byte("y")); r != closed {
 		t.Fatalf("push after overflow = %v, want closed", r)
 	}
-	frames, req := q.take()
-	if len(frames) != 0 || req == nil || req.code != protocol.CloseSlowConsumer || req.flush {
-		t.Fatalf("take = %d frames, %+v; want nothing to write and a 4008 close", len(frames), req)
+	frames, req, done := q.take()
+	if done || len(frames) != 0 || req == nil || req.code != protocol.CloseSlowConsumer || req.flush {
+		t.Fatalf("take = %d frames, %+v, done %v; want nothing to write and a 4008 close", len(frames), req, done)
 	}
 }
 
 func TestKickKeepsQueuedFramesAndTheFirstCloseWins(t *testing.T) {
-	q := newSendQueue(10)
+	starts := 0
+	q := newSendQueue(10, func() { starts++ })
 	q.push([]byte("a"))
 	if !q.close(closeReq{code: protocol.CloseKicked, reason: "bye", flush: true}) {
 		t.Fatal("first close refused")
@@ -34,23 +38,135 @@ func TestKickKeepsQueuedFramesAndTheFirstCloseWins(t *testing.T) {
 	if q.close(closeReq{code: protocol.CloseGoingAway}) {
 		t.Fatal("second close won")
 	}
-	frames, req := q.take()
-	if len(frames) != 1 || req.code != protocol.CloseKicked {
-		t.Fatalf("take = %q %+v", frames, req)
+	if starts != 1 {
+		t.Fatalf("%d writers started, want 1", starts)
 	}
-	select {
-	case <-q.wake:
-	default:
-		t.Fatal("writer not woken")
+	frames, req, done := q.take()
+	if done || len(frames) != 1 || req.code != protocol.CloseKicked {
+		t.Fatalf("take = %q %+v, done %v", frames, req, done)
+	}
+	if _, _, done := q.take(); !done {
+		t.Fatal("writer goes on after the close")
 	}
 }
 
+func TestCloseOfAnIdleQueueStartsAWriter(t *testing.T) {
+	starts := 0
+	q := newSendQueue(10, func() { starts++ })
+	q.close(closeReq{code: protocol.CloseKicked})
+	if starts != 1 {
+		t.Fatalf("%d writers started, want 1", starts)
+	}
+}
+
+func TestWriterStartsOnPushAndEndsWhenDrained(t *testing.T) {
+	starts := 0
+	q := newSendQueue(10, func() { starts++ })
+	q.push([]byte("a"))
+	q.push([]byte("b"))
+	if starts != 1 {
+		t.Fatalf("%d writers started for two pushes, want 1", starts)
+	}
+	if frames, _, done := q.take(); done || len(frames) != 2 {
+		t.Fatalf("take = %q, done %v", frames, done)
+	}
+	if _, _, done := q.take(); !done {
+		t.Fatal("writer not told to end on an empty queue")
+	}
+	q.push([]byte("c"))
+	if starts != 2 {
+		t.Fatalf("push to a drained queue started %d writers in all, want 2", starts)
+	}
+}
+
+func TestNoWriterStartsAfterStop(t *testing.T) {
+	starts := 0
+	q := newSendQueue(10, func() { starts++ })
+	q.stop()
+	q.push([]byte("a"))
+	q.close(closeReq{code: protocol.CloseKicked})
+	if starts != 0 {
+		t.Fatalf("%d writers started after stop", starts)
+	}
+	if _, _, done := q.take(); !done {
+		t.Fatal("take after stop hands out work")
+	}
+}
+
+// TestWritersDeliverEveryFrameInOrderWithOneAtATime runs pushers against
+// writers started on demand, as the client does, and checks that no frame
+// is lost to a writer that ended just as it was pushed, that each pusher's
+// frames are written in the order pushed, and that two writers never run
+// at once.
+func TestWritersDeliverEveryFrameInOrderWithOneAtATime(t *testing.T) {
+	const pushers, perPusher = 8, 5000
+	var (
+		writers sync.WaitGroup
+		running atomic.Int32
+		started atomic.Int32
+		next    [pushers]uint32 // written by one writer at a time
+		total   atomic.Int64
+		q       *sendQueue
+	)
+	q = newSendQueue(pushers*perPusher, func() {
+		started.Add(1)
+		writers.Add(1)
+		go func() {
+			defer writers.Done()
+			if running.Add(1) != 1 {
+				t.Error("two writers run at once")
+			}
+			defer running.Add(-1)
+			for {
+				frames, _, done := q.take()
+				if done {
+					return
+				}
+				for _, f := range frames {
+					p, seq := f[0], binary.BigEndian.Uint32(f[1:])
+					if seq != next[p] {
+						t.Errorf("pusher %d: frame %d written after %d", p, seq, next[p]-1)
+					}
+					next[p] = seq + 1
+				}
+				total.Add(int64(len(frames)))
+				q.recycle(frames)
+			}
+		}()
+	})
+	var pushing sync.WaitGroup
+	for p := range pushers {
+		pushing.Add(1)
+		go func() {
+			defer pushing.Done()
+			for i := range perPusher {
+				f := make([]byte, 5)
+				f[0] = byte(p)
+				binary.BigEndian.PutUint32(f[1:], uint32(i))
+				if r := q.push(f); r != pushed {
+					t.Errorf("push = %v", r)
+					return
+				}
+			}
+		}()
+	}
+	pushing.Wait()
+	writers.Wait() // the last writer ends only once it found the queue empty
+	if n := total.Load(); n != pushers*perPusher {
+		t.Fatalf("%d frames written, want %d", n, pushers*perPusher)
+	}
+	if q.len() != 0 {
+		t.Fatalf("%d frames left with no writer", q.len())
+	}
+	t.Logf("%d writers started for %d frames", started.Load(), pushers*perPusher)
+}
+
 func TestQueueReusesSmallBatchesAndDropsLargeOnes(t *testing.T) {
-	q := newSendQueue(1000)
+	q := newSendQueue(1000, func() {})
 	for range 10 {
 		q.push([]byte("a"))
 	}
-	frames, _ := q.take()
+	frames, _, _ := q.take()
 	q.recycle(frames)
 	if cap(q.spare) == 0 {
 		t.Fatal("small batch not kept for reuse")
@@ -58,7 +174,7 @@ func TestQueueReusesSmallBatchesAndDropsLargeOnes(t *testing.T) {
 	for range 200 {
 		q.push([]byte("a"))
 	}
-	frames, _ = q.take()
+	frames, _, _ = q.take()
 	q.recycle(frames)
 	if cap(q.spare) > 64 {
 		t.Fatalf("kept a batch of capacity %d while idle", cap(q.spare))

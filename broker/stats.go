@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"log/slog"
+
 	"github.com/coder/websocket"
 
 	"github.com/dmb-broker/dmb/protocol"
@@ -56,6 +58,6 @@ func (b *Broker) Close(cid string, code websocket.StatusCode, reason string) boo
 	if c == nil {
 		return false
 	}
-	c.log.Info("client closed by operator", "code", int(code), "reason", reason)
+	c.log(slog.LevelInfo, "client closed by operator", "code", int(code), "reason", reason)
 	return c.q.close(closeReq{code: int(code), reason: protocol.TruncateReason(reason), flush: true})
 }
