@@ -98,7 +98,8 @@ func New(reg Registry, up Uplink, cfg Config) *Broker {
 // ServeHTTP is the WebSocket endpoint; mount it at /ws/{service}.
 func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	service := r.PathValue("service")
-	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+	wire := corkConnFrom(r.Context())
+	conn, err := websocket.Accept(withLeanBuffers(w, wire), r, &websocket.AcceptOptions{
 		// The origin policy is ours (originAllowed), so that a refused
 		// browser learns why from close code 1008 rather than a bare 403.
 		InsecureSkipVerify: true,
@@ -146,7 +147,7 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(protocol.CloseNoLiveBackend, "no live backend")
 		return
 	}
-	c := newClient(b, conn, corkConnFrom(r.Context()), service, remote, user)
+	c := newClient(b, conn, wire, service, remote, user)
 	if !b.add(c) {
 		refuse(protocol.CloseGoingAway, "server shutting down")
 		return

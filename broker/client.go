@@ -147,6 +147,9 @@ func (c *client) run() {
 // instead when the session must end early (see Broker.Shutdown).
 func (c *client) readLoop() (int, string) {
 	for {
+		if c.wire != nil {
+			c.wire.awaitInput()
+		}
 		typ, data, err := c.conn.Read(context.Background())
 		if err != nil {
 			return closeStatus(err)
@@ -240,6 +243,9 @@ func (c *client) writeLoop() {
 			c.q.recycle(frames)
 		}
 		if req != nil {
+			if c.wire != nil {
+				c.wire.handOverReads()
+			}
 			// Close sends the close frame and waits (5 s at most) for the
 			// client's; the reader sees the end and finishes the session.
 			_ = c.conn.Close(websocket.StatusCode(req.code), protocol.TruncateReason(req.reason))

@@ -1,10 +1,15 @@
 package broker
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
+	"io"
 	"net"
+	"net/http"
+	"os"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -18,6 +23,8 @@ import (
 // library writes from the reading goroutine meanwhile join the batch. mu is
 // held across the socket write on purpose: it keeps the bytes in the order
 // they were produced, which TLS records (numbered in sequence) require.
+//
+// Reads hold a buffer only while it has unread bytes, see Read.
 type corkConn struct {
 	net.Conn
 
@@ -25,6 +32,23 @@ type corkConn struct {
 	corked  bool
 	buf     []byte
 	timeout time.Duration // bounds every socket write; 0 until a session sets it
+
+	// rmu orders the reads of the session (awaitInput, then the library's)
+	// against those of the library's close handshake, which the writer
+	// runs; it is held across the read on purpose: two readers of one
+	// socket must take turns anyway. It guards the fields below.
+	rmu     sync.Mutex
+	raw     syscall.RawConn // nil until a small read needs it, or when there is none
+	noRaw   bool            // the connection has no file descriptor to read from
+	pending *[]byte         // bytes read and not yet asked for, from readBuffers
+	unread  []byte          // what of pending is still to be handed out
+	readErr error           // what awaitInput met, for the read that follows
+
+	// br is the library's buffered reader when leanWriter made it; awaitInput
+	// looks into it, until handOverReads, under brMu.
+	brMu   sync.Mutex
+	br     *bufio.Reader
+	handed bool
 }
 
 // corkFlushAt is the batch size at which the writer uncorks early.
@@ -93,6 +117,174 @@ func (c *corkConn) uncork() error {
 	}
 	c.buf = nil
 	return err
+}
+
+// readBufferSize is how much one small read takes from the socket: what the
+// HTTP server's and the WebSocket library's buffered readers would take.
+const readBufferSize = 4 << 10
+
+// readBuffers lends read buffers to connections that have bytes waiting.
+var readBuffers = sync.Pool{New: func() any { b := make([]byte, readBufferSize); return &b }}
+
+// Read reads like the connection beneath, except that a small read (the
+// WebSocket library's buffered reader filling its few bytes) takes what the
+// socket holds into a pooled buffer, and only once the socket is readable:
+// a connection that waits for its client to speak holds no read buffer at
+// all.
+func (c *corkConn) Read(p []byte) (int, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	if c.unread == nil && c.readErr == nil {
+		if len(p) >= readBufferSize || len(p) == 0 || !c.rawReady() {
+			return c.Conn.Read(p)
+		}
+		c.fill()
+	}
+	if err := c.readErr; err != nil {
+		c.readErr = nil
+		return 0, err
+	}
+	n := copy(p, c.unread)
+	c.unread = c.unread[n:]
+	if len(c.unread) == 0 {
+		readBuffers.Put(c.pending)
+		c.pending, c.unread = nil, nil
+	}
+	return n, nil
+}
+
+// fill waits until the socket is readable, then reads what it holds into a
+// pooled buffer, or records why it could not. c.rmu is held.
+func (c *corkConn) fill() {
+	var (
+		n    int
+		rerr error
+	)
+	err := c.raw.Read(func(fd uintptr) bool {
+		buf := readBuffers.Get().(*[]byte)
+		for {
+			n, rerr = syscall.Read(int(fd), *buf)
+			if rerr != syscall.EINTR {
+				break
+			}
+		}
+		if n > 0 {
+			c.pending = buf
+			return true
+		}
+		readBuffers.Put(buf)
+		// EAGAIN: nothing yet; the runtime waits until the socket is readable.
+		return rerr != syscall.EAGAIN
+	})
+	switch {
+	case err == nil && rerr != nil:
+		err = os.NewSyscallError("read", rerr)
+	case err == nil && n == 0:
+		c.readErr = io.EOF
+		return
+	}
+	if err != nil {
+		c.readErr = &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+		return
+	}
+	c.unread = (*c.pending)[:n]
+}
+
+// awaitInput returns once the client has sent something that the session's
+// next read will find, or the connection failed (which that read then
+// reports). The session calls it before each read so that an idle client
+// waits here, a few frames deep, rather than deep inside the WebSocket
+// library: the garbage collector then shrinks the goroutine's stack to the
+// smallest size, and new sessions start with it. Without a reader made by
+// leanWriter it returns at once.
+func (c *corkConn) awaitInput() {
+	c.brMu.Lock()
+	skip := c.br == nil || c.handed || c.br.Buffered() > 0
+	c.brMu.Unlock()
+	if skip {
+		return
+	}
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	if c.unread == nil && c.readErr == nil && c.rawReady() {
+		c.fill()
+	}
+}
+
+// handOverReads tells awaitInput to leave the library's reader alone from
+// now on: the writer is about to run the close handshake, in which the
+// library reads from the writer's goroutine.
+func (c *corkConn) handOverReads() {
+	c.brMu.Lock()
+	c.handed = true
+	c.brMu.Unlock()
+}
+
+// rawReady finds the file descriptor that small reads go to, once.
+func (c *corkConn) rawReady() bool {
+	if c.raw != nil || c.noRaw {
+		return c.raw != nil
+	}
+	if sc, ok := c.Conn.(syscall.Conn); ok {
+		c.raw, _ = sc.SyscallConn()
+	}
+	c.noRaw = c.raw == nil
+	return c.raw != nil
+}
+
+// leanWriter gives the WebSocket library small buffers for a plain
+// connection accepted through Listen. The library would keep the HTTP
+// server's 4 KiB reader and a new 4 KiB writer for as long as the
+// connection lives; most connections are idle most of the time.
+//
+//   - The reader needs only a few bytes: a frame header is read through
+//     them, and a payload larger than the buffer is read past it straight
+//     into the message. The bytes behind them come from corkConn.Read,
+//     which holds a buffer only while the socket has data.
+//   - The writer holds a whole control frame (2 + 125 bytes), so that a
+//     pong or a close frame leaves in one write. Data frames are written
+//     while the connection is corked, where the batch gathers them.
+//
+// Under TLS the hijacked connection is the TLS one, which buffers on its
+// own: the library's buffers are left as they are.
+type leanWriter struct {
+	http.ResponseWriter
+	conn *corkConn
+}
+
+const (
+	leanReadBuffer  = 16  // bufio's smallest
+	leanWriteBuffer = 128 // a control frame: 2 header bytes, 125 of payload
+)
+
+// Hijack takes the connection over from the HTTP server.
+func (w leanWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil || conn != net.Conn(w.conn) {
+		return conn, brw, err
+	}
+	r := brw.Reader
+	if r.Buffered() == 0 {
+		// Bytes that came behind the request would be in the server's
+		// reader; a client waits for the 101, so there are none.
+		r = bufio.NewReaderSize(conn, leanReadBuffer)
+	}
+	w.conn.brMu.Lock()
+	w.conn.br = r
+	w.conn.brMu.Unlock()
+	return conn, bufio.NewReadWriter(r, bufio.NewWriterSize(conn, leanWriteBuffer)), nil
+}
+
+// Unwrap lets http.ResponseController reach the server's writer.
+func (w leanWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// withLeanBuffers wraps w so that a WebSocket upgrade over cc gets small
+// buffers; without a corkable connection it returns w.
+func withLeanBuffers(w http.ResponseWriter, cc *corkConn) http.ResponseWriter {
+	if cc == nil {
+		return w
+	}
+	return leanWriter{ResponseWriter: w, conn: cc}
 }
 
 // listener wraps accepted connections in corkConn.

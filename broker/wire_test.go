@@ -1,10 +1,13 @@
 package broker
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -87,5 +90,148 @@ func TestAWriterSendsEveryQueuedFrameInOneSocketWrite(t *testing.T) {
 		if err != nil || string(data) != string(frames[i]) {
 			t.Fatalf("frame %d = %q, %v", i, data, err)
 		}
+	}
+}
+
+// tcpPair returns the two ends of a loopback TCP connection, the server's
+// wrapped as Listen wraps it.
+func tcpPair(t *testing.T) (*corkConn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := Listen(ln).Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = client.Close(); _ = server.Close() })
+	return server.(*corkConn), client
+}
+
+func TestSmallReadsHoldABufferOnlyWhileBytesWait(t *testing.T) {
+	srv, cli := tcpPair(t)
+	if _, err := cli.Write([]byte("hello, world")); err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	p := make([]byte, 5)
+	for len(got) < 12 {
+		n, err := srv.Read(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, p[:n]...)
+		if len(got) < 12 && srv.pending == nil {
+			t.Fatal("unread bytes lost their buffer")
+		}
+	}
+	if string(got) != "hello, world" {
+		t.Fatalf("read %q", got)
+	}
+	if srv.pending != nil || srv.unread != nil {
+		t.Fatal("a drained connection still holds its read buffer")
+	}
+	_ = cli.Close()
+	if n, err := srv.Read(p); n != 0 || err != io.EOF {
+		t.Fatalf("read after the peer closed = %d, %v; want io.EOF", n, err)
+	}
+}
+
+func TestAwaitInputReturnsWhenTheClientSpeaks(t *testing.T) {
+	srv, cli := tcpPair(t)
+	srv.br = bufio.NewReaderSize(srv, leanReadBuffer)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.awaitInput()
+	}()
+	select {
+	case <-done:
+		t.Fatal("awaitInput returned before the client sent anything")
+	case <-time.After(50 * time.Millisecond): // a bound on a wait that must not end
+	}
+	if _, err := cli.Write([]byte("0123456789abcdefXYZ")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("awaitInput still waits after the client spoke")
+	}
+	// The reader's buffer takes 16 bytes; awaitInput must then not wait
+	// for more while 3 are buffered in corkConn and the rest in the reader.
+	head := make([]byte, 16)
+	if _, err := io.ReadFull(srv.br, head[:2]); err != nil {
+		t.Fatal(err)
+	}
+	srv.awaitInput() // returns at once: bytes are buffered
+	rest, err := io.ReadAll(io.LimitReader(srv.br, 17))
+	if err != nil || string(head[:2])+string(rest) != "0123456789abcdefXYZ" {
+		t.Fatalf("read %q%q, %v", head[:2], rest, err)
+	}
+}
+
+// TestLeanBuffersCarryLargeAndPipelinedFramesAndPings drives a session
+// whose library buffers leanWriter made small: a frame larger than every
+// buffer, frames sent back to back, and a ping answered from the reading
+// side.
+func TestLeanBuffersCarryLargeAndPipelinedFramesAndPings(t *testing.T) {
+	brk := newTestBroker(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /ws/{service}", brk)
+	srv := &http.Server{Handler: mux, ConnContext: ConnContext}
+	go func() { _ = srv.Serve(Listen(ln)) }()
+	t.Cleanup(func() { _ = srv.Close(); _ = brk.Shutdown(context.Background()) })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, "ws://"+ln.Addr().String()+"/ws/chat", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	if _, _, err := c.Read(ctx); err != nil { // dmb:connected
+		t.Fatal(err)
+	}
+	// Unknown events are answered with an error carrying the id: an echo
+	// that needs no backend.
+	frames := []string{
+		`{"event":"nope","id":1,"pad":"` + strings.Repeat("x", 20000) + `"}`,
+		`{"event":"nope","id":2}`, `{"event":"nope","id":3}`, `{"event":"nope","id":4}`,
+	}
+	for _, f := range frames {
+		if err := c.Write(ctx, websocket.MessageText, []byte(f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range frames {
+		_, data, err := c.Read(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := fmt.Sprintf(`"id":%d`, i+1); !strings.Contains(string(data), want) {
+			t.Fatalf("answer %d = %s, want %s", i, data, want)
+		}
+	}
+	// A ping is answered, with a pong written from the session's reading
+	// side. The client reads to receive the pong, until the ping returns.
+	readCtx, stopReading := context.WithCancel(ctx)
+	pinged := make(chan error, 1)
+	go func() { pinged <- c.Ping(ctx); stopReading() }()
+	if _, data, err := c.Read(readCtx); err == nil {
+		t.Fatalf("unexpected frame %s", data)
+	}
+	if err := <-pinged; err != nil {
+		t.Fatalf("ping: %v", err)
 	}
 }
