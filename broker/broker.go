@@ -99,6 +99,18 @@ func New(reg Registry, up Uplink, cfg Config) *Broker {
 func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	service := r.PathValue("service")
 	wire := corkConnFrom(r.Context())
+	if wire != nil {
+		// The 101 response waits in the batch for the first frame, so that
+		// a client's upgrade and its dmb:connected leave in one write. Every
+		// way out below uncorks: a refusal before its close handshake, an
+		// accepted client through its writer.
+		wire.cork()
+	}
+	uncork := func() {
+		if wire != nil {
+			_ = wire.uncork()
+		}
+	}
 	conn, err := websocket.Accept(withLeanBuffers(w, wire), r, &websocket.AcceptOptions{
 		// The origin policy is ours (originAllowed), so that a refused
 		// browser learns why from close code 1008 rather than a bare 403.
@@ -106,11 +118,13 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		CompressionMode:    websocket.CompressionDisabled,
 	})
 	if err != nil {
+		uncork()
 		b.log.Debug("websocket upgrade failed", "err", err, "remote", r.RemoteAddr)
 		return
 	}
 	remote := remoteAddr(r, b.cfg.TrustedProxies)
 	refuse := func(code int, reason string) {
+		uncork()
 		b.m.Disconnected(code)
 		b.log.Info("client refused", "service", service, "remote", remote, "code", code, "reason", reason)
 		_ = conn.Close(websocket.StatusCode(code), reason)

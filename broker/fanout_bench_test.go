@@ -81,18 +81,27 @@ func newTestBroker(tb testing.TB) *Broker {
 	})
 }
 
-func newFanoutRig(b *testing.B, n int) *fanoutRig {
-	b.Helper()
-	brk := newTestBroker(b)
+// serveBroker serves brk's WebSocket endpoint on a loopback listener wrapped
+// by Listen, as a node does; it returns the server and its address.
+func serveBroker(tb testing.TB, brk *Broker) (*http.Server, string) {
+	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /ws/{service}", brk)
-	r := &fanoutRig{brk: brk, srv: &http.Server{Handler: mux, ConnContext: ConnContext}}
-	go func() { _ = r.srv.Serve(Listen(ln)) }()
-	url := "ws://" + ln.Addr().String() + "/ws/bench"
+	srv := &http.Server{Handler: mux, ConnContext: ConnContext}
+	go func() { _ = srv.Serve(Listen(ln)) }()
+	return srv, ln.Addr().String()
+}
+
+func newFanoutRig(b *testing.B, n int) *fanoutRig {
+	b.Helper()
+	brk := newTestBroker(b)
+	srv, addr := serveBroker(b, brk)
+	r := &fanoutRig{brk: brk, srv: srv}
+	url := "ws://" + addr + "/ws/bench"
 	for range n {
 		c, _, err := websocket.Dial(context.Background(), url, nil)
 		if err != nil {

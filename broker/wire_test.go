@@ -183,19 +183,12 @@ func TestAwaitInputReturnsWhenTheClientSpeaks(t *testing.T) {
 // side.
 func TestLeanBuffersCarryLargeAndPipelinedFramesAndPings(t *testing.T) {
 	brk := newTestBroker(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /ws/{service}", brk)
-	srv := &http.Server{Handler: mux, ConnContext: ConnContext}
-	go func() { _ = srv.Serve(Listen(ln)) }()
+	srv, addr := serveBroker(t, brk)
 	t.Cleanup(func() { _ = srv.Close(); _ = brk.Shutdown(context.Background()) })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, _, err := websocket.Dial(ctx, "ws://"+ln.Addr().String()+"/ws/chat", nil)
+	c, _, err := websocket.Dial(ctx, "ws://"+addr+"/ws/chat", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
