@@ -76,7 +76,7 @@ func run(ctx context.Context, o options, progress io.Writer) (*report, error) {
 		r.pad[i] = 'x'
 	}
 	for _, src := range sourceAddrs(o.Sources, isIPv6Host(urlHost(o.DMB))) {
-		r.hcs = append(r.hcs, httpClient(src, false))
+		r.hcs = append(r.hcs, wsClient(src))
 	}
 	defer r.closeHTTP()
 
