@@ -74,6 +74,12 @@ type Event struct {
 // Handler handles one event. Events arrive one at a time, in order.
 type Handler func(ctx context.Context, ev Event)
 
+// RawHandler handles one uplink event as DMB published it, a JSON object
+// not decoded yet. Events arrive one at a time, in order. It is for
+// backends that read only a few fields of very many events and cannot
+// afford to decode each whole.
+type RawHandler func(ctx context.Context, payload string)
+
 // Options tune a Backend.
 type Options struct {
 	Prefix string // DMB_PREFIX of the DMB nodes; default "dmb"
@@ -134,6 +140,18 @@ func (b *Backend) Ready() <-chan struct{} { return b.ready }
 // refuses the service; Ready is never closed then. Run does not leave: call
 // Leave before cancelling ctx to move the clients away at once.
 func (b *Backend) Run(ctx context.Context, h Handler) error {
+	return b.RunRaw(ctx, func(ctx context.Context, payload string) {
+		var ev Event
+		if err := json.Unmarshal([]byte(payload), &ev); err != nil {
+			b.log.Warn("undecodable uplink event", "bkid", b.BKID(), "err", err)
+			return
+		}
+		h(ctx, ev)
+	})
+}
+
+// RunRaw is Run with each event handed over undecoded.
+func (b *Backend) RunRaw(ctx context.Context, h RawHandler) error {
 	for {
 		bkid, err := b.register(ctx, b.BKID())
 		if ctx.Err() != nil {
@@ -151,12 +169,7 @@ func (b *Backend) Run(ctx context.Context, h Handler) error {
 			Name:     "uplink " + bkid,
 			Channels: []string{b.ch.Uplink(bkid)},
 			OnMessage: func(ctx context.Context, msg *redis.Message) {
-				var ev Event
-				if err := json.Unmarshal([]byte(msg.Payload), &ev); err != nil {
-					b.log.Warn("undecodable uplink event", "bkid", bkid, "err", err)
-					return
-				}
-				h(ctx, ev)
+				h(ctx, msg.Payload)
 			},
 			OnUp: func(ctx context.Context) {
 				if first {

@@ -226,3 +226,26 @@ func TestUplinkKeepsTheRatePerClient(t *testing.T) {
 		t.Errorf("sent %d, acked %d, backend received %d", r.Sent, r.Acked, r.BackendReceived)
 	}
 }
+
+func TestUplinkSpreadOverBackendsReachesThemAllInOrder(t *testing.T) {
+	o := startTarget(t).options(scenarioUplink, 30, time.Second)
+	o.Backends = 3
+	rep := runOK(t, o)
+	r := rep.Results.uplinkResult
+	switch {
+	case r.Sent == 0 || r.Acked != r.Sent || r.Errors != 0:
+		t.Errorf("sent %d, acked %d, errors %d", r.Sent, r.Acked, r.Errors)
+	case r.BackendReceived != r.Acked || r.BackendReordered != 0 || r.BackendUndecoded != 0:
+		t.Errorf("backends received %d of %d acked, out of order %d, undecoded %d", r.BackendReceived, r.Acked, r.BackendReordered, r.BackendUndecoded)
+	case len(r.BackendReceivedEach) != 3:
+		t.Fatalf("received per backend = %v, want 3 figures", r.BackendReceivedEach)
+	case rep.Params.Backends != 3:
+		t.Errorf("params.backends = %d", rep.Params.Backends)
+	}
+	// DMB binds new clients to the live backends in turn.
+	for i, n := range r.BackendReceivedEach {
+		if n == 0 {
+			t.Errorf("backend %d received nothing: %v", i+1, r.BackendReceivedEach)
+		}
+	}
+}

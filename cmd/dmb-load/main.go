@@ -24,6 +24,10 @@
 //	-prefix P       DMB_PREFIX of the node (default dmb)
 //	-service NAME   the service the backend registers and clients join
 //	                (default load)
+//	-backends N     backends registered for the service (default 1, at
+//	                most 64); DMB spreads the clients over them, so the
+//	                uplink is read by N Redis subscriptions. The first
+//	                publishes the broadcast and direct messages
 //	-scenario S     idle, broadcast, direct or uplink (default idle)
 //	-clients N      WebSocket clients (default 100, at most 200000 and the
 //	                open-file limit)
@@ -180,6 +184,7 @@ type options struct {
 	JSON       string
 	Verbose    bool
 	CPUProfile string
+	Backends   int
 }
 
 // Scenarios.
@@ -201,13 +206,14 @@ const (
 	maxWindowBC  = 1000 // below DMB_SEND_QUEUE's default, 1024
 	maxWindowDir = 1 << 20
 	maxWindowUp  = 4096
+	maxBackends  = 64
 )
 
 func defaultOptions() options {
 	return options{
 		DMB: "ws://127.0.0.1:8082", Redis: "127.0.0.1:6379", Prefix: "dmb",
 		Service: "load", Scenario: scenarioIdle, Clients: 100, Duration: 10 * time.Second,
-		Payload: 100, Inflight: 64,
+		Payload: 100, Inflight: 64, Backends: 1,
 	}
 }
 
@@ -221,6 +227,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.Redis, "redis", o.Redis, "Redis host:port that DMB uses")
 	fs.StringVar(&o.Prefix, "prefix", o.Prefix, "DMB_PREFIX of the node")
 	fs.StringVar(&o.Service, "service", o.Service, "service the backend registers and the clients join")
+	fs.IntVar(&o.Backends, "backends", o.Backends, fmt.Sprintf("backends registered for the service, clients spread over them (1-%d)", maxBackends))
 	fs.StringVar(&o.Scenario, "scenario", o.Scenario, "idle, broadcast, direct or uplink")
 	fs.IntVar(&o.Clients, "clients", o.Clients, fmt.Sprintf("WebSocket clients (1-%d)", maxClients))
 	fs.Float64Var(&o.Rate, "rate", o.Rate, "broadcast/direct: messages/s; uplink: frames/s per client; 0: as fast as the window allows")
@@ -290,6 +297,8 @@ func (o *options) check() error {
 		return fmt.Errorf("-inflight %d: want 1 to %d", o.Inflight, maxInflight)
 	case o.Sources < 0 || o.Sources > maxSources:
 		return fmt.Errorf("-sources %d: want 0 (automatic) to %d", o.Sources, maxSources)
+	case o.Backends < 1 || o.Backends > maxBackends:
+		return fmt.Errorf("-backends %d: want 1 to %d", o.Backends, maxBackends)
 	case o.Window < 0:
 		return fmt.Errorf("-window %d: want 0 (the default) or more", o.Window)
 	}

@@ -80,6 +80,8 @@ func TestFlagsAreBounded(t *testing.T) {
 		{"-payload", "70000"},
 		{"-inflight", "0"},
 		{"-sources", "5000"},
+		{"-backends", "0"},
+		{"-backends", "65"},
 		{"-scenario", "storm"},
 		{"-service", "Bad Name"},
 		{"-scenario", "broadcast", "-window", "5000"},

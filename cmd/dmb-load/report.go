@@ -36,6 +36,7 @@ type params struct {
 	Payload         int     `json:"payload"`
 	Inflight        int     `json:"inflight"`
 	Sources         int     `json:"sources"`
+	Backends        int     `json:"backends"`
 }
 
 // results holds the connect phase and the figures of the scenario that ran
@@ -132,7 +133,9 @@ type uplinkResult struct {
 	AcksPerSecond              float64        `json:"acked_per_second"`
 	AckLatency                 latencySummary `json:"ack_latency_us"`
 	BackendReceived            int64          `json:"backend_received"`
+	BackendReceivedEach        []int64        `json:"backend_received_each"`
 	BackendReordered           int64          `json:"backend_reordered"`
+	BackendUndecoded           int64          `json:"backend_undecoded"`
 	BackendLatency             latencySummary `json:"backend_latency_us"`
 	WindowSeconds              float64        `json:"window_seconds"`
 	DrainSeconds               float64        `json:"drain_seconds"`
@@ -190,12 +193,25 @@ func newReport(o *options) *report {
 			Clients: o.Clients, Rate: o.Rate, Window: o.Window,
 			Duration: o.Duration.String(), DurationSeconds: o.Duration.Seconds(),
 			Payload: o.Payload, Inflight: o.Inflight, Sources: o.Sources,
+			Backends: o.Backends,
 		},
 		Machine: machine{
 			CPUs: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0),
 			Go: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH,
 		},
 	}
+}
+
+// eachText is ": a + b + c" for the figures of several backends, "" for one.
+func eachText(each []int64) string {
+	if len(each) < 2 {
+		return ""
+	}
+	parts := make([]string, len(each))
+	for i, n := range each {
+		parts[i] = fmt.Sprint(n)
+	}
+	return " (" + strings.Join(parts, " + ") + ")"
 }
 
 func round1(f float64) float64 { return roundTo(f, 10) }
@@ -217,8 +233,8 @@ func writeTable(w io.Writer, rep *report) {
 	if rep.Scenario == scenarioIdle {
 		row("params", "%d clients, %s, inflight %d, %d source address(es)", p.Clients, p.Duration, p.Inflight, p.Sources)
 	} else {
-		row("params", "%d clients, rate %s, window %d, %s, payload %d B, inflight %d, %d source address(es)",
-			p.Clients, rateText(p.Rate, "/s"), p.Window, p.Duration, p.Payload, p.Inflight, p.Sources)
+		row("params", "%d clients, rate %s, window %d, %s, payload %d B, inflight %d, %d source address(es), %d backend(s)",
+			p.Clients, rateText(p.Rate, "/s"), p.Window, p.Duration, p.Payload, p.Inflight, p.Sources, p.Backends)
 	}
 	row("machine", "%d CPUs, %s %s/%s", rep.Machine.CPUs, rep.Machine.Go, rep.Machine.OS, rep.Machine.Arch)
 	c := rep.Results.Connect
@@ -247,7 +263,7 @@ func writeTable(w io.Writer, rep *report) {
 		row("sent", "%d frames in %.2f s", r.Sent, r.WindowSeconds)
 		row("answered", "%d acked (%.0f/s), %d errors, %d unanswered (drain %.2f s)", r.Acked, r.AcksPerSecond, r.Errors, r.Unanswered, r.DrainSeconds)
 		row("ack latency µs", "%s", latencyText(r.AckLatency))
-		row("backend", "received %d (acked %d), out of order %d", r.BackendReceived, r.Acked, r.BackendReordered)
+		row("backend", "received %d (acked %d), out of order %d, undecoded %d%s", r.BackendReceived, r.Acked, r.BackendReordered, r.BackendUndecoded, eachText(r.BackendReceivedEach))
 		row("to backend µs", "%s", latencyText(r.BackendLatency))
 		if r.Dropped > 0 || r.StrayErrors > 0 || r.Undecoded > 0 {
 			row("trouble", "%d clients dropped%s, %d stray errors, %d undecoded", r.Dropped, codesText(r.DropCodes), r.StrayErrors, r.Undecoded)

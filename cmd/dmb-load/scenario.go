@@ -34,9 +34,11 @@ type runner struct {
 	hcs      []*http.Client // one per source address
 	mhc      *http.Client   // for /metrics
 	pad      []byte
-	lat      *histogram // downlink latency or ack latency
-	be       *loadBackend
-	clients  []*client // the connected ones
+	lat      *histogram     // downlink latency or ack latency
+	be       *loadBackend   // the first backend, which publishes
+	bes      []*loadBackend // every backend (-backends)
+	beLat    *histogram     // uplink latency to the backends
+	clients  []*client      // the connected ones
 	senders  sync.WaitGroup
 	rep      *report
 
@@ -68,7 +70,7 @@ func run(ctx context.Context, o options, progress io.Writer) (*report, error) {
 
 	r := &runner{
 		o: &o, progress: progress, clock: &runClock{start: time.Now()}, url: o.wsURL(),
-		mhc: httpClient(netip.Addr{}, false), lat: &histogram{},
+		mhc: httpClient(netip.Addr{}, false), lat: &histogram{}, beLat: &histogram{},
 		pad: make([]byte, o.Payload),
 		rep: newReport(&o),
 	}
@@ -80,13 +82,19 @@ func run(ctx context.Context, o options, progress io.Writer) (*report, error) {
 	}
 	defer r.closeHTTP()
 
-	be, err := startBackend(ctx, &o, r.clock, o.logger(progress))
+	bes, err := startBackends(ctx, &o, r.clock, r.beLat, o.logger(progress))
 	if err != nil {
 		return nil, err
 	}
-	r.be = be
-	defer be.close()
-	fmt.Fprintf(progress, "backend of %q registered as bkid %s\n", o.Service, be.b.BKID())
+	r.be, r.bes = bes[0], bes
+	defer func() {
+		for _, lb := range bes {
+			lb.close()
+		}
+	}()
+	for _, lb := range bes {
+		fmt.Fprintf(progress, "backend of %q registered as bkid %s\n", o.Service, lb.b.BKID())
+	}
 	if err := r.waitAdmitted(ctx); err != nil {
 		return nil, err
 	}
@@ -543,7 +551,7 @@ func (r *runner) uplink(ctx context.Context) {
 		}()
 	}
 	stopProgress := r.every(time.Second, func() {
-		fmt.Fprintf(r.progress, "  %d acked, backend received %d\n", r.sum(func(u *uplinkState) int64 { return u.acked.Load() }), r.be.messages.Load())
+		fmt.Fprintf(r.progress, "  %d acked, backend received %d\n", r.sum(func(u *uplinkState) int64 { return u.acked.Load() }), r.backendMessages())
 	})
 	sendersDone := make(chan struct{})
 	go func() {
@@ -560,8 +568,8 @@ func (r *runner) uplink(ctx context.Context) {
 	}
 	r.drain(context.WithoutCancel(ctx), func() bool {
 		return answered() >= r.sum(func(u *uplinkState) int64 { return u.sent.Load() }) &&
-			r.be.messages.Load() >= r.sum(func(u *uplinkState) int64 { return u.acked.Load() })
-	}, func() int64 { return answered() + r.be.messages.Load() })
+			r.backendMessages() >= r.sum(func(u *uplinkState) int64 { return u.acked.Load() })
+	}, func() int64 { return answered() + r.backendMessages() })
 	tD := time.Now()
 	stopProgress()
 	r.sampleEnd(ctx)
@@ -572,7 +580,7 @@ func (r *runner) uplink(ctx context.Context) {
 		Sent:            r.sum(func(u *uplinkState) int64 { return u.sent.Load() }),
 		Acked:           r.sum(func(u *uplinkState) int64 { return u.acked.Load() }),
 		Errors:          r.sum(func(u *uplinkState) int64 { return u.errored.Load() }),
-		BackendReceived: r.be.messages.Load(),
+		BackendReceived: r.backendMessages(),
 		WindowSeconds:   round3(t1.Sub(t0).Seconds()),
 		DrainSeconds:    round3(tD.Sub(t1).Seconds()),
 	}
@@ -584,12 +592,25 @@ func (r *runner) uplink(ctx context.Context) {
 	}
 	res.AcksPerSecond = round1(float64(res.Acked) / tD.Sub(t0).Seconds())
 	res.AckLatency = r.lat.summary()
-	res.BackendLatency = r.be.lat.summary()
-	res.BackendReordered = r.be.reordered.Load()
+	res.BackendLatency = r.beLat.summary()
+	for _, lb := range r.bes {
+		res.BackendReordered += lb.reordered.Load()
+		res.BackendUndecoded += lb.undecoded.Load()
+		res.BackendReceivedEach = append(res.BackendReceivedEach, lb.messages.Load())
+	}
 	if cpu := r.serverCPU(); cpu > 0 {
 		res.MessagesPerServerCPUSecond = round1(float64(res.Acked) / cpu)
 	}
 	r.rep.Results.uplinkResult = res
+}
+
+// backendMessages is the uplink messages all backends received.
+func (r *runner) backendMessages() int64 {
+	var n int64
+	for _, lb := range r.bes {
+		n += lb.messages.Load()
+	}
+	return n
 }
 
 // sum adds up one uplink counter over the clients.
