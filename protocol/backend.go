@@ -45,7 +45,8 @@ type RegisterRequest struct {
 // be answered. A bk_disconnect that is refused returns its bkid when it
 // could be read, so the backend can be told.
 func DecodeRegister(b []byte) (RegisterRequest, error) {
-	o, bad := decodeObject(b, "payload")
+	var buf [membersInline]member
+	o, bad := decodeObject(b, "payload", buf[:0])
 	if bad != "" {
 		return RegisterRequest{}, &PayloadError{Reason: bad}
 	}
@@ -118,7 +119,8 @@ type Command struct {
 // DecodeCommand decodes and validates a payload from a backend's downlink
 // channel. Unknown members are ignored.
 func DecodeCommand(b []byte) (Command, error) {
-	o, bad := decodeObject(b, "payload")
+	var buf [membersInline]member
+	o, bad := decodeObject(b, "payload", buf[:0])
 	if bad != "" {
 		return Command{}, &PayloadError{Reason: bad}
 	}

@@ -38,7 +38,8 @@ func (e *FrameError) Error() string { return e.Reason }
 // DecodeClientFrame decodes and validates one text frame from a browser.
 // Unknown members are ignored. A missing "data" is carried as null.
 func DecodeClientFrame(b []byte) (ClientFrame, error) {
-	o, bad := decodeObject(b, "frame")
+	var buf [membersInline]member
+	o, bad := decodeObject(b, "frame", buf[:0])
 	if bad != "" {
 		return ClientFrame{}, &FrameError{Reason: bad}
 	}

@@ -201,6 +201,10 @@ func TestClientFrameFieldNamesAreCaseSensitive(t *testing.T) {
 		{"ID of the wrong type is ignored", `{"event":"dmb:message","data":1,"ID":{}}`, "1", "", ""},
 		{"EVENT is not event", `{"EVENT":"dmb:message","data":1}`, "", "", "missing event"},
 		{"Event does not override event", `{"event":"dmb:message","data":1,"Event":"dmb:ack"}`, "1", "", ""},
+		// A name is compared once unescaped, as encoding/json does.
+		{"escaped names are their text", `{"ev\u0065nt":"dmb:message","d\u0061ta":2,"\u0069d":9}`, "2", "9", ""},
+		{"escaped names keep their case", `{"\u0045VENT":"dmb:message","data":1}`, "", "", "missing event"},
+		{"many unknown members", `{"a":1,"b":2,"c":3,"d":4,"e":5,"f":6,"g":7,"h":8,"i":9,"event":"dmb:message","data":3,"j":10}`, "3", "", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -10,12 +10,17 @@ import (
 	"github.com/go-json-experiment/json/jsontext"
 )
 
-// member is one member of a JSON object: its name and its raw value, a
-// slice of the input.
+// member is one member of a JSON object: its name and its raw value, both
+// slices of the input (the name unescaped into its own bytes in the rare
+// case it has escapes).
 type member struct {
-	name  string
+	name  []byte
 	value json.RawMessage
 }
+
+// membersInline is how many members an object holds before its slice grows
+// onto the heap: every member DMB reads fits, and a few unknown ones.
+const membersInline = 8
 
 // object is a JSON object's members, read by their exact names.
 // encoding/json matches struct fields regardless of case, so that "Data" or
@@ -28,7 +33,7 @@ type object []member
 // get returns the raw value of the member name, the last if it repeats.
 func (o object) get(name string) (json.RawMessage, bool) {
 	for i := len(o) - 1; i >= 0; i-- {
-		if o[i].name == name {
+		if string(o[i].name) == name {
 			return o[i].value, true
 		}
 	}
@@ -52,8 +57,10 @@ var objectDecoders = sync.Pool{New: func() any {
 }}
 
 // decodeObject checks that b is one UTF-8 JSON object and returns its
-// members; the string is what was wrong, for the peer.
-func decodeObject(b []byte, what string) (object, string) {
+// members, appended to buf; the string is what was wrong, for the peer. A
+// caller passes a buf of membersInline on its stack, so that decoding a
+// frame allocates nothing for the members.
+func decodeObject(b []byte, what string, buf object) (object, string) {
 	if !utf8.Valid(b) {
 		return nil, what + " is not valid UTF-8"
 	}
@@ -68,31 +75,43 @@ func decodeObject(b []byte, what string) (object, string) {
 	defer objectDecoders.Put(od)
 	od.r.Reset(b)
 	od.d.Reset(&od.r, jsontext.AllowDuplicateNames(true), jsontext.AllowInvalidUTF8(true))
-	o, ok := od.members(b)
+	o, ok := od.members(b, buf)
 	if !ok {
 		return nil, "invalid JSON"
 	}
 	return o, ""
 }
 
-// members reads one object, and nothing after it, from the decoder over b.
-func (od *objectDecoder) members(b []byte) (object, bool) {
+// members reads one object, and nothing after it, from the decoder over b,
+// and appends its members to o. A name is read as a raw value, not a token,
+// so that it is a slice of b and not a new string.
+func (od *objectDecoder) members(b []byte, o object) (object, bool) {
 	d := od.d
 	if tok, err := d.ReadToken(); err != nil || tok.Kind() != '{' {
 		return nil, false
 	}
-	var o object
 	for d.PeekKind() != '}' {
-		tok, err := d.ReadToken()
-		if err != nil || tok.Kind() != '"' {
+		if d.PeekKind() != '"' {
 			return nil, false
 		}
-		name := tok.String() // before the next call voids the token
-		v, err := d.ReadValue()
+		n, err := d.ReadValue()
 		if err != nil {
 			return nil, false
 		}
 		end := int(d.InputOffset())
+		name := b[end-len(n)+1 : end-1 : end-1]
+		if bytes.IndexByte(name, '\\') >= 0 {
+			var s string
+			if json.Unmarshal(n, &s) != nil {
+				return nil, false
+			}
+			name = []byte(s)
+		}
+		v, err := d.ReadValue()
+		if err != nil {
+			return nil, false
+		}
+		end = int(d.InputOffset())
 		o = append(o, member{name: name, value: b[end-len(v) : end : end]})
 	}
 	if tok, err := d.ReadToken(); err != nil || tok.Kind() != '}' {
@@ -128,7 +147,7 @@ func (o object) str(name string) (s string, present, ok bool) {
 	}
 	if bytes.IndexByte(raw, '\\') < 0 {
 		// A validated string without escapes is its own text.
-		return string(raw[1 : len(raw)-1]), true, true
+		return intern(raw[1 : len(raw)-1]), true, true
 	}
 	if json.Unmarshal(raw, &s) != nil {
 		return "", true, false
@@ -147,4 +166,24 @@ func (o object) id(name string) (json.RawMessage, bool) {
 		return nil, false
 	}
 	return raw, true
+}
+
+// intern returns the string of b, without allocating when it is one of the
+// event and type names that nearly every frame and payload carries.
+func intern(b []byte) string {
+	switch string(b) { // compiled to comparisons, no conversion
+	case EventMessage:
+		return EventMessage
+	case TypeBroadcast:
+		return TypeBroadcast
+	case TypeDirect:
+		return TypeDirect
+	case TypeKick:
+		return TypeKick
+	case TypeConnect:
+		return TypeConnect
+	case TypeDisconnect:
+		return TypeDisconnect
+	}
+	return string(b)
 }
