@@ -214,6 +214,19 @@ func AppendClientDisconnected(dst []byte, cid string, code int, reason string) [
 	return append(dst, '}')
 }
 
+// MessageSize is the length of what AppendMessage appends, when user needs
+// no escaping (else a little more), so that a caller can allocate once.
+func MessageSize(cid, user string, data, id json.RawMessage) int {
+	n := len(`{"type":"message","cid":"","data":}`) + len(cid) + len(orNull(data))
+	if user != "" {
+		n += len(`,"user":""`) + len(user)
+	}
+	if id != nil {
+		n += len(`,"id":`) + len(id)
+	}
+	return n
+}
+
 // AppendMessage appends the uplink message event; id only when given, user
 // only when auth is on.
 func AppendMessage(dst []byte, cid, user string, data, id json.RawMessage) []byte {

@@ -126,6 +126,9 @@ func AppendAck(dst []byte, id json.RawMessage) []byte {
 	return append(dst, '}')
 }
 
+// AckSize is the length of what AppendAck appends.
+func AckSize(id json.RawMessage) int { return len(`{"event":"dmb:ack","id":}`) + len(id) }
+
 // AppendError appends {"event":"dmb:error","id":...,"error":...}; id only
 // when given.
 func AppendError(dst []byte, id json.RawMessage, text string) []byte {

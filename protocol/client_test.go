@@ -352,3 +352,26 @@ func TestEncodersAppendToDst(t *testing.T) {
 		}
 	}
 }
+
+func TestSizesAreWhatTheEncodersAppend(t *testing.T) {
+	data := json.RawMessage(`{"a":1}`)
+	for _, tc := range []struct {
+		name      string
+		cid, user string
+		data, id  json.RawMessage
+	}{
+		{"with id", "c1", "", data, json.RawMessage(`7`)},
+		{"string id and user", "c7Qx", "alice", data, json.RawMessage(`"m-9"`)},
+		{"no id", "c1", "", data, nil},
+		{"no data", "c1", "", nil, json.RawMessage(`1`)},
+	} {
+		if got, want := protocol.MessageSize(tc.cid, tc.user, tc.data, tc.id), len(protocol.AppendMessage(nil, tc.cid, tc.user, tc.data, tc.id)); got != want {
+			t.Errorf("%s: MessageSize = %d, AppendMessage appends %d", tc.name, got, want)
+		}
+		if tc.id != nil {
+			if got, want := protocol.AckSize(tc.id), len(protocol.AppendAck(nil, tc.id)); got != want {
+				t.Errorf("%s: AckSize = %d, AppendAck appends %d", tc.name, got, want)
+			}
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
@@ -72,6 +73,10 @@ type Uplink struct {
 	events  *worker   // node events (bk_message_ack, error): never behind client traffic
 	seed    maphash.Seed
 
+	// Counters of every frame, looked up once: WithLabelValues hashes the
+	// labels and takes a lock on each call.
+	outMessage, outAck prometheus.Counter
+
 	drain   chan struct{} // closed by Drain
 	stopped chan struct{} // closed when Run returns
 	once    sync.Once
@@ -90,6 +95,8 @@ func New(rdb redis.UniversalClient, reg Registry, cfg Config) *Uplink {
 		drain:   make(chan struct{}),
 		stopped: make(chan struct{}),
 	}
+	u.outMessage = u.m.MessagesOut.WithLabelValues(metrics.KindMessage)
+	u.outAck = u.m.MessagesOut.WithLabelValues(metrics.KindAck)
 	for range cfg.Workers {
 		u.workers = append(u.workers, u.newWorker())
 	}
@@ -105,6 +112,7 @@ func (u *Uplink) newWorker() *worker {
 		bindings:  make(map[string]*binding),
 		byService: make(map[string]map[string]*binding),
 		pending:   make(map[string]struct{}),
+		channels:  make(map[string]string),
 	}
 }
 
@@ -233,6 +241,21 @@ type worker struct {
 	rebind  chan struct{}
 	mu      sync.Mutex // guards pending
 	pending map[string]struct{}
+
+	channels map[string]string // bkid -> its uplink channel, built once
+	p        pipeline          // reused by process, so its ops do not grow anew per batch
+}
+
+// channel is the uplink channel of bkid.
+func (w *worker) channel(bkid string) string {
+	ch, ok := w.channels[bkid]
+	if !ok {
+		// Bounded by the bkids this node ever published to; a few per
+		// backend restart.
+		ch = w.u.cfg.Channels.Uplink(bkid)
+		w.channels[bkid] = ch
+	}
+	return ch
 }
 
 func (w *worker) run(ctx context.Context) error {
@@ -321,31 +344,40 @@ type pipeline struct {
 
 func (p *pipeline) add(o op) { p.ops = append(p.ops, o) }
 
+// reset empties the pipeline for the next batch, keeping its arrays and
+// dropping what they referred to.
+func (p *pipeline) reset() {
+	clear(p.ops)
+	clear(p.retry)
+	p.ops, p.retry = p.ops[:0], p.retry[:0]
+}
+
 // process publishes one batch of requests in one pipeline.
 func (w *worker) process(ctx context.Context, batch []request) {
-	var p pipeline
+	p := &w.p
+	defer p.reset()
 	var barriers []func()
 	for i := range batch {
 		r := &batch[i]
 		switch r.kind {
 		case reqConnect:
 			b := w.bind(r.client)
-			w.announce(ctx, b, &p)
+			w.announce(ctx, b, p)
 		case reqMessage:
 			b := w.bindings[r.client.CID()]
 			if b == nil { // connect failed to enqueue; bind now
 				b = w.bind(r.client)
 			}
-			w.message(ctx, b, r, 1, &p)
+			w.message(ctx, b, r, 1, p)
 		case reqDisconnect:
-			w.unbind(r.client, r.code, r.reason, &p)
+			w.unbind(r.client, r.code, r.reason, p)
 		case reqPublish:
 			p.add(op{kind: opPublish, bkid: r.bkid, payload: r.data})
 		case reqBarrier:
 			barriers = append(barriers, r.then)
 		}
 	}
-	w.exec(ctx, &p)
+	w.exec(ctx, p)
 	// Every frame before a barrier was in this pipeline or an earlier one,
 	// and has been answered.
 	for _, fn := range barriers {
@@ -412,8 +444,11 @@ func (w *worker) message(ctx context.Context, b *binding, r *request, attempt in
 		return
 	}
 	c := b.client
+	cid, user := c.CID(), c.User()
+	// Sized up front: the payload is built in one allocation, not grown.
+	buf := make([]byte, 0, protocol.MessageSize(cid, user, r.data, r.id))
 	p.add(op{kind: opMessage, b: b, bkid: b.bkid, req: r, attempt: attempt,
-		payload: protocol.AppendMessage(nil, c.CID(), c.User(), r.data, r.id)})
+		payload: protocol.AppendMessage(buf, cid, user, r.data, r.id)})
 }
 
 // exec runs the pipeline, answers the clients, and offers frames that
@@ -422,7 +457,8 @@ func (w *worker) exec(ctx context.Context, p *pipeline) {
 	for len(p.ops) > 0 {
 		w.run1(ctx, p)
 		ops := p.retry
-		p.ops, p.retry = nil, nil
+		clear(p.ops)
+		p.ops, p.retry = p.ops[:0], nil
 		for _, o := range ops {
 			w.message(ctx, o.b, o.req, o.attempt+1, p)
 		}
@@ -430,11 +466,10 @@ func (w *worker) exec(ctx context.Context, p *pipeline) {
 }
 
 func (w *worker) run1(ctx context.Context, p *pipeline) {
-	ch := w.u.cfg.Channels
 	pipe := w.u.rdb.Pipeline()
 	for i := range p.ops {
 		o := &p.ops[i]
-		o.cmd = pubsub.Publish(ctx, pipe, w.u.sharded, ch.Uplink(o.bkid), o.payload)
+		o.cmd = pubsub.Publish(ctx, pipe, w.u.sharded, w.channel(o.bkid), o.payload)
 	}
 	start := time.Now()
 	_, err := pipe.Exec(ctx)
@@ -493,10 +528,10 @@ func (w *worker) run1(ctx context.Context, p *pipeline) {
 				c := o.b.client
 				w.u.log.Info("client bound to backend", "cid", c.CID(), "service", c.Service(), "bkid", o.bkid)
 			case opMessage:
-				m.MessagesOut.WithLabelValues(metrics.KindMessage).Inc()
-				if o.req.id != nil {
-					o.req.client.Send(protocol.AppendAck(nil, o.req.id))
-					m.MessagesOut.WithLabelValues(metrics.KindAck).Inc()
+				w.u.outMessage.Inc()
+				if id := o.req.id; id != nil {
+					o.req.client.Send(protocol.AppendAck(make([]byte, 0, protocol.AckSize(id)), id))
+					w.u.outAck.Inc()
 				}
 			case opDisconnected:
 				m.MessagesOut.WithLabelValues(metrics.KindDisconnected).Inc()
