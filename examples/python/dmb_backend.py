@@ -14,10 +14,15 @@ github.com/dmb-broker/dmb/backend:
 
     b.run(on_event)  # until b.stop(), e.g. from a signal handler
 
-run() survives a Redis restart: it reconnects with backoff, registers again
-with the same bkid, and follows a new bkid when DMB hands out another one
-(Redis lost its data). It speaks plain pub/sub, so it works with a single
-Redis (or Sentinel), not with Redis Cluster.
+redis_client may be a redis.Redis on one server, the client that
+redis.sentinel.Sentinel(...).master_for(name) returns (it asks the sentinels
+for the master on every new connection, so it follows a failover), or a
+redis.cluster.RedisCluster, on which the backend speaks sharded pub/sub
+(SSUBSCRIBE, SPUBLISH) as DMB does there (PROTOCOL.md section 1).
+
+run() survives a Redis restart or failover: it reconnects with backoff,
+registers again with the same bkid, and follows a new bkid when DMB hands
+out another one (Redis lost its data).
 
 mint_token() makes the HS256 client tokens DMB accepts when DMB_JWT_SECRET
 is set; it needs nothing but the standard library.
@@ -34,6 +39,7 @@ import threading
 import time
 
 import redis
+from redis.cluster import RedisCluster
 
 __all__ = ["Backend", "RegistrationRefused", "mint_token"]
 
@@ -61,6 +67,7 @@ class Backend:
         self.bkid = None  # set by register()
         self._stop = threading.Event()
         self._reconnected = False
+        self._sharded = isinstance(redis_client, RedisCluster)
 
     # -- registration -----------------------------------------------------
 
@@ -78,11 +85,11 @@ class Backend:
         if self.bkid:
             req["bkid"] = self.bkid
         deadline = time.monotonic() + self.register_timeout
-        ps = self.redis.pubsub()
+        ps = self._pubsub()
         try:
             ps.subscribe(reply)
             self._wait(ps, "subscribe", deadline)
-            if self.redis.publish("%s:register" % self.prefix, _dumps(req)) == 0:
+            if self._publish("%s:register" % self.prefix, _dumps(req)) == 0:
                 raise TimeoutError("no DMB node listens on %s:register" % self.prefix)
             ans = json.loads(self._wait(ps, "message", deadline)["data"])
         finally:
@@ -199,7 +206,7 @@ class Backend:
         return "%s:uplink:%s" % (self.prefix, bkid)
 
     def _subscribe(self, channel):
-        ps = self.redis.pubsub()
+        ps = self._pubsub()
         try:
             ps.subscribe(channel)
             self._wait(ps, "subscribe", time.monotonic() + self.register_timeout)
@@ -217,13 +224,25 @@ class Backend:
     def _on_connect(self, _connection):
         self._reconnected = True
 
+    def _pubsub(self):
+        if self._sharded:
+            return _ShardedPubSub(self.redis)
+        return self.redis.pubsub()
+
+    def _publish(self, channel, payload):
+        """PUBLISH, or on a cluster SPUBLISH to the master of channel's slot; returns the receivers."""
+        if self._sharded:
+            node = self.redis.get_node_from_key(channel)
+            return self.redis.execute_command("SPUBLISH", channel, payload, target_nodes=node)
+        return self.redis.publish(channel, payload)
+
     # -- downlink ---------------------------------------------------------
 
     def publish(self, command):
         """Publish a downlink command (a dict) as is; add "id" to get bk_message_ack events."""
         if not self.bkid:
             raise RuntimeError("not registered")
-        self.redis.publish("%s:%s" % (self.prefix, self.bkid), _dumps(command))
+        self._publish("%s:%s" % (self.prefix, self.bkid), _dumps(command))
 
     def broadcast(self, data):
         """Send data to every client of the service, on every node."""
@@ -247,7 +266,7 @@ class Backend:
     def leave(self):
         """Tell DMB the backend goes away (bk_disconnect): its clients move to other backends."""
         if self.bkid:
-            self.redis.publish("%s:register" % self.prefix, _dumps({"type": "bk_disconnect", "bkid": self.bkid}))
+            self._publish("%s:register" % self.prefix, _dumps({"type": "bk_disconnect", "bkid": self.bkid}))
 
     @staticmethod
     def mint_token(secret, user, ttl_seconds, services=None):
@@ -273,6 +292,72 @@ def mint_token(secret, user, ttl_seconds, services=None):
     signing_input = header + "." + _b64(_dumps(claims).encode())
     sig = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
     return signing_input + "." + _b64(sig)
+
+
+class _ShardedPubSub:
+    """The part of redis.client.PubSub that Backend uses, with SSUBSCRIBE on a cluster.
+
+    redis-py 4 has no sharded pub/sub (redis-py 5 has it: RedisCluster.pubsub()
+    with ssubscribe and get_sharded_message); this stands in for it. Each
+    channel is subscribed on a connection of its own to the master that owns
+    its slot, and its replies come back as redis-py's "subscribe" and
+    "message" dicts. A connection failure re-reads the cluster's slots and
+    raises, so that the caller's next attempt reaches the new master.
+    """
+
+    def __init__(self, cluster):
+        self._cluster = cluster
+        self._conns = {}  # channel -> redis.connection.Connection
+        self.connection = None  # no reconnect callbacks: a failure raises
+
+    def subscribe(self, *channels):
+        for ch in channels:
+            try:
+                node = self._cluster.get_node_from_key(ch)
+            except redis.exceptions.RedisClusterException as e:
+                raise redis.exceptions.ConnectionError("find the master of %s: %s" % (ch, e)) from e
+            conn = self._cluster.get_redis_connection(node).connection_pool.make_connection()
+            self._conns[ch] = conn
+            self._call(conn, "subscribe to %s on %s" % (ch, node.name), conn.send_command, "SSUBSCRIBE", ch)
+
+    def unsubscribe(self, *channels):
+        for ch in channels:
+            conn = self._conns.pop(ch, None)
+            if conn is not None:
+                conn.disconnect()
+
+    def get_message(self, timeout=0.0):
+        """Return the next "subscribe" or "message" dict, or None after timeout seconds."""
+        conns = list(self._conns.items())
+        if not conns:
+            time.sleep(timeout)
+            return None
+        for ch, conn in conns:
+            what = "read %s" % ch
+            if not self._call(conn, what, conn.can_read, timeout / len(conns)):
+                continue
+            reply = self._call(conn, what, conn.read_response)
+            kind = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+            if kind in ("ssubscribe", "smessage"):
+                typ = "subscribe" if kind == "ssubscribe" else "message"
+                return {"type": typ, "pattern": None, "channel": reply[1], "data": reply[2]}
+        return None
+
+    def close(self):
+        self.unsubscribe(*list(self._conns))
+
+    def _call(self, conn, what, fn, *args):
+        try:
+            return fn(*args)
+        except _RETRYABLE + (redis.exceptions.ResponseError,) as e:
+            # MOVED or CLUSTERDOWN too: the slot has another master, or is
+            # about to.
+            conn.disconnect()
+            try:
+                self._cluster.nodes_manager.initialize()
+            except _RETRYABLE + (redis.exceptions.RedisClusterException,) as e2:
+                log.warning("could not read the cluster's slots again: %s", e2)
+            raise redis.exceptions.ConnectionError("%s: %s" % (what, e)) from e
 
 
 def _b64(b):
