@@ -1,4 +1,4 @@
-// A small DMB backend library for Node, on the `redis` package (v4).
+// A small DMB backend library for Node, on the `redis` package (v5).
 //
 // A DMB backend talks only to Redis (see PROTOCOL.md): it registers a
 // service and gets a bkid, listens to its clients' events on
@@ -12,11 +12,19 @@
 //     if (ev.type === 'message') await b.direct(ev.cid, ev.data, ev.id);
 //   }); // until b.stop()
 //
-// run() survives a Redis restart: node-redis reconnects and resubscribes by
-// itself, and the backend then registers again with the same bkid, following
-// a new bkid when DMB hands out another one (Redis lost its data). It speaks
-// plain pub/sub, so it works with a single Redis (or Sentinel), not with
-// Redis Cluster.
+// The client may be one of createClient (a single Redis), createSentinel
+// (the master that the sentinels name) or createCluster (a Redis Cluster, on
+// which the backend speaks sharded pub/sub, SSUBSCRIBE and SPUBLISH, as DMB
+// does there: PROTOCOL.md section 1).
+//
+// run() survives a Redis restart or failover: node-redis reconnects and
+// resubscribes by itself (to the new master, behind Sentinel), and the
+// backend then registers again with the same bkid, following a new bkid when
+// DMB hands out another one (Redis lost its data). On a cluster, node-redis
+// does not notice by itself that a master died and its replica took over
+// (it learns of moved slots from MOVED answers, which a dead master does not
+// send): the backend then replaces its cluster connections with fresh ones,
+// which read the slots again, and registers again.
 //
 // mintToken() makes the HS256 client tokens DMB accepts when DMB_JWT_SECRET
 // is set, with node:crypto only.
@@ -45,25 +53,43 @@ export const stderrLogger = Object.fromEntries(
   ]).concat([['debug', () => {}]]),
 );
 
+// modeOf tells the three kinds of node-redis clients apart.
+function modeOf(client) {
+  if (typeof client.getMasterNode === 'function') return 'sentinel';
+  if ('masters' in client) return 'cluster';
+  return 'single';
+}
+
+// ready reports whether a client, sentinel or cluster can take commands
+// (a cluster says only whether it is open).
+const ready = (c) => c.isReady ?? c.isOpen;
+
 /** One backend of a DMB service. */
 export class Backend {
   #client;
-  #sub = null; // the subscriber connection: a duplicate of #client
+  #mode; // 'single', 'sentinel' or 'cluster'
+  // The subscriber: a duplicate of #client on a single Redis; #client
+  // itself behind Sentinel and on a cluster, which keep pub/sub connections
+  // of their own (on the master; on the master of each channel's slot).
+  #sub = null;
   #abort = new AbortController(); // aborted by stop()
   #chain = Promise.resolve(); // handler calls, one at a time
   #recovering = false;
+  #renewing = false;
   #down = false;
 
   /**
-   * @param client a node-redis v4 client, used to publish; run() and register()
-   *   connect it when it is not open. If it has no 'error' listener, the
-   *   backend adds one (node-redis would otherwise crash the process on a
-   *   connection error); the backend logs connection trouble itself.
+   * @param client a node-redis v5 client from createClient, createSentinel or
+   *   createCluster, used to publish; run() and register() connect it when it
+   *   is not open. If it has no 'error' listener, the backend adds one
+   *   (node-redis would otherwise crash the process on a connection error);
+   *   the backend logs connection trouble itself.
    * @param service the service name
    * @param opts prefix (DMB_PREFIX, default "dmb"), registerTimeout (ms, default 5000), logger
    */
   constructor(client, service, { prefix = 'dmb', registerTimeout = 5000, logger = stderrLogger } = {}) {
     this.#client = client;
+    this.#mode = modeOf(client);
     this.service = service;
     this.prefix = prefix;
     this.registerTimeout = registerTimeout;
@@ -71,7 +97,7 @@ export class Backend {
     /** The bkid, null before the first registration. */
     this.bkid = null;
     if (client.listenerCount('error') === 0) {
-      client.on('error', (err) => this.log.debug?.('redis error', { err: err.message }));
+      client.on('error', (err) => this.log.debug?.('redis error', { err: err?.message ?? String(err) }));
     }
   }
 
@@ -79,20 +105,48 @@ export class Backend {
     return this.#abort.signal.aborted;
   }
 
-  async #subscriber() {
-    if (!this.#client.isOpen) {
-      // It keeps retrying by itself; register() waits until it is ready.
-      this.#client.connect().catch((err) => this.log.error('redis client gave up', { err: err.message }));
+  // connectClient opens #client unless it is open; a single client keeps
+  // retrying by itself (register() waits until it is ready), the others are
+  // awaited.
+  async #connectClient() {
+    if (this.#client.isOpen) return;
+    const connecting = this.#client.connect();
+    if (this.#mode === 'single') {
+      connecting.catch((err) => this.log.error('redis client gave up', { err: err.message }));
+      return;
     }
+    await connecting;
+  }
+
+  async #subscriber() {
+    await this.#connectClient();
     if (!this.#sub) {
-      this.#sub = this.#client.duplicate();
-      this.#sub.on('error', (err) => {
+      if (this.#mode !== 'single') {
+        this.#sub = this.#client;
+        return this.#sub;
+      }
+      const sub = this.#client.duplicate();
+      sub.on('error', (err) => {
         if (!this.#down) this.log.warn('redis connection lost; reconnecting', { err: err.message });
         this.#down = true;
       });
-      await this.#sub.connect();
+      this.#sub = sub;
+      await sub.connect();
     }
     return this.#sub;
+  }
+
+  // subscribe, unsubscribe and publish speak sharded pub/sub on a cluster.
+  #subscribe(sub, channel, listener) {
+    return this.#mode === 'cluster' ? sub.sSubscribe(channel, listener) : sub.subscribe(channel, listener);
+  }
+
+  #unsubscribe(sub, channel) {
+    return this.#mode === 'cluster' ? sub.sUnsubscribe(channel) : sub.unsubscribe(channel);
+  }
+
+  #publish(channel, payload) {
+    return this.#mode === 'cluster' ? this.#client.sPublish(channel, payload) : this.#client.publish(channel, payload);
   }
 
   /**
@@ -104,30 +158,24 @@ export class Backend {
    */
   async register() {
     const sub = await this.#subscriber();
-    if (!sub.isReady || !this.#client.isReady) throw new Error('redis not connected');
+    if (!ready(sub) || !ready(this.#client)) throw new Error('redis not connected');
     const nonce = `n-${randomBytes(12).toString('hex')}`;
     const reply = `${this.prefix}:register:${nonce}`;
     const req = { type: 'bk_connect', nonce, service: this.service };
     if (this.bkid) req.bkid = this.bkid;
     let answered;
     const answer = new Promise((resolve) => (answered = resolve));
-    let timer;
-    const timeout = new Promise((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`no answer to bk_connect within ${this.registerTimeout} ms`)), this.registerTimeout);
-    });
     const attempt = (async () => {
-      await sub.subscribe(reply, (msg) => answered(msg));
-      const receivers = await this.#client.publish(`${this.prefix}:register`, JSON.stringify(req));
+      await this.#subscribe(sub, reply, (msg) => answered(msg));
+      const receivers = await this.#publish(`${this.prefix}:register`, JSON.stringify(req));
       if (receivers === 0) throw new Error(`no DMB node listens on ${this.prefix}:register`);
       return answer;
     })();
-    attempt.catch(() => {}); // it may lose the race below
     let ans;
     try {
-      ans = JSON.parse(await Promise.race([attempt, timeout]));
+      ans = JSON.parse(await within(attempt, this.registerTimeout, 'answer to bk_connect'));
     } finally {
-      clearTimeout(timer);
-      sub.unsubscribe(reply).catch(() => {});
+      this.#unsubscribe(sub, reply).catch(() => {});
     }
     if (ans?.type === 'bk_connect_nack') throw new RegistrationRefused(ans.error ?? 'refused');
     if (ans?.type !== 'bk_connect_ack' || ans.nonce !== nonce || typeof ans.bkid !== 'string' || !ans.bkid) {
@@ -144,14 +192,21 @@ export class Backend {
 
   // registerRetrying registers until DMB answers, with backoff; it returns
   // null once stopped and rejects only with RegistrationRefused.
-  async #registerRetrying() {
+  #registerRetrying() {
+    return this.#retrying('registration', () => this.register());
+  }
+
+  // retrying calls attempt until it resolves, with backoff, logging each
+  // failure of what; it returns null once stopped and rejects only with
+  // RegistrationRefused.
+  async #retrying(what, attempt) {
     for (let backoff = 100; !this.#stopped; backoff = Math.min(backoff * 2, MAX_BACKOFF)) {
       try {
-        return await this.register();
+        return await attempt();
       } catch (err) {
         if (err instanceof RegistrationRefused) throw err;
         if (this.#stopped) break;
-        this.log.warn('registration failed; retrying', { err: err.message, retry_in_ms: backoff });
+        this.log.warn(`${what} failed; retrying`, { err: err.message, retry_in_ms: backoff });
       }
       try {
         await sleep(backoff, undefined, { signal: this.#abort.signal });
@@ -162,8 +217,12 @@ export class Backend {
     return null;
   }
 
+  #uplink(bkid) {
+    return `${this.prefix}:uplink:${bkid}`;
+  }
+
   async #listen(bkid, handler) {
-    await this.#sub.subscribe(`${this.prefix}:uplink:${bkid}`, (payload) => {
+    await this.#subscribe(this.#sub, this.#uplink(bkid), (payload) => {
       let ev;
       try {
         ev = JSON.parse(payload);
@@ -175,6 +234,51 @@ export class Backend {
         .then(() => handler(ev))
         .catch((err) => this.log.error('handler failed', { type: ev?.type, err: err?.stack ?? String(err) }));
     });
+  }
+
+  // afterFailure registers again whenever the subscriber is back after a
+  // Redis failure, and returns what stops that. node-redis resubscribes
+  // by itself before it says it is back: on the same server ('ready'), or
+  // on the new master behind Sentinel ('topology-change'). On a cluster, a
+  // failing node starts a renewal of the cluster's connections.
+  #afterFailure(handler) {
+    const [emitter, event, on] = {
+      single: [this.#sub, 'ready', () => this.#back(handler)],
+      sentinel: [this.#client, 'topology-change', (ev) => ev?.type === 'MASTER_CHANGE' && this.#back(handler)],
+      cluster: [this.#client, 'node-error', (err, node) => this.#renew(handler, err, node)],
+    }[this.#mode];
+    emitter.on(event, on);
+    return () => emitter.off(event, on);
+  }
+
+  #back(handler) {
+    this.#down = false;
+    this.log.info('redis connection back; registering again', { bkid: this.bkid });
+    this.#recover(handler);
+  }
+
+  // renew replaces the cluster's connections with fresh ones, which read the
+  // slots again, until the uplink is subscribed again, then registers again.
+  // node-redis learns that a slot moved from MOVED answers, which a master
+  // that died never sends: it would otherwise keep dialling it after its
+  // replica took over. Commands pending on the old connections fail.
+  async #renew(handler, err, node) {
+    if (this.#renewing || this.#stopped) return;
+    this.#renewing = true;
+    this.log.warn('redis cluster node failed; renewing the cluster connections', {
+      node: `${node?.host}:${node?.port}`, err: err?.message ?? String(err),
+    });
+    try {
+      const renewed = await this.#retrying('renewing the cluster connections', async () => {
+        await this.#client.destroy();
+        await within(this.#client.connect(), this.registerTimeout, 'connection to the cluster');
+        await within(this.#listen(this.bkid, handler), this.registerTimeout, 'uplink subscription');
+        return true;
+      });
+      if (renewed) this.#back(handler);
+    } finally {
+      this.#renewing = false;
+    }
   }
 
   /**
@@ -191,27 +295,24 @@ export class Backend {
       await Promise.race([connected, stopped]);
       if (this.#stopped) return;
       if (!this.bkid && !(await this.#registerRetrying())) return;
-      // node-redis resubscribes before 'ready': from there, make sure DMB
-      // still knows us.
-      const sub = this.#sub;
-      const onReady = () => {
-        this.#down = false;
-        this.log.info('redis connection back; registering again', { bkid: this.bkid });
-        this.#recover(handler);
-      };
-      sub.on('ready', onReady);
+      // From here, make sure DMB still knows us after each reconnect.
+      const off = this.#afterFailure(handler);
       try {
         const listening = this.#listen(this.bkid, handler);
         listening.catch(() => {}); // it may lose the race
         await Promise.race([listening, stopped]);
         await stopped;
       } finally {
-        sub.off('ready', onReady);
+        off();
       }
     } finally {
       const sub = this.#sub;
       this.#sub = null;
-      if (sub?.isOpen) await sub.disconnect();
+      if (sub === this.#client) {
+        if (this.bkid) await this.#unsubscribe(sub, this.#uplink(this.bkid)).catch(() => {});
+      } else if (sub?.isOpen) {
+        await sub.destroy();
+      }
     }
   }
 
@@ -225,7 +326,7 @@ export class Backend {
         if (!got || got === old || !this.#sub) return;
         // A new bkid: listen on it, drop the old one, make sure DMB keeps it.
         await this.#listen(got, handler);
-        await this.#sub.unsubscribe(`${this.prefix}:uplink:${old}`);
+        await this.#unsubscribe(this.#sub, this.#uplink(old));
       }
     } catch (err) {
       this.log.error('registering again after a reconnect failed', { err: err.message });
@@ -242,7 +343,7 @@ export class Backend {
   /** Publish a downlink command as is; add `id` to get bk_message_ack events. */
   async publish(command) {
     if (!this.bkid) throw new Error('not registered');
-    await this.#client.publish(`${this.prefix}:${this.bkid}`, JSON.stringify(command));
+    await this.#publish(`${this.prefix}:${this.bkid}`, JSON.stringify(command));
   }
 
   /** Send data to every client of the service, on every node. */
@@ -274,9 +375,23 @@ export class Backend {
    */
   async leave() {
     if (!this.bkid) return true;
-    if (!this.#client.isReady) return false;
-    await this.#client.publish(`${this.prefix}:register`, JSON.stringify({ type: 'bk_disconnect', bkid: this.bkid }));
+    if (!ready(this.#client)) return false;
+    await this.#publish(`${this.prefix}:register`, JSON.stringify({ type: 'bk_disconnect', bkid: this.bkid }));
     return true;
+  }
+}
+
+// within resolves as promise does, or rejects once ms have passed.
+async function within(promise, ms, what) {
+  promise.catch(() => {}); // it may lose the race
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no ${what} within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 
