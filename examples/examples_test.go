@@ -100,13 +100,9 @@ func TestEchoSurvivesARedisRestart(t *testing.T) {
 			ex.check(t)
 			rs := redistest.Start(t)
 			n := startNode(t, rs, nil)
-			startExample(t, ex.echo, rs)
+			startExample(t, ex.echo, singleEnv(rs))
 
-			c := dialAccepted(t, n, "echo", "")
-			if !c.roundTrip(7) {
-				t.Fatalf("message 7: backend unavailable")
-			}
-			c.close()
+			echoOnce(t, n)
 
 			rs.Kill()
 			eventually(t, "the node to notice Redis is gone", func() bool { return !n.Ready(context.Background()) })
@@ -116,18 +112,7 @@ func TestEchoSurvivesARedisRestart(t *testing.T) {
 			// be from before the restart: it may then accept a client for
 			// the old bkid and answer "backend unavailable". A client
 			// retries, as it would after 4503.
-			deadline := time.Now().Add(wait)
-			for id := 8; ; id++ {
-				c = dialAccepted(t, n, "echo", "")
-				if c.roundTrip(id) {
-					break
-				}
-				c.close()
-				t.Logf("%s: message %d: backend unavailable; connecting again", ex.name, id)
-				if time.Now().After(deadline) {
-					t.Fatalf("%s: no echo within %v of the Redis restart", ex.name, wait)
-				}
-			}
+			echoAgain(t, n, 8, "the Redis restart")
 			t.Logf("%s: echo again %v after redis-server was started again", ex.name, time.Since(start).Round(time.Millisecond))
 		})
 	}
@@ -166,7 +151,7 @@ func TestMintedTokenIsAccepted(t *testing.T) {
 			if _, err := ps.Receive(ctx); err != nil {
 				t.Fatalf("psubscribe: %v", err)
 			}
-			startExample(t, ex.echo, rs)
+			startExample(t, ex.echo, singleEnv(rs))
 
 			c := dialAccepted(t, n, "echo", forEcho)
 			for {
@@ -212,15 +197,20 @@ func startNode(t *testing.T, rs *redistest.Server, mutate func(*config.Config)) 
 
 var eventually = nodetest.Eventually
 
-// startExample runs argv, an example backend, on rs in its own process
-// group. When the test ends it sends SIGTERM and expects a clean exit
-// (status 0); its output is shown when the test failed.
-func startExample(t *testing.T, argv []string, rs *redistest.Server) {
+// singleEnv is the environment that points an example at one Redis.
+func singleEnv(rs *redistest.Server) []string {
+	return []string{"REDIS_HOST=127.0.0.1", fmt.Sprintf("REDIS_PORT=%d", rs.Port())}
+}
+
+// startExample runs argv, an example backend, with the Redis environment
+// redisEnv in its own process group. When the test ends it sends SIGTERM
+// and expects a clean exit (status 0); its output is shown when the test
+// failed.
+func startExample(t *testing.T, argv []string, redisEnv []string) {
 	t.Helper()
 	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = append(os.Environ(),
-		"REDIS_HOST=127.0.0.1", fmt.Sprintf("REDIS_PORT=%d", rs.Port()),
-		"DMB_PREFIX=dmb", "DMB_SERVICE=echo", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1")
+	cmd.Env = append(os.Environ(), "DMB_PREFIX=dmb", "DMB_SERVICE=echo", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1")
+	cmd.Env = append(cmd.Env, redisEnv...)
 	out := &nodetest.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -355,22 +345,33 @@ func (c *client) roundTrip(id int) bool {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
+	ok, err := c.exchange(ctx, id)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return ok
+}
+
+// exchange is roundTrip within ctx; it returns the error of a read that
+// failed (ctx ended first) instead of failing the test.
+func (c *client) exchange(ctx context.Context, id int) (bool, error) {
+	c.t.Helper()
 	msg := fmt.Sprintf(`{"event":"dmb:message","data":{"x":1},"id":%d}`, id)
 	if err := c.conn.Write(ctx, websocket.MessageText, []byte(msg)); err != nil {
-		c.t.Fatalf("write: %v", err)
+		return false, fmt.Errorf("write message %d: %w", id, err)
 	}
 	wantID := fmt.Sprint(id)
 	var acked, replied, broadcast bool
 	for !acked || !replied || !broadcast {
 		f, err := c.read(ctx)
 		if err != nil {
-			c.t.Fatalf("waiting for the answers to message %d (ack %v, direct %v, broadcast %v): %v",
+			return false, fmt.Errorf("waiting for the answers to message %d (ack %v, direct %v, broadcast %v): %w",
 				id, acked, replied, broadcast, err)
 		}
 		switch f.Event {
 		case "dmb:error":
-			if string(f.ID) == wantID && f.Error == "backend unavailable" && !replied {
-				return false
+			if string(f.ID) == wantID && !replied && (f.Error == "backend unavailable" || f.Error == "broker unavailable") {
+				return false, nil
 			}
 			c.t.Fatalf("unexpected error frame %+v", f)
 		case "dmb:ack":
@@ -396,7 +397,7 @@ func (c *client) roundTrip(id int) bool {
 			c.t.Fatalf("unexpected frame %+v", f)
 		}
 	}
-	return true
+	return true, nil
 }
 
 // sameJSON reports whether got and want encode the same value.
@@ -406,4 +407,100 @@ func sameJSON(got json.RawMessage, want string) bool {
 		return false
 	}
 	return reflect.DeepEqual(g, w)
+}
+
+// echoOnce connects a client once the example has registered and checks
+// that its message gets ack, echo and broadcast.
+func echoOnce(t *testing.T, n *node.Node) {
+	t.Helper()
+	c := dialAccepted(t, n, "echo", "")
+	if !c.roundTrip(7) {
+		t.Fatalf("message 7: backend unavailable")
+	}
+	c.close()
+}
+
+// echoAgain connects new clients and sends them a message each, from id
+// on, until one gets its ack, echo and broadcast, within wait of what
+// (an outage) ending. Until Redis and the example have healed, a message
+// may get "backend unavailable" or "broker unavailable", or no echo (the
+// example's publish was lost with the failed master): the client then
+// tries again, as a real one would.
+func echoAgain(t *testing.T, n *node.Node, id int, what string) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for ; ; id++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("no echo within %v of %s", wait, what)
+		}
+		c := dialAccepted(t, n, "echo", "")
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ok, err := c.exchange(ctx, id)
+		cancel()
+		c.close()
+		if ok {
+			return
+		}
+		if err == nil {
+			err = errors.New("backend or broker unavailable")
+		}
+		t.Logf("message %d: %v; connecting again", id, err)
+	}
+}
+
+// TestEchoFollowsAClusterFailover runs each echo example on a Redis
+// Cluster (REDIS_CLUSTER_ADDRS), checks its answers, then fails the master
+// that serves its uplink channel and checks it recovers by itself.
+func TestEchoFollowsAClusterFailover(t *testing.T) {
+	for _, ex := range examples(t) {
+		t.Run(ex.name, func(t *testing.T) {
+			t.Parallel()
+			ex.check(t)
+			rc := redistest.StartCluster(t, 3, 1)
+			n := startNode(t, nil, func(c *config.Config) { c.RedisClusterAddrs = rc.Addrs() })
+			startExample(t, ex.echo, []string{"REDIS_CLUSTER_ADDRS=" + strings.Join(rc.Addrs(), ",")})
+
+			echoOnce(t, n)
+
+			ctx, cancel := context.WithTimeout(context.Background(), wait)
+			defer cancel()
+			bkids, err := rc.Client().SMembers(ctx, "{dmb}:service:echo").Result()
+			if err != nil || len(bkids) != 1 {
+				t.Fatalf("the backends of echo: %v, %v; want one", bkids, err)
+			}
+			start := time.Now()
+			old := rc.FailMaster("dmb:uplink:" + bkids[0])
+			t.Logf("%s: %s, master of dmb:uplink:%s, replaced in %v", ex.name, old, bkids[0], time.Since(start).Round(time.Millisecond))
+			echoAgain(t, n, 8, "the failover")
+			t.Logf("%s: echo again %v after the master was killed", ex.name, time.Since(start).Round(time.Millisecond))
+		})
+	}
+}
+
+// TestEchoFollowsASentinelFailover runs each echo example behind Sentinel
+// (REDIS_SENTINEL_ADDRS, REDIS_SENTINEL_MASTER), checks its answers, then
+// kills the master and checks it follows the promoted replica by itself.
+func TestEchoFollowsASentinelFailover(t *testing.T) {
+	for _, ex := range examples(t) {
+		t.Run(ex.name, func(t *testing.T) {
+			t.Parallel()
+			ex.check(t)
+			st := redistest.StartSentinel(t)
+			n := startNode(t, nil, func(c *config.Config) {
+				c.RedisSentinelAddrs, c.RedisSentinelMaster = st.Addrs(), st.Name
+			})
+			startExample(t, ex.echo, []string{
+				"REDIS_SENTINEL_ADDRS=" + strings.Join(st.Addrs(), ","), "REDIS_SENTINEL_MASTER=" + st.Name,
+			})
+
+			echoOnce(t, n)
+
+			start := time.Now()
+			st.Master.Kill()
+			st.WaitPromoted()
+			t.Logf("%s: replica promoted %v after the master was killed", ex.name, time.Since(start).Round(time.Millisecond))
+			echoAgain(t, n, 8, "the failover")
+			t.Logf("%s: echo again %v after the master was killed", ex.name, time.Since(start).Round(time.Millisecond))
+		})
+	}
 }
