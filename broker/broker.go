@@ -4,10 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"iter"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/netip"
+	"runtime"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -66,6 +71,9 @@ type Broker struct {
 	cancel context.CancelFunc
 
 	sessions sync.WaitGroup
+
+	// fanoutEnd is when the last fan-out ended (UnixNano); see fanout.
+	fanoutEnd atomic.Int64
 
 	mu        sync.RWMutex // guards the fields below
 	closing   bool
@@ -176,16 +184,18 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 }
 
-// add indexes a new client; false when the broker is shutting down. The
-// client's first frame, dmb:connected, is queued before it becomes
-// reachable by fan-out.
+// add indexes a new client and queues its first frame, dmb:connected;
+// false when the broker is shutting down. The frame is queued under b.mu,
+// which fan-out holds for reading, so no other frame can come before it,
+// and a client that reads dmb:connected is already reachable.
 func (b *Broker) add(c *client) bool {
-	c.q.push(protocol.AppendConnected(nil, c.cid, c.service))
+	connected := protocol.AppendConnected(nil, c.cid, c.service)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closing {
 		return false
 	}
+	c.q.push(connected)
 	b.sessions.Add(1)
 	b.byCID[c.cid] = c
 	set := b.byService[c.service]
@@ -231,18 +241,84 @@ func (b *Broker) remove(c *client) {
 func (b *Broker) Broadcast(service string, frame []byte) int {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
-	n := fanout(b.byService[service], frame)
+	n := b.fanout(b.byService[service], frame)
 	b.m.MessagesOut.WithLabelValues(metrics.KindBroadcast).Add(float64(n))
 	b.m.Deliveries.Add(float64(n))
 	return n
 }
 
-// fanout queues the same frame to every client of set; the caller holds
+// fanoutIdle is how long the fan-out must have been idle for the next one
+// to write to sockets itself.
+const fanoutIdle = time.Millisecond
+
+// fanout delivers the same frame to every client of set; the caller holds
 // b.mu for reading. It never waits on a client.
-func fanout(set map[*client]struct{}, frame []byte) int {
-	n := 0
+//
+// When the fan-out has been idle, it writes the frame to each client whose
+// queue is empty and that has no writer, framed once for all of them (see
+// client.sendFramed): one system call per client, no goroutine woken. A
+// large set is then split over GOMAXPROCS goroutines, since one alone
+// would spend a core on the system calls; fanout returns once every client
+// has its frame written or queued, so the next broadcast cannot overtake.
+//
+// When a fan-out follows the last one at once, the broadcasts are coming
+// faster than the fan-out writes them: it only queues, which is quick, and
+// the clients' writers send what piles up in one write each, so the cost
+// per frame falls as the load grows.
+func (b *Broker) fanout(set map[*client]struct{}, frame []byte) int {
+	if len(set) == 0 {
+		return 0
+	}
+	defer func() { b.fanoutEnd.Store(time.Now().UnixNano()) }()
+	if time.Since(time.Unix(0, b.fanoutEnd.Load())) < fanoutIdle {
+		n := 0
+		for c := range set {
+			if c.send(frame) {
+				n++
+			}
+		}
+		return n
+	}
+	framed := appendTextFrame(make([]byte, 0, textFrameSize(frame)), frame)
+	parts := runtime.GOMAXPROCS(0)
+	if parts < 2 || len(set) < 2*fanoutPart {
+		return sendAll(maps.Keys(set), frame, framed)
+	}
+	cs := fanoutLists.Get().(*[]*client)
+	list := (*cs)[:0]
 	for c := range set {
-		if c.send(frame) {
+		list = append(list, c)
+	}
+	var (
+		wg sync.WaitGroup
+		n  atomic.Int64
+	)
+	size := (len(list) + parts - 1) / parts
+	for part := range slices.Chunk(list, size) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n.Add(int64(sendAll(slices.Values(part), frame, framed)))
+		}()
+	}
+	wg.Wait()
+	clear(list)
+	*cs = list[:0]
+	fanoutLists.Put(cs)
+	return int(n.Load())
+}
+
+// fanoutPart is the fewest clients worth a goroutine of their own.
+const fanoutPart = 256
+
+// fanoutLists lends fanout the lists it splits a set into.
+var fanoutLists = sync.Pool{New: func() any { return new([]*client) }}
+
+// sendAll delivers frame to each client of clients.
+func sendAll(clients iter.Seq[*client], frame, framed []byte) int {
+	n := 0
+	for c := range clients {
+		if c.sendFramed(frame, framed) {
 			n++
 		}
 	}
@@ -266,7 +342,7 @@ func (b *Broker) Direct(service, cid string, frame []byte) int {
 func (b *Broker) DirectUser(service, user string, frame []byte) int {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
-	n := fanout(b.byUser[userKey{service, user}], frame)
+	n := b.fanout(b.byUser[userKey{service, user}], frame)
 	b.m.MessagesOut.WithLabelValues(metrics.KindDirect).Add(float64(n))
 	b.m.Deliveries.Add(float64(n))
 	return n

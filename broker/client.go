@@ -30,6 +30,7 @@ type client struct {
 
 	conn    *websocket.Conn
 	wire    *corkConn // nil when the connection did not come through Listen
+	framed  bool      // the broker frames data frames itself (wire.framed)
 	q       *sendQueue
 	writers sync.WaitGroup // the running writer, if any
 
@@ -53,6 +54,7 @@ func newClient(b *Broker, conn *websocket.Conn, wire *corkConn, service, remote,
 		user:    user,
 		conn:    conn,
 		wire:    wire,
+		framed:  wire != nil && wire.isFramed(),
 
 		forwarding: true,
 	}
@@ -113,6 +115,27 @@ func (c *client) send(frame []byte) bool {
 		c.log(slog.LevelInfo, "slow consumer: closing")
 	}
 	return false
+}
+
+// sendFramed is send for a frame shared by many clients, given both as
+// payload and as the text frame built once from it (appendTextFrame). A
+// client of a plain connection whose queue is empty and that has no writer
+// gets the frame written to its socket at once, if the socket takes it
+// without waiting; otherwise the payload is queued as by send.
+func (c *client) sendFramed(payload, frame []byte) bool {
+	if !c.framed || !c.q.claim() {
+		return c.send(payload)
+	}
+	switch c.wire.tryWrite(frame) {
+	case wroteAll:
+		c.q.release(false)
+		return true
+	case wrotePart:
+		c.q.release(true) // the writer sends the tail first
+		return true
+	}
+	c.q.release(false)
+	return c.send(payload)
 }
 
 // run serves the session until it ends, then tells the backend.
@@ -227,6 +250,13 @@ func (c *client) startWriter() {
 // writeLoop writes queued frames until the queue is empty, the connection
 // fails, or DMB closes it.
 func (c *client) writeLoop() {
+	if c.framed {
+		// What a direct write left of its frame goes first.
+		if err := c.wire.flushTail(); err != nil {
+			c.writeFailed(err)
+			return
+		}
+	}
 	for {
 		frames, req, done := c.q.take()
 		if done {
@@ -235,9 +265,7 @@ func (c *client) writeLoop() {
 		if len(frames) > 0 {
 			c.b.m.WriteBatch.Observe(float64(len(frames)))
 			if err := c.write(frames); err != nil {
-				c.log(slog.LevelDebug, "write failed", "err", err)
-				c.q.stop()
-				_ = c.conn.CloseNow()
+				c.writeFailed(err)
 				return
 			}
 			c.q.recycle(frames)
@@ -254,9 +282,20 @@ func (c *client) writeLoop() {
 	}
 }
 
+// writeFailed ends the session's writes after a failed one: the reader
+// then finds the connection closed.
+func (c *client) writeFailed(err error) {
+	c.log(slog.LevelDebug, "write failed", "err", err)
+	c.q.stop()
+	_ = c.conn.CloseNow()
+}
+
 // write sends a batch of frames, in one socket write when the connection is
 // corkable.
 func (c *client) write(frames [][]byte) error {
+	if c.framed {
+		return c.wire.writeFrames(frames)
+	}
 	if c.wire == nil {
 		ctx, cancel := context.WithTimeout(c.b.ctx, c.b.cfg.WriteTimeout)
 		defer cancel()

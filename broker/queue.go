@@ -101,6 +101,34 @@ func (q *sendQueue) startLocked() {
 	q.start()
 }
 
+// claim makes the caller the client's writer for one write, if the queue is
+// empty, not closing and no writer runs: it then writes without a
+// goroutine, and must call release afterwards. Pushes and closes meanwhile
+// find a writer running and only queue.
+func (q *sendQueue) claim() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.writer != writerIdle || q.closing != nil || len(q.frames) > 0 {
+		return false
+	}
+	q.writer = writerRunning
+	return true
+}
+
+// release ends what claim began. A writer starts if the caller left
+// something unsent (more), or if frames or a close came meanwhile.
+func (q *sendQueue) release(more bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.writer != writerRunning {
+		return // stopped meanwhile: the session is over
+	}
+	q.writer = writerIdle
+	if more || q.closing != nil || len(q.frames) > 0 {
+		q.startLocked()
+	}
+}
+
 // len returns how many frames are waiting.
 func (q *sendQueue) len() int {
 	q.mu.Lock()

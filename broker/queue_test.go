@@ -180,3 +180,108 @@ func TestQueueReusesSmallBatchesAndDropsLargeOnes(t *testing.T) {
 		t.Fatalf("kept a batch of capacity %d while idle", cap(q.spare))
 	}
 }
+
+// TestDirectWritesAndWritersKeepOrderWithOneAtATime mixes the fan-out's
+// direct writes (claim, write, release) with pushes to writers started on
+// demand. Some direct writes leave a tail that the next writer must send
+// first. Each pusher's frames must be written in order, none lost, and a
+// direct write and a writer must never write at once.
+func TestDirectWritesAndWritersKeepOrderWithOneAtATime(t *testing.T) {
+	const pushers, perPusher = 8, 5000
+	var (
+		writers sync.WaitGroup
+		running atomic.Int32
+		next    [pushers]uint32 // written by one writer at a time
+		total   atomic.Int64
+		tail    []byte // left by a direct write, sent first by the next writer
+		q       *sendQueue
+	)
+	write := func(f []byte) {
+		p, seq := f[0], binary.BigEndian.Uint32(f[1:])
+		if seq != next[p] {
+			t.Errorf("pusher %d: frame %d written after %d", p, seq, next[p]-1)
+		}
+		next[p] = seq + 1
+		total.Add(1)
+	}
+	exclusive := func() func() {
+		if running.Add(1) != 1 {
+			t.Error("two writers write at once")
+		}
+		return func() { running.Add(-1) }
+	}
+	q = newSendQueue(pushers*perPusher, func() {
+		writers.Add(1)
+		go func() {
+			defer writers.Done()
+			defer exclusive()()
+			if tail != nil {
+				write(tail)
+				tail = nil
+			}
+			for {
+				frames, _, done := q.take()
+				if done {
+					return
+				}
+				for _, f := range frames {
+					write(f)
+				}
+				q.recycle(frames)
+			}
+		}()
+	})
+	var pushing sync.WaitGroup
+	for p := range pushers {
+		pushing.Add(1)
+		go func() {
+			defer pushing.Done()
+			for i := range perPusher {
+				f := make([]byte, 5)
+				f[0] = byte(p)
+				binary.BigEndian.PutUint32(f[1:], uint32(i))
+				if q.claim() {
+					done := exclusive()
+					partial := i%7 == 0 // the socket took part of the frame
+					if partial {
+						tail = f
+					} else {
+						write(f)
+					}
+					done()
+					q.release(partial)
+					continue
+				}
+				if r := q.push(f); r != pushed {
+					t.Errorf("push = %v", r)
+					return
+				}
+			}
+		}()
+	}
+	pushing.Wait()
+	writers.Wait()
+	if n := total.Load(); n != pushers*perPusher {
+		t.Fatalf("%d frames written, want %d", n, pushers*perPusher)
+	}
+	if q.len() != 0 || tail != nil {
+		t.Fatalf("%d frames and a tail of %d bytes left with no writer", q.len(), len(tail))
+	}
+}
+
+func TestNoDirectWriteWhileClosingOrAfterStop(t *testing.T) {
+	q := newSendQueue(10, func() {})
+	q.close(closeReq{code: 4009, flush: true})
+	if q.claim() {
+		t.Fatal("claimed a closing queue")
+	}
+	q = newSendQueue(10, func() {})
+	if !q.claim() {
+		t.Fatal("an idle queue was not claimed")
+	}
+	q.stop()
+	q.release(true)
+	if q.writer != writerStopped {
+		t.Fatal("release restarted a stopped queue")
+	}
+}

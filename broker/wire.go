@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -24,6 +25,12 @@ import (
 // held across the socket write on purpose: it keeps the bytes in the order
 // they were produced, which TLS records (numbered in sequence) require.
 //
+// On a plain connection (framed) the broker writes data frames itself:
+// the writer frames a batch with writeFrames, and the fan-out writes a
+// broadcast's frame with tryWrite when the socket takes it at once. The
+// library then writes only its control frames, each whole, through Write;
+// all three take mu, so frames never interleave.
+//
 // Reads hold a buffer only while it has unread bytes, see Read.
 type corkConn struct {
 	net.Conn
@@ -32,6 +39,20 @@ type corkConn struct {
 	corked  bool
 	buf     []byte
 	timeout time.Duration // bounds every socket write; 0 until a session sets it
+
+	// framed is set when the WebSocket library runs on this connection
+	// itself (no TLS between): the broker then frames the data frames and
+	// the library writes only its control frames (see appendTextFrame).
+	framed bool
+	// wraw is the socket, for writes that must not wait (tryWrite); nil
+	// when the connection has no file descriptor.
+	wraw syscall.RawConn
+	// tail is what a write that could not wait left of its frame: it goes
+	// before anything else written to the socket.
+	tail []byte
+	// closeSent is set once the library wrote a close frame: no data
+	// frame may follow it.
+	closeSent bool
 
 	// rmu orders the reads of the session (awaitInput, then the library's)
 	// against those of the library's close handshake, which the writer
@@ -66,9 +87,121 @@ func (c *corkConn) Write(p []byte) (int, error) {
 			c.buf = (*batchBuffers.Get().(*[]byte))[:0]
 		}
 		c.buf = append(c.buf, p...)
+		c.closeSent = c.closeSent || c.framed && isCloseFrame(p)
 		return len(p), nil
 	}
-	return c.writeLocked(p)
+	if err := c.flushTailLocked(); err != nil {
+		return 0, err
+	}
+	n, err := c.writeLocked(p)
+	c.closeSent = c.closeSent || c.framed && isCloseFrame(p)
+	return n, err
+}
+
+// writeFrames sends what the batch holds (the 101 response of a new
+// connection), the tail of a frame that a direct write left, and frames,
+// each framed as a text frame, in one socket write (per corkFlushAt bytes)
+// within the write timeout, and uncorks. Only for a framed connection.
+func (c *corkConn) writeFrames(frames [][]byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.corked = false
+	if c.closeSent {
+		return fmt.Errorf("write %d frames: %w", len(frames), net.ErrClosed)
+	}
+	buf := c.buf
+	if buf == nil {
+		buf = (*batchBuffers.Get().(*[]byte))[:0]
+	}
+	c.buf = nil
+	buf = append(buf, c.tail...)
+	c.tail = nil
+	var err error
+	for _, f := range frames {
+		buf = appendTextFrame(buf, f)
+		if len(buf) >= corkFlushAt {
+			if _, err = c.writeLocked(buf); err != nil {
+				break
+			}
+			buf = buf[:0]
+		}
+	}
+	if err == nil && len(buf) > 0 {
+		_, err = c.writeLocked(buf)
+	}
+	if cap(buf) <= 2*corkFlushAt {
+		b := buf[:0]
+		batchBuffers.Put(&b)
+	}
+	if err != nil {
+		return fmt.Errorf("write %d frames: %w", len(frames), err)
+	}
+	return nil
+}
+
+// writeOutcome says how much of a frame tryWrite sent.
+type writeOutcome uint8
+
+const (
+	wroteNone writeOutcome = iota // nothing: queue the frame
+	wrotePart                     // the rest is the tail, which a writer must send
+	wroteAll
+)
+
+// tryWrite writes frame, already framed, to the socket if it can do so
+// without waiting: no batch or tail is pending, no close frame went out,
+// and the socket takes the bytes now. It is the fan-out's way to deliver to
+// a client whose queue is empty and that has no writer running, which is
+// every client most of the time at a few broadcasts a second: one system
+// call, no goroutine to wake, no timer for a deadline (a write that does
+// not wait needs none). frame is shared by every client of a broadcast and
+// never changed, so the tail may point into it.
+func (c *corkConn) tryWrite(frame []byte) writeOutcome {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.wraw == nil || c.corked || len(c.tail) > 0 || c.closeSent {
+		return wroteNone
+	}
+	var (
+		n    int
+		werr error
+	)
+	err := c.wraw.Write(func(fd uintptr) bool {
+		for {
+			n, werr = syscall.Write(int(fd), frame)
+			if werr != syscall.EINTR {
+				return true // never wait for the socket
+			}
+		}
+	})
+	switch {
+	case err != nil || werr != nil || n <= 0:
+		// Full (EAGAIN) or failed: the writer tries again, and reports
+		// the failure if it persists.
+		return wroteNone
+	case n < len(frame):
+		c.tail = frame[n:]
+		return wrotePart
+	}
+	return wroteAll
+}
+
+// flushTail sends the tail that a direct write left, if any.
+func (c *corkConn) flushTail() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.flushTailLocked()
+}
+
+func (c *corkConn) flushTailLocked() error {
+	if len(c.tail) == 0 {
+		return nil
+	}
+	if _, err := c.writeLocked(c.tail); err != nil {
+		return fmt.Errorf("write the rest of a frame: %w", err)
+	}
+	c.tail = nil
+	return nil
 }
 
 // writeLocked writes to the socket within the write timeout, so that no
@@ -80,6 +213,13 @@ func (c *corkConn) writeLocked(p []byte) (int, error) {
 		defer c.Conn.SetWriteDeadline(time.Time{})
 	}
 	return c.Conn.Write(p)
+}
+
+// isFramed tells whether the broker frames this connection's data frames.
+func (c *corkConn) isFramed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.framed
 }
 
 // setTimeout sets the bound of every socket write.
@@ -242,8 +382,8 @@ func (c *corkConn) rawReady() bool {
 //     into the message. The bytes behind them come from corkConn.Read,
 //     which holds a buffer only while the socket has data.
 //   - The writer holds a whole control frame (2 + 125 bytes), so that a
-//     pong or a close frame leaves in one write. Data frames are written
-//     while the connection is corked, where the batch gathers them.
+//     pong or a close frame leaves in one write. Data frames do not go
+//     through the library at all (corkConn.framed).
 //
 // Under TLS the hijacked connection is the TLS one, which buffers on its
 // own: the library's buffers are left as they are.
@@ -272,6 +412,12 @@ func (w leanWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	w.conn.brMu.Lock()
 	w.conn.br = r
 	w.conn.brMu.Unlock()
+	w.conn.mu.Lock()
+	w.conn.framed = true
+	if sc, ok := w.conn.Conn.(syscall.Conn); ok {
+		w.conn.wraw, _ = sc.SyscallConn()
+	}
+	w.conn.mu.Unlock()
 	return conn, bufio.NewReadWriter(r, bufio.NewWriterSize(conn, leanWriteBuffer)), nil
 }
 

@@ -1,0 +1,173 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// dialBroker connects a WebSocket client to a broker served over loopback
+// and reads its dmb:connected.
+func dialBroker(t *testing.T, ctx context.Context, brk *Broker) *websocket.Conn {
+	t.Helper()
+	srv, addr := serveBroker(t, brk)
+	t.Cleanup(func() { _ = srv.Close(); _ = brk.Shutdown(context.Background()) })
+	c, _, err := websocket.Dial(ctx, "ws://"+addr+"/ws/chat", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.CloseNow() })
+	if _, _, err := c.Read(ctx); err != nil { // dmb:connected
+		t.Fatal(err)
+	}
+	waitFor(t, ctx, func() bool { return brk.Clients() == 1 })
+	return c
+}
+
+// waitFor polls cond until it holds or ctx ends.
+func waitFor(t *testing.T, ctx context.Context, cond func() bool) {
+	t.Helper()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatal("condition not met before the deadline")
+		case <-tick.C:
+		}
+	}
+}
+
+func TestTextFramesOfEveryLengthFormAreReadByTheLibrary(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	brk := newTestBroker(t)
+	c := dialBroker(t, ctx, brk)
+	c.SetReadLimit(1 << 20)
+	// 7-bit, 16-bit and 64-bit length forms, and their edges.
+	for _, n := range []int{0, 1, 125, 126, 127, 65535, 65536, 200000} {
+		payload := bytes.Repeat([]byte{'a' + byte(n%26)}, n)
+		if got := brk.Broadcast("chat", payload); got != 1 {
+			t.Fatalf("length %d: broadcast reached %d clients", n, got)
+		}
+		typ, data, err := c.Read(ctx)
+		if err != nil {
+			t.Fatalf("length %d: %v", n, err)
+		}
+		if typ != websocket.MessageText || !bytes.Equal(data, payload) {
+			t.Fatalf("length %d: read %v of %d bytes", n, typ, len(data))
+		}
+		if want := textFrameSize(payload); len(appendTextFrame(nil, payload)) != want {
+			t.Fatalf("length %d: textFrameSize %d", n, want)
+		}
+	}
+}
+
+// TestDirectWritesThatDoNotFitKeepFramesWholeAndInOrder fills a client's
+// socket while the client does not read, so that the fan-out's direct writes
+// stop part way through frames and the rest goes through the writer, while
+// the client pings (pongs are written by the library on the reading side).
+// Every frame must arrive whole and in order.
+func TestDirectWritesThatDoNotFitKeepFramesWholeAndInOrder(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	brk := newTestBroker(t)
+	c := dialBroker(t, ctx, brk)
+	c.SetReadLimit(1 << 20)
+
+	const frames = 200
+	pad := strings.Repeat("x", 30000)
+	for i := range frames {
+		payload := fmt.Appendf(nil, `{"seq":%d,"pad":"%s"}`, i, pad)
+		if got := brk.Broadcast("chat", payload); got != 1 {
+			t.Fatalf("frame %d reached %d clients", i, got)
+		}
+	}
+	pinged := make(chan error, 1)
+	go func() {
+		for range 5 {
+			if err := c.Ping(ctx); err != nil {
+				pinged <- err
+				return
+			}
+		}
+		pinged <- nil
+	}()
+	for i := range frames {
+		_, data, err := c.Read(ctx)
+		if err != nil {
+			t.Fatalf("frame %d: %v", i, err)
+		}
+		if want := fmt.Sprintf(`{"seq":%d,"pad":"%s"}`, i, pad); string(data) != want {
+			t.Fatalf("frame %d: got %.40q", i, data)
+		}
+	}
+	// The pings are answered once the client reads: read on until they are.
+	readCtx, stopReading := context.WithCancel(ctx)
+	go func() {
+		for {
+			if _, _, err := c.Read(readCtx); err != nil {
+				return
+			}
+		}
+	}()
+	err := <-pinged
+	stopReading()
+	if err != nil {
+		t.Fatalf("ping: %v", err)
+	}
+}
+
+func TestAKickIsSentAfterTheBroadcastsBeforeIt(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	brk := newTestBroker(t)
+	c := dialBroker(t, ctx, brk)
+	var cid string
+	brk.mu.RLock()
+	for id := range brk.byCID {
+		cid = id
+	}
+	brk.mu.RUnlock()
+	for i := range 3 {
+		brk.Broadcast("chat", fmt.Appendf(nil, `{"n":%d}`, i))
+	}
+	if brk.Kick("chat", cid, "bye") != 1 {
+		t.Fatal("kick did not reach the client")
+	}
+	for i := range 3 {
+		_, data, err := c.Read(ctx)
+		if err != nil {
+			t.Fatalf("frame %d: %v", i, err)
+		}
+		if want := fmt.Sprintf(`{"n":%d}`, i); string(data) != want {
+			t.Fatalf("frame %d = %s, want %s", i, data, want)
+		}
+	}
+	_, _, err := c.Read(ctx)
+	if websocket.CloseStatus(err) != 4009 {
+		t.Fatalf("read after the frames: %v, want close 4009", err)
+	}
+}
+
+func TestNoDataFrameFollowsTheCloseFrame(t *testing.T) {
+	a, b := net.Pipe()
+	defer b.Close()
+	cc := &corkConn{Conn: a, framed: true}
+	go func() { _, _ = b.Read(make([]byte, 16)) }()
+	if _, err := cc.Write([]byte{0x88, 0x02, 0x03, 0xe8}); err != nil { // close 1000
+		t.Fatal(err)
+	}
+	if err := cc.writeFrames([][]byte{[]byte(`{}`)}); err == nil {
+		t.Fatal("a data frame was written after the close frame")
+	}
+	if cc.tryWrite(appendTextFrame(nil, []byte(`{}`))) != wroteNone {
+		t.Fatal("a direct write went out after the close frame")
+	}
+}
