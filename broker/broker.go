@@ -75,8 +75,17 @@ type Broker struct {
 	// fanoutEnd is when the last fan-out ended (UnixNano); see fanout.
 	fanoutEnd atomic.Int64
 
+	watchdog sync.WaitGroup // watchWrites, once started
+	flushers sync.WaitGroup // flush, once started
+	// flushersOn is set while the flushers take clients from ready.
+	flushersOn atomic.Bool
+	// ready holds the clients whose writer a flusher is to run; closed by
+	// Shutdown once every session ended.
+	ready chan *client
+
 	mu        sync.RWMutex // guards the fields below
 	closing   bool
+	looping   bool // watchWrites and the flushers were started
 	byCID     map[string]*client
 	byService map[string]map[*client]struct{}
 	byUser    map[userKey]map[*client]struct{} // when auth is on
@@ -100,6 +109,7 @@ func New(reg Registry, up Uplink, cfg Config) *Broker {
 		byCID:     make(map[string]*client),
 		byService: make(map[string]map[*client]struct{}),
 		byUser:    make(map[userKey]map[*client]struct{}),
+		ready:     make(chan *client, readyClients),
 	}
 }
 
@@ -195,6 +205,7 @@ func (b *Broker) add(c *client) bool {
 	if b.closing {
 		return false
 	}
+	b.startLoops()
 	c.q.push(connected)
 	b.sessions.Add(1)
 	b.byCID[c.cid] = c
@@ -427,12 +438,13 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
-		b.cancel()
+		b.stopLoops()
 		return nil
 	case <-ctx.Done():
 		b.cancel()
 		b.dropAll()
 		<-done
+		b.stopLoops()
 		return errors.Join(errors.New("clients dropped at shutdown timeout"), ctx.Err())
 	}
 }

@@ -31,6 +31,7 @@ type client struct {
 	conn    *websocket.Conn
 	wire    *corkConn // nil when the connection did not come through Listen
 	framed  bool      // the broker frames data frames itself (wire.framed)
+	direct  bool      // and may write to the socket without waiting (wire.wraw)
 	q       *sendQueue
 	writers sync.WaitGroup // the running writer, if any
 
@@ -44,7 +45,7 @@ type client struct {
 
 func newClient(b *Broker, conn *websocket.Conn, wire *corkConn, service, remote, user string) *client {
 	if wire != nil {
-		wire.setTimeout(b.cfg.WriteTimeout)
+		wire.watch()
 	}
 	c := &client{
 		b:       b,
@@ -55,6 +56,7 @@ func newClient(b *Broker, conn *websocket.Conn, wire *corkConn, service, remote,
 		conn:    conn,
 		wire:    wire,
 		framed:  wire != nil && wire.isFramed(),
+		direct:  wire != nil && wire.canWriteNow(),
 
 		forwarding: true,
 	}
@@ -123,7 +125,7 @@ func (c *client) send(frame []byte) bool {
 // gets the frame written to its socket at once, if the socket takes it
 // without waiting; otherwise the payload is queued as by send.
 func (c *client) sendFramed(payload, frame []byte) bool {
-	if !c.framed || !c.q.claim() {
+	if !c.direct || !c.q.claim() {
 		return c.send(payload)
 	}
 	switch c.wire.tryWrite(frame) {
@@ -231,27 +233,78 @@ func (c *client) close(code int, reason string) {
 }
 
 // startWriter starts a writer; the send queue calls it, with its lock held,
-// when a frame or a close request finds no writer running.
+// when a frame or a close request finds no writer running. On a plain
+// connection the writer is first one of the broker's flushers (see
+// flushReady); a writer goroutine of the client's own takes over only when
+// the socket would make it wait.
 func (c *client) startWriter() {
 	c.writers.Add(1)
+	if c.direct && c.b.flushLater(c) {
+		return
+	}
+	c.goWrite(nil, nil)
+}
+
+// goWrite runs the rest of a writer on a goroutine of its own: frames and
+// req, taken from the queue already, then writeLoop.
+func (c *client) goWrite(frames [][]byte, req *closeReq) {
 	go func() {
 		defer c.writers.Done()
-		defer func() {
-			if p := recover(); p != nil {
-				c.log(slog.LevelError, "panic in client writer", "panic", p, "stack", string(debug.Stack()))
-				c.q.stop()
-				_ = c.conn.CloseNow()
-			}
-		}()
-		c.writeLoop()
+		defer c.recoverWriter()
+		if c.writeTaken(frames, req) {
+			c.writeLoop()
+		}
 	}()
+}
+
+// recoverWriter turns a panic in a writer into the end of the client's
+// connection, not of the node.
+func (c *client) recoverWriter() {
+	if p := recover(); p != nil {
+		c.log(slog.LevelError, "panic in client writer", "panic", p, "stack", string(debug.Stack()))
+		c.q.stop()
+		_ = c.conn.CloseNow()
+	}
+}
+
+// flushReady is a writer run by one of the broker's flushers: it writes
+// what is queued without ever waiting for the socket, so that one flusher
+// serves many clients in turn. When the socket does not take everything,
+// or DMB closes the client (the close handshake waits), the rest goes to
+// a writer goroutine of the client's own.
+func (c *client) flushReady() {
+	handedOver := false
+	defer func() {
+		if !handedOver {
+			c.writers.Done()
+		}
+	}()
+	defer c.recoverWriter()
+	for {
+		frames, req, done := c.q.take()
+		switch {
+		case done:
+			return
+		case req != nil:
+			handedOver = true
+			c.goWrite(frames, req)
+			return
+		}
+		c.b.m.WriteBatch.Observe(float64(len(frames)))
+		if !c.wire.tryWriteFrames(frames) {
+			handedOver = true
+			c.goWrite(nil, nil) // the tail goes first
+			return
+		}
+		c.q.recycle(frames)
+	}
 }
 
 // writeLoop writes queued frames until the queue is empty, the connection
 // fails, or DMB closes it.
 func (c *client) writeLoop() {
 	if c.framed {
-		// What a direct write left of its frame goes first.
+		// What a write that could not wait left goes first.
 		if err := c.wire.flushTail(); err != nil {
 			c.writeFailed(err)
 			return
@@ -259,27 +312,33 @@ func (c *client) writeLoop() {
 	}
 	for {
 		frames, req, done := c.q.take()
-		if done {
-			return
-		}
-		if len(frames) > 0 {
-			c.b.m.WriteBatch.Observe(float64(len(frames)))
-			if err := c.write(frames); err != nil {
-				c.writeFailed(err)
-				return
-			}
-			c.q.recycle(frames)
-		}
-		if req != nil {
-			if c.wire != nil {
-				c.wire.handOverReads()
-			}
-			// Close sends the close frame and waits (5 s at most) for the
-			// client's; the reader sees the end and finishes the session.
-			_ = c.conn.Close(websocket.StatusCode(req.code), protocol.TruncateReason(req.reason))
+		if done || !c.writeTaken(frames, req) {
 			return
 		}
 	}
+}
+
+// writeTaken writes frames taken from the queue, then closes the
+// connection if req asks for it; true if the writer goes on.
+func (c *client) writeTaken(frames [][]byte, req *closeReq) bool {
+	if len(frames) > 0 {
+		c.b.m.WriteBatch.Observe(float64(len(frames)))
+		if err := c.write(frames); err != nil {
+			c.writeFailed(err)
+			return false
+		}
+		c.q.recycle(frames)
+	}
+	if req != nil {
+		if c.wire != nil {
+			c.wire.handOverReads()
+		}
+		// Close sends the close frame and waits (5 s at most) for the
+		// client's; the reader sees the end and finishes the session.
+		_ = c.conn.Close(websocket.StatusCode(req.code), protocol.TruncateReason(req.reason))
+		return false
+	}
+	return true
 }
 
 // writeFailed ends the session's writes after a failed one: the reader
@@ -307,9 +366,9 @@ func (c *client) write(frames [][]byte) error {
 		return nil
 	}
 	// Corked, the library's writes only fill the batch; the one socket write
-	// is uncork's, bounded by DMB_WRITE_TIMEOUT with a socket deadline (as
-	// is every other write to the socket, see corkConn). A context without a
-	// deadline spares the library a timer per frame.
+	// is uncork's, bounded by DMB_WRITE_TIMEOUT through the broker's
+	// watchdog (as is every other write to the socket, see watchWrites). A
+	// context without a deadline spares the library a timer per frame.
 	ctx := context.Background()
 	c.wire.cork()
 	for _, f := range frames {

@@ -3,13 +3,21 @@ package broker
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dmb-broker/dmb/metrics"
+	"github.com/dmb-broker/dmb/protocol"
+	"github.com/dmb-broker/dmb/uplink"
 )
 
 // dialBroker connects a WebSocket client to a broker served over loopback
@@ -171,3 +179,44 @@ func TestNoDataFrameFollowsTheCloseFrame(t *testing.T) {
 		t.Fatal("a direct write went out after the close frame")
 	}
 }
+
+func TestAWriteToAClientThatStopsReadingIsCutAfterTheWriteTimeout(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	up := disconnects{make(chan int, 1)}
+	brk := New(liveRegistry{}, up, Config{
+		SendQueue: 1 << 16, MaxMessageBytes: 65536, ClientErrorLimit: 10, WriteTimeout: 200 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: metrics.New(prometheus.NewRegistry()),
+	})
+	dialBroker(t, ctx, brk)
+	// The client never reads again: 24 MB fill its socket buffers, a
+	// write blocks, and the watchdog ends the session. The queue holds
+	// what is left, far from overflowing.
+	big := bytes.Repeat([]byte("x"), 60000)
+	for range 400 {
+		if brk.Broadcast("chat", big) != 1 {
+			t.Fatal("the client was closed before its write stalled")
+		}
+	}
+	select {
+	case code := <-up.codes:
+		if code != protocol.CloseAbnormal {
+			t.Fatalf("session ended with %d, want %d (connection lost)", code, protocol.CloseAbnormal)
+		}
+	case <-ctx.Done():
+		t.Fatal("the stalled write was not cut")
+	}
+}
+
+// disconnects is an uplink that reports the close code of each session.
+type disconnects struct{ codes chan int }
+
+func (disconnects) Connect(uplink.Client) error { return nil }
+func (disconnects) Message(context.Context, uplink.Client, json.RawMessage, json.RawMessage) error {
+	return nil
+}
+func (d disconnects) Disconnect(_ uplink.Client, code int, _ string) error {
+	d.codes <- code
+	return nil
+}
+func (disconnects) After(_ uplink.Client, fn func()) error { fn(); return nil }

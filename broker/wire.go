@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -38,7 +39,11 @@ type corkConn struct {
 	mu      sync.Mutex // orders writes to the socket; guards the fields below
 	corked  bool
 	buf     []byte
-	timeout time.Duration // bounds every socket write; 0 until a session sets it
+	watched bool // the broker's watchdog bounds the socket writes; set by the session
+
+	// writingSince is when the socket write in progress began (UnixNano),
+	// 0 when none is; read by the broker's watchdog.
+	writingSince atomic.Int64
 
 	// framed is set when the WebSocket library runs on this connection
 	// itself (no TLS between): the broker then frames the data frames and
@@ -101,7 +106,7 @@ func (c *corkConn) Write(p []byte) (int, error) {
 // writeFrames sends what the batch holds (the 101 response of a new
 // connection), the tail of a frame that a direct write left, and frames,
 // each framed as a text frame, in one socket write (per corkFlushAt bytes)
-// within the write timeout, and uncorks. Only for a framed connection.
+// and uncorks. Only for a framed connection.
 func (c *corkConn) writeFrames(frames [][]byte) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -162,20 +167,9 @@ func (c *corkConn) tryWrite(frame []byte) writeOutcome {
 	if c.wraw == nil || c.corked || len(c.tail) > 0 || c.closeSent {
 		return wroteNone
 	}
-	var (
-		n    int
-		werr error
-	)
-	err := c.wraw.Write(func(fd uintptr) bool {
-		for {
-			n, werr = syscall.Write(int(fd), frame)
-			if werr != syscall.EINTR {
-				return true // never wait for the socket
-			}
-		}
-	})
+	n := c.writeNow(frame)
 	switch {
-	case err != nil || werr != nil || n <= 0:
+	case n == 0:
 		// Full (EAGAIN) or failed: the writer tries again, and reports
 		// the failure if it persists.
 		return wroteNone
@@ -186,7 +180,69 @@ func (c *corkConn) tryWrite(frame []byte) writeOutcome {
 	return wroteAll
 }
 
-// flushTail sends the tail that a direct write left, if any.
+// tryWriteFrames is writeFrames without waiting: it writes what writeFrames
+// would in one non-blocking write, and keeps what the socket did not take
+// as the tail; false if there is one (or the write failed), for a writer
+// that may wait to send.
+func (c *corkConn) tryWriteFrames(frames [][]byte) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.corked = false
+	buf := c.buf
+	if buf == nil {
+		buf = (*batchBuffers.Get().(*[]byte))[:0]
+	}
+	c.buf = nil
+	buf = append(buf, c.tail...)
+	for _, f := range frames {
+		buf = appendTextFrame(buf, f)
+	}
+	if c.closeSent {
+		// No data frame may follow the close frame; the writer's next
+		// write reports it.
+		c.tail = nil
+		return false
+	}
+	n := 0
+	if c.wraw != nil {
+		n = c.writeNow(buf)
+	}
+	if n < len(buf) {
+		// The tail keeps the batch buffer; it is garbage once sent.
+		c.tail = buf[n:]
+		return false
+	}
+	c.tail = nil
+	if cap(buf) <= 2*corkFlushAt {
+		b := buf[:0]
+		batchBuffers.Put(&b)
+	}
+	return true
+}
+
+// writeNow writes p to the socket if it takes the bytes at once and returns
+// how many it took; 0 when it would wait or the write failed (the writer
+// that then sends the rest reports the failure).
+func (c *corkConn) writeNow(p []byte) int {
+	var (
+		n    int
+		werr error
+	)
+	err := c.wraw.Write(func(fd uintptr) bool {
+		for {
+			n, werr = syscall.Write(int(fd), p)
+			if werr != syscall.EINTR {
+				return true // never wait for the socket
+			}
+		}
+	})
+	if err != nil || werr != nil || n < 0 {
+		return 0
+	}
+	return n
+}
+
+// flushTail sends the tail that a write that could not wait left, if any.
 func (c *corkConn) flushTail() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -204,15 +260,24 @@ func (c *corkConn) flushTailLocked() error {
 	return nil
 }
 
-// writeLocked writes to the socket within the write timeout, so that no
-// write (a control frame to a client that stopped reading, say) can hold
-// the socket, and the WebSocket library's lock, for ever.
+// writeLocked writes to the socket. Once a session watches the connection
+// (watch), the write is marked as in progress, and the broker's
+// watchdog closes the connection when it takes longer than the write
+// timeout (see Broker.watchWrites): no write (a control frame to a client
+// that stopped reading, say) can hold the socket, and the WebSocket
+// library's lock, for ever.
 func (c *corkConn) writeLocked(p []byte) (int, error) {
-	if c.timeout > 0 {
-		_ = c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
-		defer c.Conn.SetWriteDeadline(time.Time{})
+	if c.watched {
+		c.writingSince.Store(time.Now().UnixNano())
+		defer c.writingSince.Store(0)
 	}
 	return c.Conn.Write(p)
+}
+
+// stalled tells whether a write has been in progress for longer than d.
+func (c *corkConn) stalled(now time.Time, d time.Duration) bool {
+	since := c.writingSince.Load()
+	return since != 0 && now.UnixNano()-since > int64(d)
 }
 
 // isFramed tells whether the broker frames this connection's data frames.
@@ -222,10 +287,18 @@ func (c *corkConn) isFramed() bool {
 	return c.framed
 }
 
-// setTimeout sets the bound of every socket write.
-func (c *corkConn) setTimeout(d time.Duration) {
+// canWriteNow tells whether the connection is framed and has a socket to
+// write to without waiting (tryWrite, tryWriteFrames).
+func (c *corkConn) canWriteNow() bool {
 	c.mu.Lock()
-	c.timeout = d
+	defer c.mu.Unlock()
+	return c.framed && c.wraw != nil
+}
+
+// watch puts the socket writes under the broker's watchdog.
+func (c *corkConn) watch() {
+	c.mu.Lock()
+	c.watched = true
 	c.mu.Unlock()
 }
 
@@ -242,7 +315,7 @@ func (c *corkConn) buffered() int {
 	return len(c.buf)
 }
 
-// uncork sends the batch in one write, within the write timeout.
+// uncork sends the batch in one write.
 func (c *corkConn) uncork() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
