@@ -31,7 +31,7 @@ type client struct {
 	conn    *websocket.Conn
 	wire    *corkConn // nil when the connection did not come through Listen
 	framed  bool      // the broker frames data frames itself (wire.framed)
-	direct  bool      // and may write to the socket without waiting (wire.wraw)
+	direct  bool      // and may write to the socket without waiting (wire.fd)
 	q       *sendQueue
 	writers sync.WaitGroup // the running writer, if any
 

@@ -167,7 +167,7 @@ func TestAKickIsSentAfterTheBroadcastsBeforeIt(t *testing.T) {
 func TestNoDataFrameFollowsTheCloseFrame(t *testing.T) {
 	a, b := net.Pipe()
 	defer b.Close()
-	cc := &corkConn{Conn: a, framed: true}
+	cc := &corkConn{Conn: a, framed: true, fd: -1}
 	go func() { _, _ = b.Read(make([]byte, 16)) }()
 	if _, err := cc.Write([]byte{0x88, 0x02, 0x03, 0xe8}); err != nil { // close 1000
 		t.Fatal(err)

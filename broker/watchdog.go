@@ -40,7 +40,7 @@ func (b *Broker) closeStalledWrites(now time.Time) {
 	for _, c := range b.byCID {
 		if c.wire != nil && c.wire.stalled(now, b.cfg.WriteTimeout) {
 			c.log(slog.LevelDebug, "write timed out: closing")
-			_ = c.wire.Conn.Close()
+			_ = c.wire.Close()
 		}
 	}
 }

@@ -49,9 +49,12 @@ type corkConn struct {
 	// itself (no TLS between): the broker then frames the data frames and
 	// the library writes only its control frames (see appendTextFrame).
 	framed bool
-	// wraw is the socket, for writes that must not wait (tryWrite); nil
-	// when the connection has no file descriptor.
-	wraw syscall.RawConn
+	// fd is the socket's file descriptor, for writes that must not wait
+	// (writeNow); -1 when the connection has none. It is written to
+	// directly, not through the net package, whose locks and poller
+	// checks cost about a tenth of a broadcast's CPU; fdMu keeps it from
+	// being closed, and its number reused, during such a write.
+	fd int
 	// tail is what a write that could not wait left of its frame: it goes
 	// before anything else written to the socket.
 	tail []byte
@@ -63,6 +66,9 @@ type corkConn struct {
 	// against those of the library's close handshake, which the writer
 	// runs; it is held across the read on purpose: two readers of one
 	// socket must take turns anyway. It guards the fields below.
+	fdMu     sync.RWMutex // read-held by writeNow; Close takes it; guards fdClosed
+	fdClosed bool
+
 	rmu     sync.Mutex
 	raw     syscall.RawConn // nil until a small read needs it, or when there is none
 	noRaw   bool            // the connection has no file descriptor to read from
@@ -164,7 +170,7 @@ const (
 func (c *corkConn) tryWrite(frame []byte) writeOutcome {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.wraw == nil || c.corked || len(c.tail) > 0 || c.closeSent {
+	if c.fd < 0 || c.corked || len(c.tail) > 0 || c.closeSent {
 		return wroteNone
 	}
 	n := c.writeNow(frame)
@@ -204,7 +210,7 @@ func (c *corkConn) tryWriteFrames(frames [][]byte) bool {
 		return false
 	}
 	n := 0
-	if c.wraw != nil {
+	if c.fd >= 0 {
 		n = c.writeNow(buf)
 	}
 	if n < len(buf) {
@@ -221,25 +227,35 @@ func (c *corkConn) tryWriteFrames(frames [][]byte) bool {
 }
 
 // writeNow writes p to the socket if it takes the bytes at once and returns
-// how many it took; 0 when it would wait or the write failed (the writer
-// that then sends the rest reports the failure).
+// how many it took; 0 when it would wait, the write failed or the
+// connection is closed (the writer that then sends the rest reports the
+// failure). The socket is non-blocking, as the net package keeps it.
 func (c *corkConn) writeNow(p []byte) int {
-	var (
-		n    int
-		werr error
-	)
-	err := c.wraw.Write(func(fd uintptr) bool {
-		for {
-			n, werr = syscall.Write(int(fd), p)
-			if werr != syscall.EINTR {
-				return true // never wait for the socket
-			}
-		}
-	})
-	if err != nil || werr != nil || n < 0 {
+	c.fdMu.RLock()
+	defer c.fdMu.RUnlock()
+	if c.fdClosed {
 		return 0
 	}
-	return n
+	for {
+		n, err := syscall.Write(c.fd, p)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err != nil || n < 0:
+			return 0
+		}
+		return n
+	}
+}
+
+// Close closes the connection once no write of writeNow is in progress,
+// and keeps any from starting: the descriptor's number may be reused by
+// the next connection accepted.
+func (c *corkConn) Close() error {
+	c.fdMu.Lock()
+	c.fdClosed = true
+	c.fdMu.Unlock()
+	return c.Conn.Close()
 }
 
 // flushTail sends the tail that a write that could not wait left, if any.
@@ -292,7 +308,7 @@ func (c *corkConn) isFramed() bool {
 func (c *corkConn) canWriteNow() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.framed && c.wraw != nil
+	return c.framed && c.fd >= 0
 }
 
 // watch puts the socket writes under the broker's watchdog.
@@ -487,8 +503,11 @@ func (w leanWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	w.conn.brMu.Unlock()
 	w.conn.mu.Lock()
 	w.conn.framed = true
+	w.conn.fd = -1
 	if sc, ok := w.conn.Conn.(syscall.Conn); ok {
-		w.conn.wraw, _ = sc.SyscallConn()
+		if raw, err := sc.SyscallConn(); err == nil {
+			_ = raw.Control(func(fd uintptr) { w.conn.fd = int(fd) })
+		}
 	}
 	w.conn.mu.Unlock()
 	return conn, bufio.NewReadWriter(r, bufio.NewWriterSize(conn, leanWriteBuffer)), nil
@@ -518,7 +537,7 @@ func (l listener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &corkConn{Conn: c}, nil
+	return &corkConn{Conn: c, fd: -1}, nil
 }
 
 type connKey struct{}
