@@ -250,9 +250,7 @@ func (b *Broker) remove(c *client) {
 
 // Broadcast queues frame to every client of service on this node.
 func (b *Broker) Broadcast(service string, frame []byte) int {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
-	n := b.fanout(b.byService[service], frame)
+	n := b.fanout(func() map[*client]struct{} { return b.byService[service] }, frame)
 	b.m.MessagesOut.WithLabelValues(metrics.KindBroadcast).Add(float64(n))
 	b.m.Deliveries.Add(float64(n))
 	return n
@@ -262,21 +260,32 @@ func (b *Broker) Broadcast(service string, frame []byte) int {
 // to write to sockets itself.
 const fanoutIdle = time.Millisecond
 
-// fanout delivers the same frame to every client of set; the caller holds
-// b.mu for reading. It never waits on a client.
+// fanout delivers the same frame to every client of the set that clients
+// returns (called with b.mu held for reading). It never waits on a client.
 //
 // When the fan-out has been idle, it writes the frame to each client whose
 // queue is empty and that has no writer, framed once for all of them (see
 // client.sendFramed): one system call per client, no goroutine woken. A
-// large set is then split over GOMAXPROCS goroutines, since one alone
+// large set is then copied, b.mu released (so that clients connect and
+// leave meanwhile), and split over GOMAXPROCS goroutines, since one alone
 // would spend a core on the system calls; fanout returns once every client
 // has its frame written or queued, so the next broadcast cannot overtake.
+// A client that left meanwhile takes nothing: its queue is stopped and its
+// socket closed to such writes (corkConn.Close).
 //
 // When a fan-out follows the last one at once, the broadcasts are coming
 // faster than the fan-out writes them: it only queues, which is quick, and
 // the clients' writers send what piles up in one write each, so the cost
 // per frame falls as the load grows.
-func (b *Broker) fanout(set map[*client]struct{}, frame []byte) int {
+func (b *Broker) fanout(clients func() map[*client]struct{}, frame []byte) int {
+	b.mu.RLock()
+	locked := true
+	defer func() {
+		if locked {
+			b.mu.RUnlock()
+		}
+	}()
+	set := clients()
 	if len(set) == 0 {
 		return 0
 	}
@@ -300,6 +309,8 @@ func (b *Broker) fanout(set map[*client]struct{}, frame []byte) int {
 	for c := range set {
 		list = append(list, c)
 	}
+	b.mu.RUnlock()
+	locked = false
 	var (
 		wg sync.WaitGroup
 		n  atomic.Int64
@@ -351,9 +362,7 @@ func (b *Broker) Direct(service, cid string, frame []byte) int {
 // DirectUser queues frame to every connection of user among the clients of
 // service on this node.
 func (b *Broker) DirectUser(service, user string, frame []byte) int {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
-	n := b.fanout(b.byUser[userKey{service, user}], frame)
+	n := b.fanout(func() map[*client]struct{} { return b.byUser[userKey{service, user}] }, frame)
 	b.m.MessagesOut.WithLabelValues(metrics.KindDirect).Add(float64(n))
 	b.m.Deliveries.Add(float64(n))
 	return n
