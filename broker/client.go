@@ -280,6 +280,13 @@ func (c *client) flushReady() {
 		}
 	}()
 	defer c.recoverWriter()
+	// A direct write that the socket took only part of started this
+	// writer (release(true)) with nothing queued: its tail goes first.
+	if c.wire.tailPending() && c.wire.tryWriteFrames(nil) != wroteAll {
+		handedOver = true
+		c.goWrite(nil, nil) // writeLoop sends the tail first
+		return
+	}
 	for {
 		frames, req, done := c.q.take()
 		switch {
@@ -291,9 +298,17 @@ func (c *client) flushReady() {
 			return
 		}
 		c.b.m.WriteBatch.Observe(float64(len(frames)))
-		if !c.wire.tryWriteFrames(frames) {
+		switch c.wire.tryWriteFrames(frames) {
+		case wrotePart:
 			handedOver = true
 			c.goWrite(nil, nil) // the tail goes first
+			return
+		case wroteNone:
+			// Another write holds the connection (the library answering
+			// a ping or a close into a full socket): wait for it on a
+			// goroutine of the client's own, not on the flusher.
+			handedOver = true
+			c.goWrite(frames, nil)
 			return
 		}
 		c.q.recycle(frames)

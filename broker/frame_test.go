@@ -220,3 +220,25 @@ func (d disconnects) Disconnect(_ uplink.Client, code int, _ string) error {
 	return nil
 }
 func (disconnects) After(_ uplink.Client, fn func()) error { fn(); return nil }
+
+// A broadcast far larger than the socket takes, to a client with nothing
+// queued: the fan-out's direct write sends part of it, and the writer it
+// starts must send the rest, though nothing else is ever queued.
+func TestTheRestOfAFrameADirectWriteLeftIsSent(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	brk := newTestBroker(t)
+	c := dialBroker(t, ctx, brk)
+	c.SetReadLimit(64 << 20)
+	payload := bytes.Repeat([]byte("y"), 32<<20)
+	if got := brk.Broadcast("chat", payload); got != 1 {
+		t.Fatalf("broadcast reached %d clients", got)
+	}
+	_, data, err := c.Read(ctx)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	if !bytes.Equal(data, payload) {
+		t.Fatalf("read %d bytes, want %d", len(data), len(payload))
+	}
+}

@@ -168,8 +168,13 @@ const (
 // call, no goroutine to wake, no timer for a deadline (a write that does
 // not wait needs none). frame is shared by every client of a broadcast and
 // never changed, so the tail may point into it.
+//
+// A write in progress (the library answering a ping or a close while the
+// socket is full) holds the lock: tryWrite then does not wait for it.
 func (c *corkConn) tryWrite(frame []byte) writeOutcome {
-	c.mu.Lock()
+	if !c.mu.TryLock() {
+		return wroteNone
+	}
 	defer c.mu.Unlock()
 	if c.fd < 0 || c.corked || len(c.tail) > 0 || c.closeSent {
 		return wroteNone
@@ -189,10 +194,14 @@ func (c *corkConn) tryWrite(frame []byte) writeOutcome {
 
 // tryWriteFrames is writeFrames without waiting: it writes what writeFrames
 // would in one non-blocking write, and keeps what the socket did not take
-// as the tail; false if there is one (or the write failed), for a writer
-// that may wait to send.
-func (c *corkConn) tryWriteFrames(frames [][]byte) bool {
-	c.mu.Lock()
+// as the tail. It returns wroteAll when all went out; wrotePart when a tail
+// is left (or the write failed), for a writer that may wait to send it; and
+// wroteNone, having taken nothing, when another write holds the connection
+// (the frames are still the caller's).
+func (c *corkConn) tryWriteFrames(frames [][]byte) writeOutcome {
+	if !c.mu.TryLock() {
+		return wroteNone
+	}
 	defer c.mu.Unlock()
 	c.corked = false
 	buf := c.buf
@@ -208,7 +217,7 @@ func (c *corkConn) tryWriteFrames(frames [][]byte) bool {
 		// No data frame may follow the close frame; the writer's next
 		// write reports it.
 		c.tail = nil
-		return false
+		return wrotePart
 	}
 	n := 0
 	if c.fd >= 0 {
@@ -217,14 +226,24 @@ func (c *corkConn) tryWriteFrames(frames [][]byte) bool {
 	if n < len(buf) {
 		// The tail keeps the batch buffer; it is garbage once sent.
 		c.tail = buf[n:]
-		return false
+		return wrotePart
 	}
 	c.tail = nil
 	if cap(buf) <= 2*corkFlushAt {
 		b := buf[:0]
 		batchBuffers.Put(&b)
 	}
-	return true
+	return wroteAll
+}
+
+// tailPending reports whether part of a frame may wait to be sent: a tail
+// is left, or another write holds the connection and may leave one.
+func (c *corkConn) tailPending() bool {
+	if !c.mu.TryLock() {
+		return true
+	}
+	defer c.mu.Unlock()
+	return len(c.tail) > 0
 }
 
 // writeNow writes p to the socket if it takes the bytes at once and returns

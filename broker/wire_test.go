@@ -228,3 +228,42 @@ func TestLeanBuffersCarryLargeAndPipelinedFramesAndPings(t *testing.T) {
 		t.Fatalf("ping: %v", err)
 	}
 }
+
+// A write that waits for the socket (the library answering a ping or a
+// close into a full socket) holds the connection: the fan-out's and the
+// flushers' writes must not wait for it, or one client that stops reading
+// would hold up every other.
+func TestWritesThatMustNotWaitDoNotWaitForABlockedWrite(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	server, client := tcpPair(t)
+	blocked := make(chan error, 1)
+	go func() {
+		// Far more than the socket buffers hold while the client does not read.
+		_, err := server.Write(make([]byte, 64<<20))
+		blocked <- err
+	}()
+	waitFor(t, ctx, func() bool {
+		if server.mu.TryLock() {
+			server.mu.Unlock()
+			return false
+		}
+		return true
+	})
+	outcomes := make(chan [2]writeOutcome, 1)
+	go func() {
+		outcomes <- [2]writeOutcome{server.tryWrite([]byte("frame")), server.tryWriteFrames([][]byte{[]byte("x")})}
+	}()
+	select {
+	case got := <-outcomes:
+		if got[0] != wroteNone || got[1] != wroteNone {
+			t.Fatalf("tryWrite, tryWriteFrames = %v, %v; want wroteNone for both", got[0], got[1])
+		}
+	case <-ctx.Done():
+		t.Fatal("a write that must not wait waited for the blocked write")
+	}
+	go func() { _, _ = io.Copy(io.Discard, client) }()
+	if err := <-blocked; err != nil {
+		t.Fatalf("the blocked write: %v", err)
+	}
+}
