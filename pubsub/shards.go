@@ -221,6 +221,7 @@ type shardConn struct {
 	mu       sync.Mutex
 	channels map[string]struct{}
 	ps       *redis.PubSub // nil until the session subscribes
+	asked    int           // SSUBSCRIBEs sent on ps; up once as many are confirmed
 }
 
 // startConn starts a connection to the master at addr for chs.
@@ -262,7 +263,10 @@ func (c *shardConn) set(ctx context.Context, chs []string) {
 		if _, ok := c.channels[ch]; !ok {
 			c.channels[ch] = struct{}{}
 			if c.ps != nil {
-				// A failure shows in the session, which then fails.
+				// Not up until Redis confirms it; a failure shows in the
+				// session, which then fails.
+				c.asked++
+				c.up.Store(false)
 				_ = c.ps.SSubscribe(ctx, ch)
 			}
 		}
@@ -287,7 +291,7 @@ func (c *shardConn) session(ctx context.Context) error {
 	defer stop()
 	c.mu.Lock()
 	c.ps = ps
-	want := len(c.channels)
+	c.asked = len(c.channels)
 	var err error
 	for ch := range c.channels {
 		if err = ps.SSubscribe(ctx, ch); err != nil {
@@ -300,14 +304,26 @@ func (c *shardConn) session(ctx context.Context) error {
 	}
 	cfg := c.s.cfg
 	confirmed := 0
+	wasUp := false
 	return receive(ctx, ps, cfg.HealthInterval, func(m *redis.Subscription) error {
 		switch m.Kind {
 		case "ssubscribe":
-			if confirmed++; confirmed == want {
+			confirmed++
+			c.mu.Lock()
+			all := confirmed == c.asked
+			if all && wasUp {
+				c.up.Store(true) // channels added since are confirmed
+			}
+			c.mu.Unlock()
+			if all && !wasUp {
+				// The connection is up (once per session): OnUp first.
+				wasUp = true
 				if cfg.OnUp != nil {
 					cfg.OnUp(ctx)
 				}
-				c.up.Store(true)
+				c.mu.Lock()
+				c.up.Store(confirmed == c.asked)
+				c.mu.Unlock()
 			}
 		case "sunsubscribe":
 			c.mu.Lock()
