@@ -49,12 +49,17 @@ func TestShutdownFinishesInFlightUplinkPublishesAndAcksThem(t *testing.T) {
 	for i := range count {
 		c.send(fmt.Sprintf(`{"event":"dmb:message","data":%d,"id":%d}`, i, i))
 	}
+	// Stop once the node passes frames on, whatever the machine's speed:
+	// the first one has reached the backend.
+	if ev := b.next(func(ev backendEvent) bool { return ev.CID == c.cid && ev.Type == "message" }); string(ev.Data) != "0" {
+		t.Fatalf("first message %s", ev.Data)
+	}
 	if err := n.stop(); err != nil {
 		t.Fatalf("shutdown: %v", err)
 	}
 	// The backend got an unbroken run of the client's messages, then the
 	// disconnect.
-	got := 0
+	got := 1
 	for {
 		ev := b.next(func(ev backendEvent) bool { return ev.CID == c.cid && ev.Type != "client_connected" })
 		if ev.Type == "client_disconnected" {
@@ -87,9 +92,6 @@ func TestShutdownFinishesInFlightUplinkPublishesAndAcksThem(t *testing.T) {
 	}
 	if acked != got {
 		t.Fatalf("backend got %d messages, client saw %d acks", got, acked)
-	}
-	if got == 0 {
-		t.Fatalf("no message read before shutdown")
 	}
 	t.Logf("of %d frames: %d delivered and acked, %d refused, %d unread at close", count, got, refused, count-got-refused)
 }
