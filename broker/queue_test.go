@@ -134,23 +134,13 @@ func TestWritersDeliverEveryFrameInOrderWithOneAtATime(t *testing.T) {
 			}
 		}()
 	})
-	var pushing sync.WaitGroup
-	for p := range pushers {
-		pushing.Add(1)
-		go func() {
-			defer pushing.Done()
-			for i := range perPusher {
-				f := make([]byte, 5)
-				f[0] = byte(p)
-				binary.BigEndian.PutUint32(f[1:], uint32(i))
-				if r := q.push(f); r != pushed {
-					t.Errorf("push = %v", r)
-					return
-				}
-			}
-		}()
-	}
-	pushing.Wait()
+	pushConcurrently(pushers, perPusher, func(_ int, f []byte) bool {
+		if r := q.push(f); r != pushed {
+			t.Errorf("push = %v", r)
+			return false
+		}
+		return true
+	})
 	writers.Wait() // the last writer ends only once it found the queue empty
 	if n := total.Load(); n != pushers*perPusher {
 		t.Fatalf("%d frames written, want %d", n, pushers*perPusher)
@@ -231,35 +221,25 @@ func TestDirectWritesAndWritersKeepOrderWithOneAtATime(t *testing.T) {
 			}
 		}()
 	})
-	var pushing sync.WaitGroup
-	for p := range pushers {
-		pushing.Add(1)
-		go func() {
-			defer pushing.Done()
-			for i := range perPusher {
-				f := make([]byte, 5)
-				f[0] = byte(p)
-				binary.BigEndian.PutUint32(f[1:], uint32(i))
-				if q.claim() {
-					done := exclusive()
-					partial := i%7 == 0 // the socket took part of the frame
-					if partial {
-						tail = f
-					} else {
-						write(f)
-					}
-					done()
-					q.release(partial)
-					continue
-				}
-				if r := q.push(f); r != pushed {
-					t.Errorf("push = %v", r)
-					return
-				}
+	pushConcurrently(pushers, perPusher, func(i int, f []byte) bool {
+		if q.claim() {
+			done := exclusive()
+			partial := i%7 == 0 // the socket took part of the frame
+			if partial {
+				tail = f
+			} else {
+				write(f)
 			}
-		}()
-	}
-	pushing.Wait()
+			done()
+			q.release(partial)
+			return true
+		}
+		if r := q.push(f); r != pushed {
+			t.Errorf("push = %v", r)
+			return false
+		}
+		return true
+	})
 	writers.Wait()
 	if n := total.Load(); n != pushers*perPusher {
 		t.Fatalf("%d frames written, want %d", n, pushers*perPusher)
@@ -284,4 +264,27 @@ func TestNoDirectWriteWhileClosingOrAfterStop(t *testing.T) {
 	if q.writer != writerStopped {
 		t.Fatal("release restarted a stopped queue")
 	}
+}
+
+// pushConcurrently runs pushers goroutines that each hand perPusher frames
+// to send, in order: a frame is the pusher's number and the frame's
+// sequence number (big-endian uint32). A pusher stops when send returns
+// false. It returns when every pusher is done.
+func pushConcurrently(pushers, perPusher int, send func(seq int, f []byte) bool) {
+	var pushing sync.WaitGroup
+	for p := range pushers {
+		pushing.Add(1)
+		go func() {
+			defer pushing.Done()
+			for i := range perPusher {
+				f := make([]byte, 5)
+				f[0] = byte(p)
+				binary.BigEndian.PutUint32(f[1:], uint32(i))
+				if !send(i, f) {
+					return
+				}
+			}
+		}()
+	}
+	pushing.Wait()
 }
