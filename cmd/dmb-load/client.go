@@ -22,11 +22,12 @@ import (
 // frames. Counters the other goroutines read are atomic; the rest belong to
 // the reader and are read only after it ended.
 type client struct {
-	idx int
-	ws  *websocket.Conn
-	cid string
-	lat *histogram // downlink latency or ack latency
-	run *runClock
+	idx  int
+	ws   *websocket.Conn
+	conn *upgradedConn // under ws: to send several frames in one write
+	cid  string
+	lat  *histogram // downlink latency or ack latency
+	run  *runClock
 
 	ended    chan struct{} // closed when the reader returns
 	endErr   error         // why it returned; read after ended
@@ -180,29 +181,34 @@ func readFrameJSON(f []byte) frameInfo {
 const handshakeTimeout = 10 * time.Second
 
 // dialClient opens a WebSocket and reads DMB's first frame, dmb:connected.
-func dialClient(ctx context.Context, hc *http.Client, url string, readLimit int64) (*websocket.Conn, string, error) {
+// hc must be a wsClient.
+func dialClient(ctx context.Context, hc *http.Client, url string, readLimit int64) (*client, error) {
 	ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	defer cancel()
-	ws, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPClient: hc})
+	c := &client{ended: make(chan struct{})}
+	ws, _, err := websocket.Dial(context.WithValue(ctx, connSlot{}, &c.conn), url, &websocket.DialOptions{HTTPClient: hc})
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
+	c.ws = ws
 	ws.SetReadLimit(readLimit)
 	_, data, err := ws.Read(ctx)
 	if err != nil {
 		_ = ws.CloseNow()
-		return nil, "", err
+		return nil, err
 	}
 	if bytes.HasPrefix(data, prefixConnected) {
 		if i := bytes.IndexByte(data[len(prefixConnected):], '"'); i > 0 {
-			return ws, string(data[len(prefixConnected) : len(prefixConnected)+i]), nil
+			c.cid = string(data[len(prefixConnected) : len(prefixConnected)+i])
+			return c, nil
 		}
 	}
 	if info := readFrameJSON(data); info.kind == frameConnected && info.ok {
-		return ws, info.cid, nil
+		c.cid = info.cid
+		return c, nil
 	}
 	_ = ws.CloseNow()
-	return nil, "", fmt.Errorf("first frame is not dmb:connected: %.100q", data)
+	return nil, fmt.Errorf("first frame is not dmb:connected: %.100q", data)
 }
 
 // startReading starts the reader goroutine. Reads use a context without a
@@ -320,7 +326,9 @@ func appendPad(dst []byte, n int, pad []byte) []byte {
 // sendLoop writes uplink frames from start until end: at rate frames/s
 // (0: as fast as the window allows), never more than the window unanswered.
 // Frame i is due at start + offset + i/rate; a client that falls behind
-// sends at once until it has caught up.
+// sends at once until it has caught up. The frames that may go at the same
+// moment go in one write, as a browser writes the frames queued on a
+// WebSocket together.
 func (c *client) sendLoop(ctx context.Context, start, end time.Time, offset time.Duration, rate float64, payload int, pad []byte) {
 	u := c.up
 	buf := make([]byte, 0, payload+96)
@@ -332,13 +340,14 @@ func (c *client) sendLoop(ctx context.Context, start, end time.Time, offset time
 		<-timer.C
 		defer timer.Stop()
 	}
-	for id := int64(1); ; id++ {
+	due := func(id int64) time.Time { return start.Add(offset + time.Duration(id-1)*interval) }
+	for id := int64(1); ; {
 		if rate > 0 {
-			due := start.Add(offset + time.Duration(id-1)*interval)
-			if !due.Before(end) {
+			at := due(id)
+			if !at.Before(end) {
 				return
 			}
-			if d := time.Until(due); d > 0 {
+			if d := time.Until(at); d > 0 {
 				timer.Reset(d)
 				select {
 				case <-timer.C:
@@ -354,16 +363,31 @@ func (c *client) sendLoop(ctx context.Context, start, end time.Time, offset time
 		case <-ctx.Done():
 			return
 		}
+		n := int64(1)
+	more: // the window's other free places, for frames already due
+		for rate == 0 || !time.Now().Before(due(id+n)) && due(id+n).Before(end) {
+			select {
+			case u.window <- struct{}{}:
+				n++
+			default:
+				break more
+			}
+		}
 		if c.gone.Load() {
 			return
 		}
-		t := c.run.now()
-		u.sentAt[id%int64(len(u.sentAt))].Store(t)
-		buf = uplinkFrame(buf[:0], id, t, payload, pad)
-		// Count it before writing: the ack may come back before Write returns.
-		u.sent.Add(1)
-		if err := c.ws.Write(context.Background(), websocket.MessageText, buf); err != nil {
-			u.sent.Add(-1)
+		c.conn.cork()
+		for last := id + n; id < last; id++ {
+			t := c.run.now()
+			u.sentAt[id%int64(len(u.sentAt))].Store(t)
+			buf = uplinkFrame(buf[:0], id, t, payload, pad)
+			// Count it before writing: the ack may come back before the write returns.
+			u.sent.Add(1)
+			// Corked, Write only fails on a connection already closed.
+			_ = c.ws.Write(context.Background(), websocket.MessageText, buf)
+		}
+		if err := c.conn.uncork(); err != nil {
+			u.sent.Add(-n)
 			return
 		}
 	}

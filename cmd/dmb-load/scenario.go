@@ -194,7 +194,7 @@ func (r *runner) connect(ctx context.Context) {
 				}
 				attempted.Add(1)
 				t0 := time.Now()
-				ws, cid, err := dialClient(ctx, r.hcs[i%len(r.hcs)], r.url, readLimit)
+				c, err := dialClient(ctx, r.hcs[i%len(r.hcs)], r.url, readLimit)
 				if err != nil {
 					mu.Lock()
 					addFailure(failures, failureReason(err))
@@ -202,7 +202,7 @@ func (r *runner) connect(ctx context.Context) {
 					continue
 				}
 				hs.record(i, time.Since(t0))
-				c := &client{idx: i, ws: ws, cid: cid, lat: r.lat, run: r.clock, ended: make(chan struct{})}
+				c.idx, c.lat, c.run = i, r.lat, r.clock
 				if o.Scenario == scenarioUplink {
 					c.up = &uplinkState{window: make(chan struct{}, o.Window), sentAt: make([]atomic.Int64, o.Window)}
 				}
@@ -243,9 +243,9 @@ func (r *runner) waitAdmitted(ctx context.Context) error {
 	defer cancel()
 	hc := r.hcs[0]
 	for {
-		ws, _, err := dialClient(ctx, hc, r.url, 4096)
+		c, err := dialClient(ctx, hc, r.url, 4096)
 		if err == nil {
-			return ws.Close(websocket.StatusNormalClosure, "probe")
+			return c.ws.Close(websocket.StatusNormalClosure, "probe")
 		}
 		if websocket.CloseStatus(err) != 4503 || ctx.Err() != nil {
 			return fmt.Errorf("first client of %s: %w", r.url, err)

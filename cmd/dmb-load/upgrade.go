@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"sync"
 	"time"
 )
 
@@ -47,6 +48,9 @@ func (t upgradeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		_ = conn.Close()
 		return nil, fmt.Errorf("handshake with %s: %w", addr, err)
 	}
+	if to, ok := ctx.Value(connSlot{}).(**upgradedConn); ok {
+		*to = resp.Body.(*upgradedConn)
+	}
 	return resp, nil
 }
 
@@ -65,14 +69,54 @@ func (t upgradeTransport) exchange(conn net.Conn, req *http.Request) (*http.Resp
 	}
 	_ = conn.SetDeadline(time.Time{})
 	// The frames that came with the response are in br.
-	resp.Body = upgradedConn{Conn: conn, r: br}
+	resp.Body = &upgradedConn{Conn: conn, r: br}
 	return resp, nil
 }
 
-// upgradedConn is a connection whose first bytes wait in r.
+// connSlot is the request context key under which a dial asks the
+// transport for the connection it makes: coder/websocket keeps it to itself.
+type connSlot struct{}
+
+// upgradedConn is a connection whose first bytes wait in r. Between cork
+// and uncork it holds what coder/websocket writes and sends it in one
+// write, as a browser sends the frames queued on a WebSocket together.
 type upgradedConn struct {
 	net.Conn
 	r *bufio.Reader
+
+	mu     sync.Mutex // orders writes: the reader's pongs and closes too
+	corked bool
+	held   []byte
 }
 
-func (c upgradedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c *upgradedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+func (c *upgradedConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.corked {
+		c.held = append(c.held, p...)
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}
+
+// cork holds the writes that follow until uncork.
+func (c *upgradedConn) cork() {
+	c.mu.Lock()
+	c.corked = true
+	c.mu.Unlock()
+}
+
+// uncork writes what was held, in one write.
+func (c *upgradedConn) uncork() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.corked = false
+	if len(c.held) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.held)
+	c.held = c.held[:0]
+	return err
+}
