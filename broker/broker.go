@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dmb-broker/dmb/auth"
 	"github.com/dmb-broker/dmb/metrics"
@@ -32,6 +33,7 @@ type Registry interface {
 // Uplink carries client events to backends.
 type Uplink interface {
 	Connect(c uplink.Client) error
+	// Message is done with data and id when it returns.
 	Message(ctx context.Context, c uplink.Client, data, id json.RawMessage) error
 	Disconnect(c uplink.Client, code int, reason string) error
 	// After runs fn once every frame of c queued before has been answered.
@@ -63,6 +65,10 @@ type Broker struct {
 	m   *metrics.Metrics
 	reg Registry
 	up  Uplink
+
+	// messagesIn counts client frames, looked up once: WithLabelValues
+	// hashes the labels and takes a lock on each call.
+	messagesIn prometheus.Counter
 
 	// ctx bounds what sessions wait for (a full uplink queue, an unbuffered
 	// write); cancelled by Shutdown when time runs out, which also closes
@@ -99,17 +105,18 @@ type userKey struct{ service, user string }
 func New(reg Registry, up Uplink, cfg Config) *Broker {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Broker{
-		cfg:       cfg,
-		log:       cfg.Logger,
-		m:         cfg.Metrics,
-		reg:       reg,
-		up:        up,
-		ctx:       ctx,
-		cancel:    cancel,
-		byCID:     make(map[string]*client),
-		byService: make(map[string]map[*client]struct{}),
-		byUser:    make(map[userKey]map[*client]struct{}),
-		ready:     make(chan *client, readyClients),
+		cfg:        cfg,
+		log:        cfg.Logger,
+		m:          cfg.Metrics,
+		reg:        reg,
+		up:         up,
+		messagesIn: cfg.Metrics.MessagesIn.WithLabelValues(metrics.KindMessage),
+		ctx:        ctx,
+		cancel:     cancel,
+		byCID:      make(map[string]*client),
+		byService:  make(map[string]map[*client]struct{}),
+		byUser:     make(map[userKey]map[*client]struct{}),
+		ready:      make(chan *client, readyClients),
 	}
 }
 

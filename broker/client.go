@@ -3,8 +3,10 @@ package broker
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"time"
 
@@ -175,20 +177,54 @@ func (c *client) readLoop() (int, string) {
 		if c.wire != nil {
 			c.wire.awaitInput()
 		}
-		typ, data, err := c.conn.Read(context.Background())
+		typ, r, err := c.conn.Reader(context.Background())
 		if err != nil {
 			return closeStatus(err)
 		}
-		if c.q.closeRequest() != nil {
-			continue // closing: read on until the close handshake ends
+		buf := frameBuffers.Get().(*[]byte)
+		*buf, err = readMessage(r, (*buf)[:0])
+		var stop error
+		if err == nil && c.q.closeRequest() == nil { // closing: read on until the close handshake ends
+			c.b.messagesIn.Inc()
+			if typ != websocket.MessageText {
+				c.close(protocol.CloseUnsupported, "binary frames are not supported")
+			} else {
+				stop = c.handle(*buf)
+			}
 		}
-		c.b.m.MessagesIn.WithLabelValues(metrics.KindMessage).Inc()
-		if typ != websocket.MessageText {
-			c.close(protocol.CloseUnsupported, "binary frames are not supported")
-			continue
+		if cap(*buf) <= maxPooledFrame {
+			frameBuffers.Put(buf)
 		}
-		if err := c.handle(data); err != nil {
+		if err != nil {
+			return closeStatus(err)
+		}
+		if stop != nil {
 			return protocol.CloseGoingAway, "server shutting down"
+		}
+	}
+}
+
+// frameBuffers lends the readers a buffer for the frame at hand: the uplink
+// copies what it keeps, so a frame costs no allocation of its own.
+var frameBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 1<<10); return &b }}
+
+// maxPooledFrame bounds the buffers frameBuffers keeps: a rare large frame
+// should not hold its memory for ever.
+const maxPooledFrame = 64 << 10
+
+// readMessage reads the rest of a message into buf, growing it as needed.
+func readMessage(r io.Reader, buf []byte) ([]byte, error) {
+	for {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, len(buf))
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
 		}
 	}
 }

@@ -71,11 +71,24 @@ type fanoutRig struct {
 	readers  sync.WaitGroup
 }
 
+// countingUplink is a nullUplink that counts client messages.
+type countingUplink struct {
+	nullUplink
+	messages atomic.Int64
+}
+
+func (u *countingUplink) Message(context.Context, uplink.Client, json.RawMessage, json.RawMessage) error {
+	u.messages.Add(1)
+	return nil
+}
+
 // newTestBroker returns a broker whose registry accepts every service and
 // whose uplink drops everything.
-func newTestBroker(tb testing.TB) *Broker {
+func newTestBroker(tb testing.TB) *Broker { return newTestBrokerWith(tb, nullUplink{}) }
+
+func newTestBrokerWith(tb testing.TB, up Uplink) *Broker {
 	tb.Helper()
-	return New(liveRegistry{}, nullUplink{}, Config{
+	return New(liveRegistry{}, up, Config{
 		SendQueue: 4096, MaxMessageBytes: 65536, ClientErrorLimit: 10, WriteTimeout: 10 * time.Second,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: metrics.New(prometheus.NewRegistry()),
 	})
@@ -194,5 +207,36 @@ func BenchmarkAppendTextFrame(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		buf = appendTextFrame(buf[:0], frame)
+	}
+}
+
+// BenchmarkClientFrames measures the node's read path for client frames:
+// each is read, decoded and handed to the uplink. One op is one frame of a
+// client that sends them back to back; the allocations include the
+// sending client's.
+func BenchmarkClientFrames(b *testing.B) {
+	up := &countingUplink{}
+	brk := newTestBrokerWith(b, up)
+	srv, addr := serveBroker(b, brk)
+	defer func() { _ = srv.Close(); _ = brk.Shutdown(context.Background()) }()
+	ctx := context.Background()
+	c, _, err := websocket.Dial(ctx, "ws://"+addr+"/ws/bench", nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = c.CloseNow() }()
+	if _, _, err := c.Read(ctx); err != nil { // dmb:connected
+		b.Fatal(err)
+	}
+	frame := []byte(`{"event":"dmb:message","data":` + string(payload100) + `,"id":12345}`)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if err := c.Write(ctx, websocket.MessageText, frame); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for up.messages.Load() < int64(b.N) {
+		time.Sleep(20 * time.Microsecond)
 	}
 }

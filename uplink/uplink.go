@@ -139,9 +139,16 @@ func (u *Uplink) Connect(c Client) error {
 
 // Message publishes a client's frame to its backend and answers the client
 // when id is not nil. It waits while the worker's queue is full, until ctx
-// (the client's lifetime) ends.
+// (the client's lifetime) ends. It builds the backend's message at once, so
+// the caller may reuse data and id when it returns.
 func (u *Uplink) Message(ctx context.Context, c Client, data, id json.RawMessage) error {
-	return u.enqueue(ctx, u.clientWorker(c), request{kind: reqMessage, client: c, data: data, id: id})
+	cid, user := c.CID(), c.User()
+	msg := protocol.AppendMessage(make([]byte, 0, protocol.MessageSize(cid, user, data, id)), cid, user, data, id)
+	if id != nil { // the id ends the message: {...,"id":<id>}
+		end := len(msg) - 1
+		id = msg[end-len(id) : end : end]
+	}
+	return u.enqueue(ctx, u.clientWorker(c), request{kind: reqMessage, client: c, data: msg, id: id})
 }
 
 // Disconnect tells the client's backend that the client went away.
@@ -194,6 +201,11 @@ func (u *Uplink) clientWorker(c Client) *worker {
 }
 
 func (u *Uplink) enqueue(ctx context.Context, w *worker, r request) error {
+	select { // the common case, without the cost of a three-way select
+	case w.in <- r:
+		return nil
+	default:
+	}
 	select {
 	case w.in <- r:
 		return nil
@@ -217,8 +229,8 @@ const (
 type request struct {
 	kind   reqKind
 	client Client
-	data   json.RawMessage // message data, or the payload of a publish
-	id     json.RawMessage
+	data   json.RawMessage // the backend's message event, or the payload of a publish
+	id     json.RawMessage // the message's id, within data
 	code   int
 	reason string
 	bkid   string // publish
@@ -443,12 +455,7 @@ func (w *worker) message(ctx context.Context, b *binding, r *request, attempt in
 		w.answer(r, protocol.ErrTextBackendUnavailable, metrics.DropNoBackend)
 		return
 	}
-	c := b.client
-	cid, user := c.CID(), c.User()
-	// Sized up front: the payload is built in one allocation, not grown.
-	buf := make([]byte, 0, protocol.MessageSize(cid, user, r.data, r.id))
-	p.add(op{kind: opMessage, b: b, bkid: b.bkid, req: r, attempt: attempt,
-		payload: protocol.AppendMessage(buf, cid, user, r.data, r.id)})
+	p.add(op{kind: opMessage, b: b, bkid: b.bkid, req: r, attempt: attempt, payload: r.data})
 }
 
 // exec runs the pipeline, answers the clients, and offers frames that
