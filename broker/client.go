@@ -3,15 +3,14 @@ package broker
 import (
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"runtime/debug"
-	"slices"
 	"sync"
 	"time"
 
 	"github.com/coder/websocket"
 
+	"github.com/dmb-broker/dmb/internal/readall"
 	"github.com/dmb-broker/dmb/metrics"
 	"github.com/dmb-broker/dmb/protocol"
 )
@@ -182,7 +181,7 @@ func (c *client) readLoop() (int, string) {
 			return closeStatus(err)
 		}
 		buf := frameBuffers.Get().(*[]byte)
-		*buf, err = readMessage(r, (*buf)[:0])
+		*buf, err = readall.Into((*buf)[:0], r)
 		var stop error
 		if err == nil && c.q.closeRequest() == nil { // closing: read on until the close handshake ends
 			c.b.messagesIn.Inc()
@@ -211,23 +210,6 @@ var frameBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 1<<10); retu
 // maxPooledFrame bounds the buffers frameBuffers keeps: a rare large frame
 // should not hold its memory for ever.
 const maxPooledFrame = 64 << 10
-
-// readMessage reads the rest of a message into buf, growing it as needed.
-func readMessage(r io.Reader, buf []byte) ([]byte, error) {
-	for {
-		if len(buf) == cap(buf) {
-			buf = slices.Grow(buf, len(buf))
-		}
-		n, err := r.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if err == io.EOF {
-			return buf, nil
-		}
-		if err != nil {
-			return buf, err
-		}
-	}
-}
 
 // handle passes one text frame on. A panic here is a bug in DMB; it costs
 // this client its connection (1011), never the node.

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 	"sync/atomic"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/dmb-broker/dmb/internal/readall"
 )
 
 // client is one WebSocket connection to DMB. Its reader goroutine, started
@@ -231,32 +231,11 @@ func (c *client) readLoop() error {
 		if err != nil {
 			return err
 		}
-		if buf, err = readMessage(r, buf[:0]); err != nil {
+		if buf, err = readall.Into(buf[:0], r); err != nil {
 			return err
 		}
 		now := c.run.now()
 		c.handle(readFrame(buf), now)
-	}
-}
-
-// readMessage reads one message into buf, growing it as needed, so that a
-// client reuses one buffer for every frame.
-func readMessage(r io.Reader, buf []byte) ([]byte, error) {
-	if cap(buf) == 0 {
-		buf = make([]byte, 0, 512)
-	}
-	for {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
-		}
-		n, err := r.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if err == io.EOF {
-			return buf, nil
-		}
-		if err != nil {
-			return buf, err
-		}
 	}
 }
 
