@@ -55,9 +55,6 @@ type Config struct {
 	Metrics *metrics.Metrics
 }
 
-// lookupTimeout bounds the registry look-up of a connecting client.
-const lookupTimeout = 3 * time.Second
-
 // Broker serves WebSocket clients and fans out to them.
 type Broker struct {
 	cfg Config
@@ -171,9 +168,7 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	ctx, cancel := context.WithTimeout(b.ctx, lookupTimeout)
-	status, err := b.reg.Lookup(ctx, service)
-	cancel()
+	status, err := b.reg.Lookup(b.ctx, service) // bounded by the registry
 	switch {
 	case err != nil:
 		b.log.Warn("registry look-up failed", "service", service, "err", err)
