@@ -374,12 +374,12 @@ func (r *Registry) ServiceOf(ctx context.Context, bkid string) (string, bool, er
 	return svc, true, nil
 }
 
-// LookupTimeout bounds how long Lookup waits for Redis.
-const LookupTimeout = 3 * time.Second
+// refreshTimeout bounds how long Lookup and Pick wait for Redis when the
+// view has no live backend for a service.
+const refreshTimeout = 3 * time.Second
 
 // Lookup tells whether a client of service can be accepted. When the view
-// has no live backend, it asks Redis before it answers (see ensureFresh),
-// for at most LookupTimeout.
+// has no live backend, it asks Redis before it answers (see ensureFresh).
 func (r *Registry) Lookup(ctx context.Context, name string) (Status, error) {
 	if err := r.ensureFresh(ctx, name); err != nil {
 		return NoLive, err
@@ -410,7 +410,7 @@ func (r *Registry) ensureFresh(ctx context.Context, name string) error {
 	}
 	// Bounded here, not by the caller: most look-ups need no Redis, and a
 	// timer per connecting client is a cost the connect rate shows.
-	ctx, cancel := context.WithTimeout(ctx, LookupTimeout)
+	ctx, cancel := context.WithTimeout(ctx, refreshTimeout)
 	defer cancel()
 	if err := r.lockRefresh(ctx); err != nil {
 		return err
