@@ -190,6 +190,10 @@ func dialClient(ctx context.Context, hc *http.Client, url string, readLimit int6
 	if err != nil {
 		return nil, err
 	}
+	if c.conn == nil {
+		_ = ws.CloseNow()
+		return nil, errors.New("the HTTP client did not hand over its connection: use wsClient")
+	}
 	c.ws = ws
 	ws.SetReadLimit(readLimit)
 	_, data, err := ws.Read(ctx)
