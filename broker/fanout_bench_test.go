@@ -109,6 +109,19 @@ func serveBroker(tb testing.TB, brk *Broker) (*http.Server, string) {
 	return srv, ln.Addr().String()
 }
 
+// dialWelcomed connects a client to url and reads its dmb:connected.
+func dialWelcomed(tb testing.TB, url string) *websocket.Conn {
+	tb.Helper()
+	c, _, err := websocket.Dial(context.Background(), url, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if _, _, err := c.Read(context.Background()); err != nil {
+		tb.Fatal(err)
+	}
+	return c
+}
+
 func newFanoutRig(b *testing.B, n int) *fanoutRig {
 	b.Helper()
 	brk := newTestBroker(b)
@@ -116,13 +129,7 @@ func newFanoutRig(b *testing.B, n int) *fanoutRig {
 	r := &fanoutRig{brk: brk, srv: srv}
 	url := "ws://" + addr + "/ws/bench"
 	for range n {
-		c, _, err := websocket.Dial(context.Background(), url, nil)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, _, err := c.Read(context.Background()); err != nil { // dmb:connected
-			b.Fatal(err)
-		}
+		c := dialWelcomed(b, url)
 		r.clients = append(r.clients, c)
 		r.readers.Add(1)
 		go func() {
@@ -220,14 +227,8 @@ func BenchmarkClientFrames(b *testing.B) {
 	srv, addr := serveBroker(b, brk)
 	defer func() { _ = srv.Close(); _ = brk.Shutdown(context.Background()) }()
 	ctx := context.Background()
-	c, _, err := websocket.Dial(ctx, "ws://"+addr+"/ws/bench", nil)
-	if err != nil {
-		b.Fatal(err)
-	}
+	c := dialWelcomed(b, "ws://"+addr+"/ws/bench")
 	defer func() { _ = c.CloseNow() }()
-	if _, _, err := c.Read(ctx); err != nil { // dmb:connected
-		b.Fatal(err)
-	}
 	frame := []byte(`{"event":"dmb:message","data":` + string(payload100) + `,"id":12345}`)
 	b.ReportAllocs()
 	b.ResetTimer()
