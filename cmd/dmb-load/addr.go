@@ -82,12 +82,25 @@ func loopbackOnly(_, address string, _ syscall.RawConn) error {
 	return nil
 }
 
+// loopbackFrom is loopbackOnly for a socket bound to a source address
+// before it connects: the port is left to connect (bindNoPort).
+func loopbackFrom(network, address string, c syscall.RawConn) error {
+	if err := loopbackOnly(network, address, c); err != nil {
+		return err
+	}
+	if err := bindNoPort(c); err != nil {
+		return fmt.Errorf("source port left to connect: %w", err)
+	}
+	return nil
+}
+
 // dialer returns a loopback-only dialer that connects from src (any source
 // when src is not valid).
 func dialer(src netip.Addr) *net.Dialer {
 	d := &net.Dialer{Timeout: handshakeTimeout, Control: loopbackOnly, KeepAlive: -1}
 	if src.IsValid() {
 		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
+		d.Control = loopbackFrom
 	}
 	return d
 }
