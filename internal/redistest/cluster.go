@@ -23,6 +23,9 @@ type Cluster struct {
 	Nodes []*Server
 }
 
+// clusterCreateTimeout bounds redis-cli --cluster create.
+const clusterCreateTimeout = time.Minute
+
 // StartCluster starts masters × (1 + replicas) servers, forms the cluster
 // and waits until every slot is served and every replica is in sync.
 func StartCluster(t testing.TB, masters, replicas int) *Cluster {
@@ -34,18 +37,23 @@ func StartCluster(t testing.TB, masters, replicas int) *Cluster {
 	c := &Cluster{t: t}
 	var addrs []string
 	for i := range masters * (1 + replicas) {
-		s := Start(t, "--cluster-enabled", "yes",
-			"--cluster-config-file", filepath.Join(dir, fmt.Sprintf("nodes-%d.conf", i)),
-			"--cluster-node-timeout", "1000", "--dir", dir,
-			// The bus port is the port + 10000 unless told: that one may
-			// be taken, or past 65535.
-			"--cluster-port", strconv.Itoa(FreePort(t)))
+		s := startNew(t, func() *Server {
+			return &Server{t: t, port: FreePort(t), args: []string{"--cluster-enabled", "yes",
+				"--cluster-config-file", filepath.Join(dir, fmt.Sprintf("nodes-%d.conf", i)),
+				"--cluster-node-timeout", "1000", "--dir", dir,
+				// The bus port is the port + 10000 unless told: that one may
+				// be taken, or past 65535.
+				"--cluster-port", strconv.Itoa(FreePort(t))}}
+		})
 		c.Nodes = append(c.Nodes, s)
 		addrs = append(addrs, s.Addr())
 	}
 	args := append([]string{"--cluster", "create"}, addrs...)
 	args = append(args, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
-	if out, err := exec.Command("redis-cli", args...).CombinedOutput(); err != nil {
+	// redis-cli waits for the nodes to agree for as long as it takes.
+	ctx, cancel := context.WithTimeout(context.Background(), clusterCreateTimeout)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, "redis-cli", args...).CombinedOutput(); err != nil {
 		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}
 	c.WaitHealthy()
@@ -162,9 +170,7 @@ func StartSentinel(t testing.TB) *Sentinel {
 		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		s := &Server{t: t, port: FreePort(t), conf: conf}
-		s.start()
-		t.Cleanup(s.Kill)
+		s := startNew(t, func() *Server { return &Server{t: t, port: FreePort(t), conf: conf} })
 		st.Sentinels = append(st.Sentinels, s)
 	}
 	waitFor(t, 30*time.Second, "sentinels that know the replica and each other", func(ctx context.Context) error {

@@ -7,10 +7,14 @@ package redistest
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
+	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -37,24 +41,70 @@ type Server struct {
 // answers. Extra arguments are passed to redis-server.
 func Start(t testing.TB, args ...string) *Server {
 	t.Helper()
+	return startNew(t, func() *Server { return &Server{t: t, port: FreePort(t), args: args} })
+}
+
+// startAttempts bounds how often startNew finds new ports.
+const startAttempts = 5
+
+// startNew starts the server newServer describes and stops it when the test
+// ends. A port found free can still be taken by another process before
+// redis-server binds it; then it asks newServer again, for ports found
+// anew.
+func startNew(t testing.TB, newServer func() *Server) *Server {
+	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Fatalf("redis-server not found (apt-get install redis-server): %v", err)
 	}
-	s := &Server{t: t, port: FreePort(t), args: args}
-	s.start()
-	t.Cleanup(s.Kill)
-	return s
+	for attempt := 1; ; attempt++ {
+		s := newServer()
+		err := s.launch()
+		if err == nil {
+			t.Cleanup(s.Kill)
+			return s
+		}
+		if !errors.Is(err, errPortTaken) || attempt == startAttempts {
+			t.Fatal(err)
+		}
+	}
 }
 
-// FreePort returns a loopback TCP port that was free a moment ago.
+// FreePort returns a loopback TCP port that was free a moment ago. It is
+// below the kernel's ephemeral range: a port in that range can go to any
+// outgoing connection on the machine, between this call and the bind of
+// the server it is for, or between a Kill and a Restart on the same port.
 func FreePort(t testing.TB) int {
 	t.Helper()
+	if lo, hi := fixedPorts(); hi > lo {
+		for range 100 {
+			p := lo + rand.IntN(hi-lo)
+			ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
+			if err == nil {
+				_ = ln.Close()
+				return p
+			}
+		}
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("find a free port: %v", err)
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// fixedPorts is the range [lo, hi) of ports that FreePort picks from:
+// from 20000 to the start of the kernel's ephemeral range.
+func fixedPorts() (lo, hi int) {
+	lo, hi = 20000, 32768 // Linux's default ephemeral range starts at 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if v, err := strconv.Atoi(f[0]); err == nil {
+				hi = v
+			}
+		}
+	}
+	return lo, hi
 }
 
 // Port is the server's port.
@@ -71,8 +121,13 @@ func (s *Server) Client() *redis.Client {
 	return c
 }
 
-func (s *Server) start() {
-	s.t.Helper()
+// errPortTaken is a server's failure to bind its port, or its cluster bus
+// port, because another process has it.
+var errPortTaken = errors.New("port taken by another process")
+
+// launch runs redis-server and waits until it answers; on failure the
+// process is gone.
+func (s *Server) launch() error {
 	args := append([]string{
 		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--daemonize", "no",
@@ -84,7 +139,7 @@ func (s *Server) start() {
 	out := &bytes.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
-		s.t.Fatalf("start redis-server: %v", err)
+		return fmt.Errorf("start redis-server: %w", err)
 	}
 	done := make(chan struct{})
 	go func() {
@@ -94,30 +149,47 @@ func (s *Server) start() {
 	s.mu.Lock()
 	s.cmd, s.done, s.out = cmd, done, out
 	s.mu.Unlock()
-	s.waitReady(done)
+	if err := s.waitReady(cmd.Process.Pid, done); err != nil {
+		s.Kill()
+		return err
+	}
+	return nil
 }
 
-func (s *Server) waitReady(exited chan struct{}) {
-	s.t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+// waitReady waits until the server with process id pid answers on the
+// port: an answer from another process on it does not count.
+func (s *Server) waitReady(pid int, exited chan struct{}) error {
+	// Each try is bounded by the timeouts: go-redis's connection set-up
+	// does not follow the context's deadline.
+	const try = 200 * time.Millisecond
+	c := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1,
+		DialTimeout: try, ReadTimeout: try, WriteTimeout: try})
 	defer c.Close()
+	ours := "process_id:" + strconv.Itoa(pid) + "\r\n"
 	deadline := time.Now().Add(10 * time.Second)
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-		err := c.Ping(ctx).Err()
+		ctx, cancel := context.WithTimeout(context.Background(), try)
+		info, err := c.Info(ctx, "server").Result()
 		cancel()
+		if err == nil && !strings.Contains(info, ours) {
+			err = fmt.Errorf("another process answers on port %d", s.port)
+		}
 		if err == nil {
-			return
+			return nil
 		}
 		select {
 		case <-exited:
-			s.t.Fatalf("redis-server on port %d exited: %s", s.port, s.output())
+			out := s.output()
+			if strings.Contains(out, "Address already in use") {
+				return fmt.Errorf("redis-server on port %d: %w: %s", s.port, errPortTaken, out)
+			}
+			return fmt.Errorf("redis-server on port %d exited: %s", s.port, out)
 		case <-tick.C:
 		}
 		if time.Now().After(deadline) {
-			s.t.Fatalf("redis-server on port %d not ready: %v", s.port, err)
+			return fmt.Errorf("redis-server on port %d not ready: %w", s.port, err)
 		}
 	}
 }
@@ -145,7 +217,9 @@ func (s *Server) Kill() {
 // Restart starts the server again on the same port, empty.
 func (s *Server) Restart() {
 	s.t.Helper()
-	s.start()
+	if err := s.launch(); err != nil {
+		s.t.Fatalf("restart: %v", err)
+	}
 }
 
 // String describes the server in failure messages.
