@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dmb-broker/dmb/auth"
+	"github.com/dmb-broker/dmb/internal/wsframe"
 	"github.com/dmb-broker/dmb/metrics"
 	"github.com/dmb-broker/dmb/protocol"
 	"github.com/dmb-broker/dmb/registry"
@@ -301,7 +302,7 @@ func (b *Broker) fanout(clients func() map[*client]struct{}, frame []byte) int {
 		}
 		return n
 	}
-	framed := appendTextFrame(make([]byte, 0, textFrameSize(frame)), frame)
+	framed := wsframe.AppendText(make([]byte, 0, wsframe.TextSize(frame)), frame)
 	parts := runtime.GOMAXPROCS(0)
 	if parts < 2 || len(set) < 2*fanoutPart {
 		return sendAll(maps.Keys(set), frame, framed)

@@ -121,7 +121,7 @@ func (c *client) send(frame []byte) bool {
 }
 
 // sendFramed is send for a frame shared by many clients, given both as
-// payload and as the text frame built once from it (appendTextFrame). A
+// payload and as the text frame built once from it (wsframe.AppendText). A
 // client of a plain connection whose queue is empty and that has no writer
 // gets the frame written to its socket at once, if the socket takes it
 // without waiting; otherwise the payload is queued as by send.

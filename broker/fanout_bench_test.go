@@ -16,6 +16,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/dmb-broker/dmb/internal/wsframe"
 	"github.com/dmb-broker/dmb/metrics"
 	"github.com/dmb-broker/dmb/protocol"
 	"github.com/dmb-broker/dmb/registry"
@@ -213,7 +214,7 @@ func BenchmarkAppendTextFrame(b *testing.B) {
 	buf := make([]byte, 0, 256)
 	b.ReportAllocs()
 	for b.Loop() {
-		buf = appendTextFrame(buf[:0], frame)
+		buf = wsframe.AppendText(buf[:0], frame)
 	}
 }
 

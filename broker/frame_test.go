@@ -15,6 +15,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/dmb-broker/dmb/internal/wsframe"
 	"github.com/dmb-broker/dmb/metrics"
 	"github.com/dmb-broker/dmb/protocol"
 	"github.com/dmb-broker/dmb/uplink"
@@ -71,8 +72,8 @@ func TestTextFramesOfEveryLengthFormAreReadByTheLibrary(t *testing.T) {
 		if typ != websocket.MessageText || !bytes.Equal(data, payload) {
 			t.Fatalf("length %d: read %v of %d bytes", n, typ, len(data))
 		}
-		if want := textFrameSize(payload); len(appendTextFrame(nil, payload)) != want {
-			t.Fatalf("length %d: textFrameSize %d", n, want)
+		if want := wsframe.TextSize(payload); len(wsframe.AppendText(nil, payload)) != want {
+			t.Fatalf("length %d: TextSize %d", n, want)
 		}
 	}
 }
@@ -175,7 +176,7 @@ func TestNoDataFrameFollowsTheCloseFrame(t *testing.T) {
 	if err := cc.writeFrames([][]byte{[]byte(`{}`)}); err == nil {
 		t.Fatal("a data frame was written after the close frame")
 	}
-	if cc.tryWrite(appendTextFrame(nil, []byte(`{}`))) != wroteNone {
+	if cc.tryWrite(wsframe.AppendText(nil, []byte(`{}`))) != wroteNone {
 		t.Fatal("a direct write went out after the close frame")
 	}
 }

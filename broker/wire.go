@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 	"unsafe"
+
+	"github.com/dmb-broker/dmb/internal/wsframe"
 )
 
 // corkConn is a server connection whose writes can be held back and sent
@@ -48,7 +50,7 @@ type corkConn struct {
 
 	// framed is set when the WebSocket library runs on this connection
 	// itself (no TLS between): the broker then frames the data frames and
-	// the library writes only its control frames (see appendTextFrame).
+	// the library writes only its control frames (see frame.go).
 	framed bool
 	// fd is the socket's file descriptor, for writes that must not wait
 	// (writeNow); -1 when the connection has none. It is written to
@@ -130,7 +132,7 @@ func (c *corkConn) writeFrames(frames [][]byte) error {
 	c.tail = nil
 	var err error
 	for _, f := range frames {
-		buf = appendTextFrame(buf, f)
+		buf = wsframe.AppendText(buf, f)
 		if len(buf) >= corkFlushAt {
 			if _, err = c.writeLocked(buf); err != nil {
 				break
@@ -211,7 +213,7 @@ func (c *corkConn) tryWriteFrames(frames [][]byte) writeOutcome {
 	c.buf = nil
 	buf = append(buf, c.tail...)
 	for _, f := range frames {
-		buf = appendTextFrame(buf, f)
+		buf = wsframe.AppendText(buf, f)
 	}
 	if c.closeSent {
 		// No data frame may follow the close frame; the writer's next
