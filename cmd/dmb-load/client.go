@@ -366,8 +366,7 @@ func (c *client) sendLoop(ctx context.Context, start, end time.Time, offset time
 			buf = uplinkFrame(buf[:0], id, t, payload, pad)
 			// Count it before writing: the ack may come back before the write returns.
 			u.sent.Add(1)
-			// Corked, Write only fails on a connection already closed.
-			_ = c.ws.Write(context.Background(), websocket.MessageText, buf)
+			c.conn.holdText(buf)
 		}
 		if err := c.conn.uncork(); err != nil {
 			u.sent.Add(-n)

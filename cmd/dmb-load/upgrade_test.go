@@ -2,10 +2,19 @@ package main
 
 import (
 	"bufio"
+	"bytes"
+	"context"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/coder/websocket"
 )
 
 // writeLog is a connection that records each write it is given.
@@ -50,5 +59,61 @@ func TestCorkedWritesGoOutAsOneWriteInOrder(t *testing.T) {
 	}
 	if want := []string{"onetwopong", "after"}; !slices.Equal(log.writes, want) {
 		t.Errorf("writes = %q, want %q", log.writes, want)
+	}
+}
+
+func TestHeldTextFramesAreReadByTheLibraryInOrder(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// 7-bit, 16-bit and 64-bit length forms, and their edges.
+	lengths := []int{0, 1, 125, 126, 127, 65535, 65536, 200000}
+	got := make(chan []byte, len(lengths))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer ws.CloseNow()
+		ws.SetReadLimit(1 << 20)
+		for range lengths {
+			typ, data, err := ws.Read(ctx)
+			if err != nil || typ != websocket.MessageText {
+				close(got)
+				return
+			}
+			got <- data
+		}
+	}))
+	defer srv.Close()
+
+	var conn *upgradedConn
+	ws, _, err := websocket.Dial(context.WithValue(ctx, connSlot{}, &conn), "ws"+strings.TrimPrefix(srv.URL, "http"),
+		&websocket.DialOptions{HTTPClient: wsClient(netip.Addr{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	conn.cork()
+	var sent [][]byte
+	for _, n := range lengths {
+		p := bytes.Repeat([]byte{'a' + byte(n%26)}, n)
+		conn.holdText(p)
+		sent = append(sent, p)
+	}
+	if err := conn.uncork(); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range sent {
+		select {
+		case data, ok := <-got:
+			if !ok {
+				t.Fatalf("the server stopped reading at frame %d", i)
+			}
+			if !bytes.Equal(data, want) {
+				t.Fatalf("frame %d: %d bytes, want %d", i, len(data), len(want))
+			}
+		case <-ctx.Done():
+			t.Fatalf("frame %d not read", i)
+		}
 	}
 }
