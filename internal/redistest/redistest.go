@@ -136,6 +136,7 @@ func (s *Server) launch() error {
 		args = append([]string{s.conf, "--sentinel", "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1"}, s.args...)
 	}
 	cmd := exec.Command("redis-server", args...)
+	dieWithTest(cmd)
 	out := &bytes.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
