@@ -7,12 +7,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"os/exec"
 	"reflect"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -22,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/dmb-broker/dmb/backend"
+	"github.com/dmb-broker/dmb/internal/redistest"
 )
 
 // The goroutines of a test's redis-server and demo backend are stopped in
@@ -34,35 +32,6 @@ const (
 	uplink   = "dmb:uplink:7"
 	downlink = "dmb:7"
 )
-
-// startRedis starts a redis-server on a free loopback port and returns a
-// client for it; both go away when the test ends.
-func startRedis(t *testing.T, ctx context.Context) *redis.Client {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	_ = l.Close()
-
-	cmd := exec.Command("/usr/bin/redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no")
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start redis-server: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-
-	rdb := redis.NewClient(&redis.Options{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port))})
-	t.Cleanup(func() { _ = rdb.Close() })
-	eventually(t, ctx, "redis-server answers PING", func() bool {
-		return rdb.Ping(ctx).Err() == nil
-	})
-	return rdb
-}
 
 // eventually polls cond until it holds, failing the test when ctx ends first.
 func eventually(t *testing.T, ctx context.Context, what string, cond func() bool) {
@@ -92,7 +61,7 @@ func startDemo(t *testing.T) *harness {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	t.Cleanup(cancel)
-	rdb := startRedis(t, ctx)
+	rdb := redistest.Start(t).Client()
 	h := &harness{ctx: ctx, rdb: rdb, register: subscribe(t, ctx, rdb, "dmb:register"), down: subscribe(t, ctx, rdb, downlink)}
 
 	runCtx, stopRun := context.WithCancel(ctx)
