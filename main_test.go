@@ -19,6 +19,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/dmb-broker/dmb/internal/nodetest"
+	"github.com/dmb-broker/dmb/internal/proctest"
 	"github.com/dmb-broker/dmb/internal/redistest"
 )
 
@@ -47,6 +48,7 @@ func startDMB(t *testing.T, args string, env ...string) *proc {
 	t.Helper()
 	port := redistest.FreePort(t)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	proctest.DieWithTest(cmd)
 	cmd.Env = append(os.Environ(), "DMB_TEST_MAIN=1", "DMB_TEST_MAIN_ARGS="+args,
 		"DMB_PORT="+strconv.Itoa(port), "DMB_BIND=127.0.0.1", "DMB_LOG_FORMAT=json", "DMB_ADMIN_ADDR=127.0.0.1:0")
 	cmd.Env = append(cmd.Env, env...)

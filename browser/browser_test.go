@@ -24,6 +24,7 @@ import (
 	"github.com/dmb-broker/dmb/backend"
 	"github.com/dmb-broker/dmb/demo"
 	"github.com/dmb-broker/dmb/internal/nodetest"
+	"github.com/dmb-broker/dmb/internal/proctest"
 	"github.com/dmb-broker/dmb/internal/redistest"
 	"github.com/dmb-broker/dmb/node"
 )
@@ -82,6 +83,7 @@ func TestChatInARealBrowser(t *testing.T) {
 	defer func() { stopDemo(); <-demoDone }()
 
 	cmd := exec.Command("node", "chat.mjs")
+	proctest.DieWithTest(cmd)
 	cmd.Env = append(os.Environ(),
 		fmt.Sprintf("DMB_URL=http://127.0.0.1:%d", port),
 		fmt.Sprintf("DMB_AUTH_URL=http://127.0.0.1:%d", authPort),

@@ -27,6 +27,7 @@ import (
 	"github.com/dmb-broker/dmb/backend"
 	"github.com/dmb-broker/dmb/demo"
 	"github.com/dmb-broker/dmb/internal/nodetest"
+	"github.com/dmb-broker/dmb/internal/proctest"
 	"github.com/dmb-broker/dmb/internal/redistest"
 	"github.com/dmb-broker/dmb/internal/testcert"
 	"github.com/dmb-broker/dmb/node"
@@ -97,6 +98,7 @@ func runServer(t *testing.T, dir string, port int, bin string, args ...string) {
 	defer logFile.Close()
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	proctest.DieWithTest(cmd)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/dmb-broker/dmb/config"
 	"github.com/dmb-broker/dmb/internal/nodetest"
+	"github.com/dmb-broker/dmb/internal/proctest"
 	"github.com/dmb-broker/dmb/internal/redistest"
 	"github.com/dmb-broker/dmb/node"
 )
@@ -214,6 +215,7 @@ func startExample(t *testing.T, argv []string, redisEnv []string) {
 	out := &nodetest.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	proctest.DieWithTest(cmd)
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %v: %v", argv, err)
 	}

@@ -1,8 +1,10 @@
 //go:build !linux
 
-package redistest
+// Package proctest is for tests that run other programs: servers, proxies,
+// browsers, example backends.
+package proctest
 
 import "os/exec"
 
-// dieWithTest: only Linux kills a child when its parent dies.
-func dieWithTest(*exec.Cmd) {}
+// DieWithTest: only Linux kills a child when its parent dies.
+func DieWithTest(*exec.Cmd) {}

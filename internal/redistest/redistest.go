@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmb-broker/dmb/internal/proctest"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -136,7 +137,7 @@ func (s *Server) launch() error {
 		args = append([]string{s.conf, "--sentinel", "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1"}, s.args...)
 	}
 	cmd := exec.Command("redis-server", args...)
-	dieWithTest(cmd)
+	proctest.DieWithTest(cmd)
 	out := &bytes.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
