@@ -84,8 +84,11 @@ func templated(t *testing.T, path string, repl map[string]string) string {
 	return conf
 }
 
-// runServer starts a proxy process in its own process group (so that its
-// workers stop with it), logging to a file, and waits for its TLS port.
+// runServer starts a proxy process in its own process group, logging to a
+// file, and waits for its TLS port. The proxies run as one process
+// (nginx's master_process off, Apache's -X), so that the kernel's kill of
+// it when the test process dies (proctest.DieWithTest) leaves no worker
+// serving the port.
 func runServer(t *testing.T, dir string, port int, bin string, args ...string) {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
@@ -177,7 +180,7 @@ func startNginx(t *testing.T, dmbAddr, pageAddr string, cert testcert.Cert) prox
 	}
 	writeFile(t, dir, "nginx.conf", fmt.Sprintf(`%s
 daemon off;
-worker_processes 1;
+master_process off;
 pid %[2]s/nginx.pid;
 error_log stderr warn;
 events { worker_connections 256; }
@@ -233,7 +236,7 @@ Listen 127.0.0.1:%[4]d
 Listen 127.0.0.1:%[5]d
 Include %[3]s/dmb.conf
 `, load.String(), user, dir, px.https, px.http))
-	runServer(t, dir, px.https, bin, "-f", filepath.Join(dir, "httpd.conf"), "-DFOREGROUND")
+	runServer(t, dir, px.https, bin, "-f", filepath.Join(dir, "httpd.conf"), "-DFOREGROUND", "-X")
 	return px
 }
 
