@@ -4,14 +4,11 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // helperEnv makes the test binary a process that starts a server, prints its
@@ -23,7 +20,7 @@ func TestHelperAbandonsItsServer(t *testing.T) {
 		t.Skip("run by TestAServerDiesWithItsTestProcess")
 	}
 	s := Start(t)
-	fmt.Println("port", s.Port())
+	fmt.Println("server", s.Port(), s.cmd.Process.Pid)
 	os.Exit(0) // no cleanup
 }
 
@@ -39,22 +36,21 @@ func TestAServerDiesWithItsTestProcess(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	port := 0
+	var port, pid int
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
-		if p, ok := strings.CutPrefix(sc.Text(), "port "); ok {
-			port, _ = strconv.Atoi(p)
+		if _, err := fmt.Sscanf(sc.Text(), "server %d %d", &port, &pid); err == nil {
+			break
 		}
 	}
-	if err := cmd.Wait(); err != nil || port == 0 {
-		t.Fatalf("helper: %v, port %d", err, port)
+	_, _ = io.Copy(io.Discard, out)
+	if err := cmd.Wait(); err != nil || pid == 0 {
+		t.Fatalf("helper: %v, port %d, pid %d", err, port, pid)
 	}
-	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(port), MaxRetries: -1,
-		DialTimeout: 200 * time.Millisecond, ReadTimeout: 200 * time.Millisecond})
-	defer c.Close()
-	waitFor(t, 10*time.Second, "the abandoned server gone", func(ctx context.Context) error {
-		if err := c.Ping(ctx).Err(); err == nil {
-			return fmt.Errorf("redis-server on port %d still answers", port)
+	abandoned := &Server{t: t, port: port}
+	waitFor(t, 10*time.Second, "the abandoned server gone", func(context.Context) error {
+		if abandoned.answers(pid) == nil {
+			return fmt.Errorf("redis-server %d on port %d still answers", pid, port)
 		}
 		return nil
 	})

@@ -161,23 +161,11 @@ func (s *Server) launch() error {
 // waitReady waits until the server with process id pid answers on the
 // port: an answer from another process on it does not count.
 func (s *Server) waitReady(pid int, exited chan struct{}) error {
-	// Each try is bounded by the timeouts: go-redis's connection set-up
-	// does not follow the context's deadline.
-	const try = 200 * time.Millisecond
-	c := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1,
-		DialTimeout: try, ReadTimeout: try, WriteTimeout: try})
-	defer c.Close()
-	ours := "process_id:" + strconv.Itoa(pid) + "\r\n"
 	deadline := time.Now().Add(10 * time.Second)
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), try)
-		info, err := c.Info(ctx, "server").Result()
-		cancel()
-		if err == nil && !strings.Contains(info, ours) {
-			err = fmt.Errorf("another process answers on port %d", s.port)
-		}
+		err := s.answers(pid)
 		if err == nil {
 			return nil
 		}
@@ -194,6 +182,28 @@ func (s *Server) waitReady(pid int, exited chan struct{}) error {
 			return fmt.Errorf("redis-server on port %d not ready: %w", s.port, err)
 		}
 	}
+}
+
+// answers returns nil when the process pid answers on the server's port.
+// Each try has a client of its own: a go-redis pool whose dials keep
+// failing starts redialling in the background, at its own pace.
+func (s *Server) answers(pid int) error {
+	// The timeouts bound the try: go-redis's connection set-up does not
+	// follow the context's deadline.
+	const try = 200 * time.Millisecond
+	c := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1,
+		DialTimeout: try, ReadTimeout: try, WriteTimeout: try})
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), try)
+	defer cancel()
+	info, err := c.Info(ctx, "server").Result()
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(info, "process_id:"+strconv.Itoa(pid)+"\r\n") {
+		return fmt.Errorf("another process answers on port %d", s.port)
+	}
+	return nil
 }
 
 func (s *Server) output() string {

@@ -15,6 +15,9 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestFreePortIsBelowTheEphemeralRange(t *testing.T) {
 	lo, hi := fixedPorts()
+	if hi <= lo {
+		t.Skipf("the ephemeral range starts at %d: FreePort leaves the choice to the kernel", hi)
+	}
 	for range 20 {
 		if p := FreePort(t); p < lo || p >= hi {
 			t.Fatalf("port %d, want one in [%d, %d)", p, lo, hi)
