@@ -7,7 +7,7 @@
 // backend) and closes clients with the contract's codes.
 //
 // Fan-out never waits on a client: a frame is encoded once by the caller,
-// framed for the wire once (frame.go), and the same bytes go to every
+// framed for the wire once (internal/wsframe), and the same bytes go to every
 // client: written to the socket at once when the client has nothing queued
 // and the socket takes them without waiting, queued otherwise. A client
 // whose queue is full is closed with 4008 and everyone else goes on.

@@ -50,7 +50,11 @@ type corkConn struct {
 
 	// framed is set when the WebSocket library runs on this connection
 	// itself (no TLS between): the broker then frames the data frames and
-	// the library writes only its control frames (see frame.go).
+	// the library writes only its control frames (pong, close), each whole
+	// in one write (see leanWriter). A broadcast is framed once and the
+	// same bytes are written to every client (Broker.Broadcast), and a
+	// writer frames a batch straight into the buffer it writes; Write keeps
+	// both kinds of write in order.
 	framed bool
 	// fd is the socket's file descriptor, for writes that must not wait
 	// (writeNow); -1 when the connection has none. It is written to
@@ -101,14 +105,14 @@ func (c *corkConn) Write(p []byte) (int, error) {
 			c.buf = (*batchBuffers.Get().(*[]byte))[:0]
 		}
 		c.buf = append(c.buf, p...)
-		c.closeSent = c.closeSent || c.framed && isCloseFrame(p)
+		c.closeSent = c.closeSent || c.framed && wsframe.IsClose(p)
 		return len(p), nil
 	}
 	if err := c.flushTailLocked(); err != nil {
 		return 0, err
 	}
 	n, err := c.writeLocked(p)
-	c.closeSent = c.closeSent || c.framed && isCloseFrame(p)
+	c.closeSent = c.closeSent || c.framed && wsframe.IsClose(p)
 	return n, err
 }
 

@@ -88,9 +88,10 @@ type upgradedConn struct {
 	net.Conn
 	r *bufio.Reader
 
-	mu     sync.Mutex // orders writes: the reader's pongs and closes too
-	corked bool
-	held   []byte
+	mu        sync.Mutex // orders writes: the reader's pongs and closes too
+	corked    bool
+	held      []byte
+	closeSent bool // a close frame was written or held: no frame may follow
 }
 
 func (c *upgradedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
@@ -98,6 +99,7 @@ func (c *upgradedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 func (c *upgradedConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.closeSent = c.closeSent || wsframe.IsClose(p)
 	if c.corked {
 		c.held = append(c.held, p...)
 		return len(p), nil
@@ -129,11 +131,14 @@ func (c *upgradedConn) uncork() error {
 // uncork to write with the rest. It frames the message itself rather than
 // through coder/websocket's Write, whose locks and writer state cost the
 // load tool more CPU than the frame (the tool shares the machine with DMB).
-// The connection must be corked.
+// The connection must be corked. After a close frame it holds nothing: the
+// library's Write would refuse too.
 func (c *upgradedConn) holdText(payload []byte) {
 	var key [4]byte
 	binary.LittleEndian.PutUint32(key[:], rand.Uint32())
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.held = wsframe.AppendMaskedText(c.held, payload, key)
+	if !c.closeSent {
+		c.held = wsframe.AppendMaskedText(c.held, payload, key)
+	}
 }

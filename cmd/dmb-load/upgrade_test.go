@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/dmb-broker/dmb/internal/wsframe"
 )
 
 // writeLog is a connection that records each write it is given.
@@ -115,5 +116,25 @@ func TestHeldTextFramesAreReadByTheLibraryInOrder(t *testing.T) {
 		case <-ctx.Done():
 			t.Fatalf("frame %d not read", i)
 		}
+	}
+}
+
+func TestNoTextFrameIsHeldAfterACloseFrame(t *testing.T) {
+	log := &writeLog{}
+	c := &upgradedConn{Conn: log, r: bufio.NewReader(nil)}
+	c.cork()
+	c.holdText([]byte("before"))
+	closeFrame := []byte{0x88, 0x02, 0x03, 0xe8} // 1000, as the library writes it
+	if _, err := c.Write(closeFrame); err != nil {
+		t.Fatal(err)
+	}
+	c.holdText([]byte("after"))
+	if err := c.uncork(); err != nil {
+		t.Fatal(err)
+	}
+	want := string(wsframe.AppendMaskedText(nil, []byte("before"), [4]byte{})) // length only: the key differs
+	if len(log.writes) != 1 || len(log.writes[0]) != len(want)+len(closeFrame) ||
+		!strings.HasSuffix(log.writes[0], string(closeFrame)) {
+		t.Errorf("writes = %q, want the frame held before the close frame, then the close frame", log.writes)
 	}
 }

@@ -40,6 +40,15 @@ func TextSize(payload []byte) int {
 	}
 }
 
+// IsClose tells whether p, a write the WebSocket library makes of one
+// control frame, is a close frame: the library writes each control frame
+// whole in one write, so its first byte is the frame's. Nothing may follow
+// a close frame on the connection.
+func IsClose(p []byte) bool {
+	const finClose = 0x80 | 0x8
+	return len(p) >= 2 && p[0] == finClose
+}
+
 // appendHeader appends the header of a text frame of n payload bytes; mask
 // is 0x80 when a masking key follows.
 func appendHeader(dst []byte, n int, mask byte) []byte {

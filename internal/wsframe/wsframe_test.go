@@ -76,3 +76,22 @@ func TestMaskedTextFramesUnmaskToThePayload(t *testing.T) {
 		}
 	}
 }
+
+func TestIsCloseKnowsOnlyTheCloseFrame(t *testing.T) {
+	for _, c := range []struct {
+		p    []byte
+		want bool
+	}{
+		{[]byte{0x88, 0x00}, true},
+		{[]byte{0x88, 0x02, 0x03, 0xe8}, true},
+		{[]byte{0x89, 0x00}, false}, // ping
+		{[]byte{0x8a, 0x00}, false}, // pong
+		{AppendText(nil, []byte("x")), false},
+		{[]byte{0x88}, false},
+		{nil, false},
+	} {
+		if got := IsClose(c.p); got != c.want {
+			t.Errorf("IsClose(%x) = %v", c.p, got)
+		}
+	}
+}
