@@ -3,29 +3,18 @@
 package main
 
 import (
-	"os"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
+
+	"github.com/dmb-broker/dmb/internal/ports"
 )
 
 // ephemeralPorts is the size of the kernel's ephemeral port range, the
 // number of connections one source address can open to one destination.
 func ephemeralPorts() int {
-	const fallback = 28232 // Linux's default range, 32768-60999
-	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
-	if err != nil {
-		return fallback
-	}
-	f := strings.Fields(string(b))
-	if len(f) != 2 {
-		return fallback
-	}
-	lo, err1 := strconv.Atoi(f[0])
-	hi, err2 := strconv.Atoi(f[1])
-	if err1 != nil || err2 != nil || hi < lo {
-		return fallback
+	lo, hi, ok := ports.Ephemeral()
+	if !ok {
+		return 28232 // Linux's default range, 32768-60999
 	}
 	return hi - lo + 1
 }

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -19,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmb-broker/dmb/internal/ports"
 	"github.com/dmb-broker/dmb/internal/proctest"
 	"github.com/redis/go-redis/v9"
 )
@@ -98,12 +98,8 @@ func FreePort(t testing.TB) int {
 // from 20000 to the start of the kernel's ephemeral range.
 func fixedPorts() (lo, hi int) {
 	lo, hi = 20000, 32768 // Linux's default ephemeral range starts at 32768
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			if v, err := strconv.Atoi(f[0]); err == nil {
-				hi = v
-			}
-		}
+	if first, _, ok := ports.Ephemeral(); ok {
+		hi = first
 	}
 	return lo, hi
 }
