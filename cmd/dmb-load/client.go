@@ -8,23 +8,25 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/dmb-broker/dmb/internal/readall"
+	"github.com/dmb-broker/dmb/internal/wsframe"
 )
 
 // client is one WebSocket connection to DMB. Its reader goroutine, started
-// by startReading and ended by closing the connection, handles every frame
-// DMB sends; in the uplink scenario a sender goroutine (sendLoop) writes its
-// frames. Counters the other goroutines read are atomic; the rest belong to
-// the reader and are read only after it ended.
+// by startReading and ended by close, handles every frame DMB sends; in the
+// uplink scenario a sender goroutine (sendLoop) writes its frames, and in a
+// closed loop the reader too. Counters the other goroutines read are
+// atomic; the rest belong to the reader and are read only after it ended.
 type client struct {
 	idx  int
-	ws   *websocket.Conn
-	conn *upgradedConn // under ws: to send several frames in one write
+	ws   *websocket.Conn // made the handshake; kept until the end, for its finalizer closes conn
+	conn *upgradedConn   // under ws: the client reads and writes its frames itself
+	in   *inbox          // the reader's
 	cid  string
 	lat  *histogram // downlink latency or ack latency
 	run  *runClock
@@ -45,15 +47,37 @@ type client struct {
 	up *uplinkState // uplink scenario only
 }
 
-// uplinkState is a client's side of the uplink scenario. window holds a
-// token per frame sent and not yet answered; sentAt remembers when each of
-// those was sent, by id modulo the window.
+// uplinkState is a client's side of the uplink scenario. sentAt remembers
+// when each frame in flight was sent, by id modulo the window.
+//
+// Under a rate (open loop) the sender takes a token from window per frame
+// and the reader gives one back per answer. At full speed (closed loop)
+// the sender sends a window of frames, and the reader sends as many again
+// as were answered each time it has handed out all it read: the frames of
+// one answer go together without a hand-over between goroutines.
 type uplinkState struct {
-	window  chan struct{}
-	sentAt  []atomic.Int64
-	sent    atomic.Int64
-	acked   atomic.Int64
-	errored atomic.Int64 // dmb:error answers to our ids
+	window     chan struct{} // open loop only
+	closedLoop bool
+	answered   int // closed loop, reader only: answers not yet sent again
+	sentAt     []atomic.Int64
+	sent       atomic.Int64
+	acked      atomic.Int64
+	errored    atomic.Int64 // dmb:error answers to our ids
+
+	payload int    // bytes of each frame's data
+	pad     []byte // what pads it
+
+	mu      sync.Mutex // orders send; guards the fields below
+	sending bool       // between the start and the end of the run's sending
+	buf     []byte     // the frame being built
+}
+
+func newUplinkState(window int, closedLoop bool, payload int, pad []byte) *uplinkState {
+	u := &uplinkState{closedLoop: closedLoop, sentAt: make([]atomic.Int64, window), payload: payload, pad: pad}
+	if !closedLoop {
+		u.window = make(chan struct{}, window)
+	}
+	return u
 }
 
 // runClock is the run's time base: timestamps in messages are nanoseconds
@@ -182,7 +206,7 @@ const handshakeTimeout = 10 * time.Second
 
 // dialClient opens a WebSocket and reads DMB's first frame, dmb:connected.
 // hc must be a wsClient.
-func dialClient(ctx context.Context, hc *http.Client, url string, readLimit int64) (*client, error) {
+func dialClient(ctx context.Context, hc *http.Client, url string, readLimit int) (*client, error) {
 	ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	defer cancel()
 	c := &client{ended: make(chan struct{})}
@@ -194,9 +218,12 @@ func dialClient(ctx context.Context, hc *http.Client, url string, readLimit int6
 		_ = ws.CloseNow()
 		return nil, errors.New("the HTTP client did not hand over its connection: use wsClient")
 	}
-	c.ws = ws
-	ws.SetReadLimit(readLimit)
-	_, data, err := ws.Read(ctx)
+	c.ws, c.in = ws, newInbox(c.conn, readLimit)
+	stop := context.AfterFunc(ctx, func() { _ = c.conn.SetReadDeadline(time.Unix(1, 0)) })
+	data, err := c.in.next()
+	if !stop() && err == nil { // the read deadline is in the past now
+		err = ctx.Err()
+	}
 	if err != nil {
 		_ = ws.CloseNow()
 		return nil, err
@@ -215,13 +242,22 @@ func dialClient(ctx context.Context, hc *http.Client, url string, readLimit int6
 	return nil, fmt.Errorf("first frame is not dmb:connected: %.100q", data)
 }
 
-// startReading starts the reader goroutine. Reads use a context without a
-// deadline, so that coder/websocket sets up no timer per read; closing the
-// connection ends the reader.
+// startReading starts the reader goroutine, which closes the connection
+// when it ends: after DMB's close frame, on an error, or when close gives
+// up waiting.
 func (c *client) startReading() {
+	if u := c.up; u != nil && u.closedLoop {
+		c.in.idle = func() {
+			if n := u.answered; n > 0 {
+				u.answered = 0
+				_ = c.send(n)
+			}
+		}
+	}
 	go func() {
 		defer close(c.ended)
 		c.endErr = c.readLoop()
+		_ = c.ws.CloseNow()
 		if !c.closing.Load() {
 			c.gone.Store(true)
 		}
@@ -229,17 +265,29 @@ func (c *client) startReading() {
 }
 
 func (c *client) readLoop() error {
-	var buf []byte
 	for {
-		_, r, err := c.ws.Reader(context.Background())
+		p, err := c.in.next()
 		if err != nil {
 			return err
 		}
-		if buf, err = readall.Into(buf[:0], r); err != nil {
-			return err
-		}
-		now := c.run.now()
-		c.handle(readFrame(buf), now)
+		c.handle(readFrame(p), c.run.now())
+	}
+}
+
+// closeWait bounds how long close waits for DMB's close frame.
+const closeWait = 5 * time.Second
+
+// close starts the closing handshake with code and waits for the reader
+// to end, closing the connection itself after closeWait.
+func (c *client) close(code websocket.StatusCode, reason string) {
+	_ = c.conn.writeFrame(wsframe.OpClose, closePayload(code, reason))
+	t := time.NewTimer(closeWait)
+	defer t.Stop()
+	select {
+	case <-c.ended:
+	case <-t.C:
+		_ = c.conn.Close()
+		<-c.ended
 	}
 }
 
@@ -276,6 +324,10 @@ func (c *client) handle(f frameInfo, now int64) {
 		} else {
 			u.errored.Add(1)
 		}
+		if u.closedLoop {
+			u.answered++
+			return
+		}
 		select { // free the frame's place in the window
 		case <-u.window:
 		default:
@@ -306,40 +358,46 @@ func appendPad(dst []byte, n int, pad []byte) []byte {
 	return append(dst, pad[:min(n, len(pad))]...)
 }
 
-// sendLoop writes uplink frames from start until end: at rate frames/s
-// (0: as fast as the window allows), never more than the window unanswered.
-// Frame i is due at start + offset + i/rate; a client that falls behind
-// sends at once until it has caught up. The frames that may go at the same
-// moment go in one write, as a browser writes the frames queued on a
-// WebSocket together.
-func (c *client) sendLoop(ctx context.Context, start, end time.Time, offset time.Duration, rate float64, payload int, pad []byte) {
+// sendLoop writes uplink frames from start until end: at rate frames/s, or
+// at full speed (rate 0) a closed loop, a window of frames that the reader
+// keeps full; never more than the window unanswered. Under a rate, frame i
+// is due at start + offset + i/rate; a client that falls behind sends at
+// once until it has caught up. The frames that may go at the same moment go
+// in one write, as a browser writes the frames queued on a WebSocket
+// together.
+func (c *client) sendLoop(ctx context.Context, start, end time.Time, offset time.Duration, rate float64) {
 	u := c.up
-	buf := make([]byte, 0, payload+96)
-	var timer *time.Timer
-	var interval time.Duration
-	if rate > 0 {
-		interval = time.Duration(float64(time.Second) / rate)
-		timer = time.NewTimer(0)
-		<-timer.C
-		defer timer.Stop()
+	u.mu.Lock()
+	u.sending = true
+	u.mu.Unlock()
+	defer func() {
+		u.mu.Lock()
+		u.sending = false
+		u.mu.Unlock()
+	}()
+	if u.closedLoop {
+		if c.send(len(u.sentAt)) == nil {
+			<-ctx.Done() // ctx ends at end
+		}
+		return
 	}
+	interval := time.Duration(float64(time.Second) / rate)
+	timer := time.NewTimer(0)
+	<-timer.C
+	defer timer.Stop()
 	due := func(id int64) time.Time { return start.Add(offset + time.Duration(id-1)*interval) }
 	for id := int64(1); ; {
-		if rate > 0 {
-			at := due(id)
-			if !at.Before(end) {
+		at := due(id)
+		if !at.Before(end) {
+			return
+		}
+		if d := time.Until(at); d > 0 {
+			timer.Reset(d)
+			select {
+			case <-timer.C:
+			case <-ctx.Done():
 				return
 			}
-			if d := time.Until(at); d > 0 {
-				timer.Reset(d)
-				select {
-				case <-timer.C:
-				case <-ctx.Done():
-					return
-				}
-			}
-		} else if !time.Now().Before(end) {
-			return
 		}
 		select {
 		case u.window <- struct{}{}:
@@ -348,7 +406,7 @@ func (c *client) sendLoop(ctx context.Context, start, end time.Time, offset time
 		}
 		n := int64(1)
 	more: // the window's other free places, for frames already due
-		for rate == 0 || !time.Now().Before(due(id+n)) && due(id+n).Before(end) {
+		for !time.Now().Before(due(id+n)) && due(id+n).Before(end) {
 			select {
 			case u.window <- struct{}{}:
 				n++
@@ -356,23 +414,38 @@ func (c *client) sendLoop(ctx context.Context, start, end time.Time, offset time
 				break more
 			}
 		}
-		if c.gone.Load() {
+		if c.gone.Load() || c.send(int(n)) != nil {
 			return
 		}
-		c.conn.cork()
-		for last := id + n; id < last; id++ {
-			t := c.run.now()
-			u.sentAt[id%int64(len(u.sentAt))].Store(t)
-			buf = uplinkFrame(buf[:0], id, t, payload, pad)
-			// Count it before writing: the ack may come back before the write returns.
-			u.sent.Add(1)
-			c.conn.holdText(buf)
-		}
-		if err := c.conn.uncork(); err != nil {
-			u.sent.Add(-n)
-			return
-		}
+		id += n
 	}
+}
+
+// send writes n frames in one write; it sends nothing once the sending is
+// over, and ends it when the write fails.
+func (c *client) send(n int) error {
+	u := c.up
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if !u.sending {
+		return nil
+	}
+	c.conn.cork()
+	for range n {
+		id := u.sent.Load() + 1
+		t := c.run.now()
+		u.sentAt[id%int64(len(u.sentAt))].Store(t)
+		u.buf = uplinkFrame(u.buf[:0], id, t, u.payload, u.pad)
+		// Count it before writing: the ack may come back before the write returns.
+		u.sent.Add(1)
+		_ = c.conn.writeFrame(wsframe.OpText, u.buf) // held until uncork
+	}
+	if err := c.conn.uncork(); err != nil {
+		u.sent.Add(int64(-n))
+		u.sending = false
+		return err
+	}
+	return nil
 }
 
 // endCode is the close code that ended a connection DMB (or the network)

@@ -176,7 +176,7 @@ func (r *runner) connect(ctx context.Context) {
 	var next, attempted, ok atomic.Int64
 	var mu sync.Mutex
 	failures := map[string]int{}
-	readLimit := int64(o.Payload) + 4096
+	readLimit := o.Payload + 4096
 
 	stopProgress := r.every(time.Second, func() {
 		fmt.Fprintf(r.progress, "  %d/%d connected\n", ok.Load(), o.Clients)
@@ -204,7 +204,7 @@ func (r *runner) connect(ctx context.Context) {
 				hs.record(i, time.Since(t0))
 				c.idx, c.lat, c.run = i, r.lat, r.clock
 				if o.Scenario == scenarioUplink {
-					c.up = &uplinkState{window: make(chan struct{}, o.Window), sentAt: make([]atomic.Int64, o.Window)}
+					c.up = newUplinkState(o.Window, o.Rate == 0, o.Payload, r.pad)
 				}
 				c.startReading()
 				slots[i] = c
@@ -245,7 +245,10 @@ func (r *runner) waitAdmitted(ctx context.Context) error {
 	for {
 		c, err := dialClient(ctx, hc, r.url, 4096)
 		if err == nil {
-			return c.ws.Close(websocket.StatusNormalClosure, "probe")
+			c.lat, c.run = r.lat, r.clock
+			c.startReading()
+			c.close(websocket.StatusNormalClosure, "probe")
+			return nil
 		}
 		if websocket.CloseStatus(err) != 4503 || ctx.Err() != nil {
 			return fmt.Errorf("first client of %s: %w", r.url, err)
@@ -547,7 +550,7 @@ func (r *runner) uplink(ctx context.Context) {
 		r.senders.Add(1)
 		go func() {
 			defer r.senders.Done()
-			c.sendLoop(sctx, t0, end, offset, o.Rate, o.Payload, r.pad)
+			c.sendLoop(sctx, t0, end, offset, o.Rate)
 		}()
 	}
 	stopProgress := r.every(time.Second, func() {
@@ -639,8 +642,7 @@ func (r *runner) closeClients() {
 		go func() {
 			defer wg.Done()
 			for c := range work {
-				_ = c.ws.Close(websocket.StatusNormalClosure, "load run over")
-				<-c.ended
+				c.close(websocket.StatusNormalClosure, "load run over")
 			}
 		}()
 	}

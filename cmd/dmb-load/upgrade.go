@@ -81,9 +81,10 @@ func (t upgradeTransport) exchange(conn net.Conn, req *http.Request) (*http.Resp
 // transport for the connection it makes: coder/websocket keeps it to itself.
 type connSlot struct{}
 
-// upgradedConn is a connection whose first bytes wait in r. Between cork
-// and uncork it holds what coder/websocket writes and sends it in one
-// write, as a browser sends the frames queued on a WebSocket together.
+// upgradedConn is a connection whose first bytes wait in r. The client
+// writes its frames with writeFrame; between cork and uncork they are held
+// and go in one write, as a browser sends the frames queued on a WebSocket
+// together.
 type upgradedConn struct {
 	net.Conn
 	r *bufio.Reader
@@ -96,18 +97,7 @@ type upgradedConn struct {
 
 func (c *upgradedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
-func (c *upgradedConn) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.closeSent = c.closeSent || wsframe.IsClose(p)
-	if c.corked {
-		c.held = append(c.held, p...)
-		return len(p), nil
-	}
-	return c.Conn.Write(p)
-}
-
-// cork holds the writes that follow until uncork.
+// cork holds the frames that follow until uncork.
 func (c *upgradedConn) cork() {
 	c.mu.Lock()
 	c.corked = true
@@ -127,18 +117,24 @@ func (c *upgradedConn) uncork() error {
 	return err
 }
 
-// holdText holds payload as a masked text frame, as a client sends it, for
-// uncork to write with the rest. It frames the message itself rather than
-// through coder/websocket's Write, whose locks and writer state cost the
-// load tool more CPU than the frame (the tool shares the machine with DMB).
-// The connection must be corked. After a close frame it holds nothing: the
-// library's Write would refuse too.
-func (c *upgradedConn) holdText(payload []byte) {
+// writeFrame writes payload as one frame of opcode op, masked as a client
+// sends it, or holds it while the connection is corked. After a close frame
+// it writes nothing: none may follow one.
+func (c *upgradedConn) writeFrame(op byte, payload []byte) error {
 	var key [4]byte
 	binary.LittleEndian.PutUint32(key[:], rand.Uint32())
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.closeSent {
-		c.held = wsframe.AppendMaskedText(c.held, payload, key)
+	if c.closeSent {
+		return nil
 	}
+	c.closeSent = op == wsframe.OpClose
+	start := len(c.held)
+	c.held = wsframe.AppendMasked(c.held, op, payload, key)
+	if c.corked {
+		return nil
+	}
+	_, err := c.Conn.Write(c.held[start:])
+	c.held = c.held[:start]
+	return err
 }

@@ -1,0 +1,160 @@
+package main
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/coder/websocket"
+
+	"github.com/dmb-broker/dmb/internal/wsframe"
+)
+
+// inbox reads the frames DMB sends on one client connection; only the
+// client's reader uses it. coder/websocket makes the handshake and is never
+// asked to read or write after it: its reader takes a lock with a select
+// and resets its state for every message, which was the largest part of
+// the load tool's own CPU after the system calls, and the tool shares the
+// machine with the node it measures.
+type inbox struct {
+	conn  *upgradedConn
+	limit int // the largest message taken
+
+	buf  []byte // buf[r:w] is read and not yet handed out
+	r, w int
+
+	fragOp byte   // opcode of the fragmented message being put together; 0 when none
+	frag   []byte // what came of it so far
+
+	// idle, when set, runs each time the inbox is about to wait for bytes
+	// from the connection: all it had is handed out.
+	idle func()
+}
+
+const inboxSize = 4 << 10
+
+var (
+	errMaskedFrame = fmt.Errorf("%w: masked frame from the server", wsframe.ErrProtocol)
+	errStray       = fmt.Errorf("%w: continuation without a message, or a message inside one", wsframe.ErrProtocol)
+	errTooBig      = errors.New("message over the read limit")
+)
+
+func newInbox(conn *upgradedConn, limit int) *inbox {
+	return &inbox{conn: conn, limit: limit, buf: make([]byte, inboxSize)}
+}
+
+// next returns the next text or binary message; its payload is valid until
+// the following call. It answers a ping with a pong and a close frame with
+// one of its own, unless one was sent, and then returns the peer's close
+// as a websocket.CloseError. A frame that breaks RFC 6455, or a message
+// over the limit, ends the connection with 1002 or 1009.
+func (in *inbox) next() ([]byte, error) {
+	for {
+		h, n, err := wsframe.ParseHeader(in.buf[in.r:in.w])
+		if err != nil {
+			return nil, in.fail(websocket.StatusProtocolError, err)
+		}
+		if n == 0 || in.w-in.r-n < h.Length {
+			need := in.w - in.r + 1 // more of the header
+			if n > 0 {
+				if h.Length > in.limit {
+					return nil, in.fail(websocket.StatusMessageTooBig, errTooBig)
+				}
+				need = n + h.Length
+			}
+			if err := in.fill(need); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if h.Masked {
+			return nil, in.fail(websocket.StatusProtocolError, errMaskedFrame)
+		}
+		p := in.buf[in.r+n : in.r+n+h.Length]
+		in.r += n + h.Length
+		switch h.Op {
+		case wsframe.OpText, wsframe.OpBinary:
+			if in.fragOp != 0 {
+				return nil, in.fail(websocket.StatusProtocolError, errStray)
+			}
+			if h.Fin {
+				return p, nil
+			}
+			in.fragOp, in.frag = h.Op, append(in.frag[:0], p...)
+		case wsframe.OpContinuation:
+			if in.fragOp == 0 {
+				return nil, in.fail(websocket.StatusProtocolError, errStray)
+			}
+			if len(in.frag)+len(p) > in.limit {
+				return nil, in.fail(websocket.StatusMessageTooBig, errTooBig)
+			}
+			in.frag = append(in.frag, p...)
+			if h.Fin {
+				in.fragOp = 0
+				return in.frag, nil
+			}
+		case wsframe.OpPing:
+			if err := in.conn.writeFrame(wsframe.OpPong, p); err != nil {
+				return nil, err
+			}
+		case wsframe.OpClose:
+			ce, err := parseClose(p)
+			if err != nil {
+				return nil, in.fail(websocket.StatusProtocolError, err)
+			}
+			// Echo the code, as coder/websocket does; ignored when ours went first.
+			_ = in.conn.writeFrame(wsframe.OpClose, p[:min(len(p), 2)])
+			return nil, ce
+		}
+		// OpPong: nothing to do.
+	}
+}
+
+// fill reads from the connection until buf[r:] holds need bytes or more
+// than before, whichever comes first, making room as needed.
+func (in *inbox) fill(need int) error {
+	switch {
+	case in.r == in.w:
+		in.r, in.w = 0, 0
+	case len(in.buf)-in.r < need:
+		in.w = copy(in.buf, in.buf[in.r:in.w])
+		in.r = 0
+	}
+	if need > len(in.buf) {
+		grown := make([]byte, max(need, 2*len(in.buf)))
+		copy(grown, in.buf[:in.w])
+		in.buf = grown
+	}
+	if in.idle != nil {
+		in.idle()
+	}
+	m, err := in.conn.Read(in.buf[in.w:])
+	in.w += m
+	if m > 0 {
+		return nil
+	}
+	return err
+}
+
+// fail closes the connection with code, as an endpoint must on such
+// errors, and returns err.
+func (in *inbox) fail(code websocket.StatusCode, err error) error {
+	_ = in.conn.writeFrame(wsframe.OpClose, closePayload(code, ""))
+	return err
+}
+
+// closePayload is a close frame's payload: code, then reason.
+func closePayload(code websocket.StatusCode, reason string) []byte {
+	return append(binary.BigEndian.AppendUint16(nil, uint16(code)), reason...)
+}
+
+// parseClose reads a close frame's payload (RFC 6455, section 5.5.1).
+func parseClose(p []byte) (websocket.CloseError, error) {
+	switch len(p) {
+	case 0:
+		return websocket.CloseError{Code: websocket.StatusNoStatusRcvd}, nil
+	case 1:
+		return websocket.CloseError{}, fmt.Errorf("%w: close payload of 1 byte", wsframe.ErrProtocol)
+	}
+	return websocket.CloseError{Code: websocket.StatusCode(binary.BigEndian.Uint16(p)), Reason: string(p[2:])}, nil
+}
