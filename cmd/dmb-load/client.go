@@ -6,7 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
+	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -24,9 +24,8 @@ import (
 // atomic; the rest belong to the reader and are read only after it ended.
 type client struct {
 	idx  int
-	ws   *websocket.Conn // made the handshake; kept until the end, for its finalizer closes conn
-	conn *upgradedConn   // under ws: the client reads and writes its frames itself
-	in   *inbox          // the reader's
+	conn *upgradedConn
+	in   *inbox // the reader's
 	cid  string
 	lat  *histogram // downlink latency or ack latency
 	run  *runClock
@@ -204,42 +203,49 @@ func readFrameJSON(f []byte) frameInfo {
 // handshakeTimeout bounds one connection's dial, upgrade and first frame.
 const handshakeTimeout = 10 * time.Second
 
-// dialClient opens a WebSocket and reads DMB's first frame, dmb:connected.
-// hc must be a wsClient.
-func dialClient(ctx context.Context, hc *http.Client, url string, readLimit int) (*client, error) {
+// dialClient connects with d, makes the opening handshake and reads DMB's
+// first frame, dmb:connected.
+func dialClient(ctx context.Context, d *net.Dialer, e *endpoint, readLimit int) (*client, error) {
 	ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	defer cancel()
-	c := &client{ended: make(chan struct{})}
-	ws, _, err := websocket.Dial(context.WithValue(ctx, connSlot{}, &c.conn), url, &websocket.DialOptions{HTTPClient: hc})
+	nc, err := d.DialContext(ctx, "tcp", e.addr)
 	if err != nil {
 		return nil, err
 	}
-	if c.conn == nil {
-		_ = ws.CloseNow()
-		return nil, errors.New("the HTTP client did not hand over its connection: use wsClient")
-	}
-	c.ws, c.in = ws, newInbox(c.conn, readLimit)
-	stop := context.AfterFunc(ctx, func() { _ = c.conn.SetReadDeadline(time.Unix(1, 0)) })
-	data, err := c.in.next()
-	if !stop() && err == nil { // the read deadline is in the past now
+	c := &client{ended: make(chan struct{}), conn: &upgradedConn{Conn: nc}}
+	c.in = newInbox(c.conn, readLimit)
+	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
+	err = c.first(e)
+	if !stop() && err == nil { // the deadline is in the past now
 		err = ctx.Err()
 	}
 	if err != nil {
-		_ = ws.CloseNow()
+		_ = nc.Close()
 		return nil, err
+	}
+	return c, nil
+}
+
+// first makes the handshake and reads dmb:connected.
+func (c *client) first(e *endpoint) error {
+	if err := e.handshake(c.conn, c.in); err != nil {
+		return err
+	}
+	data, err := c.in.next()
+	if err != nil {
+		return err
 	}
 	if bytes.HasPrefix(data, prefixConnected) {
 		if i := bytes.IndexByte(data[len(prefixConnected):], '"'); i > 0 {
 			c.cid = string(data[len(prefixConnected) : len(prefixConnected)+i])
-			return c, nil
+			return nil
 		}
 	}
 	if info := readFrameJSON(data); info.kind == frameConnected && info.ok {
 		c.cid = info.cid
-		return c, nil
+		return nil
 	}
-	_ = ws.CloseNow()
-	return nil, fmt.Errorf("first frame is not dmb:connected: %.100q", data)
+	return fmt.Errorf("first frame is not dmb:connected: %.100q", data)
 }
 
 // startReading starts the reader goroutine, which closes the connection
@@ -257,7 +263,7 @@ func (c *client) startReading() {
 	go func() {
 		defer close(c.ended)
 		c.endErr = c.readLoop()
-		_ = c.ws.CloseNow()
+		_ = c.conn.Close()
 		if !c.closing.Load() {
 			c.gone.Store(true)
 		}

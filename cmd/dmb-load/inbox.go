@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -10,11 +11,12 @@ import (
 	"github.com/dmb-broker/dmb/internal/wsframe"
 )
 
-// inbox reads the frames DMB sends on one client connection; only the
-// client's reader uses it. coder/websocket makes the handshake and is never
-// asked to read or write after it: its reader takes a lock with a select
-// and resets its state for every message, which was the largest part of
-// the load tool's own CPU after the system calls, and the tool shares the
+// inbox reads what DMB sends on one client connection: the answer to the
+// opening handshake, then frames; only the client's reader uses it after
+// the handshake. The clients read and write their frames themselves rather
+// than through coder/websocket, whose reader takes a lock with a select and
+// resets its state for every message: that was the largest part of the
+// load tool's own CPU after the system calls, and the tool shares the
 // machine with the node it measures.
 type inbox struct {
 	conn  *upgradedConn
@@ -22,6 +24,7 @@ type inbox struct {
 
 	buf  []byte // buf[r:w] is read and not yet handed out
 	r, w int
+	full bool // the last read filled buf
 
 	fragOp byte   // opcode of the fragmented message being put together; 0 when none
 	frag   []byte // what came of it so far
@@ -31,7 +34,13 @@ type inbox struct {
 	idle func()
 }
 
-const inboxSize = 4 << 10
+// An inbox starts small, as most clients wait, and doubles each time a
+// read fills it, up to inboxMax: then a busy client takes what DMB wrote to
+// it in few reads.
+const (
+	inboxSize = 1 << 10
+	inboxMax  = 64 << 10
+)
 
 var (
 	errMaskedFrame = fmt.Errorf("%w: masked frame from the server", wsframe.ErrProtocol)
@@ -120,8 +129,8 @@ func (in *inbox) fill(need int) error {
 		in.w = copy(in.buf, in.buf[in.r:in.w])
 		in.r = 0
 	}
-	if need > len(in.buf) {
-		grown := make([]byte, max(need, 2*len(in.buf)))
+	if size := len(in.buf); need > size || in.full && size < inboxMax {
+		grown := make([]byte, max(need, 2*size))
 		copy(grown, in.buf[:in.w])
 		in.buf = grown
 	}
@@ -129,11 +138,30 @@ func (in *inbox) fill(need int) error {
 		in.idle()
 	}
 	m, err := in.conn.Read(in.buf[in.w:])
+	in.full = in.w+m == len(in.buf)
 	in.w += m
 	if m > 0 {
 		return nil
 	}
 	return err
+}
+
+// readHead reads an HTTP answer up to the blank line that ends its header
+// and returns its lines, each ending in CRLF.
+func (in *inbox) readHead() ([]byte, error) {
+	for {
+		if i := bytes.Index(in.buf[in.r:in.w], []byte("\r\n\r\n")); i >= 0 {
+			head := in.buf[in.r : in.r+i+2]
+			in.r += i + 4
+			return head, nil
+		}
+		if in.w-in.r >= maxAnswer {
+			return nil, fmt.Errorf("answer header over %d bytes", maxAnswer)
+		}
+		if err := in.fill(in.w - in.r + 1); err != nil {
+			return nil, err
+		}
+	}
 }
 
 // fail closes the connection with code, as an endpoint must on such

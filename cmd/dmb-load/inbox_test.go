@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -22,7 +21,7 @@ func TestInboxReadsWhatTheLibraryWritesAndAnswersItsPingAndClose(t *testing.T) {
 	defer cancel()
 	big := strings.Repeat("x", 70000) // 64-bit length form
 	serverDone := make(chan error, 1)
-	conn := dialLibrary(ctx, t, func(ws *websocket.Conn) {
+	_, in := dialLibrary(ctx, t, func(ws *websocket.Conn) {
 		serverDone <- func() error {
 			for _, m := range []string{"hello", big} {
 				if err := ws.Write(ctx, websocket.MessageText, []byte(m)); err != nil {
@@ -48,7 +47,6 @@ func TestInboxReadsWhatTheLibraryWritesAndAnswersItsPingAndClose(t *testing.T) {
 			return ws.Close(4001, "bye")
 		}()
 	})
-	in := newInbox(conn, 100000)
 	for i, want := range []string{"hello", big, "bin", "abcd"} {
 		got, err := in.next()
 		if err != nil || string(got) != want {
@@ -162,7 +160,7 @@ func TestInboxTakesFramesByteByByteAndEndsOnTheFirstBadOne(t *testing.T) {
 					}
 				}
 			}()
-			in := newInbox(&upgradedConn{Conn: client, r: bufio.NewReader(client)}, c.limit)
+			in := newInbox(&upgradedConn{Conn: client}, c.limit)
 			idle := 0
 			in.idle = func() { idle++ }
 			var got []string

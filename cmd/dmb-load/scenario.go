@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -31,8 +32,9 @@ type runner struct {
 	progress io.Writer
 	clock    *runClock
 	url      string
-	hcs      []*http.Client // one per source address
-	mhc      *http.Client   // for /metrics
+	dialers  []*net.Dialer // one per source address
+	endpoint *endpoint
+	mhc      *http.Client // for /metrics
 	pad      []byte
 	lat      *histogram     // downlink latency or ack latency
 	be       *loadBackend   // the first backend, which publishes
@@ -77,10 +79,15 @@ func run(ctx context.Context, o options, progress io.Writer) (*report, error) {
 	for i := range r.pad {
 		r.pad[i] = 'x'
 	}
-	for _, src := range sourceAddrs(o.Sources, isIPv6Host(urlHost(o.DMB))) {
-		r.hcs = append(r.hcs, wsClient(src))
+	ep, err := newEndpoint(r.url)
+	if err != nil {
+		return nil, err
 	}
-	defer r.closeHTTP()
+	r.endpoint = ep
+	for _, src := range sourceAddrs(o.Sources, isIPv6Host(urlHost(o.DMB))) {
+		r.dialers = append(r.dialers, dialer(src))
+	}
+	defer r.mhc.CloseIdleConnections()
 
 	bes, err := startBackends(ctx, &o, r.clock, r.beLat, o.logger(progress))
 	if err != nil {
@@ -169,7 +176,7 @@ func (r *runner) connect(ctx context.Context) {
 	o := r.o
 	ctx, cancel := context.WithTimeout(ctx, connectLimit)
 	defer cancel()
-	fmt.Fprintf(r.progress, "connecting %d clients to %s from %d source address(es), %d at a time\n", o.Clients, r.url, len(r.hcs), o.Inflight)
+	fmt.Fprintf(r.progress, "connecting %d clients to %s from %d source address(es), %d at a time\n", o.Clients, r.url, len(r.dialers), o.Inflight)
 
 	hs := &histogram{}
 	slots := make([]*client, o.Clients)
@@ -194,7 +201,7 @@ func (r *runner) connect(ctx context.Context) {
 				}
 				attempted.Add(1)
 				t0 := time.Now()
-				c, err := dialClient(ctx, r.hcs[i%len(r.hcs)], r.url, readLimit)
+				c, err := dialClient(ctx, r.dialers[i%len(r.dialers)], r.endpoint, readLimit)
 				if err != nil {
 					mu.Lock()
 					addFailure(failures, failureReason(err))
@@ -241,9 +248,8 @@ func (r *runner) connect(ctx context.Context) {
 func (r *runner) waitAdmitted(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, registerTimeout)
 	defer cancel()
-	hc := r.hcs[0]
 	for {
-		c, err := dialClient(ctx, hc, r.url, 4096)
+		c, err := dialClient(ctx, r.dialers[0], r.endpoint, 4096)
 		if err == nil {
 			c.lat, c.run = r.lat, r.clock
 			c.startReading()
@@ -652,13 +658,6 @@ func (r *runner) closeClients() {
 	close(work)
 	wg.Wait()
 	r.senders.Wait()
-}
-
-func (r *runner) closeHTTP() {
-	for _, hc := range r.hcs {
-		hc.CloseIdleConnections()
-	}
-	r.mhc.CloseIdleConnections()
 }
 
 // fillServer fills the report's server, generator and Redis sections from

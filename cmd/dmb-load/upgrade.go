@@ -1,101 +1,142 @@
 package main
 
 import (
-	"bufio"
-	"context"
+	"bytes"
+	"crypto/rand"
+	"crypto/sha1"
+	"encoding/base64"
 	"encoding/binary"
+	"errors"
 	"fmt"
-	"math/rand/v2"
+	mrand "math/rand/v2"
 	"net"
-	"net/http"
-	"net/netip"
+	"net/url"
 	"sync"
-	"time"
 
 	"github.com/dmb-broker/dmb/internal/wsframe"
 )
 
-// wsClient returns the client of the WebSocket handshakes made from src:
-// its transport dials from src to loopback only, like httpClient's, but
-// makes each handshake on the caller's goroutine. An http.Transport starts
-// two goroutines per connection and pools it, work that counts against the
-// connect rate, since the generator shares the machine with DMB.
-func wsClient(src netip.Addr) *http.Client {
-	return &http.Client{
-		Transport:     upgradeTransport{dial: dialer(src).DialContext},
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
+// The clients make the opening handshake (RFC 6455, section 4) themselves,
+// without net/http and coder/websocket: building and parsing their requests
+// and responses, the connection state they keep and the garbage they leave
+// were about a third of the tool's CPU while clients connect, and the tool
+// shares the machine with the node whose connect rate it measures. What the
+// tool sends is what a browser sends; the node serves it with
+// coder/websocket.
+
+// endpoint is where the clients connect.
+type endpoint struct {
+	addr string // host:port to dial
+	head string // the request up to the key
 }
 
-// upgradeTransport dials, writes the request and reads the response. The
-// connection becomes the response's body, which is what coder/websocket
-// takes over after a 101.
-type upgradeTransport struct {
-	dial func(ctx context.Context, network, addr string) (net.Conn, error)
-}
-
-func (t upgradeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	ctx := req.Context()
-	addr := req.URL.Host
-	if req.URL.Port() == "" {
-		addr = net.JoinHostPort(req.URL.Hostname(), "80")
-	}
-	conn, err := t.dial(ctx, "tcp", addr)
+func newEndpoint(rawURL string) (*endpoint, error) {
+	u, err := url.Parse(rawURL)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("client URL: %w", err)
 	}
-	if d, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(d)
+	addr := u.Host
+	if u.Port() == "" {
+		addr = net.JoinHostPort(u.Hostname(), "80")
 	}
-	resp, err := t.exchange(conn, req)
-	if err != nil {
-		_ = conn.Close()
-		return nil, fmt.Errorf("handshake with %s: %w", addr, err)
-	}
-	if to, ok := ctx.Value(connSlot{}).(**upgradedConn); ok {
-		*to = resp.Body.(*upgradedConn)
-	}
-	return resp, nil
+	return &endpoint{addr: addr, head: "GET " + u.RequestURI() + " HTTP/1.1\r\nHost: " + u.Host +
+		"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: "}, nil
 }
 
-func (t upgradeTransport) exchange(conn net.Conn, req *http.Request) (*http.Response, error) {
-	bw := bufio.NewWriterSize(conn, 512)
-	if err := req.Write(bw); err != nil {
-		return nil, err
+// maxAnswer bounds the server's answer to the opening handshake.
+const maxAnswer = 4 << 10
+
+// wsGUID is the GUID of RFC 6455, section 1.3.
+const wsGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+// handshake sends the opening handshake on conn and reads the answer with
+// in; the bytes that came behind it wait in in.
+func (e *endpoint) handshake(conn net.Conn, in *inbox) error {
+	var nonce [16]byte
+	_, _ = rand.Read(nonce[:])
+	req := make([]byte, 0, len(e.head)+32)
+	req = append(req, e.head...)
+	req = base64.StdEncoding.AppendEncode(req, nonce[:])
+	key := req[len(e.head):]
+	sum := sha1.Sum(append(bytes.Clone(key), wsGUID...))
+	accept := base64.StdEncoding.EncodeToString(sum[:])
+	if _, err := conn.Write(append(req, "\r\n\r\n"...)); err != nil {
+		return fmt.Errorf("handshake: %w", err)
 	}
-	if err := bw.Flush(); err != nil {
-		return nil, err
-	}
-	br := bufio.NewReaderSize(conn, 512)
-	resp, err := http.ReadResponse(br, req)
+	head, err := in.readHead()
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("handshake: %w", err)
 	}
-	_ = conn.SetDeadline(time.Time{})
-	// The frames that came with the response are in br.
-	resp.Body = &upgradedConn{Conn: conn, r: br}
-	return resp, nil
+	return checkUpgrade(head, accept)
 }
 
-// connSlot is the request context key under which a dial asks the
-// transport for the connection it makes: coder/websocket keeps it to itself.
-type connSlot struct{}
+var crlf = []byte("\r\n")
 
-// upgradedConn is a connection whose first bytes wait in r. The client
+// checkUpgrade checks the answer to an opening handshake that asked for
+// no extension and no subprotocol (RFC 6455, section 4.1): head is its
+// status line and header lines, each ending in CRLF.
+func checkUpgrade(head []byte, accept string) error {
+	line, rest, _ := bytes.Cut(head, crlf)
+	status, ok := bytes.CutPrefix(line, []byte("HTTP/1.1 "))
+	switch {
+	case !ok:
+		return fmt.Errorf("handshake: not an HTTP/1.1 answer: %.40q", line)
+	case !bytes.Equal(status, []byte("101")) && !bytes.HasPrefix(status, []byte("101 ")):
+		return fmt.Errorf("handshake: HTTP %.40q", status)
+	}
+	var upgrade, connection, accepted bool
+	for len(rest) > 0 {
+		line, rest, _ = bytes.Cut(rest, crlf)
+		name, value, ok := bytes.Cut(line, []byte(":"))
+		if !ok {
+			return fmt.Errorf("handshake: header line without a colon: %.40q", line)
+		}
+		value = bytes.Trim(value, " \t")
+		switch {
+		case bytes.EqualFold(name, []byte("Upgrade")):
+			upgrade = bytes.EqualFold(value, []byte("websocket"))
+		case bytes.EqualFold(name, []byte("Connection")):
+			connection = hasToken(value, "upgrade")
+		case bytes.EqualFold(name, []byte("Sec-WebSocket-Accept")):
+			accepted = string(value) == accept
+		case bytes.EqualFold(name, []byte("Sec-WebSocket-Extensions")), bytes.EqualFold(name, []byte("Sec-WebSocket-Protocol")):
+			return fmt.Errorf("handshake: %s not asked for", name)
+		}
+	}
+	switch {
+	case !upgrade:
+		return errors.New("handshake: no Upgrade: websocket")
+	case !connection:
+		return errors.New("handshake: no Connection: upgrade")
+	case !accepted:
+		return errors.New("handshake: Sec-WebSocket-Accept missing or wrong")
+	}
+	return nil
+}
+
+// hasToken tells whether a comma-separated header value holds token,
+// in any case.
+func hasToken(value []byte, token string) bool {
+	for v := range bytes.SplitSeq(value, []byte(",")) {
+		if bytes.EqualFold(bytes.Trim(v, " \t"), []byte(token)) {
+			return true
+		}
+	}
+	return false
+}
+
+// upgradedConn is a client's connection after the handshake. The client
 // writes its frames with writeFrame; between cork and uncork they are held
 // and go in one write, as a browser sends the frames queued on a WebSocket
 // together.
 type upgradedConn struct {
 	net.Conn
-	r *bufio.Reader
 
 	mu        sync.Mutex // orders writes: the reader's pongs and closes too
 	corked    bool
 	held      []byte
 	closeSent bool // a close frame was written or held: no frame may follow
 }
-
-func (c *upgradedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // cork holds the frames that follow until uncork.
 func (c *upgradedConn) cork() {
@@ -122,7 +163,7 @@ func (c *upgradedConn) uncork() error {
 // it writes nothing: none may follow one.
 func (c *upgradedConn) writeFrame(op byte, payload []byte) error {
 	var key [4]byte
-	binary.LittleEndian.PutUint32(key[:], rand.Uint32())
+	binary.LittleEndian.PutUint32(key[:], mrand.Uint32())
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closeSent {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"net"
@@ -59,7 +58,7 @@ func clientFrames(t *testing.T, b string) []clientFrame {
 
 func TestCorkedFramesGoOutAsOneWriteInOrder(t *testing.T) {
 	log := &writeLog{}
-	c := &upgradedConn{Conn: log, r: bufio.NewReader(nil)}
+	c := &upgradedConn{Conn: log}
 
 	c.cork()
 	for _, s := range []string{"one", "two"} {
@@ -95,9 +94,10 @@ func TestCorkedFramesGoOutAsOneWriteInOrder(t *testing.T) {
 	}
 }
 
-// dialLibrary connects through wsClient to a coder/websocket server that
-// runs serve on the connection, and returns the client's connection.
-func dialLibrary(ctx context.Context, t *testing.T, serve func(*websocket.Conn)) *upgradedConn {
+// dialLibrary makes the clients' handshake with a coder/websocket server
+// that runs serve on the connection, and returns the client's connection
+// and inbox.
+func dialLibrary(ctx context.Context, t *testing.T, serve func(*websocket.Conn)) (*upgradedConn, *inbox) {
 	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ws, err := websocket.Accept(w, r, nil)
@@ -108,14 +108,128 @@ func dialLibrary(ctx context.Context, t *testing.T, serve func(*websocket.Conn))
 		serve(ws)
 	}))
 	t.Cleanup(srv.Close)
-	var conn *upgradedConn
-	ws, _, err := websocket.Dial(context.WithValue(ctx, connSlot{}, &conn), "ws"+strings.TrimPrefix(srv.URL, "http"),
-		&websocket.DialOptions{HTTPClient: wsClient(netip.Addr{})})
+	return handshakeWith(ctx, t, srv.URL+"/ws/load?token=x")
+}
+
+// handshakeWith dials the server at rawURL (http://) and makes the
+// clients' handshake; it fails the test if that fails.
+func handshakeWith(ctx context.Context, t *testing.T, rawURL string) (*upgradedConn, *inbox) {
+	t.Helper()
+	conn, in, err := tryHandshake(ctx, rawURL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = ws.CloseNow() })
-	return conn
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn, in
+}
+
+func tryHandshake(ctx context.Context, rawURL string) (*upgradedConn, *inbox, error) {
+	ep, err := newEndpoint("ws" + strings.TrimPrefix(rawURL, "http"))
+	if err != nil {
+		return nil, nil, err
+	}
+	nc, err := dialer(netip.Addr{}).DialContext(ctx, "tcp", ep.addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	conn := &upgradedConn{Conn: nc}
+	in := newInbox(conn, 1<<20)
+	if err := ep.handshake(conn, in); err != nil {
+		_ = nc.Close()
+		return nil, nil, err
+	}
+	return conn, in, nil
+}
+
+func TestTheHandshakeIsWhatTheLibraryAcceptsAndAsksForThePath(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	asked := make(chan string, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked <- r.URL.RequestURI()
+		ws, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer ws.CloseNow()
+		_ = ws.Write(ctx, websocket.MessageText, []byte("first"))
+	}))
+	defer srv.Close()
+	_, in := handshakeWith(ctx, t, srv.URL+"/ws/load?token=a%20b")
+	if got := <-asked; got != "/ws/load?token=a%20b" {
+		t.Errorf("asked for %q", got)
+	}
+	if p, err := in.next(); err != nil || string(p) != "first" {
+		t.Errorf("first message %q, %v", p, err)
+	}
+}
+
+func TestARefusedHandshakeSaysWhy(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "redis unavailable", http.StatusServiceUnavailable)
+	}))
+	defer srv.Close()
+	_, _, err := tryHandshake(ctx, srv.URL+"/ws/load")
+	if err == nil || !strings.Contains(err.Error(), "503 Service Unavailable") {
+		t.Errorf("handshake error %v, want the status", err)
+	}
+}
+
+// answer is a 101 answer to the key dGhlIHNhbXBsZSBub25jZQ== of RFC 6455,
+// section 1.3, with the lines given after the status line.
+func answer(lines ...string) []byte {
+	return []byte("HTTP/1.1 101 Switching Protocols\r\n" + strings.Join(lines, "\r\n") + "\r\n")
+}
+
+const rfcAccept = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+func TestCheckUpgradeHoldsTheServerToRFC6455(t *testing.T) {
+	good := []string{"Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Accept: " + rfcAccept}
+	for _, c := range []struct {
+		name string
+		head []byte
+		ok   bool
+	}{
+		{"the RFC's example", answer(good...), true},
+		{"other cases, spaces, a token list, other headers", answer("upgrade:WebSocket", "Date: x",
+			"connection: keep-alive, upgrade", "sec-websocket-accept:  "+rfcAccept+"\t"), true},
+		{"a bare 101", []byte("HTTP/1.1 101\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + rfcAccept + "\r\n"), true},
+		{"another key's accept", answer("Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Accept: x3JJHMbDL1EzLkh9GBhXDw=="), false},
+		{"no accept", answer(good[:2]...), false},
+		{"no Upgrade", answer(good[1:]...), false},
+		{"Upgrade: h2c", answer("Upgrade: h2c", good[1], good[2]), false},
+		{"no Connection", answer(good[0], good[2]), false},
+		{"an extension", answer(append(good, "Sec-WebSocket-Extensions: permessage-deflate")...), false},
+		{"a subprotocol", answer(append(good, "Sec-WebSocket-Protocol: chat")...), false},
+		{"a line without a colon", answer(append(good, "oops")...), false},
+		{"200", []byte("HTTP/1.1 200 OK\r\n" + strings.Join(good, "\r\n") + "\r\n"), false},
+		{"1010", []byte("HTTP/1.1 1010 x\r\n" + strings.Join(good, "\r\n") + "\r\n"), false},
+		{"HTTP/1.0", []byte("HTTP/1.0 101 Switching Protocols\r\n" + strings.Join(good, "\r\n") + "\r\n"), false},
+		{"empty", nil, false},
+	} {
+		if err := checkUpgrade(c.head, rfcAccept); (err == nil) != c.ok {
+			t.Errorf("%s: %v", c.name, err)
+		}
+	}
+}
+
+// FuzzCheckUpgrade checks that no answer makes checkUpgrade panic and that
+// only a 101 with the accept value passes.
+func FuzzCheckUpgrade(f *testing.F) {
+	f.Add(answer("Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Accept: "+rfcAccept))
+	f.Add(answer("Upgrade: websocket", "Connection: keep-alive,  UPGRADE ", "Sec-WebSocket-Accept:"+rfcAccept))
+	f.Add([]byte("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 18\r\n"))
+	f.Add([]byte("HTTP/1.1 101\r\n:\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, head []byte) {
+		if checkUpgrade(head, rfcAccept) != nil {
+			return
+		}
+		if !bytes.HasPrefix(head, []byte("HTTP/1.1 101")) || !bytes.Contains(head, []byte(rfcAccept)) {
+			t.Fatalf("passed: %q", head)
+		}
+	})
 }
 
 func TestHeldTextFramesAreReadByTheLibraryInOrder(t *testing.T) {
@@ -124,7 +238,7 @@ func TestHeldTextFramesAreReadByTheLibraryInOrder(t *testing.T) {
 	// 7-bit, 16-bit and 64-bit length forms, and their edges.
 	lengths := []int{0, 1, 125, 126, 127, 65535, 65536, 200000}
 	got := make(chan []byte, len(lengths))
-	conn := dialLibrary(ctx, t, func(ws *websocket.Conn) {
+	conn, _ := dialLibrary(ctx, t, func(ws *websocket.Conn) {
 		ws.SetReadLimit(1 << 20)
 		for range lengths {
 			typ, data, err := ws.Read(ctx)
@@ -162,7 +276,7 @@ func TestHeldTextFramesAreReadByTheLibraryInOrder(t *testing.T) {
 
 func TestNoFrameIsWrittenAfterACloseFrame(t *testing.T) {
 	log := &writeLog{}
-	c := &upgradedConn{Conn: log, r: bufio.NewReader(nil)}
+	c := &upgradedConn{Conn: log}
 	c.cork()
 	_ = c.writeFrame(wsframe.OpText, []byte("before"))
 	_ = c.writeFrame(wsframe.OpClose, []byte{0x03, 0xe8})
