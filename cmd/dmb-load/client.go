@@ -216,7 +216,7 @@ func dialClient(ctx context.Context, d *net.Dialer, e *endpoint, readLimit int) 
 	c.in = newInbox(c.conn, readLimit)
 	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
 	err = c.first(e)
-	if !stop() && err == nil { // the deadline is in the past now
+	if !stop() { // ctx ended and put the deadline in the past: that is the failure
 		err = ctx.Err()
 	}
 	if err != nil {

@@ -291,3 +291,28 @@ func TestNoFrameIsWrittenAfterACloseFrame(t *testing.T) {
 		t.Errorf("writes = %q, want the frame held before the close frame, then the close frame", log.writes)
 	}
 }
+
+func TestASilentServerEndsTheHandshakeAsATimeout(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	held := make(chan net.Conn, 1)
+	go func() { // accepts, reads nothing, answers nothing
+		if c, err := ln.Accept(); err == nil {
+			held <- c
+		}
+	}()
+	ep, err := newEndpoint("ws://" + ln.Addr().String() + "/ws/load")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	_, err = dialClient(ctx, dialer(netip.Addr{}), ep, 4096)
+	if got := failureReason(err); got != "timeout" {
+		t.Errorf("failure %q (%v), want timeout", got, err)
+	}
+	(<-held).Close()
+}
