@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +16,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/dmb-broker/dmb/internal/wsframe"
+	"github.com/dmb-broker/dmb/protocol"
 )
 
 func TestInboxReadsWhatTheLibraryWritesAndAnswersItsPingAndClose(t *testing.T) {
@@ -190,5 +193,41 @@ func TestInboxTakesFramesByteByByteAndEndsOnTheFirstBadOne(t *testing.T) {
 				t.Errorf("idle ran %d times for %d reads of a byte", idle, total)
 			}
 		})
+	}
+}
+
+// replayConn reads the same bytes over and over: DMB's answers without
+// the network, for the benchmark of the client's read path.
+type replayConn struct {
+	net.Conn
+	data []byte
+	at   int
+}
+
+func (c *replayConn) Read(p []byte) (int, error) {
+	n := copy(p, c.data[c.at:])
+	c.at = (c.at + n) % len(c.data)
+	return n, nil
+}
+
+// BenchmarkInboxAcks is a client's read path per frame in the uplink:
+// taking a frame of acks out of the buffer and reading its id. It must
+// not allocate.
+func BenchmarkInboxAcks(b *testing.B) {
+	var stream []byte
+	for id := range 16 {
+		stream = wsframe.AppendText(stream, protocol.AppendAck(nil, json.RawMessage(strconv.Itoa(1000+id))))
+	}
+	in := newInbox(&upgradedConn{Conn: &replayConn{data: stream}}, 4096)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		p, err := in.next()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if f := readFrame(p); f.kind != frameAck || !f.ok {
+			b.Fatalf("%q: %+v", p, f)
+		}
 	}
 }
