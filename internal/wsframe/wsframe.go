@@ -33,12 +33,6 @@ func AppendText(dst, payload []byte) []byte {
 	return append(appendHeader(dst, finText, len(payload), 0), payload...)
 }
 
-// AppendMaskedText appends payload to dst as one text frame masked with
-// key, as a client sends it.
-func AppendMaskedText(dst, payload []byte, key [4]byte) []byte {
-	return AppendMasked(dst, OpText, payload, key)
-}
-
 // AppendMasked appends payload to dst as one final frame of opcode op,
 // masked with key, as a client sends it.
 func AppendMasked(dst []byte, op byte, payload []byte, key [4]byte) []byte {
@@ -89,7 +83,7 @@ var (
 	errReserved     = fmt.Errorf("%w: reserved bits set", ErrProtocol)
 	errOpcode       = fmt.Errorf("%w: reserved opcode", ErrProtocol)
 	errControl      = fmt.Errorf("%w: control frame fragmented or over 125 bytes", ErrProtocol)
-	errLength       = fmt.Errorf("%w: 64-bit length with the top bit set", ErrProtocol)
+	errLength       = fmt.Errorf("%w: 64-bit length over 2^62", ErrProtocol)
 	errLongerLength = fmt.Errorf("%w: length not in its shortest form", ErrProtocol)
 )
 

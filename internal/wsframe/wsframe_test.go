@@ -57,7 +57,7 @@ func TestMaskedTextFramesUnmaskToThePayload(t *testing.T) {
 	key := [4]byte{0x12, 0x34, 0x56, 0x78}
 	for _, n := range lengths {
 		p := payloadOf(n)
-		f := AppendMaskedText(nil, p, key)
+		f := AppendMasked(nil, OpText, p, key)
 		first, masked, got, at := header(t, f)
 		if first != 0x81 || !masked || got != n || len(f) != TextSize(p)+4 {
 			t.Fatalf("length %d: first %#x masked %v length %d, %d bytes", n, first, masked, got, len(f))
@@ -108,7 +108,7 @@ func TestParseHeaderReadsWhatTheAppendFunctionsWrite(t *testing.T) {
 			masked bool
 		}{
 			{"text", AppendText(nil, p), OpText, false},
-			{"masked text", AppendMaskedText(nil, p, key), OpText, true},
+			{"masked text", AppendMasked(nil, OpText, p, key), OpText, true},
 			{"masked binary", AppendMasked(nil, OpBinary, p, key), OpBinary, true},
 		} {
 			h, hn, err := ParseHeader(c.frame)
