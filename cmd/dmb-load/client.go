@@ -37,11 +37,12 @@ type client struct {
 	received atomic.Int64  // broadcast and direct frames
 	sentTo   atomic.Int64  // direct: messages the backend published to this client
 
-	lastSeq    int64 // reader only
-	reordered  int64 // reader only
-	duplicates int64 // reader only
-	undecoded  int64 // reader only: frames the generator could not read
-	strayErrs  int64 // reader only: dmb:error without an id of ours
+	lastSeq     int64 // reader only
+	reordered   int64 // reader only
+	duplicates  int64 // reader only
+	undecoded   int64 // reader only: frames the generator could not read
+	strayErrs   int64 // reader only: dmb:error without an id of ours
+	untimedAcks int64 // reader only: acks whose send time a later frame took over (an answer came out of order)
 
 	up *uplinkState // uplink scenario only
 }
@@ -53,11 +54,14 @@ type client struct {
 // and the reader gives one back per answer. At full speed (closed loop)
 // the sender sends a window of frames, and the reader sends as many again
 // as were answered each time it has handed out all it read: the frames of
-// one answer go together without a hand-over between goroutines.
+// one answer go together without a hand-over between goroutines. (An
+// answer that arrives during that write is timed when the write returns,
+// a few microseconds later.)
 type uplinkState struct {
 	window     chan struct{} // open loop only
 	closedLoop bool
-	answered   int // closed loop, reader only: answers not yet sent again
+	answered   int            // closed loop, reader only: answers not yet sent again
+	sentID     []atomic.Int64 // the id each sentAt is of: an answer out of order finds another
 	sentAt     []atomic.Int64
 	sent       atomic.Int64
 	acked      atomic.Int64
@@ -68,11 +72,12 @@ type uplinkState struct {
 
 	mu      sync.Mutex // orders send; guards the fields below
 	sending bool       // between the start and the end of the run's sending
+	end     int64      // when the sending ends, on the run's clock
 	buf     []byte     // the frame being built
 }
 
 func newUplinkState(window int, closedLoop bool, payload int, pad []byte) *uplinkState {
-	u := &uplinkState{closedLoop: closedLoop, sentAt: make([]atomic.Int64, window), payload: payload, pad: pad}
+	u := &uplinkState{closedLoop: closedLoop, sentID: make([]atomic.Int64, window), sentAt: make([]atomic.Int64, window), payload: payload, pad: pad}
 	if !closedLoop {
 		u.window = make(chan struct{}, window)
 	}
@@ -280,14 +285,19 @@ func (c *client) readLoop() error {
 	}
 }
 
-// closeWait bounds how long close waits for DMB's close frame.
-const closeWait = 5 * time.Second
+// closeWait bounds how long close waits for DMB's close frame; a variable
+// for the tests.
+var closeWait = 5 * time.Second
 
 // close starts the closing handshake with code and waits for the reader
-// to end, closing the connection itself after closeWait.
+// to end, closing the connection itself after closeWait. The write deadline
+// comes first: a write stuck on a stalled connection holds the lock that
+// writeFrame takes.
 func (c *client) close(code websocket.StatusCode, reason string) {
+	deadline := time.Now().Add(closeWait)
+	_ = c.conn.SetWriteDeadline(deadline)
 	_ = c.conn.writeFrame(wsframe.OpClose, closePayload(code, reason))
-	t := time.NewTimer(closeWait)
+	t := time.NewTimer(time.Until(deadline))
 	defer t.Stop()
 	select {
 	case <-c.ended:
@@ -325,7 +335,11 @@ func (c *client) handle(f frameInfo, now int64) {
 			return
 		}
 		if f.kind == frameAck {
-			c.lat.record(c.idx, time.Duration(now-u.sentAt[f.id%int64(len(u.sentAt))].Load()))
+			if slot := f.id % int64(len(u.sentAt)); u.sentID[slot].Load() == f.id {
+				c.lat.record(c.idx, time.Duration(now-u.sentAt[slot].Load()))
+			} else {
+				c.untimedAcks++
+			}
 			u.acked.Add(1)
 		} else {
 			u.errored.Add(1)
@@ -374,7 +388,7 @@ func appendPad(dst []byte, n int, pad []byte) []byte {
 func (c *client) sendLoop(ctx context.Context, start, end time.Time, offset time.Duration, rate float64) {
 	u := c.up
 	u.mu.Lock()
-	u.sending = true
+	u.sending, u.end = true, int64(end.Sub(c.run.start))
 	u.mu.Unlock()
 	defer func() {
 		u.mu.Lock()
@@ -437,21 +451,34 @@ func (c *client) send(n int) error {
 		return nil
 	}
 	c.conn.cork()
+	held := int64(0)
+	var err error
 	for range n {
 		id := u.sent.Load() + 1
 		t := c.run.now()
-		u.sentAt[id%int64(len(u.sentAt))].Store(t)
+		if t >= u.end {
+			break
+		}
+		slot := id % int64(len(u.sentAt))
+		u.sentID[slot].Store(id)
+		u.sentAt[slot].Store(t)
 		u.buf = uplinkFrame(u.buf[:0], id, t, u.payload, u.pad)
 		// Count it before writing: the ack may come back before the write returns.
 		u.sent.Add(1)
-		_ = c.conn.writeFrame(wsframe.OpText, u.buf) // held until uncork
+		if err = c.conn.writeFrame(wsframe.OpText, u.buf); err != nil { // a close went first
+			u.sent.Add(-1)
+			break
+		}
+		held++
 	}
-	if err := c.conn.uncork(); err != nil {
-		u.sent.Add(int64(-n))
+	if uerr := c.conn.uncork(); uerr != nil {
+		u.sent.Add(-held)
+		err = uerr
+	}
+	if err != nil {
 		u.sending = false
-		return err
 	}
-	return nil
+	return err
 }
 
 // endCode is the close code that ended a connection DMB (or the network)

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 
@@ -60,15 +61,15 @@ func newInbox(conn *upgradedConn, limit int) *inbox {
 func (in *inbox) next() ([]byte, error) {
 	for {
 		h, n, err := wsframe.ParseHeader(in.buf[in.r:in.w])
-		if err != nil {
+		switch {
+		case err != nil:
 			return nil, in.fail(websocket.StatusProtocolError, err)
+		case n > 0 && h.Length > in.limit:
+			return nil, in.fail(websocket.StatusMessageTooBig, errTooBig)
 		}
 		if n == 0 || in.w-in.r-n < h.Length {
 			need := in.w - in.r + 1 // more of the header
 			if n > 0 {
-				if h.Length > in.limit {
-					return nil, in.fail(websocket.StatusMessageTooBig, errTooBig)
-				}
 				need = n + h.Length
 			}
 			if err := in.fill(need); err != nil {
@@ -103,7 +104,8 @@ func (in *inbox) next() ([]byte, error) {
 				return in.frag, nil
 			}
 		case wsframe.OpPing:
-			if err := in.conn.writeFrame(wsframe.OpPong, p); err != nil {
+			// After our close frame the pong is not sent: DMB's close comes next.
+			if err := in.conn.writeFrame(wsframe.OpPong, p); err != nil && !errors.Is(err, errCloseSent) {
 				return nil, err
 			}
 		case wsframe.OpClose:
@@ -171,12 +173,14 @@ func (in *inbox) fail(code websocket.StatusCode, err error) error {
 	return err
 }
 
-// closePayload is a close frame's payload: code, then reason.
+// closePayload is a close frame's payload: code, then reason, cut to the
+// 123 bytes a control frame has room for.
 func closePayload(code websocket.StatusCode, reason string) []byte {
-	return append(binary.BigEndian.AppendUint16(nil, uint16(code)), reason...)
+	return append(binary.BigEndian.AppendUint16(nil, uint16(code)), reason[:min(len(reason), 123)]...)
 }
 
-// parseClose reads a close frame's payload (RFC 6455, section 5.5.1).
+// parseClose reads a close frame's payload (RFC 6455, sections 5.5.1 and
+// 7.4): no payload, or a code that may be sent and a UTF-8 reason.
 func parseClose(p []byte) (websocket.CloseError, error) {
 	switch len(p) {
 	case 0:
@@ -184,5 +188,12 @@ func parseClose(p []byte) (websocket.CloseError, error) {
 	case 1:
 		return websocket.CloseError{}, fmt.Errorf("%w: close payload of 1 byte", wsframe.ErrProtocol)
 	}
-	return websocket.CloseError{Code: websocket.StatusCode(binary.BigEndian.Uint16(p)), Reason: string(p[2:])}, nil
+	code := binary.BigEndian.Uint16(p)
+	switch {
+	case code < 1000 || code >= 5000 || code >= 1016 && code < 3000 || code == 1004 || code == 1005 || code == 1006 || code == 1015:
+		return websocket.CloseError{}, fmt.Errorf("%w: close code %d", wsframe.ErrProtocol, code)
+	case !utf8.Valid(p[2:]):
+		return websocket.CloseError{}, fmt.Errorf("%w: close reason not UTF-8", wsframe.ErrProtocol)
+	}
+	return websocket.CloseError{Code: websocket.StatusCode(code), Reason: string(p[2:])}, nil
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -230,4 +231,104 @@ func BenchmarkInboxAcks(b *testing.B) {
 			b.Fatalf("%q: %+v", p, f)
 		}
 	}
+}
+
+func TestCloseDoesNotWaitOnAWriteThatIsStuck(t *testing.T) {
+	defer func(d time.Duration) { closeWait = d }(closeWait)
+	closeWait = 200 * time.Millisecond
+	conn, peer := net.Pipe() // the peer never reads
+	defer peer.Close()
+	c := &client{ended: make(chan struct{}), conn: &upgradedConn{Conn: conn}, run: &runClock{start: time.Now()}, lat: &histogram{}}
+	c.in = newInbox(c.conn, 4096)
+	c.startReading()
+	stuck := make(chan error, 1)
+	go func() { stuck <- c.conn.writeFrame(wsframe.OpText, []byte("never read")) }()
+	for deadline := time.Now().Add(5 * time.Second); c.conn.mu.TryLock(); { // until the write holds the lock
+		c.conn.mu.Unlock()
+		if time.Now().After(deadline) {
+			t.Fatal("the write never started")
+		}
+		runtime.Gosched()
+	}
+	closed := make(chan struct{})
+	go func() {
+		c.close(websocket.StatusNormalClosure, "done")
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("close still waits on the stuck write")
+	}
+	if err := <-stuck; err == nil {
+		t.Error("the stuck write returned no error")
+	}
+}
+
+// chunkConn hands out data in reads of at most size bytes, then io.EOF;
+// what is written to it is dropped.
+type chunkConn struct {
+	net.Conn
+	data []byte
+	size int
+}
+
+func (c *chunkConn) Read(p []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p[:min(len(p), c.size)], c.data)
+	c.data = c.data[n:]
+	return n, nil
+}
+
+func (c *chunkConn) Write(p []byte) (int, error) { return len(p), nil }
+
+// readAll reads messages from data in reads of size bytes until an error,
+// and returns them with the kind of that error.
+func readAll(t *testing.T, data []byte, size, limit int) ([]string, string) {
+	in := newInbox(&upgradedConn{Conn: &chunkConn{data: data, size: size}}, limit)
+	var got []string
+	for {
+		p, err := in.next()
+		var ce websocket.CloseError
+		switch {
+		case err == nil:
+			if len(p) > limit {
+				t.Fatalf("message of %d bytes over the limit %d", len(p), limit)
+			}
+			got = append(got, string(p))
+			continue
+		case errors.Is(err, wsframe.ErrProtocol):
+			return got, "protocol"
+		case errors.Is(err, errTooBig):
+			return got, "too big"
+		case errors.As(err, &ce):
+			return got, "close " + strconv.Itoa(int(ce.Code))
+		case errors.Is(err, io.EOF):
+			return got, "EOF"
+		default:
+			t.Fatalf("unexpected error %v", err)
+		}
+	}
+}
+
+// FuzzInbox checks, for any bytes from DMB, that the client's reader ends
+// with a known kind of error, hands out no message over its limit, and
+// reads the same messages however the bytes are cut into reads.
+func FuzzInbox(f *testing.F) {
+	f.Add(bytes.Join([][]byte{frame(0x81, "a"), frame(0x89, "p"), frame(0x82, strings.Repeat("y", 300)),
+		frame(0x01, "fr"), frame(0x8a, ""), frame(0x80, "ag"), frame(0x88, "\x0f\xa0going")}, nil), uint8(1))
+	f.Add(bytes.Join([][]byte{frame(0x81, "ok"), frame(0x81, "masked", 1, 2, 3, 4)}, nil), uint8(3))
+	f.Add(frame(0x88, "\x03"), uint8(0))
+	f.Add(frame(0x88, "\x03\xed"), uint8(2))
+	f.Add(append(frame(0x01, strings.Repeat("z", 200)), frame(0x80, strings.Repeat("z", 200))...), uint8(7))
+	f.Fuzz(func(t *testing.T, data []byte, cut uint8) {
+		const limit = 300
+		want, wantEnd := readAll(t, data, len(data)+1, limit)
+		got, end := readAll(t, data, int(cut%17)+1, limit)
+		if !slices.Equal(got, want) || end != wantEnd {
+			t.Fatalf("in reads of %d: %q, %s; in one read: %q, %s", cut%17+1, got, end, want, wantEnd)
+		}
+	})
 }

@@ -200,8 +200,8 @@ func TestUplinkAckedEqualsBackendReceived(t *testing.T) {
 	switch {
 	case r == nil:
 		t.Fatal("no uplink results")
-	case r.Sent == 0:
-		t.Fatal("nothing sent")
+	case r.Sent <= 4*50*16: // a closed loop that stopped sending again sends one window per client
+		t.Fatalf("sent %d: the clients did not keep their windows full", r.Sent)
 	case r.Acked != r.Sent || r.Errors != 0 || r.Unanswered != 0:
 		t.Errorf("sent %d, acked %d, errors %d, unanswered %d", r.Sent, r.Acked, r.Errors, r.Unanswered)
 	case r.BackendReceived != r.Acked:

@@ -130,6 +130,7 @@ type uplinkResult struct {
 	Unanswered                 int64          `json:"unanswered"`
 	StrayErrors                int64          `json:"stray_errors"`
 	Undecoded                  int64          `json:"undecoded"`
+	UntimedAcks                int64          `json:"untimed_acks"` // answers out of order: their send time was taken over
 	AcksPerSecond              float64        `json:"acked_per_second"`
 	AckLatency                 latencySummary `json:"ack_latency_us"`
 	BackendReceived            int64          `json:"backend_received"`
@@ -265,8 +266,8 @@ func writeTable(w io.Writer, rep *report) {
 		row("ack latency µs", "%s", latencyText(r.AckLatency))
 		row("backend", "received %d (acked %d), out of order %d, undecoded %d%s", r.BackendReceived, r.Acked, r.BackendReordered, r.BackendUndecoded, eachText(r.BackendReceivedEach))
 		row("to backend µs", "%s", latencyText(r.BackendLatency))
-		if r.Dropped > 0 || r.StrayErrors > 0 || r.Undecoded > 0 {
-			row("trouble", "%d clients dropped%s, %d stray errors, %d undecoded", r.Dropped, codesText(r.DropCodes), r.StrayErrors, r.Undecoded)
+		if r.Dropped > 0 || r.StrayErrors > 0 || r.Undecoded > 0 || r.UntimedAcks > 0 {
+			row("trouble", "%d clients dropped%s, %d stray errors, %d undecoded, %d acks out of order (not timed)", r.Dropped, codesText(r.DropCodes), r.StrayErrors, r.Undecoded, r.UntimedAcks)
 		}
 		if r.MessagesPerServerCPUSecond > 0 {
 			row("efficiency", "%.0f messages per DMB CPU-second", r.MessagesPerServerCPUSecond)

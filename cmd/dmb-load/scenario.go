@@ -598,6 +598,7 @@ func (r *runner) uplink(ctx context.Context) {
 	for _, c := range r.clients {
 		res.StrayErrors += c.strayErrs
 		res.Undecoded += c.undecoded
+		res.UntimedAcks += c.untimedAcks
 	}
 	res.AcksPerSecond = round1(float64(res.Acked) / tD.Sub(t0).Seconds())
 	res.AckLatency = r.lat.summary()

@@ -158,24 +158,27 @@ func (c *upgradedConn) uncork() error {
 	return err
 }
 
+// errCloseSent refuses a frame after the close frame: none may follow it.
+var errCloseSent = errors.New("close frame already sent")
+
 // writeFrame writes payload as one frame of opcode op, masked as a client
-// sends it, or holds it while the connection is corked. After a close frame
-// it writes nothing: none may follow one.
+// sends it, or holds it while the connection is corked. A close frame is
+// not held: it goes at once, after what was, since the connection may be
+// closed right after it.
 func (c *upgradedConn) writeFrame(op byte, payload []byte) error {
 	var key [4]byte
 	binary.LittleEndian.PutUint32(key[:], mrand.Uint32())
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closeSent {
-		return nil
+		return errCloseSent
 	}
 	c.closeSent = op == wsframe.OpClose
-	start := len(c.held)
 	c.held = wsframe.AppendMasked(c.held, op, payload, key)
-	if c.corked {
+	if c.corked && !c.closeSent {
 		return nil
 	}
-	_, err := c.Conn.Write(c.held[start:])
-	c.held = c.held[:start]
+	_, err := c.Conn.Write(c.held)
+	c.held = c.held[:0]
 	return err
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"math"
 	"math/rand/v2"
@@ -145,3 +146,31 @@ func TestHistogramBucketsCoverEveryValueInOrder(t *testing.T) {
 func pow10(x float64) float64 { return math.Pow(10, x) }
 
 func sortDurations(v []time.Duration) { slices.Sort(v) }
+
+// FuzzReadFrame checks that no frame from DMB makes the tool's reader
+// panic or read a negative number, and that a frame the fast path reads
+// as DMB writes it (its fields in DMB's order, no key twice) reads the
+// same through encoding/json.
+func FuzzReadFrame(f *testing.F) {
+	data := appendData(nil, 12345, 987654321, 20, []byte("xxxxxxxxxxxxxxxxxxxx"))
+	f.Add(protocol.AppendBroadcast(nil, data))
+	f.Add(protocol.AppendDirect(nil, data, json.RawMessage(`7`)))
+	f.Add(protocol.AppendAck(nil, json.RawMessage(`42`)))
+	f.Add(protocol.AppendError(nil, json.RawMessage(`43`), "backend unavailable"))
+	f.Add(protocol.AppendConnected(nil, "abc", "load"))
+	f.Add([]byte(`{"event":"dmb:ack","id":999999999999999999999}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got := readFrame(b)
+		if got.seq < 0 || got.t < 0 || got.id < -1 {
+			t.Fatalf("%q: %+v", b, got)
+		}
+		if !got.ok || !json.Valid(b) || bytes.Count(b, []byte(`"s":`)) > 1 || bytes.Count(b, []byte(`"t":`)) > 1 ||
+			bytes.Count(b, []byte(`"id":`)) > 1 || bytes.Count(b, []byte(`"event":`)) > 1 || bytes.Count(b, []byte(`"data":`)) > 1 {
+			return
+		}
+		slow := readFrameJSON(b)
+		if slow.kind != got.kind || got.kind == frameData && (slow.seq != got.seq || slow.t != got.t) || got.kind == frameAck && slow.id != got.id {
+			t.Fatalf("%q: fast %+v, encoding/json %+v", b, got, slow)
+		}
+	})
+}
