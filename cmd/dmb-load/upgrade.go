@@ -20,9 +20,9 @@ import (
 // without net/http and coder/websocket: building and parsing their requests
 // and responses, the connection state they keep and the garbage they leave
 // were about a third of the tool's CPU while clients connect, and the tool
-// shares the machine with the node whose connect rate it measures. What the
-// tool sends is what a browser sends; the node serves it with
-// coder/websocket.
+// shares the machine with the node whose connect rate it measures. The
+// request has the headers RFC 6455 asks of a client, and the node serves it
+// with coder/websocket as it serves a browser's.
 
 // endpoint is where the clients connect.
 type endpoint struct {
