@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"strings"
 	"syscall"
-	"time"
 )
 
 // The generator talks to the local machine only. Every address it is given
@@ -105,19 +104,17 @@ func dialer(src netip.Addr) *net.Dialer {
 	return d
 }
 
-// httpClient returns a client whose connections go from src to loopback
-// addresses only. It never uses a proxy. WebSocket handshakes take their
-// connection out of the transport; other requests do not keep it.
-func httpClient(src netip.Addr, keepAlive bool) *http.Client {
-	d := dialer(src)
+// metricsClient returns the client that scrapes DMB's /metrics: its
+// connections go to loopback addresses only, and none is kept between
+// scrapes. It never uses a proxy.
+func metricsClient() *http.Client {
 	return &http.Client{
 		Transport: &http.Transport{
-			DialContext:           d.DialContext,
-			DisableKeepAlives:     !keepAlive,
+			DialContext:           dialer(netip.Addr{}).DialContext,
+			DisableKeepAlives:     true,
 			DisableCompression:    true,
 			TLSHandshakeTimeout:   handshakeTimeout,
 			ResponseHeaderTimeout: handshakeTimeout,
-			IdleConnTimeout:       time.Second,
 		},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}

@@ -58,14 +58,13 @@ type client struct {
 // answer that arrives during that write is timed when the write returns,
 // a few microseconds later.)
 type uplinkState struct {
-	window     chan struct{} // open loop only
-	closedLoop bool
-	answered   int            // closed loop, reader only: answers not yet sent again
-	sentID     []atomic.Int64 // the id each sentAt is of: an answer out of order finds another
-	sentAt     []atomic.Int64
-	sent       atomic.Int64
-	acked      atomic.Int64
-	errored    atomic.Int64 // dmb:error answers to our ids
+	window   chan struct{}  // open loop only: nil in a closed loop
+	answered int            // closed loop, reader only: answers not yet sent again
+	sentID   []atomic.Int64 // the id each sentAt is of: an answer out of order finds another
+	sentAt   []atomic.Int64
+	sent     atomic.Int64
+	acked    atomic.Int64
+	errored  atomic.Int64 // dmb:error answers to our ids
 
 	payload int    // bytes of each frame's data
 	pad     []byte // what pads it
@@ -76,8 +75,12 @@ type uplinkState struct {
 	buf     []byte     // the frame being built
 }
 
+// closedLoop tells whether the clients send at full speed, each answer
+// sending the next frame.
+func (u *uplinkState) closedLoop() bool { return u.window == nil }
+
 func newUplinkState(window int, closedLoop bool, payload int, pad []byte) *uplinkState {
-	u := &uplinkState{closedLoop: closedLoop, sentID: make([]atomic.Int64, window), sentAt: make([]atomic.Int64, window), payload: payload, pad: pad}
+	u := &uplinkState{sentID: make([]atomic.Int64, window), sentAt: make([]atomic.Int64, window), payload: payload, pad: pad}
 	if !closedLoop {
 		u.window = make(chan struct{}, window)
 	}
@@ -257,7 +260,7 @@ func (c *client) first(e *endpoint) error {
 // when it ends: after DMB's close frame, on an error, or when close gives
 // up waiting.
 func (c *client) startReading() {
-	if u := c.up; u != nil && u.closedLoop {
+	if u := c.up; u != nil && u.closedLoop() {
 		c.in.idle = func() {
 			if n := u.answered; n > 0 {
 				u.answered = 0
@@ -344,7 +347,7 @@ func (c *client) handle(f frameInfo, now int64) {
 		} else {
 			u.errored.Add(1)
 		}
-		if u.closedLoop {
+		if u.closedLoop() {
 			u.answered++
 			return
 		}
@@ -395,7 +398,7 @@ func (c *client) sendLoop(ctx context.Context, start, end time.Time, offset time
 		u.sending = false
 		u.mu.Unlock()
 	}()
-	if u.closedLoop {
+	if u.closedLoop() {
 		if c.send(len(u.sentAt)) == nil {
 			<-ctx.Done() // ctx ends at end
 		}

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"strconv"
 	"sync"
@@ -72,7 +71,7 @@ func run(ctx context.Context, o options, progress io.Writer) (*report, error) {
 
 	r := &runner{
 		o: &o, progress: progress, clock: &runClock{start: time.Now()}, url: o.wsURL(),
-		mhc: httpClient(netip.Addr{}, false), lat: &histogram{}, beLat: &histogram{},
+		mhc: metricsClient(), lat: &histogram{}, beLat: &histogram{},
 		pad: make([]byte, o.Payload),
 		rep: newReport(&o),
 	}
@@ -87,7 +86,6 @@ func run(ctx context.Context, o options, progress io.Writer) (*report, error) {
 	for _, src := range sourceAddrs(o.Sources, isIPv6Host(urlHost(o.DMB))) {
 		r.dialers = append(r.dialers, dialer(src))
 	}
-	defer r.mhc.CloseIdleConnections()
 
 	bes, err := startBackends(ctx, &o, r.clock, r.beLat, o.logger(progress))
 	if err != nil {
