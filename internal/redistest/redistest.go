@@ -31,6 +31,9 @@ type Server struct {
 	// conf, when set, is a config file the server starts from in Sentinel
 	// mode (a sentinel rewrites its file, so it has one of its own).
 	conf string
+	// dir is the working directory, the server's own: a replica writes the
+	// RDB it syncs from its master there.
+	dir string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -132,7 +135,11 @@ func (s *Server) launch() error {
 	if s.conf != "" {
 		args = append([]string{s.conf, "--sentinel", "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1"}, s.args...)
 	}
+	if s.dir == "" {
+		s.dir = s.t.TempDir()
+	}
 	cmd := exec.Command("redis-server", args...)
+	cmd.Dir = s.dir
 	proctest.DieWithTest(cmd)
 	out := &bytes.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out

@@ -3,8 +3,12 @@ package redistest
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -65,5 +69,26 @@ func TestStartTriesAnotherPortWhenOneIsTaken(t *testing.T) {
 	defer cancel()
 	if err := s.Client().Ping(ctx).Err(); err != nil {
 		t.Errorf("server on %s: %v", strconv.Itoa(s.Port()), err)
+	}
+}
+
+// A replica writes the RDB it syncs from its master into its working
+// directory: that is the server's own, never the test's.
+func TestAReplicaWritesNothingIntoTheTestsDirectory(t *testing.T) {
+	master := Start(t)
+	replica := Start(t, "--replicaof", "127.0.0.1", strconv.Itoa(master.Port()))
+	rc := replica.Client()
+	waitFor(t, 30*time.Second, "the replica in sync", func(ctx context.Context) error {
+		info, err := rc.Info(ctx, "replication").Result()
+		if err == nil && !strings.Contains(info, "master_link_status:up") {
+			err = errors.New("link not up")
+		}
+		return err
+	})
+	if _, err := os.Stat(filepath.Join(replica.dir, "dump.rdb")); err != nil {
+		t.Fatalf("the replica's synced RDB: %v", err)
+	}
+	if _, err := os.Stat("dump.rdb"); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("dump.rdb in the test's directory: %v", err)
 	}
 }
