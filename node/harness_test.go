@@ -153,12 +153,13 @@ func (n *testNode) metric(series string) float64 {
 // testBackend is a backend run with the backend library, recording events.
 type testBackend struct {
 	*backend.Backend
-	t      *testing.T
-	rdb    redis.UniversalClient
-	events chan backend.Event
-	held   []backend.Event // events next passed over, oldest first
-	cancel context.CancelFunc
-	done   chan struct{}
+	t       *testing.T
+	rdb     redis.UniversalClient
+	events  chan backend.Event
+	held    []backend.Event // events next passed over, oldest first
+	markers int             // caughtUp's markers so far
+	cancel  context.CancelFunc
+	done    chan struct{}
 }
 
 // startBackend registers a backend of service on its own Redis connection
@@ -218,6 +219,22 @@ func (b *testBackend) next(match func(backend.Event) bool) backend.Event {
 			b.t.Fatalf("backend %s: timed out waiting for an event", b.BKID())
 		}
 	}
+}
+
+// caughtUp returns once every event published to the backend before the
+// call has reached it. Redis runs commands one at a time and a subscriber
+// gets messages in that order (on a cluster a shard channel lives on one
+// master), so a marker published now arrives after all of them. The events
+// read on the way are kept for next.
+func (b *testBackend) caughtUp() {
+	b.t.Helper()
+	b.markers++
+	cid := fmt.Sprintf("marker-%d", b.markers)
+	payload := fmt.Sprintf(`{"type":"test_marker","cid":%q}`, cid)
+	if err := pubsub.Publish(context.Background(), b.rdb, pubsub.Sharded(b.rdb), "dmb:uplink:"+b.BKID(), payload).Err(); err != nil {
+		b.t.Fatalf("publish a marker: %v", err)
+	}
+	b.next(ofTypeCID("test_marker", cid))
 }
 
 func ofType(typ string) func(backend.Event) bool {
