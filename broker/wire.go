@@ -13,7 +13,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"github.com/dmb-broker/dmb/internal/wsframe"
 )
@@ -266,19 +265,14 @@ func (c *corkConn) writeNow(p []byte) int {
 		return 0
 	}
 	for {
-		// A raw system call: the write never blocks, so the scheduler
-		// need not be told (entersyscall) and hand the processor on, as it
-		// does for writes that may; at 100,000 writes a second that
-		// hand-over, its thread wake-ups and the monitor thread polling
-		// the system calls in progress cost a tenth of the CPU.
-		n, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(c.fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		n, errno := sendNow(c.fd, p)
 		switch {
 		case errno == syscall.EINTR:
 			continue
 		case errno != 0:
 			return 0
 		}
-		return int(n)
+		return n
 	}
 }
 
@@ -537,14 +531,20 @@ func (w leanWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	w.conn.brMu.Unlock()
 	w.conn.mu.Lock()
 	w.conn.framed = true
-	w.conn.fd = -1
-	if sc, ok := w.conn.Conn.(syscall.Conn); ok {
-		if raw, err := sc.SyscallConn(); err == nil {
-			_ = raw.Control(func(fd uintptr) { w.conn.fd = int(fd) })
-		}
-	}
+	w.conn.takeFD()
 	w.conn.mu.Unlock()
 	return conn, bufio.NewReadWriter(r, bufio.NewWriterSize(conn, leanWriteBuffer)), nil
+}
+
+// takeFD sets fd to the socket's descriptor, or -1 when the connection has
+// none; called with mu held.
+func (c *corkConn) takeFD() {
+	c.fd = -1
+	if sc, ok := c.Conn.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			_ = raw.Control(func(fd uintptr) { c.fd = int(fd) })
+		}
+	}
 }
 
 // Unwrap lets http.ResponseController reach the server's writer.

@@ -267,3 +267,30 @@ func TestWritesThatMustNotWaitDoNotWaitForABlockedWrite(t *testing.T) {
 		t.Fatalf("the blocked write: %v", err)
 	}
 }
+
+// A direct write goes to the socket at once; once the peer has reset the
+// connection, it takes nothing (and raises no SIGPIPE), so the frame is
+// queued and the writer reports the failure.
+func TestADirectWriteIsSentAndOneToAResetPeerTakesNothing(t *testing.T) {
+	server, client := tcpPair(t)
+	server.mu.Lock()
+	server.takeFD()
+	server.mu.Unlock()
+	if got := server.tryWrite([]byte("frame")); got != wroteAll {
+		t.Fatalf("tryWrite to a live peer = %v, want wroteAll", got)
+	}
+	buf := make([]byte, 5)
+	_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(client, buf); err != nil || string(buf) != "frame" {
+		t.Fatalf("the peer read %q, %v; want frame", buf, err)
+	}
+	if err := client.(*net.TCPConn).SetLinger(0); err != nil {
+		t.Fatal(err)
+	}
+	_ = client.Close() // a reset, which loopback delivers before Close returns
+	for i := range 3 {
+		if got := server.tryWrite([]byte("frame")); got != wroteNone {
+			t.Fatalf("tryWrite %d to a reset peer = %v, want wroteNone", i, got)
+		}
+	}
+}
