@@ -29,11 +29,13 @@ type client struct {
 	remote  string
 	user    string
 
-	conn    *websocket.Conn
-	wire    *corkConn // nil when the connection did not come through Listen
+	// A fan-out reads direct, wire and q of every client, whose memory is
+	// then seldom in the cache: they sit together, q inline.
+	direct  bool      // the client may be written to without waiting (wire.fd)
 	framed  bool      // the broker frames data frames itself (wire.framed)
-	direct  bool      // and may write to the socket without waiting (wire.fd)
-	q       *sendQueue
+	wire    *corkConn // nil when the connection did not come through Listen
+	q       sendQueue
+	conn    *websocket.Conn
 	writers sync.WaitGroup // the running writer, if any
 
 	errs errorWindow // reader only
@@ -61,7 +63,7 @@ func newClient(b *Broker, conn *websocket.Conn, wire *corkConn, service, remote,
 
 		forwarding: true,
 	}
-	c.q = newSendQueue(b.cfg.SendQueue, c.startWriter)
+	c.q.init(b.cfg.SendQueue, c.startWriter)
 	return c
 }
 

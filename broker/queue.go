@@ -24,12 +24,13 @@ type closeReq struct {
 // at a time, which keeps the frames in order. An idle client thus keeps no
 // goroutine, and no stack, for its writes.
 type sendQueue struct {
+	// What claim reads comes first: mu, writer, closing, frames.
 	mu      sync.Mutex // guards the fields below
+	writer  writerState
+	closing *closeReq
 	frames  [][]byte
 	spare   [][]byte // the writer's last batch, handed back for reuse
-	closing *closeReq
 	max     int
-	writer  writerState
 
 	start func() // spawns a writer that calls take until it reports done
 }
@@ -46,7 +47,14 @@ const (
 // newSendQueue returns a queue of at most max frames whose writers are
 // started by start.
 func newSendQueue(max int, start func()) *sendQueue {
-	return &sendQueue{max: max, start: start}
+	q := &sendQueue{}
+	q.init(max, start)
+	return q
+}
+
+// init readies a zero queue, as newSendQueue does, in place.
+func (q *sendQueue) init(max int, start func()) {
+	q.max, q.start = max, start
 }
 
 // pushResult says what became of a pushed frame.
