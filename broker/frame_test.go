@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -241,5 +242,52 @@ func TestTheRestOfAFrameADirectWriteLeftIsSent(t *testing.T) {
 	}
 	if !bytes.Equal(data, payload) {
 		t.Fatalf("read %d bytes, want %d", len(data), len(payload))
+	}
+}
+
+// A set large enough to be split over goroutines (2*fanoutPart clients and
+// more) gets every broadcast, each client in order: the first written
+// directly in parallel runs, the ones right after it queued.
+func TestABroadcastSplitOverGoroutinesReachesEveryClientInOrder(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	brk := newTestBroker(t)
+	srv, addr := serveBroker(t, brk)
+	t.Cleanup(func() { _ = srv.Close(); _ = brk.Shutdown(context.Background()) })
+	const clients = 2*fanoutPart + 37
+	var conns []*websocket.Conn
+	for range clients {
+		c := dialWelcomed(t, "ws://"+addr+"/ws/chat")
+		t.Cleanup(func() { _ = c.CloseNow() })
+		conns = append(conns, c)
+	}
+	waitFor(t, ctx, func() bool { return brk.Clients() == clients })
+	const frames = 3
+	for i := range frames {
+		if got := brk.Broadcast("chat", fmt.Appendf(nil, "m%d", i)); got != clients {
+			t.Fatalf("broadcast %d reached %d clients, want %d", i, got, clients)
+		}
+	}
+	errs := make(chan error, clients)
+	for k, c := range conns {
+		go func() {
+			for i := range frames {
+				_, data, err := c.Read(ctx)
+				if err == nil && string(data) != fmt.Sprintf("m%d", i) {
+					err = fmt.Errorf("frame %d is %q", i, data)
+				}
+				if err != nil {
+					errs <- fmt.Errorf("client %d: %w", k, err)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range clients {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
 	}
 }
