@@ -269,8 +269,8 @@ func TestWritesThatMustNotWaitDoNotWaitForABlockedWrite(t *testing.T) {
 }
 
 // A direct write goes to the socket at once; once the peer has reset the
-// connection, it takes nothing (and raises no SIGPIPE), so the frame is
-// queued and the writer reports the failure.
+// connection, it takes nothing, so the frame is queued and the writer
+// reports the failure.
 func TestADirectWriteIsSentAndOneToAResetPeerTakesNothing(t *testing.T) {
 	server, client := tcpPair(t)
 	server.mu.Lock()
