@@ -420,7 +420,7 @@ func (c *corkConn) fill() {
 	err := c.raw.Read(func(fd uintptr) bool {
 		buf := readBuffers.Get().(*[]byte)
 		for {
-			n, rerr = syscall.Read(int(fd), *buf)
+			n, rerr = readFD(fd, *buf)
 			if rerr != syscall.EINTR {
 				break
 			}
@@ -482,7 +482,7 @@ func (c *corkConn) rawReady() bool {
 	if c.raw != nil || c.noRaw {
 		return c.raw != nil
 	}
-	if sc, ok := c.Conn.(syscall.Conn); ok {
+	if sc, ok := c.Conn.(syscall.Conn); ok && rawSockets {
 		c.raw, _ = sc.SyscallConn()
 	}
 	c.noRaw = c.raw == nil
@@ -540,7 +540,7 @@ func (w leanWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // none; called with mu held.
 func (c *corkConn) takeFD() {
 	c.fd = -1
-	if sc, ok := c.Conn.(syscall.Conn); ok {
+	if sc, ok := c.Conn.(syscall.Conn); ok && rawSockets {
 		if raw, err := sc.SyscallConn(); err == nil {
 			_ = raw.Control(func(fd uintptr) { c.fd = int(fd) })
 		}

@@ -26,7 +26,7 @@ func fileLimit() uint64 {
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
 		return 0
 	}
-	return l.Cur
+	return uint64(l.Cur) // int64 on FreeBSD
 }
 
 // processCPU is the CPU time (user and system) this process has used.
