@@ -2,6 +2,7 @@ package broker
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/dmb-broker/dmb/internal/wsframe"
 )
 
 // countingListener counts the writes made to the connections it accepts.
@@ -292,5 +294,31 @@ func TestADirectWriteIsSentAndOneToAResetPeerTakesNothing(t *testing.T) {
 		if got := server.tryWrite([]byte("frame")); got != wroteNone {
 			t.Fatalf("tryWrite %d to a reset peer = %v, want wroteNone", i, got)
 		}
+	}
+}
+
+// Without a descriptor (Windows, or a connection that has none) nothing is
+// written directly: a direct write takes nothing, a flusher's write keeps
+// its frames as the tail, and the writer sends them through the
+// connection.
+func TestWithoutADescriptorFramesGoThroughTheConnection(t *testing.T) {
+	server, client := tcpPair(t)
+	if server.fd != -1 {
+		t.Fatalf("fd = %d before takeFD, want -1", server.fd)
+	}
+	if got := server.tryWrite([]byte("frame")); got != wroteNone {
+		t.Fatalf("tryWrite = %v, want wroteNone", got)
+	}
+	if got := server.tryWriteFrames([][]byte{[]byte("a"), []byte("bc")}); got != wrotePart {
+		t.Fatalf("tryWriteFrames = %v, want wrotePart", got)
+	}
+	if err := server.flushTail(); err != nil {
+		t.Fatal(err)
+	}
+	want := wsframe.AppendText(wsframe.AppendText(nil, []byte("a")), []byte("bc"))
+	got := make([]byte, len(want))
+	_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(client, got); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("the peer read %q, %v; want %q", got, err, want)
 	}
 }
