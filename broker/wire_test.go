@@ -4,12 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -271,8 +273,8 @@ func TestWritesThatMustNotWaitDoNotWaitForABlockedWrite(t *testing.T) {
 }
 
 // A direct write goes to the socket at once; once the peer has reset the
-// connection, it takes nothing, so the frame is queued and the writer
-// reports the failure.
+// connection, a read reports it and a direct write takes nothing, so the
+// frame is queued and the writer reports the failure.
 func TestADirectWriteIsSentAndOneToAResetPeerTakesNothing(t *testing.T) {
 	server, client := tcpPair(t)
 	server.mu.Lock()
@@ -289,7 +291,12 @@ func TestADirectWriteIsSentAndOneToAResetPeerTakesNothing(t *testing.T) {
 	if err := client.(*net.TCPConn).SetLinger(0); err != nil {
 		t.Fatal(err)
 	}
-	_ = client.Close() // a reset, which loopback delivers before Close returns
+	_ = client.Close() // a reset
+	// The read waits for the reset: a small read goes to the descriptor.
+	_ = server.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := server.Read(buf); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("read after the peer's reset: %v, want ECONNRESET", err)
+	}
 	for i := range 3 {
 		if got := server.tryWrite([]byte("frame")); got != wroteNone {
 			t.Fatalf("tryWrite %d to a reset peer = %v, want wroteNone", i, got)
@@ -297,11 +304,11 @@ func TestADirectWriteIsSentAndOneToAResetPeerTakesNothing(t *testing.T) {
 	}
 }
 
-// Without a descriptor (Windows, or a connection that has none) nothing is
-// written directly: a direct write takes nothing, a flusher's write keeps
-// its frames as the tail, and the writer sends them through the
-// connection.
-func TestWithoutADescriptorFramesGoThroughTheConnection(t *testing.T) {
+// Without a descriptor (fd -1: Windows, or a connection that has none)
+// nothing is written directly: a direct write takes nothing, a flusher's
+// write keeps its frames as the tail, and the writer sends them through
+// the connection.
+func TestWithoutADescriptorFramesGoThroughTheWriter(t *testing.T) {
 	server, client := tcpPair(t)
 	if server.fd != -1 {
 		t.Fatalf("fd = %d before takeFD, want -1", server.fd)

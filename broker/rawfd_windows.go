@@ -1,11 +1,9 @@
-//go:build !unix
-
 package broker
 
 import "syscall"
 
-// rawSockets is false where sockets are not plain descriptors (Windows):
-// every read and write then goes through the net package.
+// rawSockets is false where sockets are not plain descriptors: every read
+// and write then goes through the net package.
 const rawSockets = false
 
 func readFD(uintptr, []byte) (int, error) { return 0, syscall.EWINDOWS }
