@@ -44,15 +44,8 @@ const (
 	writerStopped                    // no writer runs or will ever start again
 )
 
-// newSendQueue returns a queue of at most max frames whose writers are
+// init readies a zero queue to hold at most max frames, whose writers are
 // started by start.
-func newSendQueue(max int, start func()) *sendQueue {
-	q := &sendQueue{}
-	q.init(max, start)
-	return q
-}
-
-// init readies a zero queue, as newSendQueue does, in place.
 func (q *sendQueue) init(max int, start func()) {
 	q.max, q.start = max, start
 }

@@ -9,6 +9,14 @@ import (
 	"github.com/dmb-broker/dmb/protocol"
 )
 
+// newSendQueue returns a queue of at most max frames whose writers are
+// started by start.
+func newSendQueue(max int, start func()) *sendQueue {
+	q := &sendQueue{}
+	q.init(max, start)
+	return q
+}
+
 func TestQueueOverflowTurnsIntoASlowConsumerClose(t *testing.T) {
 	q := newSendQueue(3, func() {})
 	for i := range 3 {
