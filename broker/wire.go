@@ -76,11 +76,14 @@ type corkConn struct {
 	fdClosed bool
 
 	rmu     sync.Mutex
-	raw     syscall.RawConn // nil until a small read needs it, or when there is none
-	noRaw   bool            // the connection has no file descriptor to read from
-	pending *[]byte         // bytes read and not yet asked for, from readBuffers
-	unread  []byte          // what of pending is still to be handed out
-	readErr error           // what awaitInput met, for the read that follows
+	raw     syscall.RawConn       // nil until a small read needs it, or when there is none
+	noRaw   bool                  // the connection has no file descriptor to read from
+	readFn  func(fd uintptr) bool // fill's callback, made once with raw: a new one per read would cost three allocations
+	got     int                   // what readFn read, for fill
+	gotErr  error                 // why readFn read nothing, for fill
+	pending *[]byte               // bytes read and not yet asked for, from readBuffers
+	unread  []byte                // what of pending is still to be handed out
+	readErr error                 // what awaitInput met, for the read that follows
 
 	// br is the library's buffered reader when leanWriter made it; awaitInput
 	// looks into it, until handOverReads, under brMu.
@@ -413,26 +416,9 @@ func (c *corkConn) Read(p []byte) (int, error) {
 // fill waits until the socket is readable, then reads what it holds into a
 // pooled buffer, or records why it could not. c.rmu is held.
 func (c *corkConn) fill() {
-	var (
-		n    int
-		rerr error
-	)
-	err := c.raw.Read(func(fd uintptr) bool {
-		buf := readBuffers.Get().(*[]byte)
-		for {
-			n, rerr = readFD(fd, *buf)
-			if rerr != syscall.EINTR {
-				break
-			}
-		}
-		if n > 0 {
-			c.pending = buf
-			return true
-		}
-		readBuffers.Put(buf)
-		// EAGAIN: nothing yet; the runtime waits until the socket is readable.
-		return rerr != syscall.EAGAIN
-	})
+	c.got, c.gotErr = 0, nil
+	err := c.raw.Read(c.readFn)
+	n, rerr := c.got, c.gotErr
 	switch {
 	case err == nil && rerr != nil:
 		err = os.NewSyscallError("read", rerr)
@@ -445,6 +431,34 @@ func (c *corkConn) fill() {
 		return
 	}
 	c.unread = (*c.pending)[:n]
+}
+
+// readOnce is fill's callback: one read of the socket into a pooled buffer,
+// which becomes c.pending when it took something. It returns false to have
+// the runtime wait until the socket is readable. c.rmu is held.
+func (c *corkConn) readOnce(fd uintptr) bool {
+	buf := readBuffers.Get().(*[]byte)
+	var (
+		n   int
+		err error
+	)
+	for {
+		n, err = readFD(fd, *buf)
+		if err != syscall.EINTR {
+			break
+		}
+	}
+	c.got, c.gotErr = n, nil
+	if n > 0 {
+		c.pending = buf
+		return true
+	}
+	readBuffers.Put(buf)
+	if err == syscall.EAGAIN { // nothing yet
+		return false
+	}
+	c.gotErr = err
+	return true
 }
 
 // awaitInput returns once the client has sent something that the session's
@@ -486,6 +500,9 @@ func (c *corkConn) rawReady() bool {
 		c.raw, _ = sc.SyscallConn()
 	}
 	c.noRaw = c.raw == nil
+	if c.raw != nil {
+		c.readFn = c.readOnce
+	}
 	return c.raw != nil
 }
 

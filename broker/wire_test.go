@@ -147,6 +147,22 @@ func TestSmallReadsHoldABufferOnlyWhileBytesWait(t *testing.T) {
 	}
 }
 
+func TestASmallReadAllocatesNothing(t *testing.T) {
+	srv, cli := tcpPair(t)
+	b, p := []byte{'x'}, make([]byte, 16)
+	allocs := testing.AllocsPerRun(200, func() {
+		if _, err := cli.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := srv.Read(p); n != 1 || err != nil {
+			t.Fatalf("read %d, %v; want the byte written", n, err)
+		}
+	})
+	if allocs >= 1 {
+		t.Fatalf("a small read costs %.1f allocations; want none", allocs)
+	}
+}
+
 func TestAwaitInputReturnsWhenTheClientSpeaks(t *testing.T) {
 	srv, cli := tcpPair(t)
 	srv.br = bufio.NewReaderSize(srv, leanReadBuffer)
