@@ -212,19 +212,25 @@ func TestDirectWritesAndWritersKeepOrderWithOneAtATime(t *testing.T) {
 		writers.Add(1)
 		go func() {
 			defer writers.Done()
-			defer exclusive()()
+			// A writer writes only between a take that gave it frames
+			// and its next take: once take reports done, a direct write
+			// may claim the queue while this goroutine is still ending.
 			if tail != nil {
+				done := exclusive()
 				write(tail)
 				tail = nil
+				done()
 			}
 			for {
-				frames, _, done := q.take()
-				if done {
+				frames, _, stop := q.take()
+				if stop {
 					return
 				}
+				done := exclusive()
 				for _, f := range frames {
 					write(f)
 				}
+				done()
 				q.recycle(frames)
 			}
 		}()
