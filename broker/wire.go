@@ -496,9 +496,7 @@ func (c *corkConn) rawReady() bool {
 	if c.raw != nil || c.noRaw {
 		return c.raw != nil
 	}
-	if sc, ok := c.Conn.(syscall.Conn); ok && rawSockets {
-		c.raw, _ = sc.SyscallConn()
-	}
+	c.raw = rawConn(c.Conn)
 	c.noRaw = c.raw == nil
 	if c.raw != nil {
 		c.readFn = c.readOnce
@@ -557,11 +555,23 @@ func (w leanWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // none; called with mu held.
 func (c *corkConn) takeFD() {
 	c.fd = -1
-	if sc, ok := c.Conn.(syscall.Conn); ok && rawSockets {
-		if raw, err := sc.SyscallConn(); err == nil {
-			_ = raw.Control(func(fd uintptr) { c.fd = int(fd) })
-		}
+	if raw := rawConn(c.Conn); raw != nil {
+		_ = raw.Control(func(fd uintptr) { c.fd = int(fd) })
 	}
+}
+
+// rawConn returns the descriptor access of conn, nil when it has none or
+// this system's sockets are not plain descriptors (rawSockets).
+func rawConn(conn net.Conn) syscall.RawConn {
+	sc, ok := conn.(syscall.Conn)
+	if !ok || !rawSockets {
+		return nil
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return raw
 }
 
 // Unwrap lets http.ResponseController reach the server's writer.
