@@ -412,14 +412,14 @@ func (r *Registry) ensureFresh(ctx context.Context, name string) error {
 	// timer per connecting client is a cost the connect rate shows.
 	ctx, cancel := context.WithTimeout(ctx, refreshTimeout)
 	defer cancel()
-	if err := r.lockRefresh(ctx); err != nil {
+	if err := r.acquireRefresh(ctx); err != nil {
 		return err
 	}
-	defer r.unlockRefresh()
+	defer r.releaseRefresh()
 	if r.fresh(name) { // another caller looked while this one waited
 		return nil
 	}
-	err := r.refreshServiceLocked(ctx, name)
+	err := r.reloadService(ctx, name)
 	// Marked checked only now that the look-up is done (failed or not):
 	// callers that came meanwhile waited above and see its result, rather
 	// than a view that was marked fresh before it was.
@@ -459,7 +459,10 @@ func (r *Registry) noteAskedLocked(name string) {
 	r.asked[name] = time.Now()
 }
 
-func (r *Registry) lockRefresh(ctx context.Context) error {
+// acquireRefresh takes the refresh semaphore, which lets one look-up of
+// Redis at a time refresh the view; a function that needs it says so. The
+// suffix Locked means only that r.mu is held.
+func (r *Registry) acquireRefresh(ctx context.Context) error {
 	select {
 	case r.refresh <- struct{}{}:
 		return nil
@@ -468,7 +471,8 @@ func (r *Registry) lockRefresh(ctx context.Context) error {
 	}
 }
 
-func (r *Registry) unlockRefresh() { <-r.refresh }
+// releaseRefresh ends what acquireRefresh began.
+func (r *Registry) releaseRefresh() { <-r.refresh }
 
 // Pick returns the backend a client of service should be bound to: current
 // while it is live, else the next live backend in turn. It returns "" when
@@ -535,10 +539,10 @@ func (r *Registry) Snapshot() map[string]Backends {
 // Refresh reloads every service and the liveness of every backend from
 // Redis, and tells the owner which services' live backends changed.
 func (r *Registry) Refresh(ctx context.Context) error {
-	if err := r.lockRefresh(ctx); err != nil {
+	if err := r.acquireRefresh(ctx); err != nil {
 		return err
 	}
-	defer r.unlockRefresh()
+	defer r.releaseRefresh()
 	names, err := r.rdb.SMembers(ctx, r.cfg.Channels.Key("services")).Result()
 	if err != nil {
 		r.m.RedisErrors.WithLabelValues("refresh").Inc()
@@ -631,9 +635,9 @@ func (r *Registry) prune(ctx context.Context, fresh map[string]*service) {
 	}
 }
 
-// refreshServiceLocked reloads one service from Redis; the caller holds the
-// refresh semaphore.
-func (r *Registry) refreshServiceLocked(ctx context.Context, name string) error {
+// reloadService reloads one service from Redis; the caller holds the
+// refresh semaphore (acquireRefresh), not r.mu.
+func (r *Registry) reloadService(ctx context.Context, name string) error {
 	known, err := r.rdb.SIsMember(ctx, r.cfg.Channels.Key("services"), name).Result()
 	if err != nil {
 		r.m.RedisErrors.WithLabelValues("refresh").Inc()

@@ -462,7 +462,7 @@ func (w *worker) message(ctx context.Context, b *binding, r *request, attempt in
 // reached nobody to another backend, until none is left to try.
 func (w *worker) exec(ctx context.Context, p *pipeline) {
 	for len(p.ops) > 0 {
-		w.run1(ctx, p)
+		w.publishBatch(ctx, p)
 		ops := p.retry
 		clear(p.ops)
 		p.ops, p.retry = p.ops[:0], nil
@@ -472,7 +472,10 @@ func (w *worker) exec(ctx context.Context, p *pipeline) {
 	}
 }
 
-func (w *worker) run1(ctx context.Context, p *pipeline) {
+// publishBatch sends the pipeline's operations to Redis in one round trip and
+// settles each: answers the client, marks a backend that nobody listens to
+// as dead, and sets aside in p.retry the frames another backend may take.
+func (w *worker) publishBatch(ctx context.Context, p *pipeline) {
 	pipe := w.u.rdb.Pipeline()
 	for i := range p.ops {
 		o := &p.ops[i]
