@@ -29,7 +29,9 @@ type Config struct {
 	TLSKey     string `envconfig:"DMB_TLS_KEY" default:"" desc:"PEM private key file for DMB_TLS_CERT"`
 	AdminAddr  string `envconfig:"DMB_ADMIN_ADDR" default:"127.0.0.1:8083" desc:"admin listener (stats, log level, disconnect, drain, pprof); empty turns it off"`
 	JWTSecret  string `envconfig:"DMB_JWT_SECRET" default:"" desc:"when set (32 bytes or more), clients must present ?token=<HS256 JWT signed with it>"`
-	AdminToken string `envconfig:"DMB_ADMIN_TOKEN" default:"" desc:"when set, the admin listener requires Authorization: Bearer <token>"`
+	AdminToken string `envconfig:"DMB_ADMIN_TOKEN" default:"" desc:"when set, the admin listener requires Authorization: Bearer <token>, and serves pprof"`
+
+	AdminHosts []string `envconfig:"DMB_ADMIN_HOSTS" default:"" desc:"comma-separated host names the admin listener answers to besides loopback names and its own address"`
 
 	RedisHost     string `envconfig:"REDIS_HOST" default:"localhost" desc:"Redis host"`
 	RedisPort     int    `envconfig:"REDIS_PORT" default:"6379" desc:"Redis port"`

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"regexp"
@@ -63,10 +64,29 @@ func TestNativeTLSServesWSS(t *testing.T) {
 	}
 }
 
+// admin calls the admin listener as an operator's tool does: a body, when
+// there is one, is JSON.
 func (n *testNode) admin(method, path, body string) (int, string) {
+	n.t.Helper()
+	h := http.Header{}
+	if body != "" {
+		h.Set("Content-Type", "application/json")
+	}
+	return n.adminWith(method, path, body, h)
+}
+
+// adminWith calls the admin listener with the given headers; a "Host"
+// header sets the request's Host.
+func (n *testNode) adminWith(method, path, body string, h http.Header) (int, string) {
 	n.t.Helper()
 	req, _ := http.NewRequest(method, "http://"+n.AdminAddr().String()+path, strings.NewReader(body))
 	req.Close = true // no idle connection outlives the test
+	for k, v := range h {
+		req.Header[k] = v
+	}
+	if host := h.Get("Host"); host != "" {
+		req.Host = host
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		n.t.Fatalf("admin %s %s: %v", method, path, err)
@@ -105,13 +125,13 @@ func TestAdminChangesTheLogLevelAtRunTime(t *testing.T) {
 	if _, body := n.admin("GET", "/loglevel", ""); strings.TrimSpace(body) != "info" {
 		t.Fatalf("level = %q", body)
 	}
-	if code, _ := n.admin("PUT", "/loglevel", "debug"); code != 200 {
+	if code, _ := n.admin("PUT", "/loglevel", `{"level":"debug"}`); code != 200 {
 		t.Fatalf("set level: %d", code)
 	}
 	if _, body := n.admin("GET", "/loglevel", ""); strings.TrimSpace(body) != "debug" {
 		t.Fatalf("level after set = %q", body)
 	}
-	if code, _ := n.admin("PUT", "/loglevel", "chatty"); code != 400 {
+	if code, _ := n.admin("PUT", "/loglevel", `{"level":"chatty"}`); code != 400 {
 		t.Fatalf("bad level accepted: %d", code)
 	}
 }
@@ -121,7 +141,7 @@ func TestAdminDisconnectsAClient(t *testing.T) {
 	n := e.startNode()
 	b := e.startBackend("chat")
 	c := connect(t, n, "chat").welcome()
-	if code, _ := n.admin("POST", "/clients/"+c.cid+"/disconnect?code=4000&reason=bye", ""); code != 202 {
+	if code, _ := n.admin("POST", "/clients/"+c.cid+"/disconnect", `{"code":4000,"reason":"bye"}`); code != 202 {
 		t.Fatalf("disconnect: %d", code)
 	}
 	if code, reason := c.closed(); code != 4000 || reason != "bye" {
@@ -130,10 +150,10 @@ func TestAdminDisconnectsAClient(t *testing.T) {
 	if ev := b.next(ofTypeCID("client_disconnected", c.cid)); ev.Code != 4000 {
 		t.Fatalf("client_disconnected %+v", ev)
 	}
-	if code, _ := n.admin("POST", "/clients/nosuch/disconnect", ""); code != 404 {
+	if code, _ := n.admin("POST", "/clients/nosuch/disconnect", `{}`); code != 404 {
 		t.Fatalf("unknown cid: %d", code)
 	}
-	if code, _ := n.admin("POST", "/clients/x/disconnect?code=1006", ""); code != 400 {
+	if code, _ := n.admin("POST", "/clients/x/disconnect", `{"code":1006}`); code != 400 {
 		t.Fatalf("close code 1006 accepted: %d", code)
 	}
 }
@@ -157,12 +177,83 @@ func TestAdminTokenIsRequiredWhenSet(t *testing.T) {
 	}
 }
 
+func TestAdminRefusesWhatAWebPageCanSend(t *testing.T) {
+	e := newEnv(t)
+	n := e.startNode(func(c *config.Config) { c.AdminHosts = []string{"admin.internal"} })
+	port := n.AdminAddr().(*net.TCPAddr).Port
+	hdr := func(kv ...string) http.Header {
+		h := http.Header{}
+		for i := 0; i < len(kv); i += 2 {
+			h.Set(kv[i], kv[i+1])
+		}
+		return h
+	}
+	for _, tc := range []struct {
+		name   string
+		method string
+		body   string
+		header http.Header
+		want   int
+	}{
+		{"a cross-site form", "POST", "x=1", hdr("Origin", "http://evil.example", "Content-Type", "application/x-www-form-urlencoded"), http.StatusForbidden},
+		{"a cross-site text/plain post", "POST", `{}`, hdr("Origin", "http://evil.example", "Content-Type", "text/plain"), http.StatusForbidden},
+		{"a cross-site fetch with JSON", "POST", `{}`, hdr("Origin", "http://evil.example", "Content-Type", "application/json"), http.StatusForbidden},
+		{"another port of localhost", "POST", `{}`, hdr("Origin", "http://localhost:3000", "Content-Type", "application/json"), http.StatusForbidden},
+		{"Sec-Fetch-Site cross-site", "POST", `{}`, hdr("Sec-Fetch-Site", "cross-site", "Content-Type", "application/json"), http.StatusForbidden},
+		{"a re-bound name", "POST", `{}`, hdr("Host", fmt.Sprintf("evil.example:%d", port), "Content-Type", "application/json"), http.StatusForbidden},
+		{"a re-bound name reading stats", "GET", "", hdr("Host", "evil.example"), http.StatusForbidden},
+		{"text/plain without an origin", "POST", `{}`, hdr("Content-Type", "text/plain"), http.StatusUnsupportedMediaType},
+		{"no body type", "POST", `{}`, hdr(), http.StatusUnsupportedMediaType},
+		{"a body that is not an object", "POST", `drain`, hdr("Content-Type", "application/json"), http.StatusBadRequest},
+		{"drain as GET", "GET", "", hdr(), http.StatusMethodNotAllowed},
+	} {
+		path := "/drain"
+		if tc.name == "a re-bound name reading stats" {
+			path = "/stats"
+		}
+		if code, body := n.adminWith(tc.method, path, tc.body, tc.header); code != tc.want {
+			t.Errorf("%s: %d %q, want %d", tc.name, code, body, tc.want)
+		}
+	}
+	var st node.AdminStats
+	for _, host := range []string{"localhost", fmt.Sprintf("127.0.0.1:%d", port), "[::1]:1", "ADMIN.internal:80"} {
+		code, body := n.adminWith("GET", "/stats", "", hdr("Host", host))
+		if err := json.Unmarshal([]byte(body), &st); code != 200 || err != nil {
+			t.Fatalf("Host %s: %d %s", host, code, body)
+		}
+	}
+	if st.Draining {
+		t.Fatal("a refused drain drained the node")
+	}
+	// The listener's own origin, as a tab opened on it would send.
+	origin := fmt.Sprintf("http://127.0.0.1:%d", port)
+	if code, _ := n.adminWith("PUT", "/loglevel", `{"level":"warn"}`, hdr("Origin", origin, "Content-Type", "application/json; charset=utf-8")); code != 200 {
+		t.Fatalf("same-origin call: %d", code)
+	}
+}
+
+func TestAdminServesProfilesOnlyWithTheToken(t *testing.T) {
+	e := newEnv(t)
+	open := e.startNode()
+	if code, _ := open.admin("GET", "/debug/pprof/", ""); code != http.StatusNotFound {
+		t.Fatalf("pprof without DMB_ADMIN_TOKEN: %d, want 404", code)
+	}
+	locked := e.startNode(func(c *config.Config) { c.AdminToken = "s3cret" })
+	if code, _ := locked.admin("GET", "/debug/pprof/", ""); code != http.StatusUnauthorized {
+		t.Fatalf("pprof without the token: %d, want 401", code)
+	}
+	code, body := locked.adminWith("GET", "/debug/pprof/", "", http.Header{"Authorization": {"Bearer s3cret"}})
+	if code != 200 || !strings.Contains(body, "goroutine") {
+		t.Fatalf("pprof with the token: %d", code)
+	}
+}
+
 func TestAdminDrainMovesClientsAwayAndStopsTheNode(t *testing.T) {
 	e := newEnv(t)
 	n := e.startNode()
 	e.startBackend("chat")
 	c := connect(t, n, "chat").welcome()
-	if code, _ := n.admin("POST", "/drain", ""); code != 202 {
+	if code, _ := n.admin("POST", "/drain", `{}`); code != 202 {
 		t.Fatalf("drain: %d", code)
 	}
 	if code, _ := c.closed(); code != 1001 {
