@@ -45,6 +45,10 @@ type example struct {
 	check func(t *testing.T)
 	// echo is the command line of the echo backend.
 	echo []string
+	// env is what the echo backend needs in its environment besides Redis's
+	// address: where the library is, for Python (the package tests install
+	// it with pip).
+	env []string
 	// mint is the command line of a one-liner that prints two tokens for
 	// user alice, minted with the library and secret: one for the service
 	// echo, one for the service chat.
@@ -66,28 +70,30 @@ func examples(t *testing.T) []example {
 			}
 		},
 		echo: []string{"/usr/bin/python3", filepath.Join(dir, "python", "echo.py")},
+		env:  []string{"PYTHONPATH=" + filepath.Join(root, "clients", "python")},
 		mint: []string{"/usr/bin/python3", "-c", `import sys
 sys.path.insert(0, sys.argv[1])
 from dmb_backend import mint_token
 print(mint_token(sys.argv[2], "alice", 60, ["echo"]))
-print(mint_token(sys.argv[2], "alice", 60, services=["chat"]))`, filepath.Join(dir, "python"), secret},
+print(mint_token(sys.argv[2], "alice", 60, services=["chat"]))`, filepath.Join(root, "clients", "python"), secret},
 	}, {
 		name: "node",
 		check: func(t *testing.T) {
 			if _, err := exec.LookPath("node"); err != nil {
 				t.Fatalf("node not found (install Node.js 20 or later): %v", err)
 			}
-			pkg := filepath.Join(root, "node_modules", "redis", "package.json")
-			if _, err := os.Stat(pkg); err != nil {
-				t.Fatalf("the redis npm package is missing (run `npm ci` in %s): %v", root, err)
+			for _, pkg := range []string{"redis", "@dmb/backend"} {
+				if _, err := os.Stat(filepath.Join(root, "node_modules", pkg, "package.json")); err != nil {
+					t.Fatalf("the npm package %s is missing (run `npm ci` in %s): %v", pkg, root, err)
+				}
 			}
 		},
 		echo: []string{"node", filepath.Join(dir, "node", "echo.mjs")},
 		mint: []string{"node", "--input-type=module", "-e", `
-const { mintToken } = await import(process.argv[1]);
-console.log(mintToken(process.argv[2], 'alice', 60, ['echo']));
-console.log(mintToken(process.argv[2], 'alice', 60, ['chat']));`,
-			(&url.URL{Scheme: "file", Path: filepath.Join(dir, "node", "dmb-backend.mjs")}).String(), secret},
+const { mintToken } = await import('@dmb/backend');
+console.log(mintToken(process.argv[1], 'alice', 60, ['echo']));
+console.log(mintToken(process.argv[1], 'alice', 60, ['chat']));`,
+			secret},
 	}}
 }
 
@@ -101,7 +107,7 @@ func TestEchoSurvivesARedisRestart(t *testing.T) {
 			ex.check(t)
 			rs := redistest.Start(t)
 			n := startNode(t, rs, nil)
-			startExample(t, ex.echo, singleEnv(rs))
+			startExample(t, ex, singleEnv(rs))
 
 			echoOnce(t, n)
 
@@ -152,7 +158,7 @@ func TestMintedTokenIsAccepted(t *testing.T) {
 			if _, err := ps.Receive(ctx); err != nil {
 				t.Fatalf("psubscribe: %v", err)
 			}
-			startExample(t, ex.echo, singleEnv(rs))
+			startExample(t, ex, singleEnv(rs))
 
 			c := dialAccepted(t, n, "echo", forEcho)
 			for {
@@ -203,15 +209,17 @@ func singleEnv(rs *redistest.Server) []string {
 	return []string{"REDIS_HOST=127.0.0.1", fmt.Sprintf("REDIS_PORT=%d", rs.Port())}
 }
 
-// startExample runs argv, an example backend, with the Redis environment
+// startExample runs the echo backend of ex, with the Redis environment
 // redisEnv in its own process group. When the test ends it sends SIGTERM
 // and expects a clean exit (status 0); its output is shown when the test
 // failed.
-func startExample(t *testing.T, argv []string, redisEnv []string) {
+func startExample(t *testing.T, ex example, redisEnv []string) {
 	t.Helper()
+	argv := ex.echo
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), "DMB_PREFIX=dmb", "DMB_SERVICE=echo", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1")
 	cmd.Env = append(cmd.Env, redisEnv...)
+	cmd.Env = append(cmd.Env, ex.env...)
 	out := &nodetest.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -460,7 +468,7 @@ func TestEchoFollowsAClusterFailover(t *testing.T) {
 			ex.check(t)
 			rc := redistest.StartCluster(t, 3, 1)
 			n := startNode(t, nil, func(c *config.Config) { c.RedisClusterAddrs = rc.Addrs() })
-			startExample(t, ex.echo, []string{"REDIS_CLUSTER_ADDRS=" + strings.Join(rc.Addrs(), ",")})
+			startExample(t, ex, []string{"REDIS_CLUSTER_ADDRS=" + strings.Join(rc.Addrs(), ",")})
 
 			echoOnce(t, n)
 
@@ -491,7 +499,7 @@ func TestEchoFollowsASentinelFailover(t *testing.T) {
 			n := startNode(t, nil, func(c *config.Config) {
 				c.RedisSentinelAddrs, c.RedisSentinelMaster = st.Addrs(), st.Name
 			})
-			startExample(t, ex.echo, []string{
+			startExample(t, ex, []string{
 				"REDIS_SENTINEL_ADDRS=" + strings.Join(st.Addrs(), ","), "REDIS_SENTINEL_MASTER=" + st.Name,
 			})
 

@@ -4,7 +4,7 @@
 // else REDIS_SENTINEL_ADDRS and REDIS_SENTINEL_MASTER (the master the
 // sentinels name), else REDIS_HOST and REDIS_PORT.
 import { createClient, createCluster, createSentinel } from 'redis';
-import { Backend } from './dmb-backend.mjs';
+import { Backend } from '@dmb/backend';
 
 const { REDIS_HOST = 'localhost', REDIS_PORT = '6379', DMB_PREFIX = 'dmb', DMB_SERVICE = 'echo' } = process.env;
 

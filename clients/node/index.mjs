@@ -1,6 +1,6 @@
 // A small DMB backend library for Node, on the `redis` package (v5).
 //
-// A DMB backend talks only to Redis (see PROTOCOL.md): it registers a
+// A DMB backend talks only to Redis (docs/protocol.md in DMB's repository): it registers a
 // service and gets a bkid, listens to its clients' events on
 // dmb:uplink:{bkid}, and answers on dmb:{bkid}. This module mirrors the Go
 // package github.com/dmb-broker/dmb/backend:
@@ -15,7 +15,7 @@
 // The client may be one of createClient (a single Redis), createSentinel
 // (the master that the sentinels name) or createCluster (a Redis Cluster, on
 // which the backend speaks sharded pub/sub, SSUBSCRIBE and SPUBLISH, as DMB
-// does there: PROTOCOL.md section 1).
+// does there: protocol, section 1).
 //
 // run() survives a Redis restart or failover: node-redis reconnects and
 // resubscribes by itself (to the new master, behind Sentinel), and the
@@ -168,7 +168,12 @@ export class Backend {
     const attempt = (async () => {
       await this.#subscribe(sub, reply, (msg) => answered(msg));
       const receivers = await this.#publish(`${this.prefix}:register`, JSON.stringify(req));
-      if (receivers === 0) throw new Error(`no DMB node listens on ${this.prefix}:register`);
+      if (receivers === 0) {
+        throw new Error(
+          `no DMB node listens on ${this.prefix}:register of this Redis: start DMB, or point this backend at the Redis ` +
+            'DMB uses (`dmb -dev` logs the address of its embedded Redis) with the same DMB_PREFIX',
+        );
+      }
       return answer;
     })();
     let ans;

@@ -1,6 +1,6 @@
 """A small DMB backend library for Python, on redis-py.
 
-A DMB backend talks only to Redis (see PROTOCOL.md): it registers a service
+A DMB backend talks only to Redis (docs/protocol.md in DMB's repository): it registers a service
 and gets a bkid, listens to its clients' events on dmb:uplink:{bkid}, and
 answers on dmb:{bkid}. This module mirrors the Go package
 github.com/dmb-broker/dmb/backend:
@@ -18,7 +18,7 @@ redis_client may be a redis.Redis on one server, the client that
 redis.sentinel.Sentinel(...).master_for(name) returns (it asks the sentinels
 for the master on every new connection, so it follows a failover), or a
 redis.cluster.RedisCluster, on which the backend speaks sharded pub/sub
-(SSUBSCRIBE, SPUBLISH) as DMB does there (PROTOCOL.md section 1).
+(SSUBSCRIBE, SPUBLISH) as DMB does there (protocol, section 1).
 
 run() survives a Redis restart or failover: it reconnects with backoff,
 registers again with the same bkid, and follows a new bkid when DMB hands
@@ -42,6 +42,8 @@ import redis
 from redis.cluster import RedisCluster
 
 __all__ = ["Backend", "RegistrationRefused", "mint_token"]
+
+__version__ = "1.0.0"
 
 log = logging.getLogger("dmb_backend")
 
@@ -90,7 +92,9 @@ class Backend:
             ps.subscribe(reply)
             self._wait(ps, "subscribe", deadline)
             if self._publish("%s:register" % self.prefix, _dumps(req)) == 0:
-                raise TimeoutError("no DMB node listens on %s:register" % self.prefix)
+                raise TimeoutError(
+                    "no DMB node listens on %s:register of this Redis: start DMB, or point this backend at the Redis "
+                    "DMB uses (`dmb -dev` logs the address of its embedded Redis) with the same DMB_PREFIX" % self.prefix)
             ans = json.loads(self._wait(ps, "message", deadline)["data"])
         finally:
             ps.close()
