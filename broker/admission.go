@@ -3,14 +3,73 @@ package broker
 import (
 	"crypto/rand"
 	"encoding/base64"
+	"errors"
 	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
 	"path"
 	"strings"
-	"time"
+
+	"github.com/dmb-broker/dmb/auth"
+	"github.com/dmb-broker/dmb/protocol"
+	"github.com/dmb-broker/dmb/registry"
 )
+
+// Admission decides who may connect, whatever the transport: the
+// transport's handler checks what is its own (a WebSocket's origin), then
+// asks admit, and closes a refused client through refuse.
+
+// admit decides whether a client of service with token may connect: the
+// user the token names (empty when auth is off), or the close code and
+// reason that refuse it.
+func (b *Broker) admit(service, token string) (user string, code int, reason string) {
+	if !protocol.ValidService(service) {
+		return "", protocol.CloseUnknownSvc, "unknown service"
+	}
+	if b.cfg.Auth != nil {
+		// Before any look-up: who may not connect learns nothing of the
+		// services.
+		user, err := b.cfg.Auth.Verify(token, service)
+		if err != nil {
+			return "", protocol.CloseUnauthorized, authReason(err)
+		}
+		return b.admitService(service, user)
+	}
+	return b.admitService(service, "")
+}
+
+// admitService asks the registry whether service has a live backend.
+func (b *Broker) admitService(service, user string) (string, int, string) {
+	status, err := b.reg.Lookup(b.ctx, service) // bounded by the registry
+	switch {
+	case err != nil:
+		b.log.Warn("registry look-up failed", "service", service, "err", err)
+		return "", protocol.CloseNoLiveBackend, "no live backend"
+	case status == registry.Unknown:
+		return "", protocol.CloseUnknownSvc, "unknown service"
+	case status == registry.NoLive:
+		return "", protocol.CloseNoLiveBackend, "no live backend"
+	}
+	return user, 0, ""
+}
+
+// refuse closes a client that was not admitted with code and reason.
+func (b *Broker) refuse(t Transport, service, remote string, code int, reason string) {
+	b.m.Disconnected(code)
+	b.log.Info("client refused", "service", service, "remote", remote, "code", code, "reason", reason)
+	_ = t.Close(code, reason)
+}
+
+// authReason is the close reason for a refused token.
+func authReason(err error) string {
+	for _, e := range []error{auth.ErrMissing, auth.ErrExpired, auth.ErrNoSubject, auth.ErrWrongScope} {
+		if errors.Is(err, e) {
+			return e.Error()
+		}
+	}
+	return auth.ErrInvalid.Error()
+}
 
 // newCID returns a client id: 128 random bits, so ids are unique across
 // nodes and restarts without any coordination.
@@ -93,22 +152,4 @@ func isTrusted(a netip.Addr, trusted []netip.Prefix) bool {
 		}
 	}
 	return false
-}
-
-// errorWindow counts a client's bad frames over the last minute. It is used
-// by the client's reader only.
-type errorWindow struct {
-	times []time.Time
-}
-
-// add records a bad frame at now and reports whether the client has now
-// sent more than limit in a minute.
-func (w *errorWindow) add(now time.Time, limit int) bool {
-	cut := 0
-	for cut < len(w.times) && now.Sub(w.times[cut]) >= time.Minute {
-		cut++
-	}
-	w.times = append(w.times[:0], w.times[cut:]...)
-	w.times = append(w.times, now)
-	return len(w.times) > limit
 }

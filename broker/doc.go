@@ -1,22 +1,53 @@
-// Package broker owns the browsers' side of DMB: the WebSocket endpoint
-// /ws/{service}, one session per client with its own bounded send queue and
-// one writer at a time (which runs only while something is queued, so an
-// idle client costs one goroutine), the index of clients by cid and by
-// service, and the fan-out that the downlink calls (Broadcast, Direct,
-// Kick). It decides who may connect (origin, service known, a live
-// backend) and closes clients with the contract's codes.
+// Package broker owns the clients' side of DMB: their sessions, each with
+// its own bounded send queue and one writer at a time, the index of
+// sessions by cid, by service and by user, and the fan-out that the
+// downlink calls (Broadcast, Direct, DirectUser, Kick). It decides who may
+// connect (admission) and closes clients with the contract's codes. What
+// clients send goes to the uplink, which owns backends' bindings; the
+// broker does not talk to Redis.
+//
+// A session writes only through its Transport and never learns which one
+// carries it. The WebSocket endpoint (websocket.go, on internal/wsconn) is
+// today's transport; a transport that can write without waiting
+// (InlineTransport) lets the fan-out write a frame at once to a client
+// with nothing queued, and the broker's flushers write what is queued.
 //
 // Fan-out never waits on a client: a frame is encoded once by the caller,
-// framed for the wire once (internal/wsframe), and the same bytes go to every
-// client: written to the socket at once when the client has nothing queued
-// and the socket takes them without waiting, queued otherwise. A client
-// whose queue is full is closed with 4008 and everyone else goes on.
-// Queued frames are written by a few flushers shared by all clients
-// (flush.go), several in one write, and by a writer goroutine of the
-// client's own only while its socket makes it wait or it is being closed
-// (client.go, wire.go). One watchdog bounds every socket write by the
-// write timeout (watchdog.go).
+// prepared for the wire once, and the same bytes go to every session. A
+// session whose queue is full is closed with 4008 and everyone else goes
+// on.
 //
-// What clients send goes to the uplink, which owns backends' bindings; the
-// broker does not talk to Redis.
+// # Files
+//
+//	broker.go     Broker, its Config, the interfaces it needs, Run
+//	transport.go  Transport and InlineTransport: what a session writes through
+//	websocket.go  the WebSocket endpoint: accept, admit, read frames
+//	admission.go  who may connect: origin, service, token, live backend; cids
+//	session.go    one client's session: identity, handling its frames, its end
+//	queue.go      a session's bounded send queue, and who its writer is
+//	writer.go     a session's writer, and the flushers that run writers
+//	fanout.go     Broadcast, Direct, DirectUser: one frame to many sessions
+//	index.go      sessions by cid, service and user; Kick and Close
+//	watchdog.go   the bound on every write
+//	shutdown.go   Shutdown
+//	stats.go      the operator's snapshot
+//
+// # Lock order
+//
+// Locks are taken in this order, never the other way; a function that
+// expects a lock held says so.
+//
+//	Broker.mu (the index; read-held by a fan-out across its writes)
+//	  -> sendQueue.mu (a session's queue; never held across a write)
+//	       -> Broker.flushMu (read-held to hand a writer to a flusher)
+//	  -> the transport's locks (internal/wsconn documents its own)
+//
+//	session.fwdMu (passing a frame to the uplink) -> the uplink's queue:
+//	  held across an enqueue that may wait for room, at most until the
+//	  broker's ctx ends, which Shutdown cancels at its deadline.
+//
+// The goroutines: one per session (the transport's reader; its end is the
+// session's end), a writer goroutine per session only while its client
+// makes it wait, and the flushers and the watchdog, which Run owns.
+// Shutdown waits for every session.
 package broker

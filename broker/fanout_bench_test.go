@@ -16,6 +16,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/dmb-broker/dmb/internal/wsconn"
 	"github.com/dmb-broker/dmb/internal/wsframe"
 	"github.com/dmb-broker/dmb/metrics"
 	"github.com/dmb-broker/dmb/protocol"
@@ -38,7 +39,10 @@ func (nullUplink) Message(context.Context, uplink.Client, json.RawMessage, json.
 	return nil
 }
 func (nullUplink) Disconnect(uplink.Client, int, string) error { return nil }
-func (nullUplink) After(_ uplink.Client, fn func()) error      { fn(); return nil }
+func (nullUplink) After(_ context.Context, _ uplink.Client, fn func()) error {
+	fn()
+	return nil
+}
 
 var payload100 = json.RawMessage(`{"text":"` + strings.Repeat("x", 89) + `"}`)
 
@@ -89,14 +93,27 @@ func newTestBroker(tb testing.TB) *Broker { return newTestBrokerWith(tb, nullUpl
 
 func newTestBrokerWith(tb testing.TB, up Uplink) *Broker {
 	tb.Helper()
-	return New(liveRegistry{}, up, Config{
+	return runBroker(tb, New(liveRegistry{}, up, Config{
 		SendQueue: 4096, MaxMessageBytes: 65536, ClientErrorLimit: 10, WriteTimeout: 10 * time.Second,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: metrics.New(prometheus.NewRegistry()),
-	})
+	}))
+}
+
+// runBroker runs brk's loops until the test ends, after the clean-ups
+// registered later (which shut the broker down).
+func runBroker(tb testing.TB, brk *Broker) *Broker {
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = brk.Run(ctx)
+	}()
+	tb.Cleanup(func() { stop(); <-done })
+	return brk
 }
 
 // serveBroker serves brk's WebSocket endpoint on a loopback listener wrapped
-// by Listen, as a node does; it returns the server and its address.
+// by wsconn.Listen, as a node does; it returns the server and its address.
 func serveBroker(tb testing.TB, brk *Broker) (*http.Server, string) {
 	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -105,8 +122,8 @@ func serveBroker(tb testing.TB, brk *Broker) (*http.Server, string) {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /ws/{service}", brk)
-	srv := &http.Server{Handler: mux, ConnContext: ConnContext}
-	go func() { _ = srv.Serve(Listen(ln)) }()
+	srv := &http.Server{Handler: mux, ConnContext: wsconn.ConnContext}
+	go func() { _ = srv.Serve(wsconn.Listen(ln)) }()
 	return srv, ln.Addr().String()
 }
 

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"runtime"
 	"strings"
 	"testing"
@@ -79,12 +78,12 @@ func TestTextFramesOfEveryLengthFormAreReadByTheLibrary(t *testing.T) {
 	}
 }
 
-// TestDirectWritesThatDoNotFitKeepFramesWholeAndInOrder fills a client's
-// socket while the client does not read, so that the fan-out's direct writes
+// TestInlineWritesThatDoNotFitKeepFramesWholeAndInOrder fills a client's
+// socket while the client does not read, so that the fan-out's inline writes
 // stop part way through frames and the rest goes through the writer, while
 // the client pings (pongs are written by the library on the reading side).
 // Every frame must arrive whole and in order.
-func TestDirectWritesThatDoNotFitKeepFramesWholeAndInOrder(t *testing.T) {
+func TestInlineWritesThatDoNotFitKeepFramesWholeAndInOrder(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	brk := newTestBroker(t)
@@ -166,30 +165,14 @@ func TestAKickIsSentAfterTheBroadcastsBeforeIt(t *testing.T) {
 	}
 }
 
-func TestNoDataFrameFollowsTheCloseFrame(t *testing.T) {
-	a, b := net.Pipe()
-	defer b.Close()
-	cc := &corkConn{Conn: a, framed: true, fd: -1}
-	go func() { _, _ = b.Read(make([]byte, 16)) }()
-	if _, err := cc.Write([]byte{0x88, 0x02, 0x03, 0xe8}); err != nil { // close 1000
-		t.Fatal(err)
-	}
-	if err := cc.writeFrames([][]byte{[]byte(`{}`)}); err == nil {
-		t.Fatal("a data frame was written after the close frame")
-	}
-	if cc.tryWrite(wsframe.AppendText(nil, []byte(`{}`))) != wroteNone {
-		t.Fatal("a direct write went out after the close frame")
-	}
-}
-
 func TestAWriteToAClientThatStopsReadingIsCutAfterTheWriteTimeout(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	up := disconnects{make(chan int, 1)}
-	brk := New(liveRegistry{}, up, Config{
+	brk := runBroker(t, New(liveRegistry{}, up, Config{
 		SendQueue: 1 << 16, MaxMessageBytes: 65536, ClientErrorLimit: 10, WriteTimeout: 200 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: metrics.New(prometheus.NewRegistry()),
-	})
+	}))
 	dialBroker(t, ctx, brk)
 	// The client never reads again: 24 MB fill its socket buffers, a
 	// write blocks, and the watchdog ends the session. The queue holds
@@ -221,12 +204,12 @@ func (d disconnects) Disconnect(_ uplink.Client, code int, _ string) error {
 	d.codes <- code
 	return nil
 }
-func (disconnects) After(_ uplink.Client, fn func()) error { fn(); return nil }
+func (disconnects) After(_ context.Context, _ uplink.Client, fn func()) error { fn(); return nil }
 
 // A broadcast far larger than the socket takes, to a client with nothing
-// queued: the fan-out's direct write sends part of it, and the writer it
+// queued: the fan-out's inline write sends part of it, and the writer it
 // starts must send the rest, though nothing else is ever queued.
-func TestTheRestOfAFrameADirectWriteLeftIsSent(t *testing.T) {
+func TestTheRestOfAFrameAnInlineWriteLeftIsSent(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	brk := newTestBroker(t)
@@ -247,7 +230,7 @@ func TestTheRestOfAFrameADirectWriteLeftIsSent(t *testing.T) {
 
 // A set large enough to be split over goroutines (2*fanoutPart clients and
 // more) gets every broadcast, each client in order: the first written
-// directly in parallel runs, the ones right after it queued.
+// inline in parallel runs, the ones right after it queued.
 func TestABroadcastSplitOverGoroutinesReachesEveryClientInOrder(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

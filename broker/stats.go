@@ -1,13 +1,5 @@
 package broker
 
-import (
-	"log/slog"
-
-	"github.com/coder/websocket"
-
-	"github.com/dmb-broker/dmb/protocol"
-)
-
 // Stats is a snapshot of the broker for the operator.
 type Stats struct {
 	Clients   int            `json:"clients"`
@@ -25,18 +17,18 @@ type Stats struct {
 // Stats returns a snapshot of the clients and their queues.
 func (b *Broker) Stats() Stats {
 	b.mu.RLock()
-	clients := make([]*client, 0, len(b.byCID))
+	sessions := make([]*session, 0, len(b.byCID))
 	st := Stats{ByService: make(map[string]int, len(b.byService)), QueueLimit: b.cfg.SendQueue}
 	for svc, set := range b.byService {
 		st.ByService[svc] = len(set)
 	}
-	for _, c := range b.byCID {
-		clients = append(clients, c)
+	for _, s := range b.byCID {
+		sessions = append(sessions, s)
 	}
 	b.mu.RUnlock()
-	st.Clients = len(clients)
-	for _, c := range clients {
-		n := c.q.len()
+	st.Clients = len(sessions)
+	for _, s := range sessions {
+		n := s.q.len()
 		st.Queued += n
 		st.MaxQueued = max(st.MaxQueued, n)
 		if n > b.cfg.SendQueue/2 {
@@ -48,16 +40,3 @@ func (b *Broker) Stats() Stats {
 
 // QueuedFrames returns the frames waiting in all send queues.
 func (b *Broker) QueuedFrames() float64 { return float64(b.Stats().Queued) }
-
-// Close closes the client cid with code and reason after its queued frames;
-// false when no such client is connected here.
-func (b *Broker) Close(cid string, code websocket.StatusCode, reason string) bool {
-	b.mu.RLock()
-	c := b.byCID[cid]
-	b.mu.RUnlock()
-	if c == nil {
-		return false
-	}
-	c.log(slog.LevelInfo, "client closed by operator", "code", int(code), "reason", reason)
-	return c.q.close(closeReq{code: int(code), reason: protocol.TruncateReason(reason), flush: true})
-}

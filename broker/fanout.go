@@ -1,0 +1,153 @@
+package broker
+
+import (
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dmb-broker/dmb/internal/wsframe"
+	"github.com/dmb-broker/dmb/metrics"
+)
+
+// Broadcast queues frame to every client of service on this node.
+func (b *Broker) Broadcast(service string, frame []byte) int {
+	n := b.fanout(func() map[*session]struct{} { return b.byService[service] }, frame)
+	b.m.MessagesOut.WithLabelValues(metrics.KindBroadcast).Add(float64(n))
+	b.m.Deliveries.Add(float64(n))
+	return n
+}
+
+// DirectUser queues frame to every connection of user among the clients of
+// service on this node.
+func (b *Broker) DirectUser(service, user string, frame []byte) int {
+	n := b.fanout(func() map[*session]struct{} { return b.byUser[userKey{service, user}] }, frame)
+	b.m.MessagesOut.WithLabelValues(metrics.KindDirect).Add(float64(n))
+	b.m.Deliveries.Add(float64(n))
+	return n
+}
+
+// Direct queues frame to the client cid if it is a client of service.
+func (b *Broker) Direct(service, cid string, frame []byte) int {
+	s := b.lookup(service, cid)
+	if s == nil || !s.send(frame) {
+		b.m.Drops.WithLabelValues(metrics.DropUnknownClient).Inc()
+		return 0
+	}
+	b.m.Deliveries.Inc()
+	b.m.MessagesOut.WithLabelValues(metrics.KindDirect).Inc()
+	return 1
+}
+
+// fanoutIdle is how long the fan-out must have been idle for the next one
+// to write to clients itself.
+const fanoutIdle = time.Millisecond
+
+// fanout delivers the same frame to every session of the set that sessions
+// returns (called with b.mu held for reading). It never waits on a client.
+//
+// When the fan-out has been idle, it writes the frame at once to each
+// session whose transport writes inline and whose queue is empty with no
+// writer running, prepared once for all of them (sendInline): one system
+// call per client, no goroutine woken. A large set is then copied, b.mu
+// released (so that clients connect and leave meanwhile), and split over
+// GOMAXPROCS goroutines, since one alone would spend a core on the system
+// calls; fanout returns once every session has its frame written or
+// queued, so the next broadcast cannot overtake. A session that left
+// meanwhile takes nothing: its queue is stopped and its transport closed.
+//
+// When a fan-out follows the last one at once, the broadcasts are coming
+// faster than the fan-out writes them: it only queues, which is quick, and
+// the sessions' writers send what piles up in one write each, so the cost
+// per frame falls as the load grows.
+func (b *Broker) fanout(sessions func() map[*session]struct{}, frame []byte) int {
+	b.mu.RLock()
+	locked := true
+	defer func() {
+		if locked {
+			b.mu.RUnlock()
+		}
+	}()
+	set := sessions()
+	if len(set) == 0 {
+		return 0
+	}
+	defer func() { b.fanoutEnd.Store(time.Now().UnixNano()) }()
+	if time.Since(time.Unix(0, b.fanoutEnd.Load())) < fanoutIdle {
+		n := 0
+		for s := range set {
+			if s.send(frame) {
+				n++
+			}
+		}
+		return n
+	}
+	p := prepared{payload: frame, wire: wsframe.AppendText(make([]byte, 0, wsframe.TextSize(frame)), frame)}
+	ls := fanoutLists.Get().(*[]*session)
+	list := (*ls)[:0]
+	for s := range set {
+		list = append(list, s)
+	}
+	defer func() {
+		clear(list)
+		*ls = list[:0]
+		fanoutLists.Put(ls)
+	}()
+	parts := runtime.GOMAXPROCS(0)
+	if parts < 2 || len(list) < 2*fanoutPart {
+		return p.sendList(list)
+	}
+	b.mu.RUnlock()
+	locked = false
+	var (
+		wg sync.WaitGroup
+		n  atomic.Int64
+	)
+	size := (len(list) + parts - 1) / parts
+	for part := range slices.Chunk(list, size) {
+		wg.Go(func() { n.Add(int64(p.sendList(part))) })
+	}
+	wg.Wait()
+	return int(n.Load())
+}
+
+// fanoutPart is the fewest sessions worth a goroutine of their own.
+const fanoutPart = 256
+
+// fanoutLists lends fanout the lists it copies a set into.
+var fanoutLists = sync.Pool{New: func() any { return new([]*session) }}
+
+// prepared is a frame shared by the sessions of a fan-out: the payload
+// that queues take, and its wire form for inline writes, made once. The
+// wire form is the WebSocket text frame, the only inline transport's.
+type prepared struct {
+	payload, wire []byte
+}
+
+// sendList delivers the frame to each session of list.
+func (p prepared) sendList(list []*session) int {
+	n := 0
+	for _, s := range list {
+		if s.sendInline(p) {
+			n++
+		}
+	}
+	return n
+}
+
+// sendInline is send for a frame shared by many sessions. A session whose
+// transport writes inline, whose queue is empty and that has no writer
+// gets the frame written at once, if the client takes it without waiting;
+// otherwise the payload is queued as by send.
+func (s *session) sendInline(p prepared) bool {
+	if s.inline == nil || !s.q.claim() {
+		return s.send(p.payload)
+	}
+	took, tail := s.inline.TryWrite(p.wire)
+	s.q.release(tail) // a tail: the writer sends it first
+	if took {
+		return true
+	}
+	return s.send(p.payload)
+}

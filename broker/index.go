@@ -1,0 +1,114 @@
+package broker
+
+import (
+	"log/slog"
+
+	"github.com/coder/websocket"
+
+	"github.com/dmb-broker/dmb/metrics"
+	"github.com/dmb-broker/dmb/protocol"
+)
+
+// The index finds sessions by cid, by service and by user, under b.mu:
+// written when a session starts and ends, read by every fan-out.
+
+// userKey is a user within a service: a backend reaches only the clients
+// of its own service.
+type userKey struct{ service, user string }
+
+// add indexes a new session and queues its first frame, dmb:connected;
+// false when the broker is shutting down. The frame is queued under b.mu,
+// which fan-out holds for reading, so no other frame can come before it,
+// and a client that reads dmb:connected is already reachable.
+func (b *Broker) add(s *session) bool {
+	connected := protocol.AppendConnected(nil, s.cid, s.service)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closing {
+		return false
+	}
+	s.q.push(connected)
+	b.sessions.Add(1)
+	b.byCID[s.cid] = s
+	set := b.byService[s.service]
+	if set == nil {
+		set = make(map[*session]struct{})
+		b.byService[s.service] = set
+	}
+	set[s] = struct{}{}
+	if s.user != "" {
+		k := userKey{s.service, s.user}
+		if b.byUser[k] == nil {
+			b.byUser[k] = make(map[*session]struct{})
+		}
+		b.byUser[k][s] = struct{}{}
+	}
+	b.m.Connections.WithLabelValues(s.service).Inc()
+	b.m.Connects.WithLabelValues(s.service).Inc()
+	b.m.MessagesOut.WithLabelValues(metrics.KindConnected).Inc()
+	return true
+}
+
+// remove takes an ended session out of the index.
+func (b *Broker) remove(s *session) {
+	b.mu.Lock()
+	delete(b.byCID, s.cid)
+	if set := b.byService[s.service]; set != nil {
+		delete(set, s)
+		if len(set) == 0 {
+			delete(b.byService, s.service)
+		}
+	}
+	if s.user != "" {
+		k := userKey{s.service, s.user}
+		delete(b.byUser[k], s)
+		if len(b.byUser[k]) == 0 {
+			delete(b.byUser, k)
+		}
+	}
+	b.mu.Unlock()
+	b.m.Connections.WithLabelValues(s.service).Dec()
+}
+
+// lookup finds a session by cid within a service: a backend reaches only
+// the clients of its own service.
+func (b *Broker) lookup(service, cid string) *session {
+	b.mu.RLock()
+	s := b.byCID[cid]
+	b.mu.RUnlock()
+	if s == nil || s.service != service {
+		return nil
+	}
+	return s
+}
+
+// Clients returns the number of clients connected to this node.
+func (b *Broker) Clients() int {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return len(b.byCID)
+}
+
+// Kick closes the client cid with 4009 if it is a client of service, after
+// the frames queued before the kick.
+func (b *Broker) Kick(service, cid, reason string) int {
+	s := b.lookup(service, cid)
+	if s == nil || !s.q.close(closeReq{code: protocol.CloseKicked, reason: reason, flush: true}) {
+		return 0
+	}
+	b.log.Info("client kicked", "cid", cid, "service", service, "reason", reason)
+	return 1
+}
+
+// Close closes the client cid with code and reason after its queued
+// frames, for the operator; false when no such client is connected here.
+func (b *Broker) Close(cid string, code websocket.StatusCode, reason string) bool {
+	b.mu.RLock()
+	s := b.byCID[cid]
+	b.mu.RUnlock()
+	if s == nil {
+		return false
+	}
+	s.log(slog.LevelInfo, "client closed by operator", "code", int(code), "reason", reason)
+	return s.q.close(closeReq{code: int(code), reason: protocol.TruncateReason(reason), flush: true})
+}

@@ -1,0 +1,219 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/dmb-broker/dmb/metrics"
+	"github.com/dmb-broker/dmb/protocol"
+)
+
+// session is one client's connection to the broker, whatever transport
+// carries it: its identity, its send queue and writer, and what it does
+// with the frames the client sends. The transport's handler reads and
+// hands each frame to handle; the session writes only through its
+// Transport.
+//
+// An idle session is kept small on purpose: one blocked goroutine (the
+// handler's reader), no context, timer or logger of its own; what it logs
+// carries its cid and service through log.
+type session struct {
+	b       *Broker
+	cid     string
+	service string
+	remote  string
+	user    string
+
+	// A fan-out reads inline and q of every session, whose memory is then
+	// seldom in the cache: they sit together, q inline.
+	inline  InlineTransport // t, when it can write without waiting; else nil
+	q       sendQueue
+	t       Transport
+	writers sync.WaitGroup // the running writer, if any
+
+	errs errorWindow // the reader's only
+
+	// fwdMu orders passing a frame to the uplink against stopForwarding,
+	// so that no frame is passed on after the shutdown barrier. It is held
+	// across the uplink's enqueue, which waits at most until the broker's
+	// ctx ends (see Shutdown).
+	fwdMu      sync.Mutex
+	forwarding bool
+}
+
+// newSession makes the session of a client that the handler accepted on t;
+// inline is t when it can write without waiting, else nil.
+func newSession(b *Broker, t Transport, inline InlineTransport, service, remote, user string) *session {
+	s := &session{
+		b:          b,
+		cid:        newCID(),
+		service:    service,
+		remote:     remote,
+		user:       user,
+		t:          t,
+		inline:     inline,
+		forwarding: true,
+	}
+	s.q.init(b.cfg.SendQueue, s.startWriter)
+	return s
+}
+
+// CID, Service, Remote and User describe the client to the uplink.
+func (s *session) CID() string     { return s.cid }
+func (s *session) Service() string { return s.service }
+func (s *session) Remote() string  { return s.remote }
+func (s *session) User() string    { return s.user }
+
+// Send queues a frame for the client; it is how the uplink answers.
+func (s *session) Send(frame []byte) { s.send(frame) }
+
+// log logs msg with the session's cid and service. The attributes are
+// joined only when the level is on: a logger per session would cost every
+// idle connection a few hundred bytes.
+func (s *session) log(level slog.Level, msg string, args ...any) {
+	ctx := context.Background()
+	if s.b.log.Enabled(ctx, level) {
+		s.b.log.With("cid", s.cid, "service", s.service).Log(ctx, level, msg, args...)
+	}
+}
+
+// run serves the session: it tells the backend, lets read read the
+// client's frames until the connection ends, and then ends the session and
+// tells the backend why. read returns the close code and reason the client
+// gave, or what ended the connection.
+func (s *session) run(read func() (code int, reason string)) {
+	s.log(slog.LevelInfo, "client connected", "remote", s.remote)
+	if err := s.b.up.Connect(s); err != nil {
+		s.log(slog.LevelWarn, "client_connected not queued", "err", err)
+	}
+
+	code, reason := read()
+
+	s.b.remove(s)
+	s.q.stop()
+	_ = s.t.CloseNow() // ends a writer that is still writing
+	s.writers.Wait()
+	if req := s.q.closeRequest(); req != nil {
+		code, reason = req.code, req.reason
+	}
+	s.b.m.Disconnected(code)
+	s.log(slog.LevelInfo, "client disconnected", "code", code, "reason", reason)
+	if err := s.b.up.Disconnect(s, code, reason); err != nil {
+		s.log(slog.LevelWarn, "client_disconnected not queued", "err", err)
+	}
+}
+
+// send queues a frame; false when the session is closing or the frame
+// overflowed the queue (the session is then closed as a slow consumer).
+func (s *session) send(frame []byte) bool {
+	switch s.q.push(frame) {
+	case pushed:
+		return true
+	case overflow:
+		s.b.m.Drops.WithLabelValues(metrics.DropSlowConsumer).Inc()
+		s.log(slog.LevelInfo, "slow consumer: closing")
+	}
+	return false
+}
+
+// closing tells whether the session is closing: what the client sends
+// meanwhile is read (so that the close handshake ends) but not handled.
+func (s *session) closing() bool { return s.q.closeRequest() != nil }
+
+// close asks the writer to close the connection after what is queued, so
+// that the client reads the error that led to the close.
+func (s *session) close(code int, reason string) {
+	s.q.close(closeReq{code: code, reason: reason, flush: true})
+}
+
+// handle passes one text frame from the client on. An error means that
+// the node stopped passing frames on: the reader then ends the session,
+// with 1001. A panic here is a bug in DMB; it costs this client its
+// connection (1011), never the node.
+func (s *session) handle(data []byte) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.log(slog.LevelError, "panic handling a client frame", "panic", p, "stack", string(debug.Stack()))
+			s.close(protocol.CloseInternal, "internal error")
+		}
+	}()
+	s.b.messagesIn.Inc()
+	frame, err := protocol.DecodeClientFrame(data)
+	if err != nil {
+		s.badFrame(err)
+		return nil
+	}
+	return s.forward(frame)
+}
+
+// refuseBinary closes the client with 1003: the protocol speaks JSON text
+// only.
+func (s *session) refuseBinary() {
+	s.b.messagesIn.Inc()
+	s.close(protocol.CloseUnsupported, "binary frames are not supported")
+}
+
+// badFrame answers a frame DMB refuses, and closes the client with 1008
+// when it sends too many.
+func (s *session) badFrame(err error) {
+	s.b.m.Drops.WithLabelValues(metrics.DropClientError).Inc()
+	var fe *protocol.FrameError
+	var id []byte
+	if errors.As(err, &fe) {
+		id = fe.ID
+	}
+	s.send(protocol.AppendError(nil, id, err.Error()))
+	s.b.m.MessagesOut.WithLabelValues(metrics.KindError).Inc()
+	if s.errs.add(time.Now(), s.b.cfg.ClientErrorLimit) {
+		s.close(protocol.ClosePolicy, "too many bad frames")
+	}
+}
+
+// forward passes a frame to the uplink unless forwarding stopped.
+func (s *session) forward(frame protocol.ClientFrame) error {
+	s.fwdMu.Lock()
+	defer s.fwdMu.Unlock()
+	if !s.forwarding {
+		s.b.m.Drops.WithLabelValues(metrics.DropShuttingDown).Inc()
+		if frame.ID != nil {
+			s.send(protocol.AppendError(nil, frame.ID, protocol.ErrTextBrokerUnavailable))
+		}
+		return nil
+	}
+	// A full uplink queue holds the reader back until the broker's
+	// lifetime ends: the session itself ends only when its reader returns.
+	return s.b.up.Message(s.b.ctx, s, frame.Data, frame.ID)
+}
+
+// stopForwarding makes the session answer what the client sends from now
+// on with "broker unavailable" instead of passing it on: the node is going
+// away, and the client sends it again to the node it reconnects to. It
+// waits for a frame being passed on, which waits at most until the
+// broker's ctx ends.
+func (s *session) stopForwarding() {
+	s.fwdMu.Lock()
+	s.forwarding = false
+	s.fwdMu.Unlock()
+}
+
+// errorWindow counts a session's bad frames over the last minute. It is
+// used by the session's reader only.
+type errorWindow struct {
+	times []time.Time
+}
+
+// add records a bad frame at now and reports whether the client has now
+// sent more than limit in a minute.
+func (w *errorWindow) add(now time.Time, limit int) bool {
+	cut := 0
+	for cut < len(w.times) && now.Sub(w.times[cut]) >= time.Minute {
+		cut++
+	}
+	w.times = append(w.times[:0], w.times[cut:]...)
+	w.times = append(w.times, now)
+	return len(w.times) > limit
+}

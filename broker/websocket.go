@@ -1,0 +1,90 @@
+package broker
+
+import (
+	"net/http"
+	"sync"
+
+	"github.com/dmb-broker/dmb/internal/readall"
+	"github.com/dmb-broker/dmb/internal/wsconn"
+	"github.com/dmb-broker/dmb/protocol"
+)
+
+// ServeHTTP is the WebSocket endpoint; mount it at /ws/{service}. It
+// accepts the connection (internal/wsconn), admits the client or closes it
+// with the contract's code, and runs the session on a goroutine of its
+// own: the handler returns, and the request, the HTTP server's state for
+// the connection and the deep stack that serving the upgrade grew are then
+// garbage instead of being kept as long as the client stays. Shutdown
+// waits for the session.
+func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	service := r.PathValue("service")
+	conn, err := wsconn.Accept(w, r, &b.ws)
+	if err != nil {
+		b.log.Debug("websocket upgrade failed", "err", err, "remote", r.RemoteAddr)
+		return
+	}
+	remote := remoteAddr(r, b.cfg.TrustedProxies)
+	if !originAllowed(r, b.cfg.AllowedOrigins) {
+		b.refuse(conn, service, remote, protocol.ClosePolicy, "origin not allowed")
+		return
+	}
+	user, code, reason := b.admit(service, r.URL.Query().Get("token"))
+	if code != 0 {
+		b.refuse(conn, service, remote, code, reason)
+		return
+	}
+	var inline InlineTransport
+	if conn.Inline() {
+		inline = conn
+	}
+	s := newSession(b, conn, inline, service, remote, user)
+	if !b.add(s) {
+		b.refuse(conn, service, remote, protocol.CloseGoingAway, "server shutting down")
+		return
+	}
+	go func() {
+		defer b.sessions.Done()
+		s.run(func() (int, string) { return readFrames(s, conn) })
+	}()
+}
+
+// readFrames reads the client's frames and hands them to the session until
+// the connection ends; it returns the close code and reason the client
+// gave, or what ended the connection.
+func readFrames(s *session, conn *wsconn.Conn) (int, string) {
+	for {
+		text, r, err := conn.Next()
+		if err != nil {
+			return wsconn.CloseStatus(err)
+		}
+		// The buffer is taken only now that a frame has come: a client
+		// that waits holds none.
+		buf := frameBuffers.Get().(*[]byte)
+		*buf, err = readall.Into((*buf)[:0], r)
+		var stop error
+		if err == nil && !s.closing() { // closing: read on until the close handshake ends
+			if text {
+				stop = s.handle(*buf)
+			} else {
+				s.refuseBinary()
+			}
+		}
+		if cap(*buf) <= maxPooledFrame {
+			frameBuffers.Put(buf)
+		}
+		if err != nil {
+			return wsconn.CloseStatus(err)
+		}
+		if stop != nil {
+			return protocol.CloseGoingAway, "server shutting down"
+		}
+	}
+}
+
+// frameBuffers lends the readers a buffer for the frame at hand: the uplink
+// copies what it keeps, so a frame costs no allocation of its own.
+var frameBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 1<<10); return &b }}
+
+// maxPooledFrame bounds the buffers frameBuffers keeps: a rare large frame
+// should not hold its memory for ever.
+const maxPooledFrame = 64 << 10
