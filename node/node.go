@@ -1,7 +1,29 @@
-// Package node assembles one DMB node from its parts (registry, uplink,
-// downlink, broker), serves its HTTP endpoints, and runs and stops the
-// parts in order. It holds no protocol logic of its own: main.go and the
-// integration tests both start nodes through it.
+// Package node assembles one DMB node from its parts, serves its HTTP
+// endpoints, and runs and stops the parts in order. It holds no protocol
+// logic of its own: main.go and the integration tests both start nodes
+// through it.
+//
+// The data path, one way each:
+//
+//	up:   browser --WebSocket--> internal/wsconn -> broker (session: reads,
+//	      decodes, error limit) -> uplink (binds the client to a live
+//	      backend, pipelines PUBLISH dmb:uplink:{bkid}, acks) -> Redis -> backend
+//
+//	down: backend -> PUBLISH dmb:{bkid} -> Redis -> downlink (subscription,
+//	      decodes broadcast/direct/kick) -> broker (fan-out to the
+//	      sessions of the service; each session's send queue and writer)
+//	      -> internal/wsconn -> browser
+//
+//	registry: backends register on dmb:register and are watched for
+//	      liveness; the broker asks it before it admits a client, the
+//	      uplink which backend a client is bound to, the downlink which
+//	      service a bkid belongs to.
+//
+// Run starts the registry, the uplink, the broker's flushers and watchdog,
+// the downlink and the HTTP listeners, and on shutdown stops them in the
+// order that loses nothing: stop accepting, close the clients (after the
+// uplink answered what they sent), stop the broker's loops and the
+// downlink, drain the uplink, stop the registry.
 package node
 
 import (
@@ -24,6 +46,7 @@ import (
 	dmbjs "github.com/dmb-broker/dmb/clients/js"
 	"github.com/dmb-broker/dmb/config"
 	"github.com/dmb-broker/dmb/downlink"
+	"github.com/dmb-broker/dmb/internal/wsconn"
 	"github.com/dmb-broker/dmb/metrics"
 	"github.com/dmb-broker/dmb/protocol"
 	"github.com/dmb-broker/dmb/pubsub"
@@ -106,7 +129,7 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 			return nil, fmt.Errorf("listen on %s: %w", cfg.Addr(), err)
 		}
 	}
-	ln = broker.Listen(ln)
+	ln = wsconn.Listen(ln)
 	if tlsConfig != nil {
 		ln = tls.NewListener(ln, tlsConfig)
 	}
@@ -174,7 +197,7 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 	}
 	n.srv = &http.Server{
 		Handler:           mux,
-		ConnContext:       broker.ConnContext,
+		ConnContext:       wsconn.ConnContext,
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
@@ -235,9 +258,11 @@ func (n *Node) Run(ctx context.Context) error {
 	regCtx, stopReg := context.WithCancel(context.Background())
 	downCtx, stopDown := context.WithCancel(context.Background())
 	upCtx, stopUp := context.WithCancel(context.Background())
+	brkCtx, stopBrk := context.WithCancel(context.Background())
 	defer stopReg()
 	defer stopDown()
 	defer stopUp()
+	defer stopBrk()
 
 	failed := make(chan error, 8)
 	part := func(ctx context.Context, name string, run func(context.Context) error) chan struct{} {
@@ -251,6 +276,7 @@ func (n *Node) Run(ctx context.Context) error {
 		return done
 	}
 	regDone := part(regCtx, "registry", n.reg.Run)
+	brkDone := part(brkCtx, "broker", n.brk.Run)
 	upDone := part(upCtx, "uplink", n.up.Run)
 	downDone := part(downCtx, "downlink", n.down.Run)
 	srvDone := part(context.Background(), "http", func(context.Context) error {
@@ -292,6 +318,8 @@ func (n *Node) Run(ctx context.Context) error {
 	if err := n.brk.Shutdown(sctx); err != nil {
 		errs = append(errs, err)
 	}
+	stopBrk() // every session has ended: its flushers and watchdog go
+	<-brkDone
 	stopDown()
 	<-downDone
 	n.up.Drain()

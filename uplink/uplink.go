@@ -177,9 +177,9 @@ func (u *Uplink) Publish(bkid string, payload []byte) error {
 
 // After runs fn once every frame of c queued before it has been published
 // and answered. The broker uses it to close a client only after the acks of
-// what it sent.
-func (u *Uplink) After(c Client, fn func()) error {
-	return u.enqueue(context.Background(), u.clientWorker(c), request{kind: reqBarrier, client: c, then: fn})
+// what it sent. It waits while the worker's queue is full, until ctx ends.
+func (u *Uplink) After(ctx context.Context, c Client, fn func()) error {
+	return u.enqueue(ctx, u.clientWorker(c), request{kind: reqBarrier, client: c, then: fn})
 }
 
 // BackendsChanged moves the clients of service whose backend is no longer
