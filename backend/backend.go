@@ -53,6 +53,10 @@ const (
 	EventMessage            = protocol.TypeMessage
 	EventMessageAck         = protocol.TypeMessageAck
 	EventError              = protocol.TypeError
+	// EventDisconnected: a bk_disconnect for this backend's bkid took it
+	// out of the live view; if the backend did not send it, it is live
+	// again at the next liveness check, as long as it listens.
+	EventDisconnected = protocol.TypeDisconnected
 )
 
 // Event is one uplink event; which fields are set depends on Type.
@@ -69,6 +73,7 @@ type Event struct {
 	Node      string          `json:"node,omitempty"`
 	Delivered int             `json:"delivered,omitempty"`
 	Error     string          `json:"error,omitempty"`
+	BKID      string          `json:"bkid,omitempty"` // bk_disconnected
 }
 
 // Handler handles one event. Events arrive one at a time, in order.

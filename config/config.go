@@ -49,7 +49,7 @@ type Config struct {
 	Prefix           string        `envconfig:"DMB_PREFIX" default:"dmb" desc:"prefix of every Redis channel and key"`
 	NodeID           string        `envconfig:"DMB_NODE_ID" default:"" desc:"node name in bk_message_ack; empty means hostname:port"`
 	BackendTimeout   time.Duration `envconfig:"DMB_BACKEND_TIMEOUT" default:"5s" desc:"a crashed backend is noticed within this time"`
-	BackendRetention time.Duration `envconfig:"DMB_BACKEND_RETENTION" default:"1h" desc:"a backend not live for this long is dropped from its service; it can come back with its bkid for as long again"`
+	BackendRetention time.Duration `envconfig:"DMB_BACKEND_RETENTION" default:"1h" desc:"a backend not live for this long is dropped from its service, and a service without a live backend for this long is forgotten (4004); a backend can come back with its bkid for as long again"`
 	ShutdownTimeout  time.Duration `envconfig:"DMB_SHUTDOWN_TIMEOUT" default:"10s" desc:"graceful shutdown must finish within this time"`
 	WriteTimeout     time.Duration `envconfig:"DMB_WRITE_TIMEOUT" default:"10s" desc:"a write to a client that takes longer drops the connection"`
 	SendQueue        int           `envconfig:"DMB_SEND_QUEUE" default:"1024" desc:"frames queued per client before it is closed as a slow consumer (4008)"`
@@ -58,6 +58,9 @@ type Config struct {
 	AllowedOrigins   []string      `envconfig:"DMB_ALLOWED_ORIGINS" default:"" desc:"comma-separated origin host patterns allowed besides the same host, e.g. app.example.com,*.example.com"`
 	TrustedProxies   []string      `envconfig:"DMB_TRUSTED_PROXIES" default:"127.0.0.0/8,::1/128" desc:"comma-separated CIDRs whose X-Forwarded-For / X-Real-IP are believed"`
 	UplinkWorkers    int           `envconfig:"DMB_UPLINK_WORKERS" default:"4" desc:"uplink publishers; each pipelines the frames of its share of clients"`
+
+	MaxServices    int `envconfig:"DMB_MAX_SERVICES" default:"10000" desc:"services the registry holds at most; a bk_connect of one more new service is nacked (too many services)"`
+	BKIDLookupRate int `envconfig:"DMB_BKID_LOOKUP_RATE" default:"100" desc:"Redis look-ups per second, per node, of bkids the node does not know; more are dropped as unknown"`
 
 	LogLevel  string `envconfig:"DMB_LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
 	LogFormat string `envconfig:"DMB_LOG_FORMAT" default:"text" desc:"text or json"`

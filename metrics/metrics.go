@@ -55,7 +55,29 @@ type Metrics struct {
 	UplinkLatency   prometheus.Histogram   // uplink pipeline round trip
 	RedisReconnects *prometheus.CounterVec // subscriptions re-established by subscription
 	WriteBatch      prometheus.Histogram   // frames a client writer sent in one socket write
+
+	Registrations *prometheus.CounterVec // bk_connect this node answered, by result
+	Services      prometheus.Gauge       // services in this node's view of the registry
+	Pruned        *prometheus.CounterVec // registry entries dropped after DMB_BACKEND_RETENTION, by what
+	Leaves        *prometheus.CounterVec // bk_disconnect handled, and left bkids found live again, by result
+	BKIDLookups   *prometheus.CounterVec // look-ups of bkids not in the view, by result
 }
+
+// Results of a bk_connect, the values of the "result" label of
+// dmb_registrations_total.
+const (
+	RegistrationAcked   = "acked"
+	RegistrationLimited = "service_limit" // a new service over DMB_MAX_SERVICES
+)
+
+// Results of a look-up of a bkid not in the view, the values of the
+// "result" label of dmb_bkid_lookups_total.
+const (
+	LookupFound   = "found"   // Redis knows it
+	LookupUnknown = "unknown" // Redis does not
+	LookupCached  = "cached"  // known unknown: no Redis look-up
+	LookupLimited = "limited" // over the look-up budget: dropped without one
+)
 
 // New creates the series and registers them, with the Go runtime and process
 // collectors, on reg.
@@ -100,6 +122,21 @@ func New(reg prometheus.Registerer) *Metrics {
 		RedisReconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "dmb", Name: "redis_subscription_up_total", Help: "Redis subscriptions established (first time and after reconnects), by subscription.",
 		}, []string{"subscription"}),
+		Registrations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "dmb", Name: "registrations_total", Help: "bk_connect answered by this node: acked, or refused because the service would be one more than DMB_MAX_SERVICES.",
+		}, []string{"result"}),
+		Services: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "dmb", Name: "services", Help: "Services in this node's view of the registry.",
+		}),
+		Pruned: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "dmb", Name: "registry_pruned_total", Help: "Backends and services dropped from the registry after DMB_BACKEND_RETENTION without a live backend.",
+		}, []string{"what"}),
+		Leaves: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "dmb", Name: "backend_leaves_total", Help: "bk_disconnect handled (left), and left backends still subscribed at the next liveness check (back).",
+		}, []string{"result"}),
+		BKIDLookups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "dmb", Name: "bkid_lookups_total", Help: "Look-ups of bkids not in this node's view: found or unknown in Redis, cached as unknown, or limited (dropped without a look-up).",
+		}, []string{"result"}),
 	}
 	reg.MustRegister(
 		collectors.NewGoCollector(),
@@ -107,7 +144,20 @@ func New(reg prometheus.Registerer) *Metrics {
 		m.Connections, m.Disconnects, m.MessagesIn, m.MessagesOut, m.Deliveries,
 		m.Drops, m.BackendsLive, m.RedisErrors, m.UplinkLatency, m.RedisReconnects,
 		m.Connects, m.WriteBatch,
+		m.Registrations, m.Services, m.Pruned, m.Leaves, m.BKIDLookups,
 	)
+	for _, r := range []string{RegistrationAcked, RegistrationLimited} {
+		m.Registrations.WithLabelValues(r)
+	}
+	for _, w := range []string{"backend", "service"} {
+		m.Pruned.WithLabelValues(w)
+	}
+	for _, r := range []string{"left", "back"} {
+		m.Leaves.WithLabelValues(r)
+	}
+	for _, r := range []string{LookupFound, LookupUnknown, LookupCached, LookupLimited} {
+		m.BKIDLookups.WithLabelValues(r)
+	}
 	// Series with a known, bounded set of labels exist from the start, so
 	// that rates and alerts see a zero before the first event.
 	for _, k := range []string{KindMessage, KindBroadcast, KindDirect, KindKick, KindRegister} {

@@ -185,19 +185,25 @@ func TestRegistryLivesInRedisSoANodeRestartLosesNoBackend(t *testing.T) {
 	}
 }
 
-func TestBKDisconnectMakesTheBackendNotLive(t *testing.T) {
+func TestBKDisconnectMakesTheBackendNotLiveAtOnce(t *testing.T) {
 	e := newEnv(t)
-	n := e.startNode()
+	// No liveness check comes during the test: the leave alone decides.
+	n := e.startNode(func(c *config.Config) { c.BackendTimeout = time.Minute })
 	b := e.startBackend("chat")
 	c := connect(t, n, "chat").welcome()
 	b.next(ofTypeCID("client_connected", c.cid))
 	if err := b.Leave(e.ctx()); err != nil {
 		t.Fatal(err)
 	}
-	// The backend still listens on its uplink, but it left: not live.
-	eventually(t, "4503 after bk_disconnect", func() bool {
-		return outcome(t, n.wsURL("chat")) == 4503
-	})
+	// The backend hears that it was marked gone.
+	if ev := b.next(ofType("bk_disconnected")); ev.BKID != b.BKID() {
+		t.Fatalf("bk_disconnected = %+v", ev)
+	}
+	// It still listens on its uplink, but it left: not live, even for a
+	// look-up that a client of a service without live backend makes.
+	if code := outcome(t, n.wsURL("chat")); code != 4503 {
+		t.Fatalf("a client after bk_disconnect: %d, want 4503", code)
+	}
 	// Its clients stay connected.
 	c.send(`{"event":"dmb:message","data":1,"id":1}`)
 	if f := c.nextEvent("dmb:error"); f.Error != "backend unavailable" {

@@ -19,6 +19,7 @@ const (
 	TypeMessage            = "message"
 	TypeMessageAck         = "bk_message_ack"
 	TypeError              = "error"
+	TypeDisconnected       = "bk_disconnected" // 1.1: DMB took the bkid out of the live view after a leave
 )
 
 // PayloadError is a backend payload that DMB drops. ID is the payload's id
@@ -185,6 +186,15 @@ func ConnectNack(nonce, reason string) []byte {
 	b = append(b, `","error":`...)
 	b = appendString(b, reason)
 	return append(b, '}')
+}
+
+// AppendDisconnected appends the bk_disconnected event that tells a
+// backend its bkid was marked gone by a bk_disconnect, which anyone on
+// Redis may have sent.
+func AppendDisconnected(dst []byte, bkid string) []byte {
+	dst = append(dst, `{"type":"bk_disconnected","bkid":`...)
+	dst = appendString(dst, bkid)
+	return append(dst, '}')
 }
 
 // AppendClientConnected appends the client_connected event; user only when

@@ -14,7 +14,15 @@
 //
 //	P:bkid               counter; seeded from the Redis clock so that a Redis that lost its data never reissues a bkid
 //	P:backend:{bkid}     hash: service
-//	P:service:{service}  set of the bkids registered to the service and not left
-//	P:services           set of every service that ever registered (4004 vs 4503)
+//	P:service:{service}  set of the bkids registered to the service and not dropped
+//	P:services           set of the services registered within DMB_BACKEND_RETENTION (4004 vs 4503), at most DMB_MAX_SERVICES
 //	P:nonce:{nonce}      claim of one bk_connect by one node, so exactly one answer goes out
+//	P:left:{bkid}        claim of one bk_disconnect's bk_disconnected notice by one node
+//
+// What peers can make it do is bounded: a flood of bk_connect for new
+// services adds at most DMB_MAX_SERVICES services, each gone one retention
+// period after its last backend was live (prune.go); a forged bk_disconnect
+// lasts until the next liveness check (leave.go); look-ups of bkids that
+// DMB never issued are cached and limited to DMB_BKID_LOOKUP_RATE a second
+// (bkids.go).
 package registry

@@ -2,7 +2,6 @@ package registry
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -32,9 +31,21 @@ type Config struct {
 	NodeID           string
 	BackendTimeout   time.Duration
 	BackendRetention time.Duration
-	Logger           *slog.Logger
-	Metrics          *metrics.Metrics
+	// MaxServices bounds the services set: a bk_connect of one more new
+	// service is refused (DMB_MAX_SERVICES; default DefaultMaxServices).
+	MaxServices int
+	// BKIDLookupRate bounds the Redis look-ups per second of bkids not in
+	// the view (DMB_BKID_LOOKUP_RATE; default DefaultBKIDLookupRate).
+	BKIDLookupRate int
+	Logger         *slog.Logger
+	Metrics        *metrics.Metrics
 }
+
+// The defaults of the Config fields left zero.
+const (
+	DefaultMaxServices    = 10000
+	DefaultBKIDLookupRate = 100
+)
 
 // Status of a service for a connecting client.
 type Status int
@@ -71,9 +82,12 @@ type Registry struct {
 	mu       sync.Mutex
 	services map[string]*service
 	owner    map[string]string    // bkid -> service; never changes once known
-	seen     map[string]bool      // every service this node has known: 4503, never 4004, for them
+	seen     map[string]time.Time // services this node has known within the retention, when last: 4503, never 4004, for them
 	asked    map[string]time.Time // on-demand look-ups of services not in the view
 	dead     map[string]time.Time // registered bkids not live, since when (this node's view)
+	idle     map[string]time.Time // services without a live backend, since when (this node's view)
+	left     map[string]time.Time // bkids that a bk_disconnect took out of the live view, when
+	unknown  unknownBKIDs
 }
 
 type service struct {
@@ -85,6 +99,12 @@ type service struct {
 
 // New returns a registry; nothing happens until Run.
 func New(rdb redis.UniversalClient, cfg Config) *Registry {
+	if cfg.MaxServices <= 0 {
+		cfg.MaxServices = DefaultMaxServices
+	}
+	if cfg.BKIDLookupRate <= 0 {
+		cfg.BKIDLookupRate = DefaultBKIDLookupRate
+	}
 	r := &Registry{
 		rdb:      rdb,
 		cfg:      cfg,
@@ -94,9 +114,12 @@ func New(rdb redis.UniversalClient, cfg Config) *Registry {
 		refresh:  make(chan struct{}, 1),
 		services: make(map[string]*service),
 		owner:    make(map[string]string),
-		seen:     make(map[string]bool),
+		seen:     make(map[string]time.Time),
 		asked:    make(map[string]time.Time),
 		dead:     make(map[string]time.Time),
+		idle:     make(map[string]time.Time),
+		left:     make(map[string]time.Time),
+		unknown:  unknownBKIDs{never: make(map[string]struct{})},
 	}
 	r.sub = pubsub.New(rdb, pubsub.Config{
 		Name:      "register",
@@ -207,7 +230,7 @@ func (r *Registry) connect(ctx context.Context, req protocol.RegisterRequest) (l
 	ch := r.cfg.Channels
 	res, err := registerScript.Run(ctx, r.rdb,
 		[]string{ch.Key("nonce", req.Nonce), ch.Key("bkid"), ch.Key("services")},
-		req.Service, req.BKID, int(nonceTTL/time.Second), ch.KeyPrefix(),
+		req.Service, req.BKID, int(nonceTTL/time.Second), ch.KeyPrefix(), r.cfg.MaxServices,
 	).Slice()
 	if err != nil {
 		r.m.RedisErrors.WithLabelValues("register").Inc()
@@ -219,19 +242,24 @@ func (r *Registry) connect(ctx context.Context, req protocol.RegisterRequest) (l
 		r.log.Error("bk_connect: script returned no bkid", "result", res)
 		return false
 	}
+	if claimed == claimedOverLimit {
+		r.refuseOverLimit(ctx, req)
+		return false
+	}
 	if !protocol.ValidBKID(bkid) {
 		return false // the claim was this nonce's nack
 	}
 	// Every node learns the bkid, the ones that lost the claim too.
 	r.mu.Lock()
 	r.owner[bkid] = req.Service
+	delete(r.left, bkid) // registering again is the backend saying it is back
 	s := r.serviceLocked(req.Service)
 	if !slices.Contains(s.bkids, bkid) {
 		s.bkids = append(s.bkids, bkid)
 	}
 	r.mu.Unlock()
 	r.watched(bkid)
-	if !claimed {
+	if claimed != claimedNonce {
 		return false // the node that claimed the nonce answers
 	}
 	if !r.sharded {
@@ -248,14 +276,21 @@ func (r *Registry) connect(ctx context.Context, req protocol.RegisterRequest) (l
 	return true
 }
 
+// What the register script did with a nonce.
+const (
+	claimedNot       = 0 // another node claimed it
+	claimedNonce     = 1 // this node claimed it and assigned the bkid
+	claimedOverLimit = 2 // this node claimed it, for a new service over MaxServices
+)
+
 // scriptResult reads the register script's {claimed, bkid}.
-func scriptResult(res []any) (claimed bool, bkid string, ok bool) {
+func scriptResult(res []any) (claimed int64, bkid string, ok bool) {
 	if len(res) != 2 {
-		return false, "", false
+		return 0, "", false
 	}
 	n, ok1 := res[0].(int64)
 	bkid, ok2 := res[1].(string)
-	return n == 1, bkid, ok1 && ok2
+	return n, bkid, ok1 && ok2
 }
 
 func (r *Registry) ack(ctx context.Context, req protocol.RegisterRequest, bkid string) {
@@ -265,6 +300,7 @@ func (r *Registry) ack(ctx context.Context, req protocol.RegisterRequest, bkid s
 		r.log.Warn("bk_connect_ack not sent", "service", req.Service, "bkid", bkid, "err", err)
 		return
 	}
+	r.m.Registrations.WithLabelValues(metrics.RegistrationAcked).Inc()
 	r.log.Info("backend registered", "service", req.Service, "bkid", bkid, "requested", req.BKID)
 }
 
@@ -301,6 +337,18 @@ func (r *Registry) awaitSubscribers(ctx context.Context, bkid string) {
 	}
 }
 
+// refuseOverLimit nacks a bk_connect of a new service over MaxServices; the
+// register script claimed its nonce for this node. It is counted, and
+// logged only at debug level: a flood of them must not flood the log.
+func (r *Registry) refuseOverLimit(ctx context.Context, req protocol.RegisterRequest) {
+	r.m.Registrations.WithLabelValues(metrics.RegistrationLimited).Inc()
+	r.log.Debug("bk_connect refused: too many services", "service", req.Service, "limit", r.cfg.MaxServices)
+	payload := protocol.ConnectNack(req.Nonce, "too many services")
+	if err := pubsub.Publish(ctx, r.rdb, r.sharded, r.cfg.Channels.RegisterReply(req.Nonce), payload).Err(); err != nil {
+		r.m.RedisErrors.WithLabelValues("publish").Inc()
+	}
+}
+
 func (r *Registry) nack(ctx context.Context, nonce, reason string) {
 	won, err := r.rdb.SetNX(ctx, r.cfg.Channels.Key("nonce", nonce), "-", nonceTTL).Result()
 	if err != nil {
@@ -315,29 +363,6 @@ func (r *Registry) nack(ctx context.Context, nonce, reason string) {
 	}
 }
 
-// disconnect handles bk_disconnect. Every node receives it: each updates its
-// own view at once, and the Redis update is idempotent.
-func (r *Registry) disconnect(ctx context.Context, bkid string) {
-	svc, ok, err := r.ServiceOf(ctx, bkid)
-	if err != nil || !ok {
-		r.log.Info("bk_disconnect for unknown bkid dropped", "bkid", bkid, "err", err)
-		r.m.Drops.WithLabelValues(metrics.DropUnknownBKID).Inc()
-		return
-	}
-	if err := r.rdb.SRem(ctx, r.cfg.Channels.Key("service", svc), bkid).Err(); err != nil {
-		r.m.RedisErrors.WithLabelValues("register").Inc()
-	}
-	r.mu.Lock()
-	s := r.serviceLocked(svc)
-	s.bkids = slices.DeleteFunc(s.bkids, func(b string) bool { return b == bkid })
-	changed := removeLive(s, bkid)
-	r.mu.Unlock()
-	r.log.Info("backend left", "service", svc, "bkid", bkid)
-	if changed {
-		r.changed(svc)
-	}
-}
-
 // ReportError tells a backend on its uplink that a payload of its was
 // dropped.
 func (r *Registry) ReportError(ctx context.Context, bkid, reason string, id []byte) {
@@ -347,31 +372,6 @@ func (r *Registry) ReportError(ctx context.Context, bkid, reason string, id []by
 		return
 	}
 	r.m.MessagesOut.WithLabelValues(metrics.KindError).Inc()
-}
-
-// ServiceOf returns the service a bkid was issued to, from the view or, the
-// first time, from Redis. The mapping never changes, so it is cached for
-// good; an unknown bkid is asked again next time, since it may be issued in
-// between.
-func (r *Registry) ServiceOf(ctx context.Context, bkid string) (string, bool, error) {
-	r.mu.Lock()
-	svc, ok := r.owner[bkid]
-	r.mu.Unlock()
-	if ok {
-		return svc, true, nil
-	}
-	svc, err := r.rdb.HGet(ctx, r.cfg.Channels.Key("backend", bkid), "service").Result()
-	if errors.Is(err, redis.Nil) {
-		return "", false, nil
-	}
-	if err != nil {
-		r.m.RedisErrors.WithLabelValues("lookup").Inc()
-		return "", false, fmt.Errorf("look up bkid %s: %w", bkid, err)
-	}
-	r.mu.Lock()
-	r.owner[bkid] = svc
-	r.mu.Unlock()
-	return svc, true, nil
 }
 
 // refreshTimeout bounds how long Lookup and Pick wait for Redis when the
@@ -388,7 +388,7 @@ func (r *Registry) Lookup(ctx context.Context, name string) (Status, error) {
 	defer r.mu.Unlock()
 	s, known := r.services[name]
 	switch {
-	case !known && r.seen[name]:
+	case !known && r.isSeenLocked(name):
 		// Redis lost its registry, or the service's last backend was
 		// pruned: its backends may come back, so the client retries.
 		return NoLive, nil
@@ -543,17 +543,24 @@ func (r *Registry) Refresh(ctx context.Context) error {
 		return err
 	}
 	defer r.releaseRefresh()
+	start := time.Now()
 	names, err := r.rdb.SMembers(ctx, r.cfg.Channels.Key("services")).Result()
 	if err != nil {
 		r.m.RedisErrors.WithLabelValues("refresh").Inc()
 		return fmt.Errorf("list services: %w", err)
 	}
-	fresh, err := r.load(ctx, names)
+	fresh, err := r.load(ctx, names, start)
 	if err != nil {
 		return err
 	}
 	r.prune(ctx, fresh)
 	r.mu.Lock()
+	r.forgetLeavesLocked(start)
+	for name, at := range r.seen {
+		if start.Sub(at) >= r.cfg.BackendRetention {
+			delete(r.seen, name)
+		}
+	}
 	var changed []string
 	for name, old := range r.services {
 		if _, ok := fresh[name]; !ok && len(old.live) > 0 {
@@ -572,67 +579,12 @@ func (r *Registry) Refresh(ctx context.Context) error {
 	}
 	r.services = fresh
 	r.m.BackendsLive.Set(float64(r.liveCountLocked()))
+	r.m.Services.Set(float64(len(fresh)))
 	r.mu.Unlock()
 	for _, name := range changed {
 		r.changed(name)
 	}
 	return nil
-}
-
-// prune drops from their services the bkids that have not been live for
-// DMB_BACKEND_RETENTION: backends that crashed and never came back, whose
-// bkids would otherwise pile up in Redis and in every node's liveness
-// check. The bkid's record expires after as long again, so a backend that
-// does come back within it keeps its bkid. Every node prunes what it has
-// seen dead long enough; the Redis updates are idempotent.
-func (r *Registry) prune(ctx context.Context, fresh map[string]*service) {
-	now := time.Now()
-	var expired []string
-	r.mu.Lock()
-	stillDead := make(map[string]time.Time, len(r.dead))
-	for _, s := range fresh {
-		for _, b := range s.bkids {
-			if slices.Contains(s.live, b) {
-				continue
-			}
-			since, ok := r.dead[b]
-			if !ok {
-				since = now
-			}
-			if now.Sub(since) >= r.cfg.BackendRetention {
-				expired = append(expired, b)
-				continue
-			}
-			stillDead[b] = since
-		}
-	}
-	r.dead = stillDead
-	r.mu.Unlock()
-	if len(expired) == 0 {
-		return
-	}
-	pipe := r.rdb.Pipeline()
-	for name, s := range fresh {
-		for _, b := range expired {
-			if i := slices.Index(s.bkids, b); i >= 0 {
-				s.bkids = slices.Delete(s.bkids, i, i+1)
-				pipe.SRem(ctx, r.cfg.Channels.Key("service", name), b)
-				pipe.Expire(ctx, r.cfg.Channels.Key("backend", b), r.cfg.BackendRetention)
-				r.log.Info("backend dropped after retention", "service", name, "bkid", b)
-			}
-		}
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		r.m.RedisErrors.WithLabelValues("prune").Inc()
-	}
-	r.mu.Lock()
-	for _, b := range expired {
-		delete(r.owner, b)
-	}
-	r.mu.Unlock()
-	if r.watch != nil {
-		r.watch.Unwatch(expired...)
-	}
 }
 
 // reloadService reloads one service from Redis; the caller holds the
@@ -646,7 +598,7 @@ func (r *Registry) reloadService(ctx context.Context, name string) error {
 	if !known {
 		return nil
 	}
-	fresh, err := r.load(ctx, []string{name})
+	fresh, err := r.load(ctx, []string{name}, time.Time{})
 	if err != nil {
 		return err
 	}
@@ -668,7 +620,10 @@ func (r *Registry) reloadService(ctx context.Context, name string) error {
 }
 
 // load reads the bkids of the named services and which of them are live.
-func (r *Registry) load(ctx context.Context, names []string) (map[string]*service, error) {
+// A bkid that left stays out of the live view, unless it left before
+// healBefore, the start of the liveness check that loads: then it is live
+// again if its uplink is still subscribed (see disconnect).
+func (r *Registry) load(ctx context.Context, names []string, healBefore time.Time) (map[string]*service, error) {
 	pipe := r.rdb.Pipeline()
 	members := make([]*redis.StringSliceCmd, len(names))
 	for i, name := range names {
@@ -702,19 +657,37 @@ func (r *Registry) load(ctx context.Context, names []string) (map[string]*servic
 		all = append(all, s.bkids...)
 	}
 	r.watched(all...)
+	back := map[string]string{}
+	now := time.Now()
 	r.mu.Lock()
 	for name, s := range fresh {
-		r.seen[name] = true
+		r.seen[name] = now
 		delete(r.asked, name)
 		for _, b := range s.bkids {
 			r.owner[b] = name
-			if subs[r.cfg.Channels.Uplink(b)] > 0 {
+			subscribed := subs[r.cfg.Channels.Uplink(b)] > 0
+			stays, forgotten := r.leftLocked(b, healBefore)
+			if stays {
+				continue
+			}
+			if subscribed {
 				s.live = append(s.live, b)
+				if forgotten {
+					back[b] = name
+				}
 			}
 		}
 	}
 	r.mu.Unlock()
+	r.backAfterLeave(back)
 	return fresh, nil
+}
+
+// isSeenLocked reports whether this node has known the service within the
+// retention; r.mu is held.
+func (r *Registry) isSeenLocked(name string) bool {
+	_, ok := r.seen[name]
+	return ok
 }
 
 func (r *Registry) serviceLocked(name string) *service {

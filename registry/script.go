@@ -10,12 +10,17 @@ import "github.com/redis/go-redis/v9"
 //
 // KEYS[1] nonce key, KEYS[2] bkid counter, KEYS[3] services set.
 // ARGV[1] service, ARGV[2] requested bkid or "", ARGV[3] nonce TTL seconds,
-// ARGV[4] key prefix with its colon. Every key shares the prefix's hash tag,
+// ARGV[4] key prefix with its colon, ARGV[5] DMB_MAX_SERVICES. Every key shares the prefix's hash tag,
 // so on a cluster the script runs on the one shard that holds them all.
 //
 // Returns {1, bkid} to the node that claimed the nonce, and {0, bkid} to
 // the others, which learn the bkid the claim assigned (the nonce key holds
 // it), so that on a cluster every node can subscribe to its downlink.
+// A service that is not registered yet, when DMB_MAX_SERVICES are, is
+// refused: {2, ""} to the claimer, which nacks, and the nonce holds "!".
+// So a flood of registrations of new services adds at most that many
+// services (and one backend each) to what every node refreshes, until
+// their retention has passed.
 // The counter starts at the Redis clock in microseconds, so that a Redis
 // that lost its data (a restart without persistence) does not hand out a
 // bkid again unless more registrations came than microseconds passed.
@@ -27,6 +32,10 @@ if not redis.call('SET', KEYS[1], '-', 'NX', 'EX', tonumber(ARGV[3])) then
 end
 local service = ARGV[1]
 local bkid = ARGV[2]
+if redis.call('SISMEMBER', KEYS[3], service) == 0 and redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[5]) then
+  redis.call('SET', KEYS[1], '!', 'KEEPTTL')
+  return {2, ''}
+end
 if bkid ~= '' then
   if redis.call('HGET', ARGV[4] .. 'backend:' .. bkid, 'service') ~= service then
     bkid = ''
@@ -46,4 +55,17 @@ redis.call('SADD', ARGV[4] .. 'service:' .. service, bkid)
 redis.call('SADD', KEYS[3], service)
 redis.call('SET', KEYS[1], bkid, 'KEEPTTL')
 return {1, bkid}
+`)
+
+// dropServiceScript takes a service out of the services set when it has no
+// registered backend left, in one atomic step with respect to
+// registerScript: a backend that registers the service meanwhile keeps it.
+//
+// KEYS[1] services set, KEYS[2] the service's set of bkids. ARGV[1] the
+// service. Returns 1 when it dropped the service.
+var dropServiceScript = redis.NewScript(`
+if redis.call('SCARD', KEYS[2]) > 0 then
+  return 0
+end
+return redis.call('SREM', KEYS[1], ARGV[1])
 `)

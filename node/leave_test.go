@@ -1,0 +1,40 @@
+package node_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/dmb-broker/dmb/config"
+)
+
+func TestAForgedLeaveIsToldToTheBackendAndHealsAtTheNextLivenessCheck(t *testing.T) {
+	e := newEnv(t)
+	var timeout time.Duration
+	n := e.startNode(func(c *config.Config) { timeout = c.BackendTimeout })
+	b := e.startBackend("chat")
+	c := connect(t, n, "chat").welcome()
+	b.next(ofTypeCID("client_connected", c.cid))
+
+	// Someone else on Redis says the backend left; it did not.
+	left := time.Now()
+	if err := e.publish(e.ctx(), "dmb:register", `{"type":"bk_disconnect","bkid":"`+b.BKID()+`"}`); err != nil {
+		t.Fatal(err)
+	}
+	if ev := b.next(ofType("bk_disconnected")); ev.BKID != b.BKID() {
+		t.Fatalf("bk_disconnected = %+v", ev)
+	}
+	// Its uplink is still subscribed, so the next liveness check (every
+	// half DMB_BACKEND_TIMEOUT) makes it live again, and clients connect.
+	eventually(t, "the backend live again", func() bool { return outcome(t, n.wsURL("chat")) == 0 })
+	if took := time.Since(left); took > timeout {
+		t.Errorf("live again after %v, want within the liveness interval (%v) and its check", took, timeout/2)
+	}
+	eventually(t, "the return counted", func() bool { return n.metric(`dmb_backend_leaves_total{result="back"}`) == 1 })
+	c.send(`{"event":"dmb:message","data":1,"id":1}`)
+	if f := c.nextEvent("dmb:ack"); string(f.ID) != "1" {
+		t.Fatalf("ack = %+v", f)
+	}
+	if got := n.metric(`dmb_backend_leaves_total{result="left"}`); got != 1 {
+		t.Errorf("leaves counted: %v, want 1", got)
+	}
+}
