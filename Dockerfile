@@ -1,5 +1,7 @@
 # DMB image: a static binary on a minimal, non-root base.
-#   docker build --build-arg VERSION=$(git describe --always) -t dmb .
+#   docker build --build-arg BUILD=$(git rev-parse --short HEAD) -t dmb .
+# dmb -version then says the release in VERSION with the commit.
+# For production: tag the image with the release and push it to your registry.
 # CI builds the binaries with the same script (scripts/build.sh) and flags.
 
 FROM golang:1.26-bookworm AS build
@@ -7,8 +9,8 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-ARG VERSION=dev
-RUN sh scripts/build.sh /out "${VERSION}"
+ARG BUILD=
+RUN sh scripts/build.sh /out "${BUILD}"
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/dmb /out/dmb-demo /usr/local/bin/

@@ -107,7 +107,7 @@ func TestComposeRunsDMBBehindTheProxyNextToRedis(t *testing.T) {
 		t.Errorf("demo must run dmb-demo from the dmb image: %+v", demo)
 	}
 	checkSettings(t, "compose demo", demo.Environment, "DEMO_HTTP_ADDR")
-	if !contains(proxy.Ports, "443:443") || proxy.DependsOn["dmb"].Condition != "service_healthy" {
+	if !contains(proxy.Ports, "${DMB_HTTPS_PORT:-443}:443") || proxy.DependsOn["dmb"].Condition != "service_healthy" {
 		t.Errorf("proxy must publish 443 and wait for a healthy dmb: %+v", proxy)
 	}
 	// The proxy's upstreams are the compose services, on their ports.
@@ -248,5 +248,79 @@ func TestSystemdStopTimeoutExceedsTheShutdownTimeout(t *testing.T) {
 		if !strings.Contains(string(raw), want) {
 			t.Errorf("unit lacks %s", want)
 		}
+	}
+}
+
+// Every file a user copies to deploy says what to change for production.
+func TestEveryDeployFileSaysWhatToChangeForProduction(t *testing.T) {
+	for _, path := range []string{
+		"../docker-compose.yml", "../Dockerfile", "nginx/dmb.conf", "nginx/upstreams.conf", "nginx/compose.conf",
+		"apache/dmb.conf", "firewall/nftables.conf", "systemd/dmb.service", "systemd/dmb.env", "kubernetes/dmb.yaml",
+	} {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(b), "# For production: ") {
+			t.Errorf("%s has no line saying what to change for production", path)
+		}
+	}
+}
+
+// The settings file the systemd unit reads is in the repository, and sets
+// only what DMB reads.
+func TestSystemdSettingsFileExistsAndNamesRealSettings(t *testing.T) {
+	unit, err := os.ReadFile("systemd/dmb.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(unit), "EnvironmentFile=-/etc/dmb/dmb.env") || !strings.Contains(string(unit), "deploy/systemd/dmb.env") {
+		t.Fatal("dmb.service does not read /etc/dmb/dmb.env or does not say it comes from deploy/systemd/dmb.env")
+	}
+	b, err := os.ReadFile("systemd/dmb.env")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), "#"))
+		if k, v, ok := strings.Cut(line, "="); ok && regexp.MustCompile(`^[A-Z][A-Z0-9_]+$`).MatchString(k) {
+			env[k] = v
+		}
+	}
+	if len(env) == 0 {
+		t.Fatal("dmb.env sets nothing")
+	}
+	checkSettings(t, "systemd/dmb.env", env)
+}
+
+// The files the deploy comments tell users to copy exist; the published
+// ports can be moved; the Kubernetes image is not one that looks pullable
+// but is not.
+func TestDeployCommentsNameRealFilesAndChoices(t *testing.T) {
+	nginx, err := os.ReadFile("nginx/dmb.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range regexp.MustCompile(`deploy/[a-z/]+\.conf`).FindAllString(string(nginx), -1) {
+		if _, err := os.Stat("../" + m); err != nil {
+			t.Errorf("nginx/dmb.conf names %s: %v", m, err)
+		}
+	}
+	compose, err := os.ReadFile("../docker-compose.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []string{"DMB_HTTPS_PORT", "DMB_HTTP_PORT"} {
+		if strings.Count(string(compose), v) < 2 {
+			t.Errorf("docker-compose.yml: the host port %s is not both used and explained", v)
+		}
+	}
+	k8s, err := os.ReadFile("kubernetes/dmb.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(k8s), "image: dmb:latest") || !strings.Contains(string(k8s), "docker push") {
+		t.Error("kubernetes/dmb.yaml must name an image the user builds and pushes, and say how")
 	}
 }
