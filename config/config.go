@@ -1,22 +1,25 @@
 // Package config reads a DMB node's settings from the environment with
-// envconfig, applies the defaults and validates them once at start. The
-// README lists every setting with its default; keep the two in step.
+// envconfig, applies the defaults and validates them once at start, and
+// reports every bad setting at once, by name, with the form it accepts.
+// docs/configuration.md lists every setting with its default, and `dmb -h`
+// prints them; a test keeps the doc in step.
 package config
 
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
+	"path"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/kelseyhightower/envconfig"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -39,6 +42,7 @@ type Config struct {
 	RedisPassword string `envconfig:"REDIS_PASSWORD" default:"" desc:"Redis password"`
 	RedisDB       int    `envconfig:"REDIS_DB" default:"0" desc:"Redis database number"`
 	RedisTLS      bool   `envconfig:"REDIS_TLS" default:"false" desc:"connect to Redis over TLS"`
+	RedisTLSCA    string `envconfig:"REDIS_TLS_CA" default:"" desc:"PEM file of the CAs that sign Redis's certificate; empty means the system's"`
 	RedisPoolSize int    `envconfig:"REDIS_POOL_SIZE" default:"0" desc:"Redis connections per node for commands; 0 means 10 per CPU"`
 
 	RedisClusterAddrs     []string `envconfig:"REDIS_CLUSTER_ADDRS" default:"" desc:"comma-separated host:port of Redis Cluster nodes (some suffice); DMB then uses sharded pub/sub"`
@@ -66,60 +70,101 @@ type Config struct {
 	LogFormat string `envconfig:"DMB_LOG_FORMAT" default:"text" desc:"text or json"`
 }
 
-// Load reads the environment and validates the result.
+// Load reads the environment and validates the result. Its error is Errors,
+// every bad setting at once, by variable name, with the form it accepts.
 func Load() (Config, error) {
 	var c Config
-	if err := envconfig.Process("", &c); err != nil {
-		return Config{}, fmt.Errorf("read environment: %w", err)
+	errs := readEnv(&c)
+	var invalid Errors
+	if errors.As(c.Validate(), &invalid) {
+		unread := map[string]bool{}
+		for _, e := range errs {
+			unread[e.Name] = true
+		}
+		for _, e := range invalid {
+			// A value that could not be read was left at zero: saying it
+			// is out of range too would only add noise.
+			if !unread[e.Name] {
+				errs = append(errs, e)
+			}
+		}
 	}
-	if err := c.Validate(); err != nil {
-		return Config{}, err
+	if len(errs) > 0 {
+		return Config{}, errs
 	}
 	return c, nil
 }
 
-// Validate checks the settings and fills the derived ones.
+// Validate checks the settings and fills the derived ones. Its error is
+// Errors.
 func (c *Config) Validate() error {
-	var errs []error
+	var errs Errors
 	if c.Port < 0 || c.Port > 65535 {
-		errs = append(errs, fmt.Errorf("DMB_PORT %d out of range", c.Port))
+		errs = append(errs, bad("DMB_PORT", c.Port, "a port number from 0 to 65535"))
+	}
+	if c.AdminAddr != "" {
+		if _, _, err := net.SplitHostPort(c.AdminAddr); err != nil {
+			errs = append(errs, bad("DMB_ADMIN_ADDR", c.AdminAddr, "host:port, such as 127.0.0.1:8083, or empty to turn the admin listener off"))
+		}
 	}
 	if c.Prefix == "" || strings.ContainsAny(c.Prefix, " \t\r\n{}") {
-		errs = append(errs, errors.New("DMB_PREFIX must be a non-empty word without braces"))
+		errs = append(errs, bad("DMB_PREFIX", c.Prefix, "a non-empty word without spaces or braces, such as dmb"))
 	}
 	if c.BackendTimeout < 100*time.Millisecond {
-		errs = append(errs, errors.New("DMB_BACKEND_TIMEOUT must be at least 100ms"))
+		errs = append(errs, bad("DMB_BACKEND_TIMEOUT", c.BackendTimeout, "a duration of at least 100ms, such as 5s"))
 	}
 	if c.BackendRetention < c.BackendTimeout {
-		errs = append(errs, errors.New("DMB_BACKEND_RETENTION must be at least DMB_BACKEND_TIMEOUT"))
+		errs = append(errs, bad("DMB_BACKEND_RETENTION", c.BackendRetention, "a duration of at least DMB_BACKEND_TIMEOUT (%s), such as 1h", c.BackendTimeout))
 	}
-	if c.ShutdownTimeout <= 0 || c.WriteTimeout <= 0 {
-		errs = append(errs, errors.New("DMB_SHUTDOWN_TIMEOUT and DMB_WRITE_TIMEOUT must be positive"))
+	if c.ShutdownTimeout <= 0 {
+		errs = append(errs, bad("DMB_SHUTDOWN_TIMEOUT", c.ShutdownTimeout, "a positive duration, such as 10s"))
+	}
+	if c.WriteTimeout <= 0 {
+		errs = append(errs, bad("DMB_WRITE_TIMEOUT", c.WriteTimeout, "a positive duration, such as 10s"))
 	}
 	if c.SendQueue < 1 {
-		errs = append(errs, errors.New("DMB_SEND_QUEUE must be at least 1"))
+		errs = append(errs, bad("DMB_SEND_QUEUE", c.SendQueue, "a whole number of at least 1, such as 1024"))
 	}
 	if c.MaxMessageBytes < 128 {
-		errs = append(errs, errors.New("DMB_MAX_MESSAGE_BYTES must be at least 128"))
+		errs = append(errs, bad("DMB_MAX_MESSAGE_BYTES", c.MaxMessageBytes, "a whole number of at least 128, such as 65536"))
 	}
 	if c.ClientErrorLimit < 0 {
-		errs = append(errs, errors.New("DMB_CLIENT_ERROR_LIMIT must not be negative"))
+		errs = append(errs, bad("DMB_CLIENT_ERROR_LIMIT", c.ClientErrorLimit, "a whole number of 0 or more, such as 10"))
 	}
-	if _, _, err := NewLogger(c.LogLevel, c.LogFormat); err != nil {
-		errs = append(errs, err)
+	if _, err := levelOf(c.LogLevel); err != nil {
+		errs = append(errs, bad("DMB_LOG_LEVEL", c.LogLevel, "debug, info, warn or error"))
+	}
+	if !validFormat(c.LogFormat) {
+		errs = append(errs, bad("DMB_LOG_FORMAT", c.LogFormat, "text or json"))
 	}
 	if c.JWTSecret != "" && len(c.JWTSecret) < 32 {
-		errs = append(errs, errors.New("DMB_JWT_SECRET must be at least 32 bytes"))
+		errs = append(errs, bad("DMB_JWT_SECRET", c.JWTSecret, "at least 32 bytes, or empty for no auth"))
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
-		errs = append(errs, errors.New("DMB_TLS_CERT and DMB_TLS_KEY go together"))
+		name, value := "DMB_TLS_KEY", c.TLSKey
+		if c.TLSCert == "" {
+			name, value = "DMB_TLS_CERT", c.TLSCert
+		}
+		errs = append(errs, bad(name, value, "a PEM file: DMB_TLS_CERT and DMB_TLS_KEY go together"))
 	}
 	errs = append(errs, c.validateRedis()...)
+	if c.MaxServices < 1 {
+		errs = append(errs, bad("DMB_MAX_SERVICES", c.MaxServices, "a whole number of at least 1, such as 10000"))
+	}
+	if c.BKIDLookupRate < 1 {
+		errs = append(errs, bad("DMB_BKID_LOOKUP_RATE", c.BKIDLookupRate, "a whole number of at least 1, such as 100"))
+	}
 	if c.UplinkWorkers < 1 {
-		errs = append(errs, errors.New("DMB_UPLINK_WORKERS must be at least 1"))
+		errs = append(errs, bad("DMB_UPLINK_WORKERS", c.UplinkWorkers, "a whole number of at least 1, such as 4"))
 	}
 	if _, err := c.TrustedPrefixes(); err != nil {
-		errs = append(errs, err)
+		errs = append(errs, bad("DMB_TRUSTED_PROXIES", c.TrustedProxies, "comma-separated CIDRs or addresses, such as 10.0.0.0/8,192.0.2.7"))
+	}
+	for _, p := range c.AllowedOrigins {
+		if err := checkOriginPattern(strings.TrimSpace(p)); err != nil {
+			errs = append(errs, bad("DMB_ALLOWED_ORIGINS", c.AllowedOrigins, "comma-separated host patterns, such as app.example.com,*.example.com (%v)", err))
+			break
+		}
 	}
 	if c.NodeID == "" {
 		host, err := os.Hostname()
@@ -128,7 +173,25 @@ func (c *Config) Validate() error {
 		}
 		c.NodeID = net.JoinHostPort(host, strconv.Itoa(c.Port))
 	}
-	return errors.Join(errs...)
+	if len(errs) > 0 {
+		return errs
+	}
+	return nil
+}
+
+// checkOriginPattern reports what is wrong with one pattern of
+// DMB_ALLOWED_ORIGINS: the origin check compares hosts, with path.Match.
+func checkOriginPattern(p string) error {
+	if strings.Contains(p, "://") {
+		return fmt.Errorf("%q is a URL; write its host, as in %s", p, p[strings.Index(p, "://")+3:])
+	}
+	if strings.ContainsAny(p, "/ ") {
+		return fmt.Errorf("%q is not a host", p)
+	}
+	if _, err := path.Match(p, ""); err != nil {
+		return fmt.Errorf("%q: %w", p, err)
+	}
+	return nil
 }
 
 // TrustedPrefixes parses DMB_TRUSTED_PROXIES. A bare address is a /32 or
@@ -166,6 +229,18 @@ const (
 	RedisCluster  RedisMode = "cluster"  // a Redis Cluster, sharded pub/sub
 )
 
+// RedisTarget names the Redis the settings point at, for logs: host:port,
+// or the Sentinels and their master, or the cluster nodes.
+func (c *Config) RedisTarget() string {
+	switch c.RedisMode() {
+	case RedisCluster:
+		return "cluster " + strings.Join(trimAll(c.RedisClusterAddrs), ",")
+	case RedisSentinel:
+		return "master " + c.RedisSentinelMaster + " of sentinels " + strings.Join(trimAll(c.RedisSentinelAddrs), ",")
+	}
+	return net.JoinHostPort(c.RedisHost, strconv.Itoa(c.RedisPort))
+}
+
 // RedisMode returns the mode the settings select.
 func (c *Config) RedisMode() RedisMode {
 	switch {
@@ -177,21 +252,31 @@ func (c *Config) RedisMode() RedisMode {
 	return RedisSingle
 }
 
-func (c *Config) validateRedis() []error {
-	var errs []error
-	if len(c.RedisClusterAddrs) > 0 && len(c.RedisSentinelAddrs) > 0 {
-		errs = append(errs, errors.New("REDIS_CLUSTER_ADDRS and REDIS_SENTINEL_ADDRS exclude each other"))
+func (c *Config) validateRedis() Errors {
+	var errs Errors
+	if _, err := c.redisRootCAs(); err != nil {
+		errs = append(errs, bad("REDIS_TLS_CA", c.RedisTLSCA, "a readable PEM file of CA certificates (%v)", err))
 	}
-	if (len(c.RedisSentinelAddrs) > 0) != (c.RedisSentinelMaster != "") {
-		errs = append(errs, errors.New("REDIS_SENTINEL_ADDRS and REDIS_SENTINEL_MASTER go together"))
+	if len(c.RedisClusterAddrs) > 0 && len(c.RedisSentinelAddrs) > 0 {
+		errs = append(errs, bad("REDIS_SENTINEL_ADDRS", c.RedisSentinelAddrs, "empty when REDIS_CLUSTER_ADDRS is set: a cluster has no Sentinels"))
+	}
+	if len(c.RedisSentinelAddrs) > 0 && c.RedisSentinelMaster == "" {
+		errs = append(errs, bad("REDIS_SENTINEL_MASTER", c.RedisSentinelMaster, "the master name the Sentinels of REDIS_SENTINEL_ADDRS watch, such as mymaster"))
+	}
+	if len(c.RedisSentinelAddrs) == 0 && c.RedisSentinelMaster != "" {
+		errs = append(errs, bad("REDIS_SENTINEL_ADDRS", c.RedisSentinelAddrs, "comma-separated host:port of the Sentinels that watch REDIS_SENTINEL_MASTER"))
 	}
 	if len(c.RedisClusterAddrs) > 0 && c.RedisDB != 0 {
-		errs = append(errs, errors.New("REDIS_DB must be 0 with REDIS_CLUSTER_ADDRS: a cluster has one database"))
+		errs = append(errs, bad("REDIS_DB", c.RedisDB, "0 with REDIS_CLUSTER_ADDRS: a cluster has one database"))
 	}
-	for _, list := range [][]string{c.RedisClusterAddrs, c.RedisSentinelAddrs} {
+	if c.RedisPort < 1 || c.RedisPort > 65535 {
+		errs = append(errs, bad("REDIS_PORT", c.RedisPort, "a port number from 1 to 65535, such as 6379"))
+	}
+	for name, list := range map[string][]string{"REDIS_CLUSTER_ADDRS": c.RedisClusterAddrs, "REDIS_SENTINEL_ADDRS": c.RedisSentinelAddrs} {
 		for _, a := range list {
 			if _, _, err := net.SplitHostPort(strings.TrimSpace(a)); err != nil {
-				errs = append(errs, fmt.Errorf("redis address %q: %w", a, err))
+				errs = append(errs, bad(name, list, "comma-separated host:port, such as 10.0.0.1:7000,10.0.0.2:7000"))
+				break
 			}
 		}
 	}
@@ -206,7 +291,8 @@ func (c *Config) RedisClient() redis.UniversalClient {
 	if c.RedisTLS && c.RedisMode() != RedisSingle {
 		// Each cluster node or master is verified under its own host name.
 		o.TLSConfig = nil
-		o.Dialer = tlsDialer(o.DialTimeout)
+		roots, _ := c.redisRootCAs() // checked by Validate
+		o.Dialer = tlsDialer(o.DialTimeout, roots)
 	}
 	switch c.RedisMode() {
 	case RedisCluster:
@@ -233,7 +319,7 @@ func (c *Config) RedisClient() redis.UniversalClient {
 
 // tlsDialer dials Redis over TLS, verifying the certificate against the
 // host of the address dialled.
-func tlsDialer(timeout time.Duration) func(ctx context.Context, network, addr string) (net.Conn, error) {
+func tlsDialer(timeout time.Duration, roots *x509.CertPool) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		host, _, err := net.SplitHostPort(addr)
 		if err != nil {
@@ -241,10 +327,27 @@ func tlsDialer(timeout time.Duration) func(ctx context.Context, network, addr st
 		}
 		d := &tls.Dialer{
 			NetDialer: &net.Dialer{Timeout: timeout, KeepAlive: 5 * time.Minute},
-			Config:    &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host},
+			Config:    &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host, RootCAs: roots},
 		}
 		return d.DialContext(ctx, network, addr)
 	}
+}
+
+// redisRootCAs reads REDIS_TLS_CA: nil (the system's CAs) when it is
+// empty. On error the pool is empty, so that nothing is trusted.
+func (c *Config) redisRootCAs() (*x509.CertPool, error) {
+	if c.RedisTLSCA == "" {
+		return nil, nil
+	}
+	roots := x509.NewCertPool()
+	pem, err := os.ReadFile(c.RedisTLSCA)
+	if err != nil {
+		return roots, fmt.Errorf("read CA file: %w", err)
+	}
+	if !roots.AppendCertsFromPEM(pem) {
+		return roots, fmt.Errorf("no PEM certificate in %s", c.RedisTLSCA)
+	}
+	return roots, nil
 }
 
 func trimAll(list []string) []string {
@@ -277,7 +380,8 @@ func (c *Config) RedisOptions() *redis.Options {
 		MaxRetries: -1,
 	}
 	if c.RedisTLS {
-		o.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.RedisHost}
+		roots, _ := c.redisRootCAs() // checked by Validate
+		o.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.RedisHost, RootCAs: roots}
 	}
 	return o
 }
@@ -286,16 +390,52 @@ func (c *Config) RedisOptions() *redis.Options {
 // ask for, writing to standard error, and its level, which can be changed
 // while it runs.
 func NewLogger(level, format string) (*slog.Logger, *slog.LevelVar, error) {
-	lv := new(slog.LevelVar)
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
+	lv, err := levelOf(level)
+	if err != nil {
 		return nil, nil, fmt.Errorf("DMB_LOG_LEVEL: %w", err)
 	}
-	o := &slog.HandlerOptions{Level: lv}
-	switch strings.ToLower(format) {
-	case "text", "":
-		return slog.New(slog.NewTextHandler(os.Stderr, o)), lv, nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, o)), lv, nil
+	if !validFormat(format) {
+		return nil, nil, errors.New("DMB_LOG_FORMAT must be text or json")
 	}
-	return nil, nil, errors.New("DMB_LOG_FORMAT must be text or json")
+	return newLogger(lv, format), lv, nil
+}
+
+// StartupLogger is the logger for what goes wrong before the settings are
+// read: DMB_LOG_FORMAT and DMB_LOG_LEVEL as far as they are valid, text and
+// info otherwise, so that even a bad setting is reported in the format
+// the operator's tools expect.
+func StartupLogger() *slog.Logger {
+	lv, err := levelOf(os.Getenv("DMB_LOG_LEVEL"))
+	if err != nil || os.Getenv("DMB_LOG_LEVEL") == "" {
+		lv = new(slog.LevelVar)
+	}
+	format := os.Getenv("DMB_LOG_FORMAT")
+	if !validFormat(format) {
+		format = "text"
+	}
+	return newLogger(lv, format)
+}
+
+func levelOf(level string) (*slog.LevelVar, error) {
+	lv := new(slog.LevelVar)
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, err
+	}
+	return lv, nil
+}
+
+func validFormat(format string) bool {
+	switch strings.ToLower(format) {
+	case "text", "", "json":
+		return true
+	}
+	return false
+}
+
+func newLogger(lv *slog.LevelVar, format string) *slog.Logger {
+	o := &slog.HandlerOptions{Level: lv}
+	if strings.ToLower(format) == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, o))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, o))
 }

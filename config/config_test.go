@@ -1,8 +1,10 @@
 package config
 
 import (
+	"errors"
 	"net/netip"
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -12,13 +14,9 @@ import (
 
 // clearEnv unsets every setting for the test, so that defaults apply.
 func clearEnv(t *testing.T) {
-	for _, k := range []string{"DMB_PORT", "DMB_BIND", "REDIS_HOST", "REDIS_PORT", "REDIS_USERNAME", "REDIS_PASSWORD",
-		"REDIS_DB", "REDIS_TLS", "REDIS_POOL_SIZE", "DMB_PREFIX", "DMB_NODE_ID", "DMB_BACKEND_TIMEOUT",
-		"DMB_SHUTDOWN_TIMEOUT", "DMB_WRITE_TIMEOUT", "DMB_SEND_QUEUE", "DMB_MAX_MESSAGE_BYTES",
-		"DMB_CLIENT_ERROR_LIMIT", "DMB_ALLOWED_ORIGINS", "DMB_TRUSTED_PROXIES", "DMB_UPLINK_WORKERS",
-		"DMB_LOG_LEVEL", "DMB_LOG_FORMAT"} {
-		t.Setenv(k, "x") // registers the restore
-		os.Unsetenv(k)
+	for _, st := range Settings() {
+		t.Setenv(st.Name, "x") // registers the restore
+		os.Unsetenv(st.Name)
 	}
 }
 
@@ -80,28 +78,121 @@ func TestSettingsComeFromTheEnvironment(t *testing.T) {
 	}
 }
 
-func TestInvalidSettingsAreRefusedAtStart(t *testing.T) {
-	for _, tc := range []struct{ key, value string }{
-		{"DMB_PORT", "70000"},
-		{"DMB_PORT", "eighty"},
-		{"DMB_SEND_QUEUE", "0"},
-		{"DMB_BACKEND_TIMEOUT", "1ms"},
-		{"DMB_MAX_MESSAGE_BYTES", "10"},
-		{"DMB_TRUSTED_PROXIES", "not-a-cidr"},
-		{"DMB_PREFIX", "has space"},
-		{"DMB_PREFIX", "{dmb}"},
-		{"DMB_UPLINK_WORKERS", "0"},
-		{"REDIS_SENTINEL_ADDRS", "127.0.0.1:26379"}, // without REDIS_SENTINEL_MASTER
-		{"REDIS_SENTINEL_MASTER", "mymaster"},       // without REDIS_SENTINEL_ADDRS
-		{"REDIS_CLUSTER_ADDRS", "no-port"},
+// Each refused setting is named, with its value and the form DMB accepts.
+func TestInvalidSettingsAreRefusedAtStartByName(t *testing.T) {
+	for _, tc := range []struct{ key, value, want string }{
+		{"DMB_PORT", "70000", "a port number from 0 to 65535"},
+		{"DMB_PORT", "eighty", "a whole number, such as 8082"},
+		{"DMB_SEND_QUEUE", "0", "a whole number of at least 1, such as 1024"},
+		{"DMB_SEND_QUEUE", "abc", "a whole number, such as 1024"},
+		{"DMB_BACKEND_TIMEOUT", "1ms", "a duration of at least 100ms, such as 5s"},
+		{"DMB_BACKEND_TIMEOUT", "5", "a duration: a number with a unit (ms, s, m, h), such as 5s"},
+		{"DMB_BACKEND_RETENTION", "1s", "a duration of at least DMB_BACKEND_TIMEOUT (5s), such as 1h"},
+		{"DMB_SHUTDOWN_TIMEOUT", "0s", "a positive duration, such as 10s"},
+		{"DMB_WRITE_TIMEOUT", "-1s", "a positive duration, such as 10s"},
+		{"DMB_MAX_MESSAGE_BYTES", "10", "a whole number of at least 128, such as 65536"},
+		{"DMB_CLIENT_ERROR_LIMIT", "-1", "a whole number of 0 or more, such as 10"},
+		{"DMB_TRUSTED_PROXIES", "not-a-cidr", "comma-separated CIDRs or addresses, such as 10.0.0.0/8,192.0.2.7"},
+		{"DMB_ALLOWED_ORIGINS", "[", `comma-separated host patterns, such as app.example.com,*.example.com ("[": syntax error in pattern)`},
+		{"DMB_ALLOWED_ORIGINS", "https://app.example.com", `("https://app.example.com" is a URL; write its host, as in app.example.com)`},
+		{"DMB_ALLOWED_ORIGINS", "example.com/app", `("example.com/app" is not a host)`},
+		{"DMB_PREFIX", "has space", "a non-empty word without spaces or braces, such as dmb"},
+		{"DMB_PREFIX", "{dmb}", "a non-empty word without spaces or braces, such as dmb"},
+		{"DMB_UPLINK_WORKERS", "0", "a whole number of at least 1, such as 4"},
+		{"DMB_MAX_SERVICES", "0", "a whole number of at least 1, such as 10000"},
+		{"DMB_BKID_LOOKUP_RATE", "-5", "a whole number of at least 1, such as 100"},
+		{"DMB_LOG_LEVEL", "loud", "debug, info, warn or error"},
+		{"DMB_LOG_FORMAT", "xml", "text or json"},
+		{"DMB_ADMIN_ADDR", "8083", "host:port, such as 127.0.0.1:8083, or empty to turn the admin listener off"},
+		{"DMB_TLS_CERT", "cert.pem", "a PEM file: DMB_TLS_CERT and DMB_TLS_KEY go together"},
+		{"REDIS_TLS", "yes please", "true or false"},
+		{"REDIS_PORT", "0", "a port number from 1 to 65535, such as 6379"},
+		{"REDIS_SENTINEL_ADDRS", "127.0.0.1:26379", "the master name the Sentinels of REDIS_SENTINEL_ADDRS watch, such as mymaster"},
+		{"REDIS_SENTINEL_MASTER", "mymaster", "comma-separated host:port of the Sentinels that watch REDIS_SENTINEL_MASTER"},
+		{"REDIS_CLUSTER_ADDRS", "no-port", "comma-separated host:port, such as 10.0.0.1:7000,10.0.0.2:7000"},
 	} {
 		t.Run(tc.key+"="+tc.value, func(t *testing.T) {
 			clearEnv(t)
 			t.Setenv(tc.key, tc.value)
-			if _, err := Load(); err == nil {
-				t.Fatalf("%s=%s accepted", tc.key, tc.value)
+			_, err := Load()
+			var errs Errors
+			if !errors.As(err, &errs) || len(errs) != 1 {
+				t.Fatalf("Load() = %v, want one bad setting", err)
+			}
+			name := tc.key
+			if tc.key == "DMB_TLS_CERT" {
+				name = "DMB_TLS_KEY" // the one missing
+			}
+			if tc.key == "REDIS_SENTINEL_ADDRS" {
+				name = "REDIS_SENTINEL_MASTER"
+			}
+			if tc.key == "REDIS_SENTINEL_MASTER" {
+				name = "REDIS_SENTINEL_ADDRS"
+			}
+			if e := errs[0]; e.Name != name || !strings.Contains(e.Want, tc.want) {
+				t.Fatalf("error %+v, want %s and %q", e, name, tc.want)
 			}
 		})
+	}
+}
+
+// A user with several mistakes learns of all of them in one start.
+func TestEveryBadSettingIsReportedAtOnce(t *testing.T) {
+	clearEnv(t)
+	t.Setenv("DMB_SEND_QUEUE", "abc")
+	t.Setenv("DMB_PORT", "x")
+	t.Setenv("DMB_BACKEND_TIMEOUT", "5")
+	t.Setenv("DMB_ALLOWED_ORIGINS", "[")
+	_, err := Load()
+	var errs Errors
+	if !errors.As(err, &errs) {
+		t.Fatalf("Load() = %v, want Errors", err)
+	}
+	got := map[string]string{}
+	for _, e := range errs {
+		got[e.Name] = e.Value
+	}
+	want := map[string]string{"DMB_PORT": "x", "DMB_SEND_QUEUE": "abc", "DMB_BACKEND_TIMEOUT": "5", "DMB_ALLOWED_ORIGINS": "["}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("bad settings %v, want %v", got, want)
+	}
+	if msg := err.Error(); strings.Contains(msg, "envconfig") || strings.Contains(msg, "strconv") {
+		t.Fatalf("error shows the parser's internals: %s", msg)
+	}
+}
+
+func TestSecretsAreNotEchoedInErrors(t *testing.T) {
+	clearEnv(t)
+	t.Setenv("DMB_JWT_SECRET", "short-secret")
+	_, err := Load()
+	if err == nil || strings.Contains(err.Error(), "short-secret") || !strings.Contains(err.Error(), "DMB_JWT_SECRET") {
+		t.Fatalf("Load() = %v, want DMB_JWT_SECRET named and its value hidden", err)
+	}
+}
+
+func TestGoodOriginPatternsAreAccepted(t *testing.T) {
+	clearEnv(t)
+	t.Setenv("DMB_ALLOWED_ORIGINS", "app.example.com, *.example.org,localhost:3000")
+	if _, err := Load(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestUsageListsEverySettingWithItsDefault(t *testing.T) {
+	var b strings.Builder
+	if err := WriteUsage(&b); err != nil {
+		t.Fatal(err)
+	}
+	typ := reflect.TypeOf(Config{})
+	for i := range typ.NumField() {
+		f := typ.Field(i)
+		def := f.Tag.Get("default")
+		if def == "" {
+			def = "(empty)"
+		}
+		if line := "  " + f.Tag.Get("envconfig") + "  default " + def + "\n"; !strings.Contains(b.String(), line) {
+			t.Errorf("usage lacks %q", line)
+		}
 	}
 }
 

@@ -76,6 +76,7 @@ const (
 // ctx's error.
 func (s *Subscription) Run(ctx context.Context) error {
 	backoff := minBackoff
+	failing := false // since the last time the subscription was up
 	for {
 		err := s.session(ctx)
 		if ctx.Err() != nil {
@@ -85,11 +86,20 @@ func (s *Subscription) Run(ctx context.Context) error {
 		if wasUp {
 			// A connection that got as far as subscribing starts the backoff anew.
 			backoff = minBackoff
+			failing = false
 			if s.cfg.OnDown != nil {
 				s.cfg.OnDown(err)
 			}
 		}
-		s.cfg.Logger.Warn("redis subscription failed", "subscription", s.cfg.Name, "err", err, "retry_in", backoff)
+		// The first failure of an outage is a warning; the retries that
+		// follow are detail (the node's Redis probe tells the operator
+		// what to check, and when Redis is back).
+		level := slog.LevelWarn
+		if failing {
+			level = slog.LevelDebug
+		}
+		failing = true
+		s.cfg.Logger.Log(ctx, level, "redis subscription failed", "subscription", s.cfg.Name, "err", err, "retry_in", backoff)
 		if cc, ok := s.rdb.(*redis.ClusterClient); ok {
 			cc.ReloadState(ctx) // a failover may have moved the slot
 		}
