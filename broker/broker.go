@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"log/slog"
@@ -38,7 +39,12 @@ type Uplink interface {
 
 // Config describes a Broker.
 type Config struct {
-	SendQueue        int
+	SendQueue int // frames a session's queue may hold
+	// SendQueueBytes bounds the bytes a session's queue holds, and
+	// QueueBudget the node's queues together (see sendQueue.push); zero
+	// means DefaultSendQueueBytes and DefaultQueueBudget.
+	SendQueueBytes   int
+	QueueBudget      int64
 	MaxMessageBytes  int64
 	ClientErrorLimit int
 	WriteTimeout     time.Duration
@@ -73,6 +79,7 @@ type Broker struct {
 	cancel context.CancelFunc
 
 	sessions sync.WaitGroup // every session's goroutine
+	queues   queueLimits    // the bytes of the sessions' queues
 
 	// fanoutEnd is when the last fan-out ended (UnixNano); see fanout.
 	fanoutEnd atomic.Int64
@@ -108,8 +115,19 @@ func New(reg Registry, up Uplink, cfg Config) *Broker {
 		byUser:     make(map[userKey]map[*session]struct{}),
 	}
 	b.ws = wsconn.Options{ReadLimit: cfg.MaxMessageBytes, WriteTimeout: cfg.WriteTimeout, Context: ctx}
+	b.queues.perSession = cmp.Or(cfg.SendQueueBytes, DefaultSendQueueBytes)
+	b.queues.budget = cmp.Or(cfg.QueueBudget, DefaultQueueBudget)
 	return b
 }
+
+// Defaults of the queues' bounds in bytes.
+const (
+	DefaultSendQueueBytes = 4 << 20
+	DefaultQueueBudget    = 1 << 30
+)
+
+// QueuedBytes returns what the sessions' queues take of the node's budget.
+func (b *Broker) QueuedBytes() float64 { return float64(b.queues.queued.Load()) }
 
 // readyClients bounds the sessions waiting for a flusher; a session that
 // finds the list full gets a writer goroutine of its own.

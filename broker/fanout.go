@@ -77,13 +77,13 @@ func (b *Broker) fanout(sessions func() map[*session]struct{}, frame []byte) int
 	if time.Since(time.Unix(0, b.fanoutEnd.Load())) < fanoutIdle {
 		n := 0
 		for s := range set {
-			if s.send(frame) {
+			if s.sendShared(frame, len(set)) {
 				n++
 			}
 		}
 		return n
 	}
-	p := prepared{payload: frame, wire: wsframe.AppendText(make([]byte, 0, wsframe.TextSize(frame)), frame)}
+	p := prepared{payload: frame, sharers: len(set), wire: wsframe.AppendText(make([]byte, 0, wsframe.TextSize(frame)), frame)}
 	ls := fanoutLists.Get().(*[]*session)
 	list := (*ls)[:0]
 	for s := range set {
@@ -123,6 +123,7 @@ var fanoutLists = sync.Pool{New: func() any { return new([]*session) }}
 // wire form is the WebSocket text frame, the only inline transport's.
 type prepared struct {
 	payload, wire []byte
+	sharers       int // the sessions it is for
 }
 
 // sendList delivers the frame to each session of list.
@@ -142,12 +143,12 @@ func (p prepared) sendList(list []*session) int {
 // otherwise the payload is queued as by send.
 func (s *session) sendInline(p prepared) bool {
 	if s.inline == nil || !s.q.claim() {
-		return s.send(p.payload)
+		return s.sendShared(p.payload, p.sharers)
 	}
 	took, tail := s.inline.TryWrite(p.wire)
-	s.q.release(tail) // a tail: the writer sends it first
+	s.q.unclaim(tail) // a tail: the writer sends it first
 	if took {
 		return true
 	}
-	return s.send(p.payload)
+	return s.sendShared(p.payload, p.sharers)
 }

@@ -59,7 +59,7 @@ func BenchmarkQueuePushTake(b *testing.B) {
 	frame := protocol.AppendBroadcast(nil, payload100)
 	b.ReportAllocs()
 	for b.Loop() {
-		q.push(frame)
+		q.push(frame, 1)
 		if frames, _, _ := q.take(); len(frames) > 0 {
 			q.recycle(frames)
 		}

@@ -170,7 +170,7 @@ func TestAWriteToAClientThatStopsReadingIsCutAfterTheWriteTimeout(t *testing.T) 
 	defer cancel()
 	up := disconnects{make(chan int, 1)}
 	brk := runBroker(t, New(liveRegistry{}, up, Config{
-		SendQueue: 1 << 16, MaxMessageBytes: 65536, ClientErrorLimit: 10, WriteTimeout: 200 * time.Millisecond,
+		SendQueue: 1 << 16, SendQueueBytes: 1 << 30, MaxMessageBytes: 65536, ClientErrorLimit: 10, WriteTimeout: 200 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: metrics.New(prometheus.NewRegistry()),
 	}))
 	dialBroker(t, ctx, brk)

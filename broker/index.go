@@ -27,8 +27,9 @@ func (b *Broker) add(s *session) bool {
 	if b.closing {
 		return false
 	}
-	s.q.push(connected)
+	s.q.push(connected, 1)
 	b.sessions.Add(1)
+	b.queues.sessions.Add(1)
 	b.byCID[s.cid] = s
 	set := b.byService[s.service]
 	if set == nil {
@@ -67,6 +68,7 @@ func (b *Broker) remove(s *session) {
 		}
 	}
 	b.mu.Unlock()
+	b.queues.sessions.Add(-1)
 	b.m.Connections.WithLabelValues(s.service).Dec()
 }
 

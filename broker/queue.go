@@ -2,6 +2,7 @@ package broker
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"github.com/dmb-broker/dmb/protocol"
 )
@@ -13,9 +14,10 @@ type closeReq struct {
 	flush  bool // write what is queued before the close frame
 }
 
-// sendQueue holds the frames waiting for one client's writer. It is bounded:
-// a push that finds it full turns into a close with 4008, so a slow client
-// never makes the pusher wait.
+// sendQueue holds the frames waiting for one client's writer. It is bounded
+// in frames and in bytes, and the node's queues together by a budget: a
+// push that finds it full turns into a close with 4008, so a slow client
+// never makes the pusher wait and never holds more than its share.
 //
 // The writer exists only while there is something to write: the push (or
 // close) that finds the queue idle starts it through start, and it ends when
@@ -29,11 +31,42 @@ type sendQueue struct {
 	writer  writerState
 	closing *closeReq
 	frames  [][]byte
+	bytes   int      // the length of the frames queued and being written, added up
+	charged int      // what of the budget those frames take (see push)
 	spare   [][]byte // the writer's last batch, handed back for reuse
-	max     int
+	max     int      // frames
+	lim     *queueLimits
 
 	start func() // spawns a writer that calls take until it reports done
 }
+
+// queueLimits bound the bytes of every session's queue of a broker.
+type queueLimits struct {
+	perSession int   // bytes one queue may hold
+	budget     int64 // bytes the node's queues may hold together
+	// queued is what the queues take of the budget, added up; sessions
+	// how many sessions share it.
+	queued   atomic.Int64
+	sessions atomic.Int64
+}
+
+// admit charges n bytes to the budget for a queue that was charged own;
+// false when the node's queues would take more than the budget and this
+// queue more than its share of it. One atomic add a push.
+func (l *queueLimits) admit(own, n int) bool {
+	if l.queued.Add(int64(n)) <= l.budget {
+		return true
+	}
+	if int64(own+n) <= l.budget/max(l.sessions.Load(), 1) {
+		return true
+	}
+	l.queued.Add(-int64(n))
+	return false
+}
+
+// frameOverhead is what a queued frame costs besides its bytes: its entry
+// in the queue.
+const frameOverhead = 24
 
 // writerState says whether a writer runs for the queue.
 type writerState uint8
@@ -44,36 +77,69 @@ const (
 	writerStopped                    // no writer runs or will ever start again
 )
 
-// init readies a zero queue to hold at most max frames, whose writers are
-// started by start.
-func (q *sendQueue) init(max int, start func()) {
-	q.max, q.start = max, start
+// init readies a zero queue to hold at most max frames within lim, whose
+// writers are started by start.
+func (q *sendQueue) init(max int, lim *queueLimits, start func()) {
+	q.max, q.lim, q.start = max, lim, start
 }
 
 // pushResult says what became of a pushed frame.
 type pushResult uint8
 
 const (
-	pushed   pushResult = iota
-	closed              // the client is closing; the frame is dropped
-	overflow            // the queue was full: the client is now closing with 4008
+	pushed        pushResult = iota
+	closed                   // the client is closing; the frame is dropped
+	overflow                 // the queue held its most frames: the client is now closing with 4008
+	overflowBytes            // the queue held its most bytes: likewise
+	overBudget               // the node's queues held their budget, this one more than its share: likewise
 )
 
-func (q *sendQueue) push(frame []byte) pushResult {
+// push queues frame, which sharers sessions share (1 for a frame of this
+// session's own). The queue's bound counts the whole frame, which it keeps
+// in memory however many others let go of it; the node's budget counts a
+// shared frame once in all, a share of it for each session, since its
+// bytes are held once. A frame larger than the queue's bound goes into an
+// empty queue all the same: the payload limits keep such frames rare.
+func (q *sendQueue) push(frame []byte, sharers int) pushResult {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	charge := len(frame)/max(sharers, 1) + frameOverhead
+	r := pushed
 	switch {
 	case q.closing != nil:
 		return closed
 	case len(q.frames) >= q.max:
+		r = overflow
+	case q.bytes+len(frame) > q.lim.perSession && q.bytes > 0:
+		r = overflowBytes
+	case !q.lim.admit(q.charged, charge):
+		r = overBudget
+	}
+	if r != pushed {
 		q.closing = &closeReq{code: protocol.CloseSlowConsumer, reason: "slow consumer"}
-		q.frames = nil
+		q.dropLocked()
 		q.startLocked()
-		return overflow
+		return r
 	}
 	q.frames = append(q.frames, frame)
+	q.bytes += len(frame)
+	q.charged += charge
 	q.startLocked()
 	return pushed
+}
+
+// dropLocked empties the queue and gives its bytes back to the budget.
+// Lock must be held.
+func (q *sendQueue) dropLocked() {
+	q.frames = nil
+	q.releaseLocked()
+}
+
+// releaseLocked gives all the queue's bytes back to the budget: its frames
+// were taken for the last time or dropped. Lock must be held.
+func (q *sendQueue) releaseLocked() {
+	q.lim.queued.Add(-int64(q.charged))
+	q.bytes, q.charged = 0, 0
 }
 
 // close asks the writer to close the client; the first request wins.
@@ -85,7 +151,7 @@ func (q *sendQueue) close(req closeReq) bool {
 	}
 	q.closing = &req
 	if !req.flush {
-		q.frames = nil
+		q.dropLocked()
 	}
 	q.startLocked()
 	return true
@@ -104,7 +170,7 @@ func (q *sendQueue) startLocked() {
 
 // claim makes the caller the client's writer for one write, if the queue is
 // empty, not closing and no writer runs: it then writes without a
-// goroutine, and must call release afterwards. Pushes and closes meanwhile
+// goroutine, and must call unclaim afterwards. Pushes and closes meanwhile
 // find a writer running and only queue.
 func (q *sendQueue) claim() bool {
 	q.mu.Lock()
@@ -116,9 +182,9 @@ func (q *sendQueue) claim() bool {
 	return true
 }
 
-// release ends what claim began. A writer starts if the caller left
+// unclaim ends what claim began. A writer starts if the caller left
 // something unsent (more), or if frames or a close came meanwhile.
-func (q *sendQueue) release(more bool) {
+func (q *sendQueue) unclaim(more bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.writer != writerRunning {
@@ -156,6 +222,7 @@ func (q *sendQueue) take() (frames [][]byte, req *closeReq, done bool) {
 		return nil, nil, true
 	case q.closing != nil:
 		frames, q.frames = q.frames, nil
+		q.releaseLocked()
 		q.writer = writerStopped
 		return frames, q.closing, false
 	case len(q.frames) == 0:
@@ -167,24 +234,55 @@ func (q *sendQueue) take() (frames [][]byte, req *closeReq, done bool) {
 	return frames, nil, false
 }
 
-// stop makes sure that no writer starts from now on. The writer that fails
-// to write calls it, and so does the session when it ends.
+// stop makes sure that no writer starts from now on, and drops what is
+// queued. The writer that fails to write calls it, and so does the session
+// when it ends.
 func (q *sendQueue) stop() {
 	q.mu.Lock()
 	q.writer = writerStopped
+	q.dropLocked()
 	q.mu.Unlock()
 }
 
-// recycle gives a written batch back for reuse, unless it grew large: an
-// idle client should not keep a burst's worth of slice.
+// release gives back the bytes of frames that the writer took and wrote
+// (or handed to the transport).
+func (q *sendQueue) release(frames [][]byte) {
+	q.mu.Lock()
+	q.releaseFramesLocked(frames)
+	q.mu.Unlock()
+}
+
+func (q *sendQueue) releaseFramesLocked(frames [][]byte) {
+	if q.writer == writerStopped { // the bytes were given back already
+		return
+	}
+	n := 0
+	for _, f := range frames {
+		n += len(f)
+	}
+	if n >= q.bytes {
+		q.releaseLocked()
+		return
+	}
+	// The charges of single frames are not kept: n bytes give back their
+	// part of the charge, and an empty queue all that is left of it.
+	c := int(int64(q.charged) * int64(n) / int64(q.bytes))
+	q.bytes -= n
+	q.charged -= c
+	q.lim.queued.Add(-int64(c))
+}
+
+// recycle is release, and takes the batch back for reuse unless it grew
+// large: an idle client should not keep a burst's worth of slice.
 func (q *sendQueue) recycle(frames [][]byte) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.releaseFramesLocked(frames)
 	if cap(frames) > 64 {
 		return
 	}
 	clear(frames)
-	q.mu.Lock()
 	if q.spare == nil {
 		q.spare = frames[:0]
 	}
-	q.mu.Unlock()
 }

@@ -13,21 +13,21 @@ import (
 // started by start.
 func newSendQueue(max int, start func()) *sendQueue {
 	q := &sendQueue{}
-	q.init(max, start)
+	q.init(max, &queueLimits{perSession: 1 << 30, budget: 1 << 40}, start)
 	return q
 }
 
 func TestQueueOverflowTurnsIntoASlowConsumerClose(t *testing.T) {
 	q := newSendQueue(3, func() {})
 	for i := range 3 {
-		if r := q.push([]byte{byte(i)}); r != pushed {
+		if r := q.push([]byte{byte(i)}, 1); r != pushed {
 			t.Fatalf("push %d = %v", i, r)
 		}
 	}
-	if r := q.push([]byte("x")); r != overflow {
+	if r := q.push([]byte("x"), 1); r != overflow {
 		t.Fatalf("push into a full queue = %v, want overflow", r)
 	}
-	if r := q.push([]byte("y")); r != closed {
+	if r := q.push([]byte("y"), 1); r != closed {
 		t.Fatalf("push after overflow = %v, want closed", r)
 	}
 	frames, req, done := q.take()
@@ -39,7 +39,7 @@ func TestQueueOverflowTurnsIntoASlowConsumerClose(t *testing.T) {
 func TestKickKeepsQueuedFramesAndTheFirstCloseWins(t *testing.T) {
 	starts := 0
 	q := newSendQueue(10, func() { starts++ })
-	q.push([]byte("a"))
+	q.push([]byte("a"), 1)
 	if !q.close(closeReq{code: protocol.CloseKicked, reason: "bye", flush: true}) {
 		t.Fatal("first close refused")
 	}
@@ -70,8 +70,8 @@ func TestCloseOfAnIdleQueueStartsAWriter(t *testing.T) {
 func TestWriterStartsOnPushAndEndsWhenDrained(t *testing.T) {
 	starts := 0
 	q := newSendQueue(10, func() { starts++ })
-	q.push([]byte("a"))
-	q.push([]byte("b"))
+	q.push([]byte("a"), 1)
+	q.push([]byte("b"), 1)
 	if starts != 1 {
 		t.Fatalf("%d writers started for two pushes, want 1", starts)
 	}
@@ -81,7 +81,7 @@ func TestWriterStartsOnPushAndEndsWhenDrained(t *testing.T) {
 	if _, _, done := q.take(); !done {
 		t.Fatal("writer not told to end on an empty queue")
 	}
-	q.push([]byte("c"))
+	q.push([]byte("c"), 1)
 	if starts != 2 {
 		t.Fatalf("push to a drained queue started %d writers in all, want 2", starts)
 	}
@@ -91,7 +91,7 @@ func TestNoWriterStartsAfterStop(t *testing.T) {
 	starts := 0
 	q := newSendQueue(10, func() { starts++ })
 	q.stop()
-	q.push([]byte("a"))
+	q.push([]byte("a"), 1)
 	q.close(closeReq{code: protocol.CloseKicked})
 	if starts != 0 {
 		t.Fatalf("%d writers started after stop", starts)
@@ -143,7 +143,7 @@ func TestWritersDeliverEveryFrameInOrderWithOneAtATime(t *testing.T) {
 		}()
 	})
 	pushConcurrently(pushers, perPusher, func(_ int, f []byte) bool {
-		if r := q.push(f); r != pushed {
+		if r := q.push(f, 1); r != pushed {
 			t.Errorf("push = %v", r)
 			return false
 		}
@@ -162,7 +162,7 @@ func TestWritersDeliverEveryFrameInOrderWithOneAtATime(t *testing.T) {
 func TestQueueReusesSmallBatchesAndDropsLargeOnes(t *testing.T) {
 	q := newSendQueue(1000, func() {})
 	for range 10 {
-		q.push([]byte("a"))
+		q.push([]byte("a"), 1)
 	}
 	frames, _, _ := q.take()
 	q.recycle(frames)
@@ -170,7 +170,7 @@ func TestQueueReusesSmallBatchesAndDropsLargeOnes(t *testing.T) {
 		t.Fatal("small batch not kept for reuse")
 	}
 	for range 200 {
-		q.push([]byte("a"))
+		q.push([]byte("a"), 1)
 	}
 	frames, _, _ = q.take()
 	q.recycle(frames)
@@ -180,7 +180,7 @@ func TestQueueReusesSmallBatchesAndDropsLargeOnes(t *testing.T) {
 }
 
 // TestDirectWritesAndWritersKeepOrderWithOneAtATime mixes the fan-out's
-// direct writes (claim, write, release) with pushes to writers started on
+// inline writes (claim, write, unclaim) with pushes to writers started on
 // demand. Some direct writes leave a tail that the next writer must send
 // first. Each pusher's frames must be written in order, none lost, and a
 // direct write and a writer must never write at once.
@@ -245,10 +245,10 @@ func TestDirectWritesAndWritersKeepOrderWithOneAtATime(t *testing.T) {
 				write(f)
 			}
 			done()
-			q.release(partial)
+			q.unclaim(partial)
 			return true
 		}
-		if r := q.push(f); r != pushed {
+		if r := q.push(f, 1); r != pushed {
 			t.Errorf("push = %v", r)
 			return false
 		}
@@ -274,9 +274,9 @@ func TestNoDirectWriteWhileClosingOrAfterStop(t *testing.T) {
 		t.Fatal("an idle queue was not claimed")
 	}
 	q.stop()
-	q.release(true)
+	q.unclaim(true)
 	if q.writer != writerStopped {
-		t.Fatal("release restarted a stopped queue")
+		t.Fatal("unclaim restarted a stopped queue")
 	}
 }
 

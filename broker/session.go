@@ -58,7 +58,7 @@ func newSession(b *Broker, t Transport, inline InlineTransport, service, remote,
 		inline:     inline,
 		forwarding: true,
 	}
-	s.q.init(b.cfg.SendQueue, s.startWriter)
+	s.q.init(b.cfg.SendQueue, &b.queues, s.startWriter)
 	return s
 }
 
@@ -107,17 +107,29 @@ func (s *session) run(read func() (code int, reason string)) {
 	}
 }
 
-// send queues a frame; false when the session is closing or the frame
-// overflowed the queue (the session is then closed as a slow consumer).
-func (s *session) send(frame []byte) bool {
-	switch s.q.push(frame) {
-	case pushed:
+// send queues a frame of the session's own; false when the session is
+// closing or the frame overflowed the queue (the session is then closed as
+// a slow consumer).
+func (s *session) send(frame []byte) bool { return s.sendShared(frame, 1) }
+
+// sendShared is send for a frame that sharers sessions share.
+func (s *session) sendShared(frame []byte, sharers int) bool {
+	r := s.q.push(frame, sharers)
+	if r == pushed {
 		return true
-	case overflow:
-		s.b.m.Drops.WithLabelValues(metrics.DropSlowConsumer).Inc()
-		s.log(slog.LevelInfo, "slow consumer: closing")
+	}
+	if why := overflowReason[r]; why != "" {
+		s.b.m.Drops.WithLabelValues(why).Inc()
+		s.log(slog.LevelInfo, "slow consumer: closing", "over", why)
 	}
 	return false
+}
+
+// overflowReason is the drop reason of each overflow.
+var overflowReason = [...]string{
+	overflow:      metrics.DropSlowConsumer,
+	overflowBytes: metrics.DropSlowConsumerBytes,
+	overBudget:    metrics.DropQueueBudget,
 }
 
 // closing tells whether the session is closing: what the client sends

@@ -62,7 +62,7 @@ func (s *session) flushReady() {
 	}()
 	defer s.recoverWriter()
 	// A write that the client took only part of started this writer
-	// (release(true)) with nothing queued: its tail goes first.
+	// (unclaim(true)) with nothing queued: its tail goes first.
 	if s.inline.Pending() {
 		if took, tail := s.inline.TryWriteMany(nil); !took || tail {
 			handedOver = true
@@ -81,22 +81,47 @@ func (s *session) flushReady() {
 			return
 		}
 		s.b.m.WriteBatch.Observe(float64(len(frames)))
-		took, tail := s.inline.TryWriteMany(frames)
-		switch {
-		case !took:
-			// Another write holds the connection (the library answering a
-			// ping or a close to a full socket): wait for it on a
-			// goroutine of the session's own, not on the flusher.
+		if rest, all := s.writeInline(frames); !all {
+			// The client made the write wait, or another write holds the
+			// connection (the library answering a ping or a close to a
+			// full socket): the rest, after the tail, goes on a goroutine
+			// of the session's own, not on the flusher.
 			handedOver = true
-			s.goWrite(frames, nil)
-			return
-		case tail:
-			handedOver = true
-			s.goWrite(nil, nil) // the tail goes first
+			s.goWrite(rest, nil)
 			return
 		}
 		s.q.recycle(frames)
 	}
+}
+
+// inlineChunk is about how many bytes writeInline hands the transport at a
+// time: the transport copies what it frames, and a slow client should hold
+// one chunk of copies, not its whole queue.
+const inlineChunk = 64 << 10
+
+// writeInline writes frames through the inline transport a chunk at a
+// time, without waiting. all is false when the client made a write wait:
+// the bytes of what was written are given back to the queue, and rest is
+// what is still to write after the tail.
+func (s *session) writeInline(frames [][]byte) (rest [][]byte, all bool) {
+	for start := 0; start < len(frames); {
+		end, size := start, 0
+		for end < len(frames) && (end == start || size < inlineChunk) {
+			size += len(frames[end])
+			end++
+		}
+		took, tail := s.inline.TryWriteMany(frames[start:end])
+		switch {
+		case !took:
+			s.q.release(frames[:start])
+			return frames[start:], false
+		case tail:
+			s.q.release(frames[:end])
+			return frames[end:], false
+		}
+		start = end
+	}
+	return nil, true
 }
 
 // goWrite runs the rest of a writer on a goroutine of its own: frames and

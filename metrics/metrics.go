@@ -39,6 +39,14 @@ const (
 	DropShuttingDown  = "shutting_down"
 )
 
+// Reasons for closing a slow consumer besides its queue's frames: the bytes
+// its queue held (DMB_SEND_QUEUE_BYTES), or more than its share while the
+// node's queues held their budget (DMB_QUEUE_BUDGET).
+const (
+	DropSlowConsumerBytes = "slow_consumer_bytes"
+	DropQueueBudget       = "queue_budget"
+)
+
 // Metrics holds a node's series.
 type Metrics struct {
 	reg prometheus.Registerer
@@ -181,6 +189,14 @@ func New(reg prometheus.Registerer) *Metrics {
 func (m *Metrics) QueuedFrames(f func() float64) {
 	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "dmb", Name: "send_queue_frames", Help: "Frames waiting in all client send queues.",
+	}, f))
+}
+
+// QueuedBytes registers f as the bytes that the client send queues take of
+// the node's budget.
+func (m *Metrics) QueuedBytes(f func() float64) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "dmb", Name: "send_queue_bytes", Help: "Bytes that the client send queues take of the node's budget (DMB_QUEUE_BUDGET).",
 	}, f))
 }
 

@@ -174,6 +174,7 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 	})
 	n.reg.Watch(n.down)
 	m.QueuedFrames(n.brk.QueuedFrames)
+	m.QueuedBytes(n.brk.QueuedBytes)
 	if adminLn != nil {
 		n.adminSrv = &http.Server{
 			Handler:           n.adminHandler(),
