@@ -69,6 +69,8 @@ type Metrics struct {
 	Pruned        *prometheus.CounterVec // registry entries dropped after DMB_BACKEND_RETENTION, by what
 	Leaves        *prometheus.CounterVec // bk_disconnect handled, and left bkids found live again, by result
 	BKIDLookups   *prometheus.CounterVec // look-ups of bkids not in the view, by result
+
+	RegisterRejected *prometheus.CounterVec // register channel payloads refused, by reason
 }
 
 // Results of a bk_connect, the values of the "result" label of
@@ -142,6 +144,9 @@ func New(reg prometheus.Registerer) *Metrics {
 		Leaves: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "dmb", Name: "backend_leaves_total", Help: "bk_disconnect handled (left), and left backends still subscribed at the next liveness check (back).",
 		}, []string{"result"}),
+		RegisterRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "dmb", Name: "register_rejected_total", Help: "Payloads on the register channel refused (invalid JSON, unknown type, invalid nonce, service or bkid, nonce reused), by reason.",
+		}, []string{"reason"}),
 		BKIDLookups: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "dmb", Name: "bkid_lookups_total", Help: "Look-ups of bkids not in this node's view: found or unknown in Redis, cached as unknown, or limited (dropped without a look-up).",
 		}, []string{"result"}),
@@ -152,7 +157,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		m.Connections, m.Disconnects, m.MessagesIn, m.MessagesOut, m.Deliveries,
 		m.Drops, m.BackendsLive, m.RedisErrors, m.UplinkLatency, m.RedisReconnects,
 		m.Connects, m.WriteBatch,
-		m.Registrations, m.Services, m.Pruned, m.Leaves, m.BKIDLookups,
+		m.Registrations, m.Services, m.Pruned, m.Leaves, m.BKIDLookups, m.RegisterRejected,
 	)
 	for _, r := range []string{RegistrationAcked, RegistrationLimited} {
 		m.Registrations.WithLabelValues(r)

@@ -73,6 +73,9 @@ type Registry struct {
 	// subscribe to a new backend's downlink; Run waits for them.
 	acks sync.WaitGroup
 
+	// rejectLog rate-limits the log lines of refused registrations.
+	rejectLog *limiter
+
 	// refresh is held by one refresh at a time (a semaphore, so that waiting
 	// for it honours a context), so that a slow one cannot overwrite the
 	// view with older data than a fast one wrote.
@@ -120,6 +123,11 @@ func New(rdb redis.UniversalClient, cfg Config) *Registry {
 		idle:     make(map[string]time.Time),
 		left:     make(map[string]time.Time),
 		unknown:  unknownBKIDs{never: make(map[string]struct{})},
+
+		rejectLog: newLimiter(10, 6*time.Second),
+	}
+	for _, reason := range RejectReasons {
+		r.m.RegisterRejected.WithLabelValues(reason) // zero from the start, for rates and alerts
 	}
 	r.sub = pubsub.New(rdb, pubsub.Config{
 		Name:      "register",
@@ -201,16 +209,22 @@ func (r *Registry) handleRegister(ctx context.Context, msg *redis.Message) {
 	req, err := protocol.DecodeRegister([]byte(msg.Payload))
 	if err != nil {
 		r.m.Drops.WithLabelValues(metrics.DropMalformed).Inc()
-		log := r.log.With("err", err)
+		reason := rejectReason(err)
 		switch {
 		case req.Type == protocol.TypeConnect && protocol.ValidNonce(req.Nonce):
-			log.Info("bk_connect refused", "service", req.Service, "nonce", req.Nonce)
-			r.nack(ctx, req.Nonce, err.Error())
+			// The node whose nack claims the nonce logs it: once, whatever
+			// the number of nodes.
+			r.nack(ctx, req.Nonce, err.Error(), func(reused bool) {
+				if reused {
+					reason = RejectNonceReused
+				}
+				r.rejected(ctx, reason, err.Error(), msg.Payload, req.Nonce)
+			})
 		case req.BKID != "":
-			log.Info("register payload dropped", "bkid", req.BKID)
+			r.rejected(ctx, reason, err.Error(), msg.Payload, req.Nonce)
 			r.ReportError(ctx, req.BKID, err.Error(), nil)
 		default:
-			log.Info("register payload dropped", "payload", truncate(msg.Payload))
+			r.rejected(ctx, reason, err.Error(), msg.Payload, req.Nonce)
 		}
 		return
 	}
@@ -230,16 +244,24 @@ func (r *Registry) connect(ctx context.Context, req protocol.RegisterRequest) (l
 	ch := r.cfg.Channels
 	res, err := registerScript.Run(ctx, r.rdb,
 		[]string{ch.Key("nonce", req.Nonce), ch.Key("bkid"), ch.Key("services")},
-		req.Service, req.BKID, int(nonceTTL/time.Second), ch.KeyPrefix(), r.cfg.MaxServices,
+		req.Service, req.BKID, int(nonceTTL/time.Second), ch.KeyPrefix(), r.cfg.MaxServices, r.cfg.NodeID,
 	).Slice()
 	if err != nil {
 		r.m.RedisErrors.WithLabelValues("register").Inc()
 		r.log.Warn("bk_connect failed", "service", req.Service, "nonce", req.Nonce, "err", err)
 		return false
 	}
-	claimed, bkid, ok := scriptResult(res)
+	claimed, claim, ok := scriptResult(res)
 	if !ok {
 		r.log.Error("bk_connect: script returned no bkid", "result", res)
+		return false
+	}
+	bkid, claimer := parseClaim(claim)
+	if claimed == claimedNot && claimer == r.cfg.NodeID {
+		// This node handles each payload once, so a claim of its own is
+		// an earlier bk_connect with the same nonce: the backend reused it.
+		r.rejected(ctx, RejectNonceReused, reusedNonceError, "", req.Nonce)
+		r.publishNack(ctx, req.Nonce, reusedNonceError)
 		return false
 	}
 	if claimed == claimedOverLimit {
@@ -349,15 +371,31 @@ func (r *Registry) refuseOverLimit(ctx context.Context, req protocol.RegisterReq
 	}
 }
 
-func (r *Registry) nack(ctx context.Context, nonce, reason string) {
-	won, err := r.rdb.SetNX(ctx, r.cfg.Channels.Key("nonce", nonce), "-", nonceTTL).Result()
+// nack answers a bk_connect that cannot be accepted, from the one node that
+// claims its nonce; that node calls logged, with reused true when the claim
+// was its own from an earlier bk_connect with the same nonce (which it then
+// answers again, saying so).
+func (r *Registry) nack(ctx context.Context, nonce, reason string, logged func(reused bool)) {
+	key := r.cfg.Channels.Key("nonce", nonce)
+	won, err := r.rdb.SetNX(ctx, key, claimValue("-", r.cfg.NodeID), nonceTTL).Result()
 	if err != nil {
 		r.m.RedisErrors.WithLabelValues("register").Inc()
 		return
 	}
 	if !won {
+		v, err := r.rdb.Get(ctx, key).Result()
+		if _, claimer := parseClaim(v); err != nil || claimer != r.cfg.NodeID {
+			return // another node answers
+		}
+		logged(true)
+		r.publishNack(ctx, nonce, reusedNonceError)
 		return
 	}
+	logged(false)
+	r.publishNack(ctx, nonce, reason)
+}
+
+func (r *Registry) publishNack(ctx context.Context, nonce, reason string) {
 	if err := pubsub.Publish(ctx, r.rdb, r.sharded, r.cfg.Channels.RegisterReply(nonce), protocol.ConnectNack(nonce, reason)).Err(); err != nil {
 		r.m.RedisErrors.WithLabelValues("publish").Inc()
 	}

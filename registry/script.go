@@ -10,12 +10,16 @@ import "github.com/redis/go-redis/v9"
 //
 // KEYS[1] nonce key, KEYS[2] bkid counter, KEYS[3] services set.
 // ARGV[1] service, ARGV[2] requested bkid or "", ARGV[3] nonce TTL seconds,
-// ARGV[4] key prefix with its colon, ARGV[5] DMB_MAX_SERVICES. Every key shares the prefix's hash tag,
-// so on a cluster the script runs on the one shard that holds them all.
+// ARGV[4] key prefix with its colon, ARGV[5] DMB_MAX_SERVICES, ARGV[6] the
+// node's id. Every key shares the prefix's hash tag, so on a cluster the
+// script runs on the one shard that holds them all.
 //
-// Returns {1, bkid} to the node that claimed the nonce, and {0, bkid} to
-// the others, which learn the bkid the claim assigned (the nonce key holds
-// it), so that on a cluster every node can subscribe to its downlink.
+// The nonce key holds the claim, "bkid@node" (claimValue): the bkid
+// assigned ("-" until then and for a nack, "!" over the limit) and the
+// node that claimed the nonce. Returns {1, bkid} to that node, and
+// {0, claim} to the others, which learn the bkid the claim assigned, so
+// that on a cluster every node can subscribe to its downlink; the node that
+// finds its own claim knows the backend used the nonce again.
 // A service that is not registered yet, when DMB_MAX_SERVICES are, is
 // refused: {2, ""} to the claimer, which nacks, and the nonce holds "!".
 // So a flood of registrations of new services adds at most that many
@@ -27,13 +31,13 @@ import "github.com/redis/go-redis/v9"
 // Numbers are formatted with %d: Lua's tostring would print them in exponent
 // form; a Lua number holds them exactly (they stay below 2^53).
 var registerScript = redis.NewScript(`
-if not redis.call('SET', KEYS[1], '-', 'NX', 'EX', tonumber(ARGV[3])) then
+if not redis.call('SET', KEYS[1], '-@' .. ARGV[6], 'NX', 'EX', tonumber(ARGV[3])) then
   return {0, redis.call('GET', KEYS[1]) or '-'}
 end
 local service = ARGV[1]
 local bkid = ARGV[2]
 if redis.call('SISMEMBER', KEYS[3], service) == 0 and redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[5]) then
-  redis.call('SET', KEYS[1], '!', 'KEEPTTL')
+  redis.call('SET', KEYS[1], '!@' .. ARGV[6], 'KEEPTTL')
   return {2, ''}
 end
 if bkid ~= '' then
@@ -53,7 +57,7 @@ redis.call('HSET', ARGV[4] .. 'backend:' .. bkid, 'service', service)
 redis.call('PERSIST', ARGV[4] .. 'backend:' .. bkid)
 redis.call('SADD', ARGV[4] .. 'service:' .. service, bkid)
 redis.call('SADD', KEYS[3], service)
-redis.call('SET', KEYS[1], bkid, 'KEEPTTL')
+redis.call('SET', KEYS[1], bkid .. '@' .. ARGV[6], 'KEEPTTL')
 return {1, bkid}
 `)
 
