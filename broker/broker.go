@@ -47,9 +47,13 @@ type Config struct {
 	QueueBudget      int64
 	MaxMessageBytes  int64
 	ClientErrorLimit int
-	WriteTimeout     time.Duration
-	AllowedOrigins   []string
-	TrustedProxies   []netip.Prefix
+	// ClientRate is the frames a second a client may send on average, with
+	// bursts of ClientBurst; 0 allows any rate.
+	ClientRate     float64
+	ClientBurst    int
+	WriteTimeout   time.Duration
+	AllowedOrigins []string
+	TrustedProxies []netip.Prefix
 	// Auth, when set, requires a token of every client (PROTOCOL.md,
 	// section 7).
 	Auth    *auth.Verifier

@@ -35,7 +35,10 @@ type session struct {
 	t       Transport
 	writers sync.WaitGroup // the running writer, if any
 
-	errs errorWindow // the reader's only
+	// The reader's only: bad frames, and frames over the rate, in the
+	// last minute; the rate's token bucket.
+	errs, limited errorWindow
+	rate          tokenBucket
 
 	// fwdMu orders passing a frame to the uplink against stopForwarding,
 	// so that no frame is passed on after the shutdown barrier. It is held
@@ -159,7 +162,26 @@ func (s *session) handle(data []byte) (err error) {
 		s.badFrame(err)
 		return nil
 	}
+	if rate := s.b.cfg.ClientRate; rate > 0 {
+		if now := time.Now(); !s.rate.allow(now, rate, s.b.cfg.ClientBurst) {
+			s.overRate(now, frame.ID)
+			return nil
+		}
+	}
 	return s.forward(frame)
+}
+
+// overRate answers a frame sent faster than the client's rate, which is
+// not passed on, and closes the client with 1008 when it goes on doing so:
+// more than DMB_CLIENT_ERROR_LIMIT such frames in a minute.
+func (s *session) overRate(now time.Time, id []byte) {
+	s.b.m.Drops.WithLabelValues(metrics.DropRateLimited).Inc()
+	s.send(protocol.AppendError(nil, id, protocol.ErrTextRateLimited))
+	s.b.m.MessagesOut.WithLabelValues(metrics.KindError).Inc()
+	if s.limited.add(now, s.b.cfg.ClientErrorLimit) {
+		s.log(slog.LevelInfo, "rate limit exceeded: closing")
+		s.close(protocol.ClosePolicy, "rate limit exceeded")
+	}
 }
 
 // refuseBinary closes the client with 1003: the protocol speaks JSON text
@@ -210,6 +232,30 @@ func (s *session) stopForwarding() {
 	s.fwdMu.Lock()
 	s.forwarding = false
 	s.fwdMu.Unlock()
+}
+
+// tokenBucket limits a rate with bursts: it holds up to burst tokens,
+// refilled at rate a second, and each frame takes one. The zero bucket is
+// full. It is used by the session's reader only.
+type tokenBucket struct {
+	tokens float64
+	last   int64 // when tokens was last filled (UnixNano); 0: never
+}
+
+// allow takes a token at now, if there is one.
+func (t *tokenBucket) allow(now time.Time, rate float64, burst int) bool {
+	ns := now.UnixNano()
+	if t.last == 0 {
+		t.tokens = float64(burst)
+	} else {
+		t.tokens = min(float64(burst), t.tokens+float64(ns-t.last)*rate/1e9)
+	}
+	t.last = ns
+	if t.tokens < 1 {
+		return false
+	}
+	t.tokens--
+	return true
 }
 
 // errorWindow counts a session's bad frames over the last minute. It is

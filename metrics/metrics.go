@@ -47,6 +47,10 @@ const (
 	DropQueueBudget       = "queue_budget"
 )
 
+// DropRateLimited counts client frames refused for coming faster than
+// DMB_CLIENT_RATE allows.
+const DropRateLimited = "rate_limited"
+
 // Metrics holds a node's series.
 type Metrics struct {
 	reg prometheus.Registerer

@@ -16,6 +16,9 @@ const (
 const (
 	ErrTextBackendUnavailable = "backend unavailable"
 	ErrTextBrokerUnavailable  = "broker unavailable"
+	// ErrTextRateLimited answers a frame sent faster than DMB_CLIENT_RATE
+	// allows: it was not passed on.
+	ErrTextRateLimited = "rate limited"
 )
 
 // ClientFrame is a decoded frame from a browser. Data and ID are the raw JSON

@@ -1,0 +1,89 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dmb-broker/dmb/metrics"
+	"github.com/dmb-broker/dmb/protocol"
+)
+
+func TestTheTokenBucketAllowsABurstThenTheRate(t *testing.T) {
+	var b tokenBucket
+	start := time.Unix(1000, 0)
+	for i := range 5 {
+		if !b.allow(start, 10, 5) {
+			t.Fatalf("frame %d of the burst refused", i)
+		}
+	}
+	if b.allow(start, 10, 5) {
+		t.Fatal("a frame past the burst allowed")
+	}
+	if !b.allow(start.Add(100*time.Millisecond), 10, 5) {
+		t.Fatal("a frame a tenth of a second later refused at 10/s")
+	}
+	if b.allow(start.Add(150*time.Millisecond), 10, 5) {
+		t.Fatal("a second frame within that tenth allowed")
+	}
+	// Idle for long, the bucket is full again, never fuller.
+	for i := range 5 {
+		if !b.allow(start.Add(time.Hour), 10, 5) {
+			t.Fatalf("frame %d after an hour refused", i)
+		}
+	}
+	if b.allow(start.Add(time.Hour), 10, 5) {
+		t.Fatal("the bucket held more than its burst")
+	}
+}
+
+func TestAClientOverItsRateIsAnsweredRateLimitedThenClosed(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	up := &countingUplink{}
+	brk := runBroker(t, New(liveRegistry{}, up, Config{
+		SendQueue: 64, MaxMessageBytes: 65536, ClientErrorLimit: 3, WriteTimeout: 10 * time.Second,
+		ClientRate: 0.001, ClientBurst: 5, // no token comes back within the test
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: metrics.New(prometheus.NewRegistry()),
+	}))
+	c := dialBroker(t, ctx, brk)
+	send := func(id int) {
+		t.Helper()
+		if err := c.Write(ctx, websocket.MessageText, fmt.Appendf(nil, `{"event":"dmb:message","data":%d,"id":%d}`, id, id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for id := range 5 {
+		send(id)
+	}
+	// The burst passed on; the next frames are answered, not passed on.
+	for id := 5; id < 8; id++ {
+		send(id)
+		_, data, err := c.Read(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := string(protocol.AppendError(nil, fmt.Appendf(nil, "%d", id), protocol.ErrTextRateLimited)); string(data) != want {
+			t.Fatalf("answer to frame %d = %s, want %s", id, data, want)
+		}
+	}
+	if n := up.messages.Load(); n != 5 {
+		t.Fatalf("%d frames passed on, want the burst of 5", n)
+	}
+	// One more than DMB_CLIENT_ERROR_LIMIT over the rate: 1008.
+	send(8)
+	_, data, err := c.Read(ctx)
+	if err != nil || !strings.Contains(string(data), protocol.ErrTextRateLimited) {
+		t.Fatalf("read %s, %v; want the last rate-limited answer", data, err)
+	}
+	if _, _, err := c.Read(ctx); websocket.CloseStatus(err) != protocol.ClosePolicy {
+		t.Fatalf("read after going on over the rate: %v, want close 1008", err)
+	}
+}
