@@ -49,9 +49,12 @@ type Config struct {
 	ClientErrorLimit int
 	// ClientRate is the frames a second a client may send on average, with
 	// bursts of ClientBurst; 0 allows any rate.
-	ClientRate     float64
-	ClientBurst    int
-	WriteTimeout   time.Duration
+	ClientRate   float64
+	ClientBurst  int
+	WriteTimeout time.Duration
+	// FrameTimeout is the time a client has to finish a frame it began;
+	// zero means DefaultFrameTimeout.
+	FrameTimeout   time.Duration
 	AllowedOrigins []string
 	TrustedProxies []netip.Prefix
 	// Auth, when set, requires a token of every client (PROTOCOL.md,
@@ -151,9 +154,7 @@ func (b *Broker) Run(ctx context.Context) error {
 	for range runtime.GOMAXPROCS(0) {
 		loops.Go(func() { b.flush(ready) })
 	}
-	if b.cfg.WriteTimeout > 0 {
-		loops.Go(func() { b.watchWrites(ctx) })
-	}
+	loops.Go(func() { b.watchWrites(ctx) })
 	<-ctx.Done()
 	b.flushMu.Lock()
 	b.flushersOn = false

@@ -93,13 +93,15 @@ type recordingTransport struct {
 	batches []int
 }
 
-func (r *recordingTransport) WriteMany([][]byte) error                    { return nil }
-func (r *recordingTransport) Flush() error                                { return nil }
-func (r *recordingTransport) Close(int, string) error                     { return nil }
-func (r *recordingTransport) CloseNow() error                             { return nil }
-func (r *recordingTransport) DropIfStalled(time.Time, time.Duration) bool { return false }
-func (r *recordingTransport) TryWrite([]byte) (bool, bool)                { return true, false }
-func (r *recordingTransport) Pending() bool                               { return false }
+func (r *recordingTransport) WriteMany([][]byte) error { return nil }
+func (r *recordingTransport) Flush() error             { return nil }
+func (r *recordingTransport) Close(int, string) error  { return nil }
+func (r *recordingTransport) CloseNow() error          { return nil }
+func (r *recordingTransport) DropIfStalled(time.Time, time.Duration, time.Duration) bool {
+	return false
+}
+func (r *recordingTransport) TryWrite([]byte) (bool, bool) { return true, false }
+func (r *recordingTransport) Pending() bool                { return false }
 func (r *recordingTransport) TryWriteMany(frames [][]byte) (bool, bool) {
 	n := 0
 	for _, f := range frames {

@@ -22,9 +22,10 @@ type Transport interface {
 	// CloseNow drops the connection; a write in progress fails.
 	CloseNow() error
 	// DropIfStalled drops the connection if a write has been in progress
-	// for longer than limit, so that the write fails; true if it did. The
-	// broker's watchdog calls it a few times per write timeout.
-	DropIfStalled(now time.Time, limit time.Duration) bool
+	// for longer than write, or a frame from the client has been arriving
+	// for longer than frame, so that the write or the read fails; true if
+	// it did. The broker's watchdog calls it a few times per timeout.
+	DropIfStalled(now time.Time, write, frame time.Duration) bool
 }
 
 // InlineTransport is a Transport that can also write without ever

@@ -92,12 +92,23 @@ func (c *Conn) Inline() bool {
 // The wait has no context: a context that can end makes the library
 // register a callback on it for every read. The connection is closed
 // instead when the session must end early.
+//
+// From the moment the frame begins to arrive until FrameRead, the frame is
+// being read: DropIfStalled drops a client that takes too long to finish
+// one.
 func (c *Conn) Next() (text bool, r io.Reader, err error) {
-	if c.nc != nil {
-		c.nc.awaitInput()
+	if c.nc != nil && c.nc.awaitInput() {
+		c.nc.frameSince.Store(time.Now().UnixNano())
 	}
 	typ, r, err := c.ws.Reader(context.Background())
 	return typ == websocket.MessageText, r, err
+}
+
+// FrameRead says that the frame Next began has been read whole.
+func (c *Conn) FrameRead() {
+	if c.nc != nil {
+		c.nc.frameSince.Store(0)
+	}
 }
 
 // CloseStatus turns the error that ended a read into the close code and
@@ -162,12 +173,14 @@ func (c *Conn) CloseNow() error {
 }
 
 // DropIfStalled closes the socket if a write has been in progress for
-// longer than limit, so that the write fails; true if it did. It closes the
+// longer than write, or a frame has been arriving for longer than frame,
+// so that the write or the read fails; true if it did. It closes the
 // socket rather than the library's connection, whose close would wait for
 // a close handshake that the stalled write may hold up. A connection that
-// did not come through Listen bounds its writes itself.
-func (c *Conn) DropIfStalled(now time.Time, limit time.Duration) bool {
-	if c.nc == nil || !c.nc.stalled(now, limit) {
+// did not come through Listen bounds its writes itself, and its reads not
+// at all.
+func (c *Conn) DropIfStalled(now time.Time, write, frame time.Duration) bool {
+	if c.nc == nil || !c.nc.stalled(now, write) && !since(&c.nc.frameSince, now, frame) {
 		return false
 	}
 	_ = c.nc.Close()

@@ -45,6 +45,10 @@ type netConn struct {
 	fdMu     sync.RWMutex
 	fdClosed bool
 
+	// frameSince is when the frame being read began to arrive (UnixNano), 0
+	// between frames; the broker's watchdog reads it without a lock.
+	frameSince atomic.Int64
+
 	// Read state, guarded by rmu, which is held across the read.
 	rmu     sync.Mutex
 	raw     syscall.RawConn       // nil until a small read needs it, or when there is none

@@ -81,24 +81,28 @@ func (c *netConn) readOnce(fd uintptr) bool {
 }
 
 // awaitInput returns once the client has sent something that the next
-// read will find, or the connection failed (which that read then reports).
+// read will find, or the connection failed (which that read then reports);
+// true when it knows that a frame has begun to arrive (false under TLS,
+// where bytes are not frames, and once the close handshake reads).
 // The session calls it before each read so that an idle client waits here,
 // a few frames deep, rather than deep inside the WebSocket library: the
 // garbage collector then shrinks the goroutine's stack to the smallest
 // size, and new sessions start with it. Without a reader made by
 // leanWriter it returns at once.
-func (c *netConn) awaitInput() {
+func (c *netConn) awaitInput() bool {
 	c.brMu.Lock()
-	skip := c.br == nil || c.handed || c.br.Buffered() > 0
+	lean := c.br != nil && !c.handed
+	buffered := lean && c.br.Buffered() > 0
 	c.brMu.Unlock()
-	if skip {
-		return
+	if !lean || buffered {
+		return buffered
 	}
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
 	if c.unread == nil && c.readErr == nil && c.rawReadyLocked() {
 		c.fillLocked()
 	}
+	return true
 }
 
 // handOverReads tells awaitInput to leave the library's reader alone from

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dmb-broker/dmb/internal/wsframe"
@@ -213,8 +214,14 @@ func (c *netConn) writeLocked(p []byte) (int, error) {
 
 // stalled tells whether a write has been in progress for longer than d.
 func (c *netConn) stalled(now time.Time, d time.Duration) bool {
-	since := c.writingSince.Load()
-	return since != 0 && now.UnixNano()-since > int64(d)
+	return since(&c.writingSince, now, d)
+}
+
+// since tells whether t, a time in UnixNano or 0 for none, is more than d
+// before now; a d of 0 is no bound.
+func since(t *atomic.Int64, now time.Time, d time.Duration) bool {
+	at := t.Load()
+	return at != 0 && d > 0 && now.UnixNano()-at > int64(d)
 }
 
 // cork holds back what is written from now on, until uncork.

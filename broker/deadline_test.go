@@ -1,0 +1,80 @@
+package broker
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dmb-broker/dmb/internal/wsframe"
+	"github.com/dmb-broker/dmb/metrics"
+	"github.com/dmb-broker/dmb/protocol"
+)
+
+// A client that begins a frame and never finishes it loses its connection
+// after the frame timeout; one that stays idle between frames keeps it.
+func TestAHalfSentFrameIsCutAfterTheFrameTimeout(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	up := disconnects{make(chan int, 2)}
+	brk := runBroker(t, New(liveRegistry{}, up, Config{
+		SendQueue: 64, MaxMessageBytes: 65536, ClientErrorLimit: 10, WriteTimeout: 10 * time.Second,
+		FrameTimeout: 300 * time.Millisecond,
+		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: metrics.New(prometheus.NewRegistry()),
+	}))
+	srv, addr := serveBroker(t, brk)
+	t.Cleanup(func() { _ = srv.Close(); _ = brk.Shutdown(context.Background()) })
+
+	rawUpgrade(t, addr) // idle
+	half := rawUpgrade(t, addr)
+	waitFor(t, ctx, func() bool { return brk.Clients() == 2 })
+	frame := wsframe.AppendMasked(nil, 0x1, []byte(`{"event":"dmb:message","data":"`+string(make([]byte, 100))+`"}`), [4]byte{1, 2, 3, 4})
+	if _, err := half.Write(frame[:20]); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	select {
+	case code := <-up.codes:
+		if code != protocol.CloseAbnormal {
+			t.Fatalf("the half frame's session ended with %d, want %d", code, protocol.CloseAbnormal)
+		}
+		if took := time.Since(start); took < 300*time.Millisecond {
+			t.Fatalf("cut after %v, before the frame timeout", took)
+		}
+	case <-ctx.Done():
+		t.Fatal("a half-sent frame held its connection")
+	}
+	// The idle client, quiet far longer than the frame timeout, is still
+	// connected.
+	if n := brk.Clients(); n != 1 {
+		t.Fatalf("%d clients left, want the idle one", n)
+	}
+}
+
+// rawUpgrade opens a WebSocket to /ws/chat by hand, so that a test can
+// send bytes the library would not.
+func rawUpgrade(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	req := "GET /ws/chat HTTP/1.1\r\nHost: " + addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v, %v", resp, err)
+	}
+	return c
+}
