@@ -4,6 +4,8 @@
 // its clients' events on its uplink channel. Run keeps that going across
 // Redis restarts: when the uplink subscription comes back it registers again
 // with the same bkid (and follows a new one if Redis lost its registry).
+// It registers again too when DMB says a leave it did not send marked it
+// gone (bk_disconnected).
 //
 // rdb may be a *redis.Client (one Redis, or redis.NewFailoverClient behind
 // Sentinel) or a *redis.ClusterClient, on which the backend uses sharded
@@ -36,7 +38,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -54,8 +58,9 @@ const (
 	EventMessageAck         = protocol.TypeMessageAck
 	EventError              = protocol.TypeError
 	// EventDisconnected: a bk_disconnect for this backend's bkid took it
-	// out of the live view; if the backend did not send it, it is live
-	// again at the next liveness check, as long as it listens.
+	// out of the live view. When the backend did not send it (Leave), Run
+	// has registered again before handing the event over, which makes it
+	// live again at once.
 	EventDisconnected = protocol.TypeDisconnected
 )
 
@@ -108,6 +113,7 @@ type Backend struct {
 
 	mu    sync.Mutex // guards bkid
 	bkid  string
+	left  atomic.Bool // Leave was called: a bk_disconnected is this backend's own
 	ready chan struct{}
 	once  sync.Once
 }
@@ -174,6 +180,10 @@ func (b *Backend) RunRaw(ctx context.Context, h RawHandler) error {
 			Name:     "uplink " + bkid,
 			Channels: []string{b.ch.Uplink(bkid)},
 			OnMessage: func(ctx context.Context, msg *redis.Message) {
+				if again, ok := b.registerAfterForeignLeave(ctx, bkid, msg.Payload); ok && again != bkid {
+					moved = again
+					cancel()
+				}
 				h(ctx, msg.Payload)
 			},
 			OnUp: func(ctx context.Context) {
@@ -208,6 +218,28 @@ func (b *Backend) RunRaw(ctx context.Context, h RawHandler) error {
 		b.setBKID(moved)
 		b.log.Info("bkid changed after Redis lost the registry", "old", bkid, "new", moved)
 	}
+}
+
+// registerAfterForeignLeave registers again, with bkid, when payload is
+// the bk_disconnected notice of a leave this backend did not send: anyone
+// on Redis can send one, and registering again brings the backend back at
+// once rather than at DMB's next liveness check. It reports the bkid and
+// whether it registered.
+func (b *Backend) registerAfterForeignLeave(ctx context.Context, bkid, payload string) (string, bool) {
+	if b.left.Load() || !strings.Contains(payload, `"`+protocol.TypeDisconnected+`"`) {
+		return "", false
+	}
+	var ev Event
+	if json.Unmarshal([]byte(payload), &ev) != nil || ev.Type != protocol.TypeDisconnected || ev.BKID != bkid {
+		return "", false
+	}
+	b.log.Warn("marked gone by a leave this backend did not send; registering again", "bkid", bkid)
+	again, err := b.register(ctx, bkid)
+	if err != nil {
+		b.log.Error("registering again after a leave failed", "bkid", bkid, "err", err)
+		return "", false
+	}
+	return again, true
 }
 
 func (b *Backend) setBKID(bkid string) {
@@ -347,6 +379,7 @@ func (b *Backend) Leave(ctx context.Context) error {
 	if bkid == "" {
 		return nil
 	}
+	b.left.Store(true)
 	payload, _ := json.Marshal(map[string]string{"type": protocol.TypeDisconnect, "bkid": bkid})
 	if err := pubsub.Publish(ctx, b.rdb, b.sharded, b.ch.Register(), payload).Err(); err != nil {
 		return fmt.Errorf("publish bk_disconnect: %w", err)

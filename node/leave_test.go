@@ -38,3 +38,23 @@ func TestAForgedLeaveIsToldToTheBackendAndHealsAtTheNextLivenessCheck(t *testing
 		t.Errorf("leaves counted: %v, want 1", got)
 	}
 }
+
+func TestTheGoBackendLibraryRegistersAgainAfterALeaveItDidNotSend(t *testing.T) {
+	e := newEnv(t)
+	// No liveness check comes during the test: the library's registration
+	// alone brings the backend back.
+	n := e.startNode(func(c *config.Config) { c.BackendTimeout = time.Minute })
+	b := e.startBackend("chat")
+	if err := e.publish(e.ctx(), "dmb:register", `{"type":"bk_disconnect","bkid":"`+b.BKID()+`"}`); err != nil {
+		t.Fatal(err)
+	}
+	b.next(ofType("bk_disconnected"))
+	if code := outcome(t, n.wsURL("chat")); code != 0 {
+		t.Fatalf("a client after the backend registered again: %d, want accepted", code)
+	}
+	// Its own leave is final.
+	if err := b.Leave(e.ctx()); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "4503 after the backend's own leave", func() bool { return outcome(t, n.wsURL("chat")) == 4503 })
+}

@@ -40,12 +40,16 @@ func (r *Registry) disconnect(ctx context.Context, bkid string) {
 	r.tellLeft(ctx, svc, bkid)
 }
 
-// tellLeft publishes bk_disconnected on the bkid's uplink. The node that
-// claims the leave (a key that lives for one liveness interval) publishes;
-// so a backend hears of one leave once, and of a flood of leaves once per
-// liveness interval.
+// leftClaim is how long the claim of a leave's notice lasts: longer than
+// the nodes take to handle one leave, so that one of them tells the
+// backend, and short, so that the next leave is told too. A flood of
+// leaves is told at most once per leftClaim.
+const leftClaim = time.Second
+
+// tellLeft publishes bk_disconnected on the bkid's uplink; the node that
+// claims the leave does.
 func (r *Registry) tellLeft(ctx context.Context, svc, bkid string) {
-	won, err := r.rdb.SetNX(ctx, r.cfg.Channels.Key("left", bkid), r.cfg.NodeID, r.cfg.BackendTimeout/2).Result()
+	won, err := r.rdb.SetNX(ctx, r.cfg.Channels.Key("left", bkid), r.cfg.NodeID, min(leftClaim, r.cfg.BackendTimeout/2)).Result()
 	if err != nil {
 		r.m.RedisErrors.WithLabelValues("register").Inc()
 		return
@@ -82,6 +86,16 @@ func (r *Registry) forgetLeavesLocked(start time.Time) {
 		if at.Before(start) {
 			delete(r.left, b)
 		}
+	}
+}
+
+// registeredAgainLocked forgets a leave of bkid, which registered again:
+// the backend says it is back (it may not have sent the leave). r.mu is
+// held.
+func (r *Registry) registeredAgainLocked(bkid string) {
+	if _, ok := r.left[bkid]; ok {
+		delete(r.left, bkid)
+		r.m.Leaves.WithLabelValues("back").Inc()
 	}
 }
 

@@ -274,7 +274,7 @@ func (r *Registry) connect(ctx context.Context, req protocol.RegisterRequest) (l
 	// Every node learns the bkid, the ones that lost the claim too.
 	r.mu.Lock()
 	r.owner[bkid] = req.Service
-	delete(r.left, bkid) // registering again is the backend saying it is back
+	r.registeredAgainLocked(bkid)
 	s := r.serviceLocked(req.Service)
 	if !slices.Contains(s.bkids, bkid) {
 		s.bkids = append(s.bkids, bkid)
