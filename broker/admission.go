@@ -9,7 +9,10 @@ import (
 	"net/netip"
 	"net/url"
 	"path"
+	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/dmb-broker/dmb/auth"
 	"github.com/dmb-broker/dmb/protocol"
@@ -54,11 +57,50 @@ func (b *Broker) admitService(service, user string) (string, int, string) {
 	return user, 0, ""
 }
 
-// refuse closes a client that was not admitted with code and reason.
+// refuse closes a client that was not admitted with code and reason. A
+// flood of refusals writes one line per close code and interval, which
+// says how many were not logged before it; the metrics count them all.
 func (b *Broker) refuse(t Transport, service, remote string, code int, reason string) {
 	b.m.Disconnected(code)
-	b.log.Info("client refused", "service", service, "remote", remote, "code", code, "reason", reason)
+	b.m.Refusals.WithLabelValues(strconv.Itoa(code)).Inc()
+	if log, unlogged := b.refusals.allow(code, time.Now()); log {
+		b.log.Info("client refused", "service", service, "remote", remote, "code", code, "reason", reason, "unlogged_before", unlogged)
+	}
 	_ = t.Close(code, reason)
+}
+
+// refusalLog lets one refusal per close code and interval be logged.
+type refusalLog struct {
+	every time.Duration
+
+	mu     sync.Mutex // guards byCode
+	byCode map[int]*refusalWindow
+}
+
+type refusalWindow struct {
+	start    time.Time // when the last logged refusal was
+	unlogged int       // refusals since, not logged
+}
+
+// allow tells whether a refusal with code at now is logged, and how many
+// were not logged since the last one that was.
+func (l *refusalLog) allow(code int, now time.Time) (bool, int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	w := l.byCode[code]
+	if w == nil {
+		if l.byCode == nil {
+			l.byCode = make(map[int]*refusalWindow)
+		}
+		w = &refusalWindow{}
+		l.byCode[code] = w // close codes are few: the map stays small
+	} else if now.Sub(w.start) < l.every {
+		w.unlogged++
+		return false, 0
+	}
+	unlogged := w.unlogged
+	w.start, w.unlogged = now, 0
+	return true, unlogged
 }
 
 // authReason is the close reason for a refused token.

@@ -125,3 +125,23 @@ func FuzzOriginAllowed(f *testing.F) {
 		}
 	})
 }
+
+func TestRefusalsAreLoggedOncePerCodeAndInterval(t *testing.T) {
+	l := refusalLog{every: 10 * time.Second}
+	now := time.Unix(1000, 0)
+	if ok, _ := l.allow(4004, now); !ok {
+		t.Fatal("the first refusal was not logged")
+	}
+	for i := range 1000 {
+		if ok, _ := l.allow(4004, now.Add(time.Duration(i)*time.Millisecond)); ok {
+			t.Fatalf("refusal %d within the interval was logged", i)
+		}
+	}
+	if ok, _ := l.allow(4001, now); !ok {
+		t.Fatal("the first refusal of another code was not logged")
+	}
+	ok, unlogged := l.allow(4004, now.Add(10*time.Second))
+	if !ok || unlogged != 1000 {
+		t.Fatalf("after the interval: logged %v with %d unlogged, want true with 1000", ok, unlogged)
+	}
+}

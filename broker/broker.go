@@ -57,6 +57,9 @@ type Config struct {
 	FrameTimeout   time.Duration
 	AllowedOrigins []string
 	TrustedProxies []netip.Prefix
+	// RefusalLogEvery is how often a refusal per close code is logged;
+	// zero means DefaultRefusalLogEvery.
+	RefusalLogEvery time.Duration
 	// Auth, when set, requires a token of every client (PROTOCOL.md,
 	// section 7).
 	Auth    *auth.Verifier
@@ -87,6 +90,7 @@ type Broker struct {
 
 	sessions sync.WaitGroup // every session's goroutine
 	queues   queueLimits    // the bytes of the sessions' queues
+	refusals refusalLog     // what of the refused clients is logged
 
 	// fanoutEnd is when the last fan-out ended (UnixNano); see fanout.
 	fanoutEnd atomic.Int64
@@ -122,15 +126,17 @@ func New(reg Registry, up Uplink, cfg Config) *Broker {
 		byUser:     make(map[userKey]map[*session]struct{}),
 	}
 	b.ws = wsconn.Options{ReadLimit: cfg.MaxMessageBytes, WriteTimeout: cfg.WriteTimeout, Context: ctx}
+	b.refusals.every = cmp.Or(cfg.RefusalLogEvery, DefaultRefusalLogEvery)
 	b.queues.perSession = cmp.Or(cfg.SendQueueBytes, DefaultSendQueueBytes)
 	b.queues.budget = cmp.Or(cfg.QueueBudget, DefaultQueueBudget)
 	return b
 }
 
-// Defaults of the queues' bounds in bytes.
+// Defaults of the settings that a Config leaves at zero.
 const (
-	DefaultSendQueueBytes = 4 << 20
-	DefaultQueueBudget    = 1 << 30
+	DefaultSendQueueBytes  = 4 << 20
+	DefaultQueueBudget     = 1 << 30
+	DefaultRefusalLogEvery = 10 * time.Second
 )
 
 // QueuedBytes returns what the sessions' queues take of the node's budget.

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -273,4 +275,52 @@ func TestABroadcastSplitOverGoroutinesReachesEveryClientInOrder(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// A flood of refused clients writes one log line per interval, not one per
+// client.
+func TestAFloodOfRefusalsWritesOneLogLine(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var logs syncBuffer
+	brk := runBroker(t, New(liveRegistry{}, nullUplink{}, Config{
+		SendQueue: 64, MaxMessageBytes: 65536, ClientErrorLimit: 10, WriteTimeout: 10 * time.Second,
+		AllowedOrigins: []string{"app.example"},
+		Logger:         slog.New(slog.NewTextHandler(&logs, nil)), Metrics: metrics.New(prometheus.NewRegistry()),
+	}))
+	srv, addr := serveBroker(t, brk)
+	t.Cleanup(func() { _ = srv.Close(); _ = brk.Shutdown(context.Background()) })
+	for range 50 {
+		c, _, err := websocket.Dial(ctx, "ws://"+addr+"/ws/chat", &websocket.DialOptions{
+			HTTPHeader: http.Header{"Origin": {"https://evil.example"}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := c.Read(ctx); websocket.CloseStatus(err) != protocol.ClosePolicy {
+			t.Fatalf("read: %v, want close 1008", err)
+		}
+		_ = c.CloseNow()
+	}
+	if n := strings.Count(logs.String(), "client refused"); n != 1 {
+		t.Fatalf("50 refusals wrote %d log lines, want 1", n)
+	}
+}
+
+// syncBuffer is a buffer that log handlers on several goroutines may write.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -75,6 +75,8 @@ type Metrics struct {
 	BKIDLookups   *prometheus.CounterVec // look-ups of bkids not in the view, by result
 
 	RegisterRejected *prometheus.CounterVec // register channel payloads refused, by reason
+
+	Refusals *prometheus.CounterVec // clients refused at connect, by close code
 }
 
 // Results of a bk_connect, the values of the "result" label of
@@ -151,6 +153,9 @@ func New(reg prometheus.Registerer) *Metrics {
 		RegisterRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "dmb", Name: "register_rejected_total", Help: "Payloads on the register channel refused (invalid JSON, unknown type, invalid nonce, service or bkid, nonce reused), by reason.",
 		}, []string{"reason"}),
+		Refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "dmb", Name: "refusals_total", Help: "Clients refused when they connected, by close code (also in dmb_disconnects_total).",
+		}, []string{"code"}),
 		BKIDLookups: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "dmb", Name: "bkid_lookups_total", Help: "Look-ups of bkids not in this node's view: found or unknown in Redis, cached as unknown, or limited (dropped without a look-up).",
 		}, []string{"result"}),
@@ -162,6 +167,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		m.Drops, m.BackendsLive, m.RedisErrors, m.UplinkLatency, m.RedisReconnects,
 		m.Connects, m.WriteBatch,
 		m.Registrations, m.Services, m.Pruned, m.Leaves, m.BKIDLookups, m.RegisterRejected,
+		m.Refusals,
 	)
 	for _, r := range []string{RegistrationAcked, RegistrationLimited} {
 		m.Registrations.WithLabelValues(r)
