@@ -23,10 +23,13 @@ import (
 // transport's handler checks what is its own (a WebSocket's origin), then
 // asks admit, and closes a refused client through refuse.
 
-// admit decides whether a client of service with token may connect: the
-// user the token names (empty when auth is off), or the close code and
-// reason that refuse it.
-func (b *Broker) admit(service, token string) (user string, code int, reason string) {
+// admit decides whether a client of service with token, from remote, may
+// connect: the user the token names (empty when auth is off), or the close
+// code and reason that refuse it.
+func (b *Broker) admit(service, token, remote string) (user string, code int, reason string) {
+	if b.limitsAddr(remote) && !b.addrs.allowHandshake(remote, time.Now()) {
+		return "", protocol.CloseTryAgainLater, "too many connections from this address"
+	}
 	if !protocol.ValidService(service) {
 		return "", protocol.CloseUnknownSvc, "unknown service"
 	}
@@ -185,6 +188,13 @@ func remoteAddr(r *http.Request, trusted []netip.Prefix) string {
 		}
 	}
 	return peer
+}
+
+// limitsAddr tells whether the per-address limits apply to remote: not to
+// a trusted proxy's own address.
+func (b *Broker) limitsAddr(remote string) bool {
+	a, err := netip.ParseAddr(remote)
+	return err != nil || !isTrusted(a.Unmap(), b.cfg.TrustedProxies)
 }
 
 func isTrusted(a netip.Addr, trusted []netip.Prefix) bool {

@@ -57,6 +57,12 @@ type Config struct {
 	FrameTimeout   time.Duration
 	AllowedOrigins []string
 	TrustedProxies []netip.Prefix
+	// MaxClients bounds the sessions of the broker, MaxClientsPerAddr
+	// those from one client address, HandshakeRate the handshakes a second
+	// from one address (see limits.go); 0 is no bound.
+	MaxClients        int
+	MaxClientsPerAddr int
+	HandshakeRate     float64
 	// RefusalLogEvery is how often a refusal per close code is logged;
 	// zero means DefaultRefusalLogEvery.
 	RefusalLogEvery time.Duration
@@ -91,6 +97,7 @@ type Broker struct {
 	sessions sync.WaitGroup // every session's goroutine
 	queues   queueLimits    // the bytes of the sessions' queues
 	refusals refusalLog     // what of the refused clients is logged
+	addrs    addrLimits     // handshakes a second per client address
 
 	// fanoutEnd is when the last fan-out ended (UnixNano); see fanout.
 	fanoutEnd atomic.Int64
@@ -107,6 +114,7 @@ type Broker struct {
 	byCID     map[string]*session
 	byService map[string]map[*session]struct{}
 	byUser    map[userKey]map[*session]struct{} // when auth is on
+	byAddr    map[string]int                    // sessions per client address, when limited
 }
 
 // New returns a broker.
@@ -124,9 +132,11 @@ func New(reg Registry, up Uplink, cfg Config) *Broker {
 		byCID:      make(map[string]*session),
 		byService:  make(map[string]map[*session]struct{}),
 		byUser:     make(map[userKey]map[*session]struct{}),
+		byAddr:     make(map[string]int),
 	}
 	b.ws = wsconn.Options{ReadLimit: cfg.MaxMessageBytes, WriteTimeout: cfg.WriteTimeout, Context: ctx}
 	b.refusals.every = cmp.Or(cfg.RefusalLogEvery, DefaultRefusalLogEvery)
+	b.addrs.rate, b.addrs.burst = cfg.HandshakeRate, max(1, int(2*cfg.HandshakeRate))
 	b.queues.perSession = cmp.Or(cfg.SendQueueBytes, DefaultSendQueueBytes)
 	b.queues.budget = cmp.Or(cfg.QueueBudget, DefaultQueueBudget)
 	return b

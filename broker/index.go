@@ -16,16 +16,28 @@ import (
 // of its own service.
 type userKey struct{ service, user string }
 
-// add indexes a new session and queues its first frame, dmb:connected;
-// false when the broker is shutting down. The frame is queued under b.mu,
-// which fan-out holds for reading, so no other frame can come before it,
-// and a client that reads dmb:connected is already reachable.
-func (b *Broker) add(s *session) bool {
+// add indexes a new session and queues its first frame, dmb:connected; or
+// returns the close code and reason that refuse it: the broker is shutting
+// down, or holds as many clients as it may, in all or from the session's
+// address. The frame is queued under b.mu, which fan-out holds for
+// reading, so no other frame can come before it, and a client that reads
+// dmb:connected is already reachable.
+func (b *Broker) add(s *session) (code int, reason string) {
 	connected := protocol.AppendConnected(nil, s.cid, s.service)
+	perAddr := b.cfg.MaxClientsPerAddr > 0 && b.limitsAddr(s.remote)
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.closing {
-		return false
+	switch {
+	case b.closing:
+		return protocol.CloseGoingAway, "server shutting down"
+	case b.cfg.MaxClients > 0 && len(b.byCID) >= b.cfg.MaxClients:
+		return protocol.CloseTryAgainLater, "node full"
+	case perAddr && b.byAddr[s.remote] >= b.cfg.MaxClientsPerAddr:
+		return protocol.CloseTryAgainLater, "too many connections from this address"
+	}
+	if perAddr {
+		b.byAddr[s.remote]++
+		s.countedAddr = true
 	}
 	s.q.push(connected, 1)
 	b.sessions.Add(1)
@@ -47,7 +59,7 @@ func (b *Broker) add(s *session) bool {
 	b.m.Connections.WithLabelValues(s.service).Inc()
 	b.m.Connects.WithLabelValues(s.service).Inc()
 	b.m.MessagesOut.WithLabelValues(metrics.KindConnected).Inc()
-	return true
+	return 0, ""
 }
 
 // remove takes an ended session out of the index.
@@ -65,6 +77,11 @@ func (b *Broker) remove(s *session) {
 		delete(b.byUser[k], s)
 		if len(b.byUser[k]) == 0 {
 			delete(b.byUser, k)
+		}
+	}
+	if s.countedAddr {
+		if b.byAddr[s.remote]--; b.byAddr[s.remote] <= 0 {
+			delete(b.byAddr, s.remote)
 		}
 	}
 	b.mu.Unlock()

@@ -27,6 +27,8 @@ type session struct {
 	service string
 	remote  string
 	user    string
+	// countedAddr is set when the session counts in Broker.byAddr.
+	countedAddr bool
 
 	// A fan-out reads inline and q of every session, whose memory is then
 	// seldom in the cache: they sit together, q inline.

@@ -28,7 +28,7 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		b.refuse(conn, service, remote, protocol.ClosePolicy, "origin not allowed")
 		return
 	}
-	user, code, reason := b.admit(service, r.URL.Query().Get("token"))
+	user, code, reason := b.admit(service, r.URL.Query().Get("token"), remote)
 	if code != 0 {
 		b.refuse(conn, service, remote, code, reason)
 		return
@@ -38,8 +38,8 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		inline = conn
 	}
 	s := newSession(b, conn, inline, service, remote, user)
-	if !b.add(s) {
-		b.refuse(conn, service, remote, protocol.CloseGoingAway, "server shutting down")
+	if code, reason := b.add(s); code != 0 {
+		b.refuse(conn, service, remote, code, reason)
 		return
 	}
 	go func() {

@@ -9,6 +9,7 @@ const (
 	ClosePolicy        = 1008
 	CloseTooBig        = 1009
 	CloseInternal      = 1011
+	CloseTryAgainLater = 1013 // the node is full, or the address connects too often
 	CloseUnauthorized  = 4001
 	CloseUnknownSvc    = 4004
 	CloseSlowConsumer  = 4008
