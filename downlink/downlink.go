@@ -10,16 +10,19 @@
 // bk_message_ack; for a payload it drops, an error event, both through the
 // uplink's publisher.
 //
-// One downlink channel's messages are handled one at a time in the order
-// Redis delivers them, which keeps the order a backend published in (on a
-// cluster, different shards' channels are handled concurrently). The downlink never touches client
-// sessions; the Sink does.
+// Every downlink channel's messages are handled one at a time in the order
+// Redis delivers them, which keeps the order a backend published in: the
+// subscriptions' readers hand them to one queue, bounded in bytes, and one
+// worker drains it (handoff.go), so that Redis never waits for a fan-out.
+// The downlink never touches client sessions; the Sink does.
 package downlink
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
+	"sync"
 
 	"github.com/redis/go-redis/v9"
 
@@ -54,6 +57,11 @@ type Config struct {
 	NodeID   string
 	Logger   *slog.Logger
 	Metrics  *metrics.Metrics
+	// MaxQueued bounds the bytes waiting between the subscriptions'
+	// readers and the fan-out, MaxPayload a backend's payload (see
+	// handoff.go); zero means DefaultMaxQueued and DefaultMaxPayload.
+	MaxQueued  int
+	MaxPayload int
 }
 
 // Downlink subscribes to every backend's downlink channel.
@@ -66,12 +74,17 @@ type Downlink struct {
 	pub  Publisher
 	sub  *pubsub.Subscription // one server or Sentinel
 	subs *pubsub.Shards       // cluster
+
+	q                     handoff
+	maxQueued, maxPayload int
 }
 
 // New returns a downlink; nothing is received until Run.
 func New(rdb redis.UniversalClient, reg Registry, sink Sink, pub Publisher, cfg Config) *Downlink {
-	d := &Downlink{cfg: cfg, log: cfg.Logger, m: cfg.Metrics, reg: reg, sink: sink, pub: pub}
-	onMessage := func(ctx context.Context, msg *redis.Message) { d.Handle(ctx, msg.Channel, []byte(msg.Payload)) }
+	d := &Downlink{cfg: cfg, log: cfg.Logger, m: cfg.Metrics, reg: reg, sink: sink, pub: pub,
+		q:         handoff{ch: make(chan *redis.Message, handoffSlots)},
+		maxQueued: cmp.Or(cfg.MaxQueued, DefaultMaxQueued), maxPayload: cmp.Or(cfg.MaxPayload, DefaultMaxPayload)}
+	onMessage := d.offer
 	onUp := func(context.Context) { d.m.RedisReconnects.WithLabelValues("downlink").Inc() }
 	if cc, ok := rdb.(*redis.ClusterClient); ok {
 		d.subs = pubsub.NewShards(cc, pubsub.ShardsConfig{
@@ -121,8 +134,12 @@ func (d *Downlink) Ready() bool {
 	return d.sub.Up()
 }
 
-// Run receives until ctx is done.
+// Run receives, and hands what it received to the broker, until ctx is
+// done.
 func (d *Downlink) Run(ctx context.Context) error {
+	var worker sync.WaitGroup
+	defer worker.Wait()
+	worker.Go(func() { d.work(ctx) })
 	if d.subs != nil {
 		return d.subs.Run(ctx)
 	}

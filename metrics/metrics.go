@@ -51,6 +51,14 @@ const (
 // DMB_CLIENT_RATE allows.
 const DropRateLimited = "rate_limited"
 
+// Drops of what backends publish: a payload over DMB_MAX_BACKEND_BYTES,
+// and messages that found the downlink's queue full (DMB_DOWNLINK_BUFFER)
+// because the fan-out fell behind what Redis delivered.
+const (
+	DropTooLarge       = "too_large"
+	DropDownlinkBehind = "downlink_behind"
+)
+
 // Metrics holds a node's series.
 type Metrics struct {
 	reg prometheus.Registerer

@@ -168,3 +168,22 @@ func TestDownlinkForAnUnknownBKIDIsDropped(t *testing.T) {
 		return n.metric(`dmb_drops_total{reason="unknown_bkid"}`) == 1
 	})
 }
+
+func TestABackendPayloadOverTheLimitIsDroppedCountedAndReported(t *testing.T) {
+	e := newEnv(t)
+	n := e.startNode()
+	b := e.startBackend("chat")
+	c := connect(t, n, "chat").welcome()
+	before := n.metric(`dmb_drops_total{reason="too_large"}`)
+	b.publish(t, `{"type":"broadcast","data":"`+strings.Repeat("x", 1<<20)+`"}`)
+	if ev := b.next(ofType("error")); ev.Error != "payload too large" || ev.Node != n.id {
+		t.Fatalf("error event %+v, want payload too large from %s", ev, n.id)
+	}
+	if got := n.metric(`dmb_drops_total{reason="too_large"}`) - before; got != 1 {
+		t.Fatalf("too_large drops counted %v, want 1", got)
+	}
+	b.publish(t, `{"type":"broadcast","data":"fine"}`)
+	if f := c.next(); string(f.Data) != `"fine"` {
+		t.Fatalf("client got %+v", f)
+	}
+}
