@@ -8,10 +8,10 @@ import (
 	"testing"
 )
 
-// The README lists every setting with its default; this keeps the two in
-// step.
-func TestREADMEListsEverySettingWithItsDefault(t *testing.T) {
-	readme, err := os.ReadFile("../README.md")
+// docs/configuration.md lists every setting with its default; this keeps
+// the two in step.
+func TestConfigurationDocListsEverySettingWithItsDefault(t *testing.T) {
+	readme, err := os.ReadFile("../docs/configuration.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,17 +32,17 @@ func TestREADMEListsEverySettingWithItsDefault(t *testing.T) {
 		cell, ok := documented[name]
 		switch {
 		case !ok:
-			t.Errorf("%s is not in the README's settings table", name)
+			t.Errorf("%s is not in docs/configuration.md's settings table", name)
 		case def == "" && !strings.HasPrefix(cell, "*(empty"):
-			t.Errorf("%s: README default %q, want *(empty...)*", name, cell)
+			t.Errorf("%s: docs/configuration.md default %q, want *(empty...)*", name, cell)
 		case def != "" && !strings.HasPrefix(cell, "`"+def+"`"):
-			t.Errorf("%s: README default %q, want `%s`", name, cell, def)
+			t.Errorf("%s: docs/configuration.md default %q, want `%s`", name, cell, def)
 		}
 	}
 	for name := range documented {
 		if strings.HasPrefix(name, "DMB_") || strings.HasPrefix(name, "REDIS_") {
 			if !fields[name] {
-				t.Errorf("README documents %s, which DMB does not read", name)
+				t.Errorf("docs/configuration.md documents %s, which DMB does not read", name)
 			}
 		}
 	}

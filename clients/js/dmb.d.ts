@@ -51,7 +51,7 @@ export interface ConnectedInfo {
 }
 
 export interface CloseInfo {
-  /** The WebSocket close code (PROTOCOL.md, section 3). */
+  /** The WebSocket close code (docs/protocol.md, section 3). */
   code: number;
   reason: string;
   /** Whether dmb.js will reconnect. */

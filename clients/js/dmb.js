@@ -1,6 +1,6 @@
 // dmb.js: the browser (and Node) client of DMB, the Duplex Message Broker.
 // One ES module, no dependencies. It speaks the client frames of DMB's wire
-// protocol (PROTOCOL.md, sections 3 to 7): it connects to /ws/{service},
+// protocol (docs/protocol.md, sections 3 to 7): it connects to /ws/{service},
 // matches acks, errors and replies to the messages it sent, and reconnects
 // with backoff after the close codes that allow it.
 //
@@ -9,7 +9,7 @@
 //   c.on("broadcast", (data) => console.log(data));
 //   await c.send({ text: "hi" });
 
-/** Close codes after which reconnecting cannot help (PROTOCOL.md, section 3). */
+/** Close codes after which reconnecting cannot help (docs/protocol.md, section 3). */
 const FINAL_CODES = new Set([
   4001, // token missing, invalid or expired
   4004, // no backend has ever registered this service

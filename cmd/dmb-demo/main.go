@@ -2,7 +2,7 @@
 // process. Like any DMB backend it talks only to Redis: point it at the Redis
 // that the DMB nodes use, with the same DMB_PREFIX, and open the demo page.
 //
-// It reads the same environment as dmb itself (README, "Settings"); of
+// It reads the same environment as dmb itself (docs/configuration.md); of
 // those it uses the REDIS_* settings, DMB_PREFIX, DMB_LOG_LEVEL and
 // DMB_LOG_FORMAT. With DEMO_HTTP_ADDR (e.g. ":8090") it also serves the demo
 // page there, for a proxy to put in front (docker-compose.yml does). It

@@ -1,5 +1,5 @@
 // A fake DMB node for dmb.js's tests: a ws WebSocketServer on a free
-// loopback port that speaks the client frames of PROTOCOL.md (sections 3
+// loopback port that speaks the client frames of docs/protocol.md (sections 3
 // to 5), driven step by step by the test. It lives outside test/ because
 // `node --test test/` runs every .js file under a directory named test.
 
