@@ -1,4 +1,4 @@
-// Package auth holds DMB's client tokens (PROTOCOL.md, section 7): HS256
+// Package auth holds DMB's client tokens (docs/protocol.md, section 7): HS256
 // JWTs signed with the secret that DMB and the backends share, carrying the
 // user (sub), an expiry (exp) and optionally the services the user may
 // connect to (svc). The node verifies them; backends mint them. Signing and

@@ -5,7 +5,7 @@ import (
 	"strconv"
 )
 
-// Backend payload types (PROTOCOL.md, sections 1-5).
+// Backend payload types (docs/protocol.md, sections 1-5).
 const (
 	TypeConnect            = "bk_connect"
 	TypeDisconnect         = "bk_disconnect"

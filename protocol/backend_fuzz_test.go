@@ -13,7 +13,7 @@ import (
 // FuzzDecodeRegister checks that no register-channel payload crashes the
 // decoder, that an accepted one is a well-formed bk_connect or bk_disconnect,
 // and that a refused bk_connect with a usable nonce can still be nacked
-// (PROTOCOL.md, section 2). More seeds are in testdata/fuzz/FuzzDecodeRegister.
+// (docs/protocol.md, section 2). More seeds are in testdata/fuzz/FuzzDecodeRegister.
 func FuzzDecodeRegister(f *testing.F) {
 	for _, seed := range []string{
 		`{"type":"bk_connect","nonce":"n-81f2","service":"chat"}`,
@@ -127,7 +127,7 @@ func checkRegisterError(t *testing.T, in []byte, req protocol.RegisterRequest, e
 // FuzzDecodeCommand checks that no downlink payload crashes the decoder, that
 // an accepted one is a well-formed broadcast, direct or kick whose data, id
 // and reply_to are carried byte for byte, and that a refused one is reported
-// with its id when one could be read (PROTOCOL.md, sections 5 and 6). More
+// with its id when one could be read (docs/protocol.md, sections 5 and 6). More
 // seeds are in testdata/fuzz/FuzzDecodeCommand.
 func FuzzDecodeCommand(f *testing.F) {
 	for _, seed := range []string{

@@ -2,7 +2,7 @@ package protocol
 
 import "encoding/json"
 
-// Client events (PROTOCOL.md, sections 3-5).
+// Client events (docs/protocol.md, sections 3-5).
 const (
 	EventMessage   = "dmb:message"
 	EventConnected = "dmb:connected"

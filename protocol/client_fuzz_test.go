@@ -12,7 +12,7 @@ import (
 // FuzzDecodeClientFrame checks that no browser frame crashes the decoder, that
 // an accepted frame is a dmb:message whose data and id are carried byte for
 // byte and re-encode to valid JSON, and that a refused frame gets an answer
-// a client can read (PROTOCOL.md, sections 4 and 6). More seeds are in
+// a client can read (docs/protocol.md, sections 4 and 6). More seeds are in
 // testdata/fuzz/FuzzDecodeClientFrame.
 func FuzzDecodeClientFrame(f *testing.F) {
 	for _, seed := range []string{

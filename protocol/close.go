@@ -1,6 +1,6 @@
 package protocol
 
-// WebSocket close codes that DMB sends (PROTOCOL.md, section 3).
+// WebSocket close codes that DMB sends (docs/protocol.md, section 3).
 const (
 	CloseNormal        = 1000
 	CloseGoingAway     = 1001

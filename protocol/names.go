@@ -2,7 +2,7 @@ package protocol
 
 import "strings"
 
-// Limits on names from PROTOCOL.md, section 2.
+// Limits on names from docs/protocol.md, section 2.
 const (
 	MaxServiceLen = 64
 	MaxNonceLen   = 128
