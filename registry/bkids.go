@@ -29,7 +29,7 @@ type unknownBKIDs struct {
 	filled time.Time
 }
 
-// takeLocked takes a look-up token; r.mu is held.
+// takeLookupLocked takes a look-up token; r.mu is held.
 func (r *Registry) takeLookupLocked(now time.Time) bool {
 	u := &r.unknown
 	limit := float64(r.cfg.BKIDLookupRate)

@@ -26,18 +26,17 @@ func (r *Registry) prune(ctx context.Context, fresh map[string]*service) {
 	r.mu.Lock()
 	stillDead := make(map[string]time.Time, len(r.dead))
 	stillIdle := make(map[string]time.Time, len(r.idle))
-	// outlived reports whether key has been in since (carried over to
-	// still) for the retention.
+	// outlived reports whether key has been in since for the retention.
+	// Its time carries over to still either way: what is dropped below is
+	// gone from the next refresh's view, and what cannot be dropped yet (a
+	// service with a younger bkid) keeps its time.
 	outlived := func(key string, since, still map[string]time.Time) bool {
 		t, ok := since[key]
 		if !ok {
 			t = now
 		}
-		if now.Sub(t) >= retention {
-			return true
-		}
 		still[key] = t
-		return false
+		return now.Sub(t) >= retention
 	}
 	for name, s := range fresh {
 		for _, b := range s.bkids {
