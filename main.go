@@ -163,11 +163,9 @@ func listen(cfg config.Config) (net.Listener, error) {
 	if err == nil {
 		return ln, nil
 	}
-	hint := "set DMB_PORT (and DMB_BIND) to an address this host can listen on"
+	hint := "set DMB_BIND to an address of this host (or empty for every interface) and DMB_PORT to a free port"
 	if errors.Is(err, syscall.EADDRINUSE) {
 		hint = fmt.Sprintf("another process listens on port %d: stop it, or set DMB_PORT to a free port", cfg.Port)
-	} else if errors.Is(err, syscall.EACCES) {
-		hint = fmt.Sprintf("port %d needs privileges: set DMB_PORT to a port above 1023, behind a proxy", cfg.Port)
 	}
 	return nil, fmt.Errorf("listen on DMB_BIND=%q DMB_PORT=%d (%s): %w; %s", cfg.Bind, cfg.Port, cfg.Addr(), err, hint)
 }

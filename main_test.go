@@ -329,6 +329,16 @@ func TestATakenPortIsReportedWithItsSetting(t *testing.T) {
 	}
 }
 
+func TestAnAddressNotOfThisHostIsReportedWithItsSettings(t *testing.T) {
+	out, code := runDMB(t, "", "DMB_LOG_FORMAT=json", "DMB_BIND=192.0.2.1", "DMB_PORT=8082") // TEST-NET-1: no host has it
+	lines := logLines(t, out)
+	e, _ := lines[len(lines)-1]["err"].(string)
+	if code != 1 || !strings.Contains(e, `DMB_BIND="192.0.2.1" DMB_PORT=8082`) ||
+		!strings.Contains(e, "set DMB_BIND to an address of this host (or empty for every interface) and DMB_PORT to a free port") {
+		t.Fatalf("exit %d, last error %q: want DMB_BIND and DMB_PORT named and what to do", code, e)
+	}
+}
+
 func TestHelpListsEverySetting(t *testing.T) {
 	out, code := runDMB(t, "-h")
 	if code != 0 {

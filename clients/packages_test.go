@@ -11,10 +11,17 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/dmb-broker/dmb/internal/redistest"
 )
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // run runs argv in dir and returns its standard output; it fails the test
 // with the whole output when the command fails.
@@ -163,4 +170,39 @@ console.log(require('@dmb/backend/package.json').version, require('@dmb/client/p
 			}
 		}
 	}
+}
+
+// A backend pointed at a Redis where no DMB node listens is told so, with
+// what to check, instead of waiting for an answer that cannot come.
+func TestLibrariesSayWhenNoDMBNodeListens(t *testing.T) {
+	rs := redistest.Start(t) // a Redis, and no DMB on it
+	const want = "no DMB node listens on dmb:register of this Redis: start DMB, or point this backend at the Redis " +
+		"DMB uses (`dmb -dev` logs the address of its embedded Redis) with the same DMB_PREFIX"
+	t.Run("python", func(t *testing.T) {
+		out := run(t, t.TempDir(), []string{"PYTHONPATH=" + abs(t, "python"), "PYTHONDONTWRITEBYTECODE=1"}, "/usr/bin/python3", "-c", `
+import sys, redis
+from dmb_backend import Backend
+b = Backend(redis.Redis(host="127.0.0.1", port=int(sys.argv[1])), "echo")
+try:
+    b.register()
+except TimeoutError as e:
+    print(e)
+`, strconv.Itoa(rs.Port()))
+		if strings.TrimSpace(out) != want {
+			t.Fatalf("register() said %q, want %q", out, want)
+		}
+	})
+	t.Run("node", func(t *testing.T) {
+		out := run(t, "..", nil, "node", "--input-type=module", "-e", `
+import { createClient } from 'redis';
+import { Backend } from '@dmb/backend';
+const client = createClient({ socket: { host: '127.0.0.1', port: Number(process.argv[1]) } });
+const b = new Backend(client, 'echo', { logger: { info() {}, warn() {}, error() {} } });
+try { await b.register(); } catch (err) { console.log(err.message); }
+process.exit(0); // the library's subscriber connection would keep Node running
+`, strconv.Itoa(rs.Port()))
+		if strings.TrimSpace(out) != want {
+			t.Fatalf("register() said %q, want %q", out, want)
+		}
+	})
 }

@@ -194,6 +194,9 @@ func TestRejectedRegistrationsAreLoggedOnceWithTheReasonAndNonceAndCounted(t *te
 				t.Fatalf("%d log lines %v, want %d", len(lines), lines, wantLines)
 			}
 			for _, l := range lines {
+				if l["msg"] != "registration refused: "+hintFor(tc.reason) {
+					t.Errorf("message %q, want what to do about %s", l["msg"], tc.reason)
+				}
 				if l["reason"] != tc.reason || l["nonce"] != tc.logNonce || !strings.Contains(l[tc.field], tc.value) {
 					t.Errorf("line %v, want reason %s, nonce %q and %s %q", l, tc.reason, tc.logNonce, tc.field, tc.value)
 				}
@@ -221,7 +224,8 @@ func TestReusedNonceIsAnsweredAndLoggedOnce(t *testing.T) {
 		t.Fatalf("second bk_connect answered %q, want a nack %q", answer, reusedNonceError)
 	}
 	lines := allRefusals(nodes)
-	if len(lines) != 1 || lines[0]["reason"] != RejectNonceReused || lines[0]["nonce"] != "n-again" {
+	if len(lines) != 1 || lines[0]["reason"] != RejectNonceReused || lines[0]["nonce"] != "n-again" ||
+		lines[0]["msg"] != "registration refused: use a new nonce for each bk_connect (answered with bk_connect_nack)" {
 		t.Fatalf("log lines %v, want one nonce_reused line with the nonce", lines)
 	}
 	if got := rejectedCount(nodes, RejectNonceReused); got != 1 {
