@@ -137,12 +137,22 @@ func (s *Shards) Run(ctx context.Context) error {
 		lastFailure = time.Now()
 		retry, backoff = time.After(backoff), nextBackoff(backoff)
 	}
+	failing := false // the last assignment failed: its retries log at debug
 	for {
 		if retry == nil {
-			if err := s.assign(ctx, conns, failed); err != nil && ctx.Err() == nil {
-				s.cfg.Logger.Warn("redis shard subscriptions failed", "subscription", s.cfg.Name, "err", err, "retry_in", backoff)
+			err := s.assign(ctx, conns, failed)
+			switch {
+			case err != nil && ctx.Err() == nil:
+				level := slog.LevelWarn
+				if failing {
+					level = slog.LevelDebug
+				}
+				failing = true
+				s.cfg.Logger.Log(ctx, level, "redis shard subscriptions failed", "subscription", s.cfg.Name, "err", err, "retry_in", backoff)
 				s.cc.ReloadState(ctx)
 				later()
+			case err == nil:
+				failing = false
 			}
 		}
 		select {
