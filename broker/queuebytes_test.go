@@ -87,7 +87,7 @@ func TestASharedFrameIsChargedToTheBudgetOnce(t *testing.T) {
 	}
 }
 
-// recordingTransport is an inline transport that takes every write and
+// recordingTransport is a transport and its inline writer, which takes every write and
 // records how many bytes each non-waiting batch write was handed.
 type recordingTransport struct {
 	batches []int
@@ -102,6 +102,7 @@ func (r *recordingTransport) DropIfStalled(time.Time, time.Duration, time.Durati
 }
 func (r *recordingTransport) TryWrite([]byte) (bool, bool) { return true, false }
 func (r *recordingTransport) Pending() bool                { return false }
+func (r *recordingTransport) Warm() int                    { return 0 }
 func (r *recordingTransport) TryWriteMany(frames [][]byte) (bool, bool) {
 	n := 0
 	for _, f := range frames {

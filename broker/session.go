@@ -32,7 +32,7 @@ type session struct {
 
 	// A fan-out reads inline and q of every session, whose memory is then
 	// seldom in the cache: they sit together, q inline.
-	inline  InlineTransport // t, when it can write without waiting; else nil
+	inline  InlineWriter // t's, when it can write without waiting; else nil
 	q       sendQueue
 	t       Transport
 	writers sync.WaitGroup // the running writer, if any
@@ -51,8 +51,8 @@ type session struct {
 }
 
 // newSession makes the session of a client that the handler accepted on t;
-// inline is t when it can write without waiting, else nil.
-func newSession(b *Broker, t Transport, inline InlineTransport, service, remote, user string) *session {
+// inline is t's inline writer, when it has one, else nil.
+func newSession(b *Broker, t Transport, inline InlineWriter, service, remote, user string) *session {
 	s := &session{
 		b:          b,
 		cid:        newCID(),

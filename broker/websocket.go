@@ -33,9 +33,9 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		b.refuse(conn, service, remote, code, reason)
 		return
 	}
-	var inline InlineTransport
-	if conn.Inline() {
-		inline = conn
+	var inline InlineWriter
+	if w := conn.InlineWriter(); w != nil {
+		inline = w
 	}
 	s := newSession(b, conn, inline, service, remote, user)
 	if code, reason := b.add(s); code != 0 {

@@ -73,17 +73,25 @@ func Accept(w http.ResponseWriter, r *http.Request, opt *Options) (*Conn, error)
 	return c, nil
 }
 
-// Inline tells whether the connection can be written to without waiting
-// (TryWrite, TryWriteMany): a plain connection through Listen, on a system
-// whose sockets are descriptors.
-func (c *Conn) Inline() bool {
+// InlineWriter returns the connection's writer that never waits, or nil
+// when it has none: only a plain connection through Listen, on a system
+// whose sockets are descriptors, can be written to without waiting.
+func (c *Conn) InlineWriter() *InlineWriter {
 	if c.nc == nil {
-		return false
+		return nil
 	}
 	c.nc.mu.Lock()
 	defer c.nc.mu.Unlock()
-	return c.nc.framed && c.nc.fd >= 0
+	if !c.nc.framed || c.nc.fd < 0 {
+		return nil
+	}
+	return (*InlineWriter)(c.nc)
 }
+
+// InlineWriter writes to a connection without ever waiting. It is the
+// socket itself, so that a fan-out that reaches it through an interface
+// finds the socket's state with no other object between.
+type InlineWriter netConn
 
 // Next waits for the client's next frame and returns a reader of its
 // payload; text is false for a binary frame. The error that ended the
@@ -131,16 +139,23 @@ func (c *Conn) WriteMany(frames [][]byte) error { return c.bw.writeMany(c, frame
 // TryWrite writes frame, a text frame as wsframe.AppendText makes it, if
 // the socket takes it without waiting: took is false when nothing was
 // written, tail true when the socket took part and the rest waits to be
-// sent (Flush, or the next write). Only for an Inline connection.
-func (c *Conn) TryWrite(frame []byte) (took, tail bool) { return c.nc.tryWrite(frame) }
+// sent (Flush, or the next write).
+func (w *InlineWriter) TryWrite(frame []byte) (took, tail bool) { return (*netConn)(w).tryWrite(frame) }
 
 // TryWriteMany writes frames as WriteMany does, without waiting: took is
 // false when another write holds the connection and nothing was taken;
-// tail true when part waits to be sent. Only for an Inline connection.
-func (c *Conn) TryWriteMany(frames [][]byte) (took, tail bool) { return c.nc.tryWriteFrames(frames) }
+// tail true when part waits to be sent.
+func (w *InlineWriter) TryWriteMany(frames [][]byte) (took, tail bool) {
+	return (*netConn)(w).tryWriteFrames(frames)
+}
 
 // Pending tells whether part of a write may wait to be sent.
-func (c *Conn) Pending() bool { return c.nc != nil && c.nc.tailPending() }
+func (w *InlineWriter) Pending() bool { return (*netConn)(w).tailPending() }
+
+// Warm reads the descriptor, which is set before the writer is handed out
+// and never changes, so that the socket's state is in the cache for the
+// TryWrite that follows.
+func (w *InlineWriter) Warm() int { return w.fd }
 
 // Flush sends what a write that could not wait left, waiting for the
 // socket.
