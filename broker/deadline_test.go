@@ -32,7 +32,7 @@ func TestAHalfSentFrameIsCutAfterTheFrameTimeout(t *testing.T) {
 	t.Cleanup(func() { _ = srv.Close(); _ = brk.Shutdown(context.Background()) })
 
 	rawUpgrade(t, addr) // idle
-	half := rawUpgrade(t, addr)
+	half, _ := rawUpgrade(t, addr)
 	waitFor(t, ctx, func() bool { return brk.Clients() == 2 })
 	frame := wsframe.AppendMasked(nil, 0x1, []byte(`{"event":"dmb:message","data":"`+string(make([]byte, 100))+`"}`), [4]byte{1, 2, 3, 4})
 	if _, err := half.Write(frame[:20]); err != nil {
@@ -58,8 +58,9 @@ func TestAHalfSentFrameIsCutAfterTheFrameTimeout(t *testing.T) {
 }
 
 // rawUpgrade opens a WebSocket to /ws/chat by hand, so that a test can
-// send bytes the library would not.
-func rawUpgrade(t *testing.T, addr string) net.Conn {
+// send bytes the library would not, or leave unanswered what it would
+// answer. It returns the connection and a reader of what follows the 101.
+func rawUpgrade(t *testing.T, addr string, header ...string) (net.Conn, *bufio.Reader) {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -67,14 +68,34 @@ func rawUpgrade(t *testing.T, addr string) net.Conn {
 	}
 	t.Cleanup(func() { _ = c.Close() })
 	req := "GET /ws/chat HTTP/1.1\r\nHost: " + addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-	if _, err := io.WriteString(c, req); err != nil {
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+	for _, h := range header {
+		req += h + "\r\n"
+	}
+	if _, err := io.WriteString(c, req+"\r\n"); err != nil {
 		t.Fatal(err)
 	}
 	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	r := bufio.NewReader(c)
+	resp, err := http.ReadResponse(r, nil)
 	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("upgrade: %v, %v", resp, err)
 	}
-	return c
+	return c, r
+}
+
+// A refused client that never answers the close frame holds its
+// connection for the close wait, not the library's 5 s.
+func TestARefusedClientThatDoesNotAnswerTheCloseIsDroppedSoon(t *testing.T) {
+	brk := newTestBrokerWith(t, nullUplink{})
+	srv, addr := serveBroker(t, brk)
+	t.Cleanup(func() { _ = srv.Close(); _ = brk.Shutdown(context.Background()) })
+	start := time.Now()
+	_, r := rawUpgrade(t, addr, "Origin: https://evil.example")
+	if _, err := io.Copy(io.Discard, r); err != nil { // the close frame, then the end
+		t.Fatalf("read until the end: %v", err)
+	}
+	if took := time.Since(start); took > 4*time.Second {
+		t.Fatalf("the refused connection was held %v", took)
+	}
 }

@@ -167,14 +167,21 @@ func (c *Conn) Flush() error {
 }
 
 // Close sends the close frame with code and reason after what was written
-// and waits (5 s at most) for the client's; the reader then sees the end.
+// and waits for the client's, closeWait at most (the library alone would
+// wait 5 s); the reader then sees the end. A client that does not answer,
+// a refused flood or a slow consumer, holds its connection no longer.
 func (c *Conn) Close(code int, reason string) error {
 	if c.nc != nil {
 		c.nc.handOverReads()
 		_ = c.nc.uncork() // a refused client's 101 response goes first
+		_ = c.nc.SetDeadline(time.Now().Add(closeWait))
 	}
 	return c.ws.Close(websocket.StatusCode(code), protocol.TruncateReason(reason))
 }
+
+// closeWait bounds a close handshake: time enough for a client that reads
+// to answer, little for one that does not.
+const closeWait = 2 * time.Second
 
 // CloseNow drops the connection without a close handshake; a write in
 // progress fails. The socket is closed first: the library's CloseNow
