@@ -50,8 +50,10 @@ func (b *Broker) admitService(service, user string) (string, int, string) {
 	status, err := b.reg.Lookup(b.ctx, service) // bounded by the registry
 	switch {
 	case err != nil:
+		// Redis did not answer: the backends may well be live, and the
+		// client learns that it is Redis, not them, it waits for.
 		b.log.Warn("registry look-up failed", "service", service, "err", err)
-		return "", protocol.CloseNoLiveBackend, "no live backend"
+		return "", protocol.CloseNoLiveBackend, "redis unavailable"
 	case status == registry.Unknown:
 		return "", protocol.CloseUnknownSvc, "unknown service"
 	case status == registry.NoLive:

@@ -155,3 +155,15 @@ func TestSubscriptionsDroppedWithRedisUpKeepTheBKIDAndResume(t *testing.T) {
 		}
 	}
 }
+
+// With Redis down, a client that the node cannot admit without asking
+// Redis is told that it waits for Redis, not for a backend.
+func TestAClientRefusedWhileRedisIsDownIsToldRedisIsUnavailable(t *testing.T) {
+	e := newEnv(t)
+	n := e.startNode()
+	e.redis.Kill()
+	code, reason := refused(t, n.wsURL("chat"), nil)
+	if code != 4503 || reason != "redis unavailable" {
+		t.Fatalf("refused with %d %q, want 4503 %q", code, reason, "redis unavailable")
+	}
+}
