@@ -63,6 +63,21 @@ type Config struct {
 	TrustedProxies   []string      `envconfig:"DMB_TRUSTED_PROXIES" default:"127.0.0.0/8,::1/128" desc:"comma-separated CIDRs whose X-Forwarded-For / X-Real-IP are believed"`
 	UplinkWorkers    int           `envconfig:"DMB_UPLINK_WORKERS" default:"4" desc:"uplink publishers; each pipelines the frames of its share of clients"`
 
+	SendQueueBytes   int           `envconfig:"DMB_SEND_QUEUE_BYTES" default:"4194304" desc:"bytes queued per client before it is closed as a slow consumer (4008)"`
+	QueueBudget      int64         `envconfig:"DMB_QUEUE_BUDGET" default:"1073741824" desc:"bytes all client queues of the node may hold together (a frame shared by many clients counts once); past it, a client holding more than its share is closed as a slow consumer (4008)"`
+	ClientRate       float64       `envconfig:"DMB_CLIENT_RATE" default:"100" desc:"frames a second a client may send on average; faster ones are answered rate limited, and 1008 when it goes on; 0 turns the limit off"`
+	ClientBurst      int           `envconfig:"DMB_CLIENT_BURST" default:"200" desc:"frames a client may send at once above DMB_CLIENT_RATE"`
+	HandshakeTimeout time.Duration `envconfig:"DMB_HANDSHAKE_TIMEOUT" default:"10s" desc:"time a connection has to send its request headers (the WebSocket upgrade)"`
+	FrameTimeout     time.Duration `envconfig:"DMB_FRAME_TIMEOUT" default:"10s" desc:"time a client has to finish a frame it started; longer drops the connection"`
+	IdleTimeout      time.Duration `envconfig:"DMB_HTTP_IDLE_TIMEOUT" default:"60s" desc:"a keep-alive HTTP connection idle this long is closed (WebSocket connections are not HTTP-idle)"`
+	MaxHeaderBytes   int           `envconfig:"DMB_MAX_HEADER_BYTES" default:"16384" desc:"largest request line and headers; larger is answered 431"`
+	MaxClients       int           `envconfig:"DMB_MAX_CLIENTS" default:"0" desc:"clients per node; more are closed with 1013; 0 means the open-file limit less what Redis and the listeners need"`
+	MaxClientsPerIP  int           `envconfig:"DMB_MAX_CLIENTS_PER_ADDR" default:"0" desc:"clients per client address (after DMB_TRUSTED_PROXIES); more are closed with 1013; 0 turns the limit off"`
+	HandshakeRate    float64       `envconfig:"DMB_HANDSHAKE_RATE" default:"0" desc:"WebSocket handshakes a second per client address; more are closed with 1013; 0 turns the limit off"`
+	DownlinkBuffer   int           `envconfig:"DMB_DOWNLINK_BUFFER" default:"67108864" desc:"bytes of backend messages that may wait for the fan-out; Redis's readers never wait, and what does not fit is dropped and counted"`
+	MaxBackendBytes  int           `envconfig:"DMB_MAX_BACKEND_BYTES" default:"1048576" desc:"largest payload a backend may publish on its downlink; larger is dropped and reported to the backend"`
+	RefusalLogEvery  time.Duration `envconfig:"DMB_REFUSAL_LOG_INTERVAL" default:"10s" desc:"refused connections are logged one line at most per reason and interval, with their count"`
+
 	MaxServices    int `envconfig:"DMB_MAX_SERVICES" default:"10000" desc:"services the registry holds at most; a bk_connect of one more new service is nacked (too many services)"`
 	BKIDLookupRate int `envconfig:"DMB_BKID_LOOKUP_RATE" default:"100" desc:"Redis look-ups per second, per node, of bkids the node does not know; more are dropped as unknown"`
 
@@ -148,6 +163,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, bad(name, value, "a PEM file: DMB_TLS_CERT and DMB_TLS_KEY go together"))
 	}
 	errs = append(errs, c.validateRedis()...)
+	errs = append(errs, c.validateLimits()...)
 	if c.MaxServices < 1 {
 		errs = append(errs, bad("DMB_MAX_SERVICES", c.MaxServices, "a whole number of at least 1, such as 10000"))
 	}

@@ -84,7 +84,8 @@ type Metrics struct {
 
 	RegisterRejected *prometheus.CounterVec // register channel payloads refused, by reason
 
-	Refusals *prometheus.CounterVec // clients refused at connect, by close code
+	Refusals     *prometheus.CounterVec // clients refused at connect, by close code
+	AdminRefused *prometheus.CounterVec // admin requests refused, by reason
 }
 
 // Results of a bk_connect, the values of the "result" label of
@@ -161,6 +162,9 @@ func New(reg prometheus.Registerer) *Metrics {
 		RegisterRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "dmb", Name: "register_rejected_total", Help: "Payloads on the register channel refused (invalid JSON, unknown type, invalid nonce, service or bkid, nonce reused), by reason.",
 		}, []string{"reason"}),
+		AdminRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "dmb", Name: "admin_refused_total", Help: "Requests the admin listener refused: a Host or Origin a web page could send, or a missing token.",
+		}, []string{"reason"}),
 		Refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "dmb", Name: "refusals_total", Help: "Clients refused when they connected, by close code (also in dmb_disconnects_total).",
 		}, []string{"code"}),
@@ -175,7 +179,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		m.Drops, m.BackendsLive, m.RedisErrors, m.UplinkLatency, m.RedisReconnects,
 		m.Connects, m.WriteBatch,
 		m.Registrations, m.Services, m.Pruned, m.Leaves, m.BKIDLookups, m.RegisterRejected,
-		m.Refusals,
+		m.Refusals, m.AdminRefused,
 	)
 	for _, r := range []string{RegistrationAcked, RegistrationLimited} {
 		m.Registrations.WithLabelValues(r)

@@ -143,16 +143,19 @@ func (n *Node) adminGuard(next http.Handler) http.Handler {
 	want := []byte("Bearer " + n.cfg.AdminToken)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !hosts.allow(r.Host) {
+			n.m.AdminRefused.WithLabelValues("host").Inc()
 			n.log.Debug("admin request refused", "reason", "host", "host", r.Host)
 			http.Error(w, "host not allowed", http.StatusForbidden)
 			return
 		}
 		if !sameOrigin(r) {
+			n.m.AdminRefused.WithLabelValues("origin").Inc()
 			n.log.Debug("admin request refused", "reason", "origin", "origin", r.Header.Get("Origin"))
 			http.Error(w, "cross-origin request refused", http.StatusForbidden)
 			return
 		}
 		if n.cfg.AdminToken != "" && subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			n.m.AdminRefused.WithLabelValues("token").Inc()
 			w.Header().Set("WWW-Authenticate", `Bearer realm="dmb-admin"`)
 			http.Error(w, "unauthorized", http.StatusUnauthorized)
 			return

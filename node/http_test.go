@@ -1,13 +1,17 @@
 package node_test
 
 import (
+	"bufio"
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/coder/websocket"
+	"github.com/dmb-broker/dmb/config"
 )
 
 func dialNoFail(url string) (*websocket.Conn, error) {
@@ -76,5 +80,55 @@ func TestTheNodeServesTheBrowserClientWithCacheHeaders(t *testing.T) {
 	}
 	if code, body := get(t, n.url("/dmb.d.ts")); code != 200 || !strings.Contains(body, "class DMB") {
 		t.Fatalf("/dmb.d.ts: %d", code)
+	}
+}
+
+// A request that trickles in, a keep-alive connection left idle, and
+// headers over the limit cost the node a bounded time and memory.
+func TestSlowIdleAndOversizedRequestsAreCut(t *testing.T) {
+	e := newEnv(t)
+	n := e.startNode(func(c *config.Config) {
+		c.HandshakeTimeout = 500 * time.Millisecond
+		c.IdleTimeout = 500 * time.Millisecond
+	})
+	addr := n.Addr().String()
+	closedWithin := func(what string, c net.Conn, d time.Duration) {
+		t.Helper()
+		start := time.Now()
+		_ = c.SetReadDeadline(time.Now().Add(wait))
+		_, _ = io.Copy(io.Discard, c)
+		if took := time.Since(start); took > d {
+			t.Errorf("%s: held for %v, want at most %v", what, took, d)
+		}
+	}
+	dial := func() net.Conn {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		return c
+	}
+
+	trickled := dial()
+	if _, err := io.WriteString(trickled, "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: a"); err != nil {
+		t.Fatal(err)
+	}
+	closedWithin("headers that never end", trickled, 3*time.Second)
+
+	idle := dial()
+	if _, err := io.WriteString(idle, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	closedWithin("an idle keep-alive connection", idle, 3*time.Second)
+
+	big := dial()
+	if _, err := io.WriteString(big, "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: "+strings.Repeat("a", 64<<10)+"\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	_ = big.SetReadDeadline(time.Now().Add(wait))
+	resp, err := http.ReadResponse(bufio.NewReader(big), nil)
+	if err != nil || resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("64 kB of headers: %v, %v; want 431", resp, err)
 	}
 }

@@ -76,6 +76,7 @@ type Node struct {
 	version string
 	started time.Time
 	rdb     redis.UniversalClient
+	m       *metrics.Metrics
 	ln      net.Listener
 	srv     *http.Server
 
@@ -148,29 +149,40 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 
 	n := &Node{
 		cfg: cfg, log: log, level: level, version: opts.Version, started: time.Now(),
-		rdb: rdb, ln: ln, adminLn: adminLn, drain: make(chan struct{}),
+		rdb: rdb, m: m, ln: ln, adminLn: adminLn, drain: make(chan struct{}),
 	}
 	n.reg = registry.New(rdb, registry.Config{
 		Channels: ch, NodeID: cfg.NodeID, Logger: log, Metrics: m,
 		BackendTimeout: cfg.BackendTimeout, BackendRetention: cfg.BackendRetention,
+		MaxServices: cfg.MaxServices, BKIDLookupRate: cfg.BKIDLookupRate,
 	})
 	n.up = uplink.New(rdb, n.reg, uplink.Config{
 		Channels: ch, Workers: cfg.UplinkWorkers, Logger: log, Metrics: m,
 	})
 	n.reg.OnChange(n.up.BackendsChanged)
 	n.brk = broker.New(n.reg, n.up, broker.Config{
-		SendQueue:        cfg.SendQueue,
-		MaxMessageBytes:  cfg.MaxMessageBytes,
-		ClientErrorLimit: cfg.ClientErrorLimit,
-		WriteTimeout:     cfg.WriteTimeout,
-		AllowedOrigins:   cfg.AllowedOrigins,
-		TrustedProxies:   trusted,
-		Auth:             verifier,
-		Logger:           log,
-		Metrics:          m,
+		SendQueue:         cfg.SendQueue,
+		SendQueueBytes:    cfg.SendQueueBytes,
+		QueueBudget:       cfg.QueueBudget,
+		MaxMessageBytes:   cfg.MaxMessageBytes,
+		ClientErrorLimit:  cfg.ClientErrorLimit,
+		ClientRate:        cfg.ClientRate,
+		ClientBurst:       cfg.ClientBurst,
+		WriteTimeout:      cfg.WriteTimeout,
+		FrameTimeout:      cfg.FrameTimeout,
+		AllowedOrigins:    cfg.AllowedOrigins,
+		TrustedProxies:    trusted,
+		MaxClients:        maxClients(cfg, log),
+		MaxClientsPerAddr: cfg.MaxClientsPerIP,
+		HandshakeRate:     cfg.HandshakeRate,
+		RefusalLogEvery:   cfg.RefusalLogEvery,
+		Auth:              verifier,
+		Logger:            log,
+		Metrics:           m,
 	})
 	n.down = downlink.New(rdb, n.reg, n.brk, n.up, downlink.Config{
 		Channels: ch, NodeID: cfg.NodeID, Logger: log, Metrics: m,
+		MaxQueued: cfg.DownlinkBuffer, MaxPayload: cfg.MaxBackendBytes,
 	})
 	n.reg.Watch(n.down)
 	m.QueuedFrames(n.brk.QueuedFrames)
@@ -196,10 +208,20 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 	if opts.Root != nil {
 		mux.Handle("/", opts.Root)
 	}
+	// Bounds on what a connection may cost before it is a session: its
+	// request must come whole within the handshake timeout, headers
+	// included, and be small; a keep-alive connection idle for the idle
+	// timeout is closed; a slow reader of a response is cut after the
+	// write timeout. A WebSocket's connection leaves these behind at the
+	// upgrade (the hijack clears the deadlines) for the session's own.
 	n.srv = &http.Server{
 		Handler:           mux,
 		ConnContext:       wsconn.ConnContext,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: cfg.HandshakeTimeout,
+		ReadTimeout:       cfg.HandshakeTimeout,
+		WriteTimeout:      cfg.WriteTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		MaxHeaderBytes:    cfg.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	return n, nil

@@ -225,6 +225,12 @@ func TestAdminRefusesWhatAWebPageCanSend(t *testing.T) {
 	if st.Draining {
 		t.Fatal("a refused drain drained the node")
 	}
+	// Five refused for their origin or Sec-Fetch-Site, two for their host.
+	for reason, want := range map[string]float64{"origin": 5, "host": 2} {
+		if got := n.metric(`dmb_admin_refused_total{reason="` + reason + `"}`); got != want {
+			t.Errorf("dmb_admin_refused_total{reason=%q} = %v, want %v", reason, got, want)
+		}
+	}
 	// The listener's own origin, as a tab opened on it would send.
 	origin := fmt.Sprintf("http://127.0.0.1:%d", port)
 	if code, _ := n.adminWith("PUT", "/loglevel", `{"level":"warn"}`, hdr("Origin", origin, "Content-Type", "application/json; charset=utf-8")); code != 200 {

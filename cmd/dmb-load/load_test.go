@@ -23,7 +23,9 @@ type target struct {
 func startTarget(t *testing.T) target {
 	t.Helper()
 	rs := redistest.Start(t)
-	n := nodetest.Start(t, nodetest.Config(t, rs), node.Options{})
+	cfg := nodetest.Config(t, rs)
+	cfg.ClientRate = 0 // the uplink scenarios send as fast as they can
+	n := nodetest.Start(t, cfg, node.Options{})
 	return target{
 		dmb:     "ws://" + n.Addr().String(),
 		metrics: n.URL("/metrics"),
