@@ -106,6 +106,10 @@ func (e *env) baseConfig() config.Config {
 	return cfg
 }
 
+// noFrameRate lifts the per-client frame rate, for a test whose clients
+// send faster than a person would.
+func noFrameRate(c *config.Config) { c.ClientRate = 0 }
+
 // startNode starts a node and waits until it is ready.
 func (e *env) startNode(mutate ...func(*config.Config)) *testNode {
 	e.t.Helper()

@@ -42,7 +42,7 @@ func refusedOrDown(t *testing.T, n *testNode) (int, error) {
 
 func TestShutdownFinishesInFlightUplinkPublishesAndAcksThem(t *testing.T) {
 	e := newEnv(t)
-	n := e.startNode()
+	n := e.startNode(noFrameRate) // the client sends its frames at once
 	b := e.startBackend("chat")
 	c := connect(t, n, "chat").welcome()
 	const count = 500

@@ -60,7 +60,7 @@ func TestMessageWithoutLiveBackendGetsBackendUnavailable(t *testing.T) {
 
 func TestClientMessagesReachTheBackendInOrder(t *testing.T) {
 	e := newEnv(t)
-	n := e.startNode()
+	n := e.startNode(noFrameRate) // each client sends 300 frames at once
 	b := e.startBackend("chat")
 	const clients, each = 8, 300
 	cs := make([]*wsClient, clients)
