@@ -3,6 +3,8 @@ package broker
 import (
 	"sync"
 	"time"
+
+	"github.com/dmb-broker/dmb/internal/ratelimit"
 )
 
 // Connection limits, applied at admission: clients per node and per
@@ -23,7 +25,7 @@ type addrLimits struct {
 }
 
 type addrBucket struct {
-	tokenBucket
+	ratelimit.Bucket
 	used time.Time
 }
 
@@ -52,7 +54,7 @@ func (l *addrLimits) allowHandshake(addr string, now time.Time) bool {
 		l.buckets[addr] = b
 	}
 	b.used = now
-	return b.allow(now, l.rate, l.burst)
+	return b.Allow(now, l.rate, l.burst)
 }
 
 // sweepLocked forgets the buckets idle for a minute, or all of them. mu

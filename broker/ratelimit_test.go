@@ -16,34 +16,6 @@ import (
 	"github.com/dmb-broker/dmb/protocol"
 )
 
-func TestTheTokenBucketAllowsABurstThenTheRate(t *testing.T) {
-	var b tokenBucket
-	start := time.Unix(1000, 0)
-	for i := range 5 {
-		if !b.allow(start, 10, 5) {
-			t.Fatalf("frame %d of the burst refused", i)
-		}
-	}
-	if b.allow(start, 10, 5) {
-		t.Fatal("a frame past the burst allowed")
-	}
-	if !b.allow(start.Add(100*time.Millisecond), 10, 5) {
-		t.Fatal("a frame a tenth of a second later refused at 10/s")
-	}
-	if b.allow(start.Add(150*time.Millisecond), 10, 5) {
-		t.Fatal("a second frame within that tenth allowed")
-	}
-	// Idle for long, the bucket is full again, never fuller.
-	for i := range 5 {
-		if !b.allow(start.Add(time.Hour), 10, 5) {
-			t.Fatalf("frame %d after an hour refused", i)
-		}
-	}
-	if b.allow(start.Add(time.Hour), 10, 5) {
-		t.Fatal("the bucket held more than its burst")
-	}
-}
-
 func TestAClientOverItsRateIsAnsweredRateLimitedThenClosed(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

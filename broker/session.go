@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dmb-broker/dmb/internal/ratelimit"
 	"github.com/dmb-broker/dmb/metrics"
 	"github.com/dmb-broker/dmb/protocol"
 )
@@ -40,7 +41,7 @@ type session struct {
 	// The reader's only: bad frames, and frames over the rate, in the
 	// last minute; the rate's token bucket.
 	errs, limited errorWindow
-	rate          tokenBucket
+	rate          ratelimit.Bucket
 
 	// fwdMu orders passing a frame to the uplink against stopForwarding,
 	// so that no frame is passed on after the shutdown barrier. It is held
@@ -165,7 +166,7 @@ func (s *session) handle(data []byte) (err error) {
 		return nil
 	}
 	if rate := s.b.cfg.ClientRate; rate > 0 {
-		if now := time.Now(); !s.rate.allow(now, rate, s.b.cfg.ClientBurst) {
+		if now := time.Now(); !s.rate.Allow(now, rate, s.b.cfg.ClientBurst) {
 			s.overRate(now, frame.ID)
 			return nil
 		}
@@ -234,30 +235,6 @@ func (s *session) stopForwarding() {
 	s.fwdMu.Lock()
 	s.forwarding = false
 	s.fwdMu.Unlock()
-}
-
-// tokenBucket limits a rate with bursts: it holds up to burst tokens,
-// refilled at rate a second, and each frame takes one. The zero bucket is
-// full. It is used by the session's reader only.
-type tokenBucket struct {
-	tokens float64
-	last   int64 // when tokens was last filled (UnixNano); 0: never
-}
-
-// allow takes a token at now, if there is one.
-func (t *tokenBucket) allow(now time.Time, rate float64, burst int) bool {
-	ns := now.UnixNano()
-	if t.last == 0 {
-		t.tokens = float64(burst)
-	} else {
-		t.tokens = min(float64(burst), t.tokens+float64(ns-t.last)*rate/1e9)
-	}
-	t.last = ns
-	if t.tokens < 1 {
-		return false
-	}
-	t.tokens--
-	return true
 }
 
 // errorWindow counts a session's bad frames over the last minute. It is

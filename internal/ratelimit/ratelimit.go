@@ -1,0 +1,30 @@
+// Package ratelimit is a token bucket small enough to keep one per client:
+// the broker limits each client's frames with it, the uplink what it
+// publishes to each backend. It takes no lock: its owner serialises its
+// calls.
+package ratelimit
+
+import "time"
+
+// Bucket holds up to burst tokens, refilled at rate a second; each event
+// takes one. The zero Bucket is full.
+type Bucket struct {
+	tokens float64
+	last   int64 // when tokens was last filled (UnixNano); 0: never
+}
+
+// Allow takes a token at now, if there is one.
+func (t *Bucket) Allow(now time.Time, rate float64, burst int) bool {
+	ns := now.UnixNano()
+	if t.last == 0 {
+		t.tokens = float64(burst)
+	} else {
+		t.tokens = min(float64(burst), t.tokens+float64(ns-t.last)*rate/1e9)
+	}
+	t.last = ns
+	if t.tokens < 1 {
+		return false
+	}
+	t.tokens--
+	return true
+}
