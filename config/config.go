@@ -74,6 +74,7 @@ type Config struct {
 	MaxClients       int           `envconfig:"DMB_MAX_CLIENTS" default:"0" desc:"clients per node; more are closed with 1013; 0 means the open-file limit less what Redis and the listeners need"`
 	MaxClientsPerIP  int           `envconfig:"DMB_MAX_CLIENTS_PER_ADDR" default:"0" desc:"clients per client address (after DMB_TRUSTED_PROXIES); more are closed with 1013; 0 turns the limit off"`
 	HandshakeRate    float64       `envconfig:"DMB_HANDSHAKE_RATE" default:"0" desc:"WebSocket handshakes a second per client address; more are closed with 1013; 0 turns the limit off"`
+	BackendRate      float64       `envconfig:"DMB_BACKEND_RATE" default:"20000" desc:"client messages a second a node publishes to one backend; more are answered backend busy, so that Redis never cuts a backend's subscription for reading too slowly; 0 turns the bound off"`
 	DownlinkBuffer   int           `envconfig:"DMB_DOWNLINK_BUFFER" default:"67108864" desc:"bytes of backend messages that may wait for the fan-out; Redis's readers never wait, and what does not fit is dropped and counted"`
 	MaxBackendBytes  int           `envconfig:"DMB_MAX_BACKEND_BYTES" default:"1048576" desc:"largest payload a backend may publish on its downlink; larger is dropped and reported to the backend"`
 	RefusalLogEvery  time.Duration `envconfig:"DMB_REFUSAL_LOG_INTERVAL" default:"10s" desc:"refused connections are logged one line at most per reason and interval, with their count"`

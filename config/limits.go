@@ -14,6 +14,9 @@ func (c *Config) validateLimits() Errors {
 	if c.ClientRate < 0 {
 		errs = append(errs, bad("DMB_CLIENT_RATE", c.ClientRate, "frames a second, 0 or more, such as 100"))
 	}
+	if c.BackendRate < 0 {
+		errs = append(errs, bad("DMB_BACKEND_RATE", c.BackendRate, "messages a second, 0 or more, such as 20000"))
+	}
 	if c.ClientBurst < 1 {
 		errs = append(errs, bad("DMB_CLIENT_BURST", c.ClientBurst, "a whole number of at least 1, such as 200"))
 	}

@@ -48,8 +48,11 @@ const (
 )
 
 // DropRateLimited counts client frames refused for coming faster than
-// DMB_CLIENT_RATE allows.
-const DropRateLimited = "rate_limited"
+// DMB_CLIENT_RATE allows, DropBackendBusy those over DMB_BACKEND_RATE.
+const (
+	DropRateLimited = "rate_limited"
+	DropBackendBusy = "backend_busy"
+)
 
 // Drops of what backends publish: a payload over DMB_MAX_BACKEND_BYTES,
 // and messages that found the downlink's queue full (DMB_DOWNLINK_BUFFER)

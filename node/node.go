@@ -157,7 +157,7 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 		MaxServices: cfg.MaxServices, BKIDLookupRate: cfg.BKIDLookupRate,
 	})
 	n.up = uplink.New(rdb, n.reg, uplink.Config{
-		Channels: ch, Workers: cfg.UplinkWorkers, Logger: log, Metrics: m,
+		Channels: ch, Workers: cfg.UplinkWorkers, Logger: log, Metrics: m, BackendRate: cfg.BackendRate,
 	})
 	n.reg.OnChange(n.up.BackendsChanged)
 	n.brk = broker.New(n.reg, n.up, broker.Config{

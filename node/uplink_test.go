@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strconv"
 	"testing"
+
+	"github.com/dmb-broker/dmb/config"
 )
 
 func TestMessageWithIDIsPublishedToTheBackendAndAcked(t *testing.T) {
@@ -113,5 +115,47 @@ func TestUplinkCarriesNoUnexpectedFields(t *testing.T) {
 		if !json.Valid([]byte(msg.Payload)) {
 			t.Fatalf("not JSON: %s", msg.Payload)
 		}
+	}
+}
+
+// A flood of client messages to one backend is bounded by what the node
+// publishes to it: the excess is answered "backend busy", and the backend
+// gets exactly what was acked.
+func TestMessagesOverTheBackendRateAreAnsweredBackendBusy(t *testing.T) {
+	e := newEnv(t)
+	n := e.startNode(noFrameRate, func(c *config.Config) { c.BackendRate = 40; c.UplinkWorkers = 1 })
+	b := e.startBackend("chat")
+	c := connect(t, n, "chat").welcome()
+	const sent = 200
+	for i := range sent {
+		c.send(fmt.Sprintf(`{"event":"dmb:message","data":%d,"id":%d}`, i, i))
+	}
+	acked, busy := 0, 0
+	for range sent {
+		switch f := c.next(); {
+		case f.Event == "dmb:ack":
+			acked++
+		case f.Event == "dmb:error" && f.Error == "backend busy":
+			busy++
+		default:
+			t.Fatalf("answer %+v", f)
+		}
+	}
+	// A burst of a second's worth, and what the rate refilled meanwhile.
+	if busy == 0 || acked < 40 || acked > 80 {
+		t.Fatalf("%d acked and %d busy of %d, want about 40 acked", acked, busy, sent)
+	}
+	b.caughtUp()
+	got := 0
+	for _, ev := range b.held {
+		if ev.Type == "message" {
+			got++
+		}
+	}
+	if got != acked {
+		t.Fatalf("the backend got %d messages, %d were acked", got, acked)
+	}
+	if m := n.metric(`dmb_drops_total{reason="backend_busy"}`); int(m) != busy {
+		t.Fatalf("backend_busy drops counted %v, want %d", m, busy)
 	}
 }

@@ -19,6 +19,9 @@ const (
 	// ErrTextRateLimited answers a frame sent faster than DMB_CLIENT_RATE
 	// allows: it was not passed on.
 	ErrTextRateLimited = "rate limited"
+	// ErrTextBackendBusy answers a frame over what the node may publish to
+	// its backend (DMB_BACKEND_RATE): it was not passed on.
+	ErrTextBackendBusy = "backend busy"
 )
 
 // ClientFrame is a decoded frame from a browser. Data and ID are the raw JSON

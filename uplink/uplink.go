@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/dmb-broker/dmb/internal/ratelimit"
 	"github.com/dmb-broker/dmb/metrics"
 	"github.com/dmb-broker/dmb/protocol"
 	"github.com/dmb-broker/dmb/pubsub"
@@ -46,6 +47,10 @@ type Config struct {
 	Workers  int
 	Logger   *slog.Logger
 	Metrics  *metrics.Metrics
+	// BackendRate bounds the client messages a second this node publishes
+	// to one backend, with bursts of a second's worth; 0 is no bound.
+	// Each worker keeps its share of it.
+	BackendRate float64
 }
 
 // queueSize is each worker's queue. A full queue makes the readers of the
@@ -113,6 +118,7 @@ func (u *Uplink) newWorker() *worker {
 		byService: make(map[string]map[string]*binding),
 		pending:   make(map[string]struct{}),
 		channels:  make(map[string]string),
+		rates:     make(map[string]*ratelimit.Bucket),
 	}
 }
 
@@ -256,6 +262,8 @@ type worker struct {
 
 	channels map[string]string // bkid -> its uplink channel, built once
 	p        pipeline          // reused by process, so its ops do not grow anew per batch
+	// rates holds, by bkid, the worker's share of the backend's rate.
+	rates map[string]*ratelimit.Bucket
 }
 
 // channel is the uplink channel of bkid.
@@ -455,6 +463,10 @@ func (w *worker) message(ctx context.Context, b *binding, r *request, attempt in
 		w.answer(r, protocol.ErrTextBackendUnavailable, metrics.DropNoBackend)
 		return
 	}
+	if !w.allow(b.bkid) {
+		w.answer(r, protocol.ErrTextBackendBusy, metrics.DropBackendBusy)
+		return
+	}
 	p.add(op{kind: opMessage, b: b, bkid: b.bkid, req: r, attempt: attempt, payload: r.data})
 }
 
@@ -470,6 +482,26 @@ func (w *worker) exec(ctx context.Context, p *pipeline) {
 			w.message(ctx, o.b, o.req, o.attempt+1, p)
 		}
 	}
+}
+
+// allow tells whether a message to bkid is within the worker's share of
+// the backend's rate. A flood of clients then costs them their messages
+// ("backend busy"), never the backend its subscription: Redis cuts a
+// subscriber that reads slower than it is published to (its pub/sub
+// output buffer limit), and the backend would look dead to every client
+// of its service.
+func (w *worker) allow(bkid string) bool {
+	rate := w.u.cfg.BackendRate / float64(len(w.u.workers))
+	if rate <= 0 {
+		return true
+	}
+	b := w.rates[bkid]
+	if b == nil {
+		// Bounded like channels: the bkids this node ever published to.
+		b = new(ratelimit.Bucket)
+		w.rates[bkid] = b
+	}
+	return b.Allow(time.Now(), rate, max(1, int(rate)))
 }
 
 // publishBatch sends the pipeline's operations to Redis in one round trip and

@@ -24,7 +24,7 @@ func startTarget(t *testing.T) target {
 	t.Helper()
 	rs := redistest.Start(t)
 	cfg := nodetest.Config(t, rs)
-	cfg.ClientRate = 0 // the uplink scenarios send as fast as they can
+	cfg.ClientRate, cfg.BackendRate = 0, 0 // the uplink scenarios send as fast as they can
 	n := nodetest.Start(t, cfg, node.Options{})
 	return target{
 		dmb:     "ws://" + n.Addr().String(),
