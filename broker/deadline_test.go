@@ -4,16 +4,12 @@ import (
 	"bufio"
 	"context"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/dmb-broker/dmb/internal/wsframe"
-	"github.com/dmb-broker/dmb/metrics"
 	"github.com/dmb-broker/dmb/protocol"
 )
 
@@ -23,11 +19,10 @@ func TestAHalfSentFrameIsCutAfterTheFrameTimeout(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	up := disconnects{make(chan int, 2)}
-	brk := runBroker(t, New(liveRegistry{}, up, Config{
-		SendQueue: 64, MaxMessageBytes: 65536, ClientErrorLimit: 10, WriteTimeout: 10 * time.Second,
-		FrameTimeout: 300 * time.Millisecond,
-		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: metrics.New(prometheus.NewRegistry()),
-	}))
+	brk := runBroker(t, New(liveRegistry{}, up, testConfig(func(c *Config) {
+		c.SendQueue = 64
+		c.FrameTimeout = 300 * time.Millisecond
+	})))
 	srv, addr := serveBroker(t, brk)
 	t.Cleanup(func() { _ = srv.Close(); _ = brk.Shutdown(context.Background()) })
 

@@ -93,10 +93,20 @@ func newTestBroker(tb testing.TB) *Broker { return newTestBrokerWith(tb, nullUpl
 
 func newTestBrokerWith(tb testing.TB, up Uplink) *Broker {
 	tb.Helper()
-	return runBroker(tb, New(liveRegistry{}, up, Config{
+	return runBroker(tb, New(liveRegistry{}, up, testConfig()))
+}
+
+// testConfig is a broker's Config for tests, with a discarded log and
+// metrics of its own, changed by each of set.
+func testConfig(set ...func(*Config)) Config {
+	cfg := Config{
 		SendQueue: 4096, MaxMessageBytes: 65536, ClientErrorLimit: 10, WriteTimeout: 10 * time.Second,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: metrics.New(prometheus.NewRegistry()),
-	}))
+	}
+	for _, f := range set {
+		f(&cfg)
+	}
+	return cfg
 }
 
 // runBroker runs brk's loops until the test ends, after the clean-ups

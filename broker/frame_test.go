@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"runtime"
@@ -15,10 +14,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dmb-broker/dmb/internal/wsframe"
-	"github.com/dmb-broker/dmb/metrics"
 	"github.com/dmb-broker/dmb/protocol"
 	"github.com/dmb-broker/dmb/uplink"
 )
@@ -171,10 +168,11 @@ func TestAWriteToAClientThatStopsReadingIsCutAfterTheWriteTimeout(t *testing.T) 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	up := disconnects{make(chan int, 1)}
-	brk := runBroker(t, New(liveRegistry{}, up, Config{
-		SendQueue: 1 << 16, SendQueueBytes: 1 << 30, MaxMessageBytes: 65536, ClientErrorLimit: 10, WriteTimeout: 200 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: metrics.New(prometheus.NewRegistry()),
-	}))
+	brk := runBroker(t, New(liveRegistry{}, up, testConfig(func(c *Config) {
+		c.SendQueue = 1 << 16
+		c.SendQueueBytes = 1 << 30
+		c.WriteTimeout = 200 * time.Millisecond
+	})))
 	dialBroker(t, ctx, brk)
 	// The client never reads again: 24 MB fill its socket buffers, a
 	// write blocks, and the watchdog ends the session. The queue holds
@@ -283,11 +281,11 @@ func TestAFloodOfRefusalsWritesOneLogLine(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var logs syncBuffer
-	brk := runBroker(t, New(liveRegistry{}, nullUplink{}, Config{
-		SendQueue: 64, MaxMessageBytes: 65536, ClientErrorLimit: 10, WriteTimeout: 10 * time.Second,
-		AllowedOrigins: []string{"app.example"},
-		Logger:         slog.New(slog.NewTextHandler(&logs, nil)), Metrics: metrics.New(prometheus.NewRegistry()),
-	}))
+	brk := runBroker(t, New(liveRegistry{}, nullUplink{}, testConfig(func(c *Config) {
+		c.SendQueue = 64
+		c.AllowedOrigins = []string{"app.example"}
+		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	})))
 	srv, addr := serveBroker(t, brk)
 	t.Cleanup(func() { _ = srv.Close(); _ = brk.Shutdown(context.Background()) })
 	for range 50 {

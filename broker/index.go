@@ -3,8 +3,6 @@ package broker
 import (
 	"log/slog"
 
-	"github.com/coder/websocket"
-
 	"github.com/dmb-broker/dmb/metrics"
 	"github.com/dmb-broker/dmb/protocol"
 )
@@ -121,13 +119,13 @@ func (b *Broker) Kick(service, cid, reason string) int {
 
 // Close closes the client cid with code and reason after its queued
 // frames, for the operator; false when no such client is connected here.
-func (b *Broker) Close(cid string, code websocket.StatusCode, reason string) bool {
+func (b *Broker) Close(cid string, code int, reason string) bool {
 	b.mu.RLock()
 	s := b.byCID[cid]
 	b.mu.RUnlock()
 	if s == nil {
 		return false
 	}
-	s.log(slog.LevelInfo, "client closed by operator", "code", int(code), "reason", reason)
-	return s.q.close(closeReq{code: int(code), reason: protocol.TruncateReason(reason), flush: true})
+	s.log(slog.LevelInfo, "client closed by operator", "code", code, "reason", reason)
+	return s.q.close(closeReq{code: code, reason: protocol.TruncateReason(reason), flush: true})
 }

@@ -63,11 +63,10 @@ func TestConnectionLimitsRefuseWithTryAgainLater(t *testing.T) {
 func TestAClientThatLeftFreesItsPlaceUnderTheAddressLimit(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	brk := runBroker(t, New(liveRegistry{}, nullUplink{}, Config{
-		SendQueue: 64, MaxMessageBytes: 65536, ClientErrorLimit: 10, WriteTimeout: 10 * time.Second,
-		MaxClientsPerAddr: 1,
-		Logger:            slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: metrics.New(prometheus.NewRegistry()),
-	}))
+	brk := runBroker(t, New(liveRegistry{}, nullUplink{}, testConfig(func(c *Config) {
+		c.SendQueue = 64
+		c.MaxClientsPerAddr = 1
+	})))
 	srv, addr := serveBroker(t, brk)
 	t.Cleanup(func() { _ = srv.Close(); _ = brk.Shutdown(context.Background()) })
 	for i := range 3 {

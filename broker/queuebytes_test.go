@@ -3,14 +3,9 @@ package broker
 import (
 	"bytes"
 	"context"
-	"io"
-	"log/slog"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/dmb-broker/dmb/metrics"
 	"github.com/dmb-broker/dmb/protocol"
 )
 
@@ -116,10 +111,10 @@ func (r *recordingTransport) TryWriteMany(frames [][]byte) (bool, bool) {
 // transport frames (copies) what it is handed, and a client should cost
 // one chunk of copies, not its whole queue.
 func TestAFlusherWritesAQueueAChunkAtATime(t *testing.T) {
-	brk := New(liveRegistry{}, nullUplink{}, Config{
-		SendQueue: 1000, MaxMessageBytes: 65536, ClientErrorLimit: 10, WriteTimeout: time.Second,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: metrics.New(prometheus.NewRegistry()),
-	})
+	brk := New(liveRegistry{}, nullUplink{}, testConfig(func(c *Config) {
+		c.SendQueue = 1000
+		c.WriteTimeout = time.Second
+	}))
 	tr := &recordingTransport{}
 	s := newSession(brk, tr, tr, "chat", "127.0.0.1", "")
 	frame := bytes.Repeat([]byte("x"), 30000)
@@ -146,10 +141,10 @@ func TestAClientThatDoesNotReadIsClosedWhenItsQueueHoldsItsBytes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	up := disconnects{make(chan int, 1)}
-	brk := runBroker(t, New(liveRegistry{}, up, Config{
-		SendQueue: 4096, SendQueueBytes: 1 << 20, MaxMessageBytes: 65536, ClientErrorLimit: 10, WriteTimeout: time.Minute,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: metrics.New(prometheus.NewRegistry()),
-	}))
+	brk := runBroker(t, New(liveRegistry{}, up, testConfig(func(c *Config) {
+		c.SendQueueBytes = 1 << 20
+		c.WriteTimeout = time.Minute
+	})))
 	dialBroker(t, ctx, brk)
 	// The client never reads: the socket's buffers fill, then the queue,
 	// far below its 4096 frames.

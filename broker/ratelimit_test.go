@@ -3,16 +3,12 @@ package broker
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/dmb-broker/dmb/metrics"
 	"github.com/dmb-broker/dmb/protocol"
 )
 
@@ -20,11 +16,12 @@ func TestAClientOverItsRateIsAnsweredRateLimitedThenClosed(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	up := &countingUplink{}
-	brk := runBroker(t, New(liveRegistry{}, up, Config{
-		SendQueue: 64, MaxMessageBytes: 65536, ClientErrorLimit: 3, WriteTimeout: 10 * time.Second,
-		ClientRate: 0.001, ClientBurst: 5, // no token comes back within the test
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: metrics.New(prometheus.NewRegistry()),
-	}))
+	brk := runBroker(t, New(liveRegistry{}, up, testConfig(func(c *Config) {
+		c.SendQueue = 64
+		c.ClientErrorLimit = 3
+		c.ClientRate = 0.001
+		c.ClientBurst = 5 // no token comes back within the test
+	})))
 	c := dialBroker(t, ctx, brk)
 	send := func(id int) {
 		t.Helper()

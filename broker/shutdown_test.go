@@ -3,16 +3,12 @@ package broker
 import (
 	"context"
 	"encoding/json"
-	"io"
-	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/dmb-broker/dmb/metrics"
 	"github.com/dmb-broker/dmb/uplink"
 )
 
@@ -74,10 +70,9 @@ func TestSessionsWriteWithoutTheBrokersLoops(t *testing.T) {
 	defer cancel()
 	for _, name := range []string{"never run", "run and stopped"} {
 		t.Run(name, func(t *testing.T) {
-			brk := New(liveRegistry{}, nullUplink{}, Config{
-				SendQueue: 64, MaxMessageBytes: 65536, ClientErrorLimit: 10, WriteTimeout: 10 * time.Second,
-				Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: metrics.New(prometheus.NewRegistry()),
-			})
+			brk := New(liveRegistry{}, nullUplink{}, testConfig(func(c *Config) {
+				c.SendQueue = 64
+			}))
 			if name == "run and stopped" {
 				rctx, stop := context.WithCancel(ctx)
 				stop()

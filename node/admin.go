@@ -15,9 +15,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/coder/websocket"
-
 	"github.com/dmb-broker/dmb/broker"
+	"github.com/dmb-broker/dmb/protocol"
 	"github.com/dmb-broker/dmb/registry"
 )
 
@@ -92,13 +91,13 @@ func (n *Node) adminHandler() http.Handler {
 		if !readJSON(w, r, &req) {
 			return
 		}
-		code := websocket.StatusPolicyViolation
+		code := protocol.ClosePolicy
 		if req.Code != 0 {
 			if !sendableCloseCode(req.Code) {
 				http.Error(w, "code must be 1000, 1001, 1008, 1011 or 3000-4999", http.StatusBadRequest)
 				return
 			}
-			code = websocket.StatusCode(req.Code)
+			code = req.Code
 		}
 		if req.Reason == "" {
 			req.Reason = "disconnected by operator"

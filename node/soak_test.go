@@ -14,6 +14,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/dmb-broker/dmb/config"
+	"github.com/dmb-broker/dmb/node"
 )
 
 // TestSoak runs two nodes on one Redis for DMB_TEST_SOAK (a duration, such
@@ -35,14 +36,14 @@ func TestSoak(t *testing.T) {
 		c.FrameTimeout = time.Second
 		c.HandshakeTimeout = time.Second
 	}
-	nodes := [2]*testNode{e.startNode(limits), e.startNode(limits)}
+	nodes := [2]*soakNode{startSoakNode(t, e, limits), startSoakNode(t, e, limits)}
 	ctx, cancel := context.WithTimeout(context.Background(), d+2*time.Minute)
 	defer cancel()
 	chat := startCountingBackend(t, e, ctx, "chat")
 	big := startCountingBackend(t, e, ctx, "big")
 
 	var mu sync.Mutex // guards nodes while a drained one is replaced
-	node := func(i int) *testNode {
+	node := func(i int) *soakNode {
 		mu.Lock()
 		defer mu.Unlock()
 		return nodes[i%2]
@@ -113,7 +114,7 @@ func TestSoak(t *testing.T) {
 			if err := old.Wait(); err != nil {
 				t.Errorf("drained node: %v", err)
 			}
-			fresh := e.startNode(limits)
+			fresh := startSoakNode(t, e, limits)
 			mu.Lock()
 			nodes[round%2] = fresh
 			mu.Unlock()
@@ -126,7 +127,7 @@ func TestSoak(t *testing.T) {
 		t.Errorf("%d of %d honest messages acked", acked.Load(), sent.Load())
 	}
 	for i := range 2 {
-		c := connect(t, node(i), "chat").welcome()
+		c := connectURL(t, node(i).wsURL("chat"), nil).welcome()
 		c.send(`{"event":"dmb:message","data":"last","id":"last"}`)
 		if f := c.nextEvent("dmb:ack"); string(f.ID) != `"last"` {
 			t.Fatalf("node %d after the soak: %+v", i, f)
@@ -150,7 +151,7 @@ func TestSoak(t *testing.T) {
 // honestLoop is an honest client: it connects to node(i), then node(i+1)
 // when that fails, sends a message a second and counts its acks, until
 // ctx ends.
-func honestLoop(ctx context.Context, node func(int) *testNode, i int, sent, acked *atomic.Int64) {
+func honestLoop(ctx context.Context, node func(int) *soakNode, i int, sent, acked *atomic.Int64) {
 	for k := i; ctx.Err() == nil; k++ {
 		c, _, err := websocket.Dial(ctx, node(k).wsURL("chat"), nil)
 		if err != nil {
@@ -206,12 +207,12 @@ func waitAck(ctx context.Context, reads <-chan string, id string) bool {
 }
 
 // waitReady waits until every node answers /readyz.
-func waitReady(t *testing.T, ctx context.Context, nodes ...*testNode) {
+func waitReady(t *testing.T, ctx context.Context, nodes ...*soakNode) {
 	t.Helper()
 	for _, n := range nodes {
 		for !n.Ready(ctx) {
 			if ctx.Err() != nil {
-				t.Fatalf("node %s never ready again", n.id)
+				t.Fatalf("node %s never ready again", n.Addr())
 			}
 			sleepCtx(ctx, 100*time.Millisecond)
 		}
@@ -223,5 +224,57 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	select {
 	case <-ctx.Done():
 	case <-time.After(d):
+	}
+}
+
+// soakNode is a node that the soak starts, drains and forgets: unlike the
+// harness's nodes, nothing keeps a drained one until the test ends, so
+// that the heap at the end tells what DMB kept.
+type soakNode struct {
+	*node.Node
+	done chan struct{} // closed when Run returns
+	err  error         // what Run returned
+}
+
+func startSoakNode(t *testing.T, e *env, mutate func(*config.Config)) *soakNode {
+	t.Helper()
+	cfg := e.baseConfig()
+	mutate(&cfg)
+	n, err := node.New(cfg, node.Options{Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn := &soakNode{Node: n, done: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		defer close(sn.done)
+		sn.err = n.Run(ctx)
+	}()
+	// A node still running when the test ends is stopped then; the
+	// clean-up holds only the channel, not the node.
+	done := sn.done
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(wait):
+		}
+	})
+	waitReady(t, context.Background(), sn)
+	return sn
+}
+
+func (n *soakNode) wsURL(service string) string {
+	return "ws://" + n.Addr().String() + "/ws/" + service
+}
+
+// Wait waits until the node stops (after a drain) and returns what Run
+// returned.
+func (n *soakNode) Wait() error {
+	select {
+	case <-n.done:
+		return n.err
+	case <-time.After(wait):
+		return fmt.Errorf("node %s did not stop", n.Addr())
 	}
 }
