@@ -23,6 +23,7 @@
 //	transport.go  Transport and InlineWriter: what a session writes through
 //	websocket.go  the WebSocket endpoint: accept, admit, read frames
 //	admission.go  who may connect: origin, service, token, live backend; cids
+//	limits.go     clients per node and address, handshakes a second
 //	session.go    one client's session: identity, handling its frames, its end
 //	queue.go      a session's bounded send queue, and who its writer is
 //	writer.go     a session's writer, and the flushers that run writers
