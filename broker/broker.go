@@ -66,7 +66,7 @@ type Config struct {
 	// RefusalLogEvery is how often a refusal per close code is logged;
 	// zero means DefaultRefusalLogEvery.
 	RefusalLogEvery time.Duration
-	// Auth, when set, requires a token of every client (PROTOCOL.md,
+	// Auth, when set, requires a token of every client (docs/protocol.md,
 	// section 7).
 	Auth    *auth.Verifier
 	Logger  *slog.Logger
