@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"runtime"
 	"slices"
 	"strings"
@@ -26,8 +27,10 @@ import (
 // flood that DMB bounds, at once, while honest clients send messages and
 // receive a backend's broadcasts: they lose nothing, are never closed, and
 // their acks stay prompt; each flood is met by its bound (counted); and
-// when the floods are over, the node's goroutines and heap are back near
-// where they started. It is the CI-sized form of the attacks in
+// when the floods are over, the node's goroutines, heap and the process's
+// resident memory (not under the race detector, whose shadow memory is
+// never given back) are back near where they started: the bounds keep the
+// peak small. It is the CI-sized form of the attacks in
 // docs/limits.md.
 func TestFloodsCostHonestClientsNothing(t *testing.T) {
 	if testing.Short() {
@@ -56,7 +59,7 @@ func TestFloodsCostHonestClientsNothing(t *testing.T) {
 	for i := range honest {
 		honest[i] = connect(t, n, "chat").welcome()
 	}
-	goroutines, heap := runtime.NumGoroutine(), heapInUse()
+	goroutines, heap, rss := runtime.NumGoroutine(), heapInUse(), residentBytes(t)
 
 	var seq atomic.Int64
 	broadcasting, stopBroadcasts := context.WithCancel(ctx)
@@ -176,13 +179,14 @@ func TestFloodsCostHonestClientsNothing(t *testing.T) {
 	// they cost.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		g, h := runtime.NumGoroutine(), heapInUse()
-		if g <= goroutines+10 && h <= heap+32<<20 {
-			t.Logf("goroutines %d -> %d, heap %d -> %d MB", goroutines, g, heap>>20, h>>20)
+		g, h, r := runtime.NumGoroutine(), heapInUse(), residentBytes(t)
+		if g <= goroutines+10 && h <= heap+32<<20 && (raceEnabled || r <= rss+64<<20) {
+			t.Logf("goroutines %d -> %d, heap %d -> %d MB, RSS %d -> %d MB", goroutines, g, heap>>20, h>>20, rss>>20, r>>20)
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after the floods: %d goroutines (%d before), heap %d MB (%d before)", g, goroutines, h>>20, heap>>20)
+			t.Fatalf("after the floods: %d goroutines (%d before), heap %d MB (%d before), RSS %d MB (%d before)",
+				g, goroutines, h>>20, heap>>20, r>>20, rss>>20)
 		}
 		time.Sleep(100 * time.Millisecond) // a poll with a deadline
 	}
@@ -333,4 +337,18 @@ func trickle(ctx context.Context, addr string) bool {
 		}
 	}
 	return false
+}
+
+// residentBytes is the process's resident memory.
+func residentBytes(t *testing.T) uint64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		t.Skip("no /proc/self/statm")
+	}
+	var size, resident uint64
+	if _, err := fmt.Sscan(string(b), &size, &resident); err != nil {
+		t.Fatal(err)
+	}
+	return resident * uint64(os.Getpagesize())
 }
