@@ -61,7 +61,6 @@ func readFrames(s *session, conn *wsconn.Conn) (int, string) {
 		// that waits holds none.
 		buf := frameBuffers.Get().(*[]byte)
 		*buf, err = readall.Into((*buf)[:0], r)
-		conn.FrameRead()
 		var stop error
 		if err == nil && !s.closing() { // closing: read on until the close handshake ends
 			if text {

@@ -100,23 +100,12 @@ type InlineWriter netConn
 // The wait has no context: a context that can end makes the library
 // register a callback on it for every read. The connection is closed
 // instead when the session must end early.
-//
-// From the moment the frame begins to arrive until FrameRead, the frame is
-// being read: DropIfStalled drops a client that takes too long to finish
-// one.
 func (c *Conn) Next() (text bool, r io.Reader, err error) {
-	if c.nc != nil && c.nc.awaitInput() {
-		c.nc.frameSince.Store(time.Now().UnixNano())
+	if c.nc != nil {
+		c.nc.awaitInput()
 	}
 	typ, r, err := c.ws.Reader(context.Background())
 	return typ == websocket.MessageText, r, err
-}
-
-// FrameRead says that the frame Next began has been read whole.
-func (c *Conn) FrameRead() {
-	if c.nc != nil {
-		c.nc.frameSince.Store(0)
-	}
 }
 
 // CloseStatus turns the error that ended a read into the close code and
@@ -305,6 +294,11 @@ func (w leanWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	w.conn.brMu.Lock()
 	w.conn.br = r
 	w.conn.brMu.Unlock()
+	// From now on every byte the library reads is the client's frames,
+	// unless the server's reader held some already.
+	w.conn.rmu.Lock()
+	w.conn.frames.on = r != brw.Reader
+	w.conn.rmu.Unlock()
 	w.conn.mu.Lock()
 	w.conn.framed = true
 	w.conn.takeFDLocked()

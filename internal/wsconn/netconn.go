@@ -46,7 +46,8 @@ type netConn struct {
 	fdClosed bool
 
 	// frameSince is when the frame being read began to arrive (UnixNano), 0
-	// between frames; the broker's watchdog reads it without a lock.
+	// between frames (see frameTracker); the broker's watchdog reads it
+	// without a lock.
 	frameSince atomic.Int64
 
 	// Read state, guarded by rmu, which is held across the read.
@@ -59,6 +60,7 @@ type netConn struct {
 	pending *[]byte               // bytes read and not yet asked for, from readBuffers
 	unread  []byte                // what of pending is still to be handed out
 	readErr error                 // what awaitInput met, for the read that follows
+	frames  frameTracker          // where the client's frames begin and end
 
 	// The library's buffered reader when leanWriter made it, guarded by
 	// brMu: awaitInput looks into it until handOverReads.

@@ -22,6 +22,13 @@ var readBuffers = sync.Pool{New: func() any { b := make([]byte, readBufferSize);
 func (c *netConn) Read(p []byte) (int, error) {
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
+	n, err := c.readLocked(p)
+	c.trackLocked(p[:n])
+	return n, err
+}
+
+// readLocked is Read with rmu held.
+func (c *netConn) readLocked(p []byte) (int, error) {
 	if c.unread == nil && c.readErr == nil {
 		if len(p) >= readBufferSize || len(p) == 0 || !c.rawReadyLocked() {
 			return c.Conn.Read(p)
@@ -81,28 +88,24 @@ func (c *netConn) readOnce(fd uintptr) bool {
 }
 
 // awaitInput returns once the client has sent something that the next
-// read will find, or the connection failed (which that read then reports);
-// true when it knows that a frame has begun to arrive (false under TLS,
-// where bytes are not frames, and once the close handshake reads).
+// read will find, or the connection failed (which that read then reports).
 // The session calls it before each read so that an idle client waits here,
 // a few frames deep, rather than deep inside the WebSocket library: the
 // garbage collector then shrinks the goroutine's stack to the smallest
 // size, and new sessions start with it. Without a reader made by
 // leanWriter it returns at once.
-func (c *netConn) awaitInput() bool {
+func (c *netConn) awaitInput() {
 	c.brMu.Lock()
-	lean := c.br != nil && !c.handed
-	buffered := lean && c.br.Buffered() > 0
+	skip := c.br == nil || c.handed || c.br.Buffered() > 0
 	c.brMu.Unlock()
-	if !lean || buffered {
-		return buffered
+	if skip {
+		return
 	}
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
 	if c.unread == nil && c.readErr == nil && c.rawReadyLocked() {
 		c.fillLocked()
 	}
-	return true
 }
 
 // handOverReads tells awaitInput to leave the library's reader alone from
