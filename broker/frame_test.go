@@ -85,7 +85,9 @@ func TestTextFramesOfEveryLengthFormAreReadByTheLibrary(t *testing.T) {
 func TestInlineWritesThatDoNotFitKeepFramesWholeAndInOrder(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	brk := newTestBroker(t)
+	// 6 MB go out while the client does not read: the queue must hold
+	// what its socket does not, far from its bound in bytes.
+	brk := runBroker(t, New(liveRegistry{}, nullUplink{}, testConfig(func(c *Config) { c.SendQueueBytes = 1 << 30 })))
 	c := dialBroker(t, ctx, brk)
 	c.SetReadLimit(1 << 20)
 
