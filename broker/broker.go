@@ -30,7 +30,7 @@ type Uplink interface {
 	Connect(c uplink.Client) error
 	// Message is done with data and id when it returns; it waits for room
 	// in the uplink's queue until ctx ends.
-	Message(ctx context.Context, c uplink.Client, data, id json.RawMessage) error
+	Message(ctx context.Context, c uplink.Client, data, id json.RawMessage, heavy bool) error
 	Disconnect(c uplink.Client, code int, reason string) error
 	// After runs fn once every frame of c queued before has been answered;
 	// it waits for room in the uplink's queue until ctx ends.

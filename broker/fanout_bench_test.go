@@ -35,7 +35,7 @@ func (liveRegistry) Lookup(context.Context, string) (registry.Status, error) {
 type nullUplink struct{}
 
 func (nullUplink) Connect(uplink.Client) error { return nil }
-func (nullUplink) Message(context.Context, uplink.Client, json.RawMessage, json.RawMessage) error {
+func (nullUplink) Message(context.Context, uplink.Client, json.RawMessage, json.RawMessage, bool) error {
 	return nil
 }
 func (nullUplink) Disconnect(uplink.Client, int, string) error { return nil }
@@ -82,7 +82,7 @@ type countingUplink struct {
 	messages atomic.Int64
 }
 
-func (u *countingUplink) Message(context.Context, uplink.Client, json.RawMessage, json.RawMessage) error {
+func (u *countingUplink) Message(context.Context, uplink.Client, json.RawMessage, json.RawMessage, bool) error {
 	u.messages.Add(1)
 	return nil
 }

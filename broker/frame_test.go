@@ -199,7 +199,7 @@ func TestAWriteToAClientThatStopsReadingIsCutAfterTheWriteTimeout(t *testing.T) 
 type disconnects struct{ codes chan int }
 
 func (disconnects) Connect(uplink.Client) error { return nil }
-func (disconnects) Message(context.Context, uplink.Client, json.RawMessage, json.RawMessage) error {
+func (disconnects) Message(context.Context, uplink.Client, json.RawMessage, json.RawMessage, bool) error {
 	return nil
 }
 func (d disconnects) Disconnect(_ uplink.Client, code int, _ string) error {

@@ -165,13 +165,15 @@ func (s *session) handle(data []byte) (err error) {
 		s.badFrame(err)
 		return nil
 	}
+	heavy := false
 	if rate := s.b.cfg.ClientRate; rate > 0 {
 		if now := time.Now(); !s.rate.Allow(now, rate, s.b.cfg.ClientBurst) {
 			s.overRate(now, frame.ID)
 			return nil
 		}
+		heavy = s.rate.Below(float64(s.b.cfg.ClientBurst) / 2)
 	}
-	return s.forward(frame)
+	return s.forward(frame, heavy)
 }
 
 // overRate answers a frame sent faster than the client's rate, which is
@@ -210,8 +212,10 @@ func (s *session) badFrame(err error) {
 	}
 }
 
-// forward passes a frame to the uplink unless forwarding stopped.
-func (s *session) forward(frame protocol.ClientFrame) error {
+// forward passes a frame to the uplink unless forwarding stopped; heavy
+// when the client has spent more than half its burst (see
+// uplink.Message).
+func (s *session) forward(frame protocol.ClientFrame, heavy bool) error {
 	s.fwdMu.Lock()
 	defer s.fwdMu.Unlock()
 	if !s.forwarding {
@@ -223,7 +227,7 @@ func (s *session) forward(frame protocol.ClientFrame) error {
 	}
 	// A full uplink queue holds the reader back until the broker's
 	// lifetime ends: the session itself ends only when its reader returns.
-	return s.b.up.Message(s.b.ctx, s, frame.Data, frame.ID)
+	return s.b.up.Message(s.b.ctx, s, frame.Data, frame.ID, heavy)
 }
 
 // stopForwarding makes the session answer what the client sends from now

@@ -19,7 +19,7 @@ type stuckUplink struct {
 	waiting chan struct{}
 }
 
-func (u stuckUplink) Message(ctx context.Context, _ uplink.Client, _, _ json.RawMessage) error {
+func (u stuckUplink) Message(ctx context.Context, _ uplink.Client, _, _ json.RawMessage, _ bool) error {
 	u.waiting <- struct{}{}
 	<-ctx.Done()
 	return ctx.Err()

@@ -159,3 +159,54 @@ func TestMessagesOverTheBackendRateAreAnsweredBackendBusy(t *testing.T) {
 		t.Fatalf("backend_busy drops counted %v, want %d", m, busy)
 	}
 }
+
+// Clients that each send at their own bound cannot take the whole of what
+// the node may publish to their backend: the last quarter is kept for the
+// clients that send little, whose messages still get through.
+func TestClientsOverHalfTheirBurstLeaveTheBackendsReserveToTheOthers(t *testing.T) {
+	e := newEnv(t)
+	n := e.startNode(func(c *config.Config) {
+		c.BackendRate, c.UplinkWorkers = 100, 1 // a burst of 100, 25 kept
+		c.ClientRate, c.ClientBurst = 1, 20     // heavy once 10 are spent
+		c.ClientErrorLimit = 1000
+	})
+	e.startBackend("chat")
+	answers := func(c *wsClient, sent int) (acked, busy int) {
+		for range sent {
+			switch f := c.next(); {
+			case f.Event == "dmb:ack":
+				acked++
+			case f.Event == "dmb:error" && (f.Error == "backend busy" || f.Error == "rate limited"):
+				if f.Error == "backend busy" {
+					busy++
+				}
+			default:
+				t.Fatalf("answer %+v", f)
+			}
+		}
+		return acked, busy
+	}
+	// 5 flooders, one after the other, spend their bursts: 10 light
+	// messages each, then 10 heavy ones, which the first three get
+	// through while the backend's burst lasts, and the last two find
+	// nothing above the 25 kept: about 16 are left for others.
+	heavyBusy := 0
+	for range 5 {
+		c := connect(t, n, "chat").welcome()
+		for i := range 20 {
+			c.send(fmt.Sprintf(`{"event":"dmb:message","data":%d,"id":%d}`, i, i))
+		}
+		_, busy := answers(c, 20)
+		heavyBusy += busy
+	}
+	if heavyBusy == 0 {
+		t.Fatal("no flooder's message was answered backend busy")
+	}
+	honest := connect(t, n, "chat").welcome()
+	for i := range 8 {
+		honest.send(fmt.Sprintf(`{"event":"dmb:message","data":%d,"id":%d}`, i, i))
+	}
+	if acked, _ := answers(honest, 8); acked != 8 {
+		t.Fatalf("the honest client got %d of 8 messages acked", acked)
+	}
+}

@@ -147,14 +147,19 @@ func (u *Uplink) Connect(c Client) error {
 // when id is not nil. It waits while the worker's queue is full, until ctx
 // (the client's lifetime) ends. It builds the backend's message at once, so
 // the caller may reuse data and id when it returns.
-func (u *Uplink) Message(ctx context.Context, c Client, data, id json.RawMessage) error {
+//
+// heavy says the client has lately been sending faster than its rate:
+// such messages may not take the last quarter of the backend's rate,
+// which is kept for the clients that send little, so that a flood of
+// many clients each at its own bound costs the honest ones nothing.
+func (u *Uplink) Message(ctx context.Context, c Client, data, id json.RawMessage, heavy bool) error {
 	cid, user := c.CID(), c.User()
 	msg := protocol.AppendMessage(make([]byte, 0, protocol.MessageSize(cid, user, data, id)), cid, user, data, id)
 	if id != nil { // the id ends the message: {...,"id":<id>}
 		end := len(msg) - 1
 		id = msg[end-len(id) : end : end]
 	}
-	return u.enqueue(ctx, u.clientWorker(c), request{kind: reqMessage, client: c, data: msg, id: id})
+	return u.enqueue(ctx, u.clientWorker(c), request{kind: reqMessage, client: c, data: msg, id: id, heavy: heavy})
 }
 
 // Disconnect tells the client's backend that the client went away.
@@ -241,6 +246,7 @@ type request struct {
 	reason string
 	bkid   string // publish
 	then   func() // barrier
+	heavy  bool   // message: from a client over half its burst
 }
 
 // binding is where one client's frames go. Only its worker touches it.
@@ -463,7 +469,7 @@ func (w *worker) message(ctx context.Context, b *binding, r *request, attempt in
 		w.answer(r, protocol.ErrTextBackendUnavailable, metrics.DropNoBackend)
 		return
 	}
-	if !w.allow(b.bkid) {
+	if !w.allow(b.bkid, r.heavy) {
 		w.answer(r, protocol.ErrTextBackendBusy, metrics.DropBackendBusy)
 		return
 	}
@@ -489,8 +495,9 @@ func (w *worker) exec(ctx context.Context, p *pipeline) {
 // ("backend busy"), never the backend its subscription: Redis cuts a
 // subscriber that reads slower than it is published to (its pub/sub
 // output buffer limit), and the backend would look dead to every client
-// of its service.
-func (w *worker) allow(bkid string) bool {
+// of its service. A heavy message leaves the last quarter of the burst to
+// the light ones.
+func (w *worker) allow(bkid string, heavy bool) bool {
 	rate := w.u.cfg.BackendRate / float64(len(w.u.workers))
 	if rate <= 0 {
 		return true
@@ -501,7 +508,11 @@ func (w *worker) allow(bkid string) bool {
 		b = new(ratelimit.Bucket)
 		w.rates[bkid] = b
 	}
-	return b.Allow(time.Now(), rate, max(1, int(rate)))
+	burst, keep := max(1, int(rate)), 0.0
+	if heavy {
+		keep = float64(burst) / 4
+	}
+	return b.AllowAbove(time.Now(), rate, burst, keep)
 }
 
 // publishBatch sends the pipeline's operations to Redis in one round trip and

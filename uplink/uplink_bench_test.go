@@ -90,7 +90,7 @@ func BenchmarkUplinkMessage(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if err := up.Message(ctx, clients[i%len(clients)], data, ids[i%len(ids)]); err != nil {
+		if err := up.Message(ctx, clients[i%len(clients)], data, ids[i%len(ids)], false); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -15,6 +15,12 @@ type Bucket struct {
 
 // Allow takes a token at now, if there is one.
 func (t *Bucket) Allow(now time.Time, rate float64, burst int) bool {
+	return t.AllowAbove(now, rate, burst, 0)
+}
+
+// AllowAbove takes a token at now if one is left over keep tokens: what
+// is kept is for the callers that ask with a smaller keep.
+func (t *Bucket) AllowAbove(now time.Time, rate float64, burst int, keep float64) bool {
 	ns := now.UnixNano()
 	if t.last == 0 {
 		t.tokens = float64(burst)
@@ -22,9 +28,13 @@ func (t *Bucket) Allow(now time.Time, rate float64, burst int) bool {
 		t.tokens = min(float64(burst), t.tokens+float64(ns-t.last)*rate/1e9)
 	}
 	t.last = ns
-	if t.tokens < 1 {
+	if t.tokens < 1+keep {
 		return false
 	}
 	t.tokens--
 	return true
 }
+
+// Below tells whether the bucket held fewer than n tokens when last
+// filled: its owner has lately been spending faster than the rate.
+func (t *Bucket) Below(n float64) bool { return t.last != 0 && t.tokens < n }

@@ -32,3 +32,30 @@ func TestTheTokenBucketAllowsABurstThenTheRate(t *testing.T) {
 		t.Fatal("the bucket held more than its burst")
 	}
 }
+
+func TestWhatABucketKeepsIsLeftToTheCallersThatKeepLess(t *testing.T) {
+	var b Bucket
+	now := time.Unix(1000, 0)
+	taken := 0
+	for b.AllowAbove(now, 10, 8, 2) {
+		taken++
+	}
+	if taken != 6 {
+		t.Fatalf("%d tokens taken above a keep of 2 from 8, want 6", taken)
+	}
+	if !b.Below(4) || b.Below(2) {
+		t.Fatal("Below does not tell the 2 tokens left")
+	}
+	for i := range 2 {
+		if !b.Allow(now, 10, 8) {
+			t.Fatalf("kept token %d refused to a caller that keeps none", i)
+		}
+	}
+	if b.Allow(now, 10, 8) {
+		t.Fatal("a token taken from an empty bucket")
+	}
+	var fresh Bucket
+	if fresh.Below(1) {
+		t.Fatal("a bucket never used is below 1")
+	}
+}
