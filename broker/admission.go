@@ -27,7 +27,7 @@ import (
 // connect: the user the token names (empty when auth is off), or the close
 // code and reason that refuse it.
 func (b *Broker) admit(service, token, remote string) (user string, code int, reason string) {
-	if b.limitsAddr(remote) && !b.addrs.allowHandshake(remote, time.Now()) {
+	if b.limitsAddr(remote) && !b.addrs.allowHandshake(addrKey(remote), time.Now()) {
 		return "", protocol.CloseTryAgainLater, "too many connections from this address"
 	}
 	if !protocol.ValidService(service) {

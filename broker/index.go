@@ -22,7 +22,10 @@ type userKey struct{ service, user string }
 // dmb:connected is already reachable.
 func (b *Broker) add(s *session) (code int, reason string) {
 	connected := protocol.AppendConnected(nil, s.cid, s.service)
-	perAddr := b.cfg.MaxClientsPerAddr > 0 && b.limitsAddr(s.remote)
+	key := ""
+	if b.cfg.MaxClientsPerAddr > 0 && b.limitsAddr(s.remote) {
+		key = addrKey(s.remote)
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	switch {
@@ -30,12 +33,12 @@ func (b *Broker) add(s *session) (code int, reason string) {
 		return protocol.CloseGoingAway, "server shutting down"
 	case b.cfg.MaxClients > 0 && len(b.byCID) >= b.cfg.MaxClients:
 		return protocol.CloseTryAgainLater, "node full"
-	case perAddr && b.byAddr[s.remote] >= b.cfg.MaxClientsPerAddr:
+	case key != "" && b.byAddr[key] >= b.cfg.MaxClientsPerAddr:
 		return protocol.CloseTryAgainLater, "too many connections from this address"
 	}
-	if perAddr {
-		b.byAddr[s.remote]++
-		s.countedAddr = true
+	if key != "" {
+		b.byAddr[key]++
+		s.addrKey = key
 	}
 	s.q.push(connected, 1)
 	b.sessions.Add(1)
@@ -77,9 +80,9 @@ func (b *Broker) remove(s *session) {
 			delete(b.byUser, k)
 		}
 	}
-	if s.countedAddr {
-		if b.byAddr[s.remote]--; b.byAddr[s.remote] <= 0 {
-			delete(b.byAddr, s.remote)
+	if k := s.addrKey; k != "" {
+		if b.byAddr[k]--; b.byAddr[k] <= 0 {
+			delete(b.byAddr, k)
 		}
 	}
 	b.mu.Unlock()

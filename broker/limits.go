@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"net/netip"
 	"sync"
 	"time"
 
@@ -12,7 +13,23 @@ import (
 // over one is closed with 1013 (try again later). The address is the
 // client's as remoteAddr finds it; a trusted proxy's own address (a proxy
 // that did not say for whom it connects) is not limited per address, since
-// every client behind it would share its bucket.
+// every client behind it would share its bucket. An IPv6 client counts
+// by its /64, the least that a site is given: one host holds a whole /64
+// and could take a fresh address for each connection.
+
+// addrKey is the key that a client address counts under in the
+// per-address limits: the address itself, or an IPv6 address's /64.
+func addrKey(remote string) string {
+	a, err := netip.ParseAddr(remote)
+	if err != nil || a.Unmap().Is4() {
+		return remote
+	}
+	p, err := a.Prefix(64)
+	if err != nil {
+		return remote
+	}
+	return p.String()
+}
 
 // addrLimits are the per-address limits of a broker.
 type addrLimits struct {

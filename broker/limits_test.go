@@ -84,3 +84,36 @@ func (b *Broker) addrCounts() map[string]int {
 	defer b.mu.RUnlock()
 	return maps.Clone(b.byAddr)
 }
+
+func TestAnIPv6ClientCountsByItsSlash64(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	brk := runBroker(t, New(liveRegistry{}, nullUplink{}, testConfig(func(c *Config) {
+		c.MaxClientsPerAddr = 1
+		c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	})))
+	srv, addr := serveBroker(t, brk)
+	t.Cleanup(func() { _ = srv.Close(); _ = brk.Shutdown(context.Background()) })
+	for _, tc := range []struct {
+		from    string
+		refused bool
+	}{
+		{"2001:db8:0:7::1", false},
+		{"2001:db8:0:7:ffff::2", true}, // the same /64
+		{"2001:db8:0:8::1", false},
+		{"192.0.2.1", false},
+		{"192.0.2.2", false}, // IPv4 counts by the address
+	} {
+		c, _, err := websocket.Dial(ctx, "ws://"+addr+"/ws/chat", &websocket.DialOptions{
+			HTTPHeader: map[string][]string{"X-Forwarded-For": {tc.from}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.CloseNow() })
+		_, data, err := c.Read(ctx)
+		var ce websocket.CloseError
+		if refused := errors.As(err, &ce) && ce.Code == protocol.CloseTryAgainLater; refused != tc.refused {
+			t.Fatalf("a client from %s: read %s, %v; refused %v, want %v", tc.from, data, err, refused, tc.refused)
+		}
+	}
+}

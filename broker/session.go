@@ -28,8 +28,9 @@ type session struct {
 	service string
 	remote  string
 	user    string
-	// countedAddr is set when the session counts in Broker.byAddr.
-	countedAddr bool
+	// addrKey is the key under which the session counts in
+	// Broker.byAddr, "" when it does not.
+	addrKey string
 
 	// A fan-out reads inline and q of every session, whose memory is then
 	// seldom in the cache: they sit together, q inline.
