@@ -220,10 +220,16 @@ func dialClient(ctx context.Context, d *net.Dialer, e *endpoint, readLimit int) 
 	if err != nil {
 		return nil, err
 	}
+	return upgradeClient(ctx, nc, e, readLimit)
+}
+
+// upgradeClient makes the opening handshake on nc and reads DMB's first
+// frame, dmb:connected, within ctx; it closes nc when it fails.
+func upgradeClient(ctx context.Context, nc net.Conn, e *endpoint, readLimit int) (*client, error) {
 	c := &client{ended: make(chan struct{}), conn: &upgradedConn{Conn: nc}}
 	c.in = newInbox(c.conn, readLimit)
 	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
-	err = c.first(e)
+	err := c.first(e)
 	if !stop() { // ctx ended and put the deadline in the past: that is the failure
 		err = ctx.Err()
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmb-broker/dmb/config"
 	"github.com/dmb-broker/dmb/internal/nodetest"
 	"github.com/dmb-broker/dmb/internal/redistest"
 	"github.com/dmb-broker/dmb/node"
@@ -20,11 +21,18 @@ type target struct {
 	dmb, metrics, redis string
 }
 
-func startTarget(t *testing.T) target {
+func startTarget(t *testing.T) target { return startTargetWith(t, nil) }
+
+// startTargetWith starts a target whose node's configuration change
+// alters, after the tests' defaults.
+func startTargetWith(t *testing.T, change func(*config.Config)) target {
 	t.Helper()
 	rs := redistest.Start(t)
 	cfg := nodetest.Config(t, rs)
 	cfg.ClientRate, cfg.BackendRate = 0, 0 // the uplink scenarios send as fast as they can
+	if change != nil {
+		change(&cfg)
+	}
 	n := nodetest.Start(t, cfg, node.Options{})
 	return target{
 		dmb:     "ws://" + n.Addr().String(),
@@ -249,5 +257,106 @@ func TestUplinkSpreadOverBackendsReachesThemAllInOrder(t *testing.T) {
 		if n == 0 {
 			t.Errorf("backend %d received nothing: %v", i+1, r.BackendReceivedEach)
 		}
+	}
+}
+
+// floodRun is what the flood tests read of the JSON report.
+type floodRun struct {
+	Params struct {
+		Sources int `json:"sources"`
+	} `json:"params"`
+	Results struct {
+		Sent             int64          `json:"sent"`
+		Acked            int64          `json:"acked"`
+		Errors           int64          `json:"errors"`
+		BackendReceived  int64          `json:"backend_received"`
+		BackendReordered int64          `json:"backend_reordered"`
+		BackendUndecoded int64          `json:"backend_undecoded"`
+		Dropped          int            `json:"dropped"`
+		DropCodes        map[string]int `json:"drop_codes"`
+	} `json:"results"`
+	Flood *floodReport `json:"flood"`
+}
+
+// runFlood runs dmb-load with args against tg and returns its JSON report
+// and its table.
+func runFlood(t *testing.T, tg target, args ...string) (floodRun, string) {
+	t.Helper()
+	args = append([]string{"-dmb", tg.dmb, "-metrics", tg.metrics, "-redis", tg.redis, "-json", "-"}, args...)
+	var stdout, stderr bytes.Buffer
+	if err := mainErr(args, &stdout, &stderr); err != nil {
+		t.Fatalf("dmb-load %v: %v\n%s", args, err, stderr.String())
+	}
+	var got floodRun
+	if err := json.Unmarshal(stdout.Bytes(), &got); err != nil {
+		t.Fatalf("JSON output does not parse: %v\n%s", err, stdout.String())
+	}
+	if got.Flood == nil {
+		t.Fatalf("no flood section:\n%s", stdout.String())
+	}
+	if t.Failed() || testing.Verbose() {
+		t.Logf("\n%s", stderr.String())
+	}
+	return got, stderr.String()
+}
+
+func TestFloodIsClosedByTheClientRateWhileHonestClientsLoseNothing(t *testing.T) {
+	tg := startTargetWith(t, func(c *config.Config) {
+		c.ClientRate, c.ClientBurst, c.ClientErrorLimit = 20, 20, 3
+	})
+	got, table := runFlood(t, tg, "-scenario", "uplink", "-clients", "3", "-rate", "5", "-duration", "1s", "-flood", "2")
+	f, r := got.Flood, got.Results
+	switch {
+	case f.Connections != 2 || f.ReconnectEvery != 0 || f.Source != "127.0.0.2" || got.Params.Sources != 1:
+		t.Errorf("flood %d connections from %s, reconnect every %d; clients from %d address(es)", f.Connections, f.Source, f.ReconnectEvery, got.Params.Sources)
+	case f.FramesSent <= 0 || f.FramesPerSecond <= 0 || f.Seconds <= 0:
+		t.Errorf("flood sent %d frames in %v s (%v/s)", f.FramesSent, f.Seconds, f.FramesPerSecond)
+	case f.ClosesByCode["1008"] == 0:
+		t.Errorf("no flood connection closed with 1008: closes %v", f.ClosesByCode)
+	case f.Errors["rate limited"] == 0:
+		t.Errorf("no flood frame answered rate limited: errors %v", f.Errors)
+	case f.Sessions <= 2 || f.ConnectionsOpened < f.Sessions+f.HandshakesRefused:
+		// closed at once, each flooder connected again
+		t.Errorf("%d connections opened, %d sessions, %d refused", f.ConnectionsOpened, f.Sessions, f.HandshakesRefused)
+	case f.BackendReceived <= 0: // the acks may never come: the close goes first
+		t.Errorf("the backend received no flood message: the burst of each connection passes")
+	}
+	// The honest clients, under the rate, lose nothing, and the backend
+	// tells the flood's messages apart from theirs.
+	switch {
+	case r.Sent == 0 || r.Acked != r.Sent || r.Errors != 0:
+		t.Errorf("honest sent %d, acked %d, errors %d", r.Sent, r.Acked, r.Errors)
+	case r.BackendReceived != r.Acked || r.BackendReordered != 0 || r.BackendUndecoded != 0:
+		t.Errorf("backend received %d of %d acked, out of order %d, undecoded %d", r.BackendReceived, r.Acked, r.BackendReordered, r.BackendUndecoded)
+	case r.Dropped != 0:
+		t.Errorf("honest clients dropped: %d %v", r.Dropped, r.DropCodes)
+	}
+	for _, want := range []string{"flood conns", "flood closes    1008: "} {
+		if !strings.Contains(table, want) {
+			t.Errorf("the table has no %q:\n%s", want, table)
+		}
+	}
+}
+
+func TestFloodReconnectsAfterEvery200Frames(t *testing.T) {
+	tg := startTarget(t) // no client rate: only the flooders close their connections
+	got, _ := runFlood(t, tg, "-scenario", "uplink", "-clients", "2", "-rate", "20", "-duration", "500ms", "-flood", "2", "-flood-reconnect")
+	f, r := got.Flood, got.Results
+	// Each connection the flooders closed sent its 200 frames, but those
+	// the end of the run closed.
+	switch {
+	case f.ReconnectEvery != floodReconnectEvery:
+		t.Errorf("reconnect every %d", f.ReconnectEvery)
+	case f.ClosedByFlooder <= 2:
+		t.Fatalf("the flooders closed %d connections: they did not reconnect (frames %d, sessions %d)", f.ClosedByFlooder, f.FramesSent, f.Sessions)
+	case f.FramesSent < floodReconnectEvery*(f.ClosedByFlooder-2) || f.FramesSent > floodReconnectEvery*f.Sessions:
+		t.Errorf("%d frames sent in %d sessions, %d closed by the flooders", f.FramesSent, f.Sessions, f.ClosedByFlooder)
+	case f.Sessions < f.ClosedByFlooder || f.HandshakesRefused != 0 || len(f.ClosesByCode) != 0 || len(f.DialErrors) != 0:
+		t.Errorf("sessions %d, refused %d %v, closes %v, dial errors %v", f.Sessions, f.HandshakesRefused, f.Refusals, f.ClosesByCode, f.DialErrors)
+	case len(f.Errors) != 0:
+		t.Errorf("errors answered without a rate limit: %v", f.Errors)
+	}
+	if r.Sent == 0 || r.Acked != r.Sent || r.BackendReceived != r.Acked {
+		t.Errorf("honest sent %d, acked %d, backend received %d", r.Sent, r.Acked, r.BackendReceived)
 	}
 }

@@ -46,6 +46,7 @@ type loadBackend struct {
 	errorEvents  atomic.Int64
 	reordered    atomic.Int64
 	undecoded    atomic.Int64
+	flood        atomic.Int64      // messages of -flood's connections, not counted above
 	lastID       map[string]*int64 // handler only: last uplink id per cid
 }
 
@@ -116,6 +117,10 @@ func startBackend(ctx context.Context, o *options, run *runClock, lat *histogram
 // 100k messages/s, encoding/json would make the backend, not DMB, the
 // limit. Anything else is decoded.
 func (lb *loadBackend) handle(_ context.Context, payload string) {
+	if isFloodMessage(payload) {
+		lb.flood.Add(1)
+		return
+	}
 	if cid, id, t, hasT, ok := readUplinkMessage(payload); ok {
 		lb.message(cid, id, t, hasT)
 		return
@@ -127,6 +132,10 @@ func (lb *loadBackend) handle(_ context.Context, payload string) {
 	}
 	switch ev.Type {
 	case backend.EventMessage:
+		if string(ev.Data) == floodData {
+			lb.flood.Add(1)
+			return
+		}
 		id, err := strconv.ParseInt(string(ev.ID), 10, 64)
 		if err != nil {
 			id = -1
@@ -212,6 +221,17 @@ func readUplinkMessage(p string) (cid string, id, t int64, hasT, ok bool) {
 		hasT = err == nil
 	}
 	return cid, id, t, hasT, true
+}
+
+// isFloodMessage tells whether p is the uplink message event of a flood
+// frame: {"type":"message","cid":"<cid>","data":"flood",...}.
+func isFloodMessage(p string) bool {
+	rest, found := strings.CutPrefix(p, uplinkMessagePrefix)
+	if !found {
+		return false
+	}
+	i := strings.IndexByte(rest, '"')
+	return i > 0 && strings.HasPrefix(rest[i:], uplinkDataMark+floodData+",")
 }
 
 // uplinkSendTime reads t from the data {"t":<ns>,...} of an uplink frame.

@@ -121,3 +121,31 @@ func BenchmarkLoadBackendMessageJSON(b *testing.B) {
 		}
 	}
 }
+
+func TestFloodMessagesAreToldApart(t *testing.T) {
+	f, err := protocol.DecodeClientFrame([]byte(floodFrame))
+	if err != nil {
+		t.Fatal(err)
+	}
+	flood := string(protocol.AppendMessage(nil, "c9", "", f.Data, f.ID))
+	if !isFloodMessage(flood) {
+		t.Errorf("%s: not told apart as a flood message", flood)
+	}
+	for _, p := range []string{
+		uplinkEvent("c7Qx", 42, 987654321, 100),
+		`{"type":"message","cid":"c1","data":"flooded","id":1}`,
+		`{"type":"message","cid":"c1","user":"u","data":"flood","id":1}`,
+		`{"type":"client_connected","cid":"c1","service":"load","remote":"127.0.0.1"}`,
+	} {
+		if isFloodMessage(p) {
+			t.Errorf("%s: taken for a flood message", p)
+		}
+	}
+	lb := &loadBackend{lastID: map[string]*int64{}, run: &runClock{}, lat: &histogram{}}
+	for _, p := range []string{flood, `{"type":"message","cid":"c1","user":"u","data":"flood","id":1}`} {
+		lb.handle(context.Background(), p)
+	}
+	if lb.flood.Load() != 2 || lb.messages.Load() != 0 || lb.undecoded.Load() != 0 {
+		t.Errorf("flood %d, messages %d, undecoded %d; want 2, 0, 0", lb.flood.Load(), lb.messages.Load(), lb.undecoded.Load())
+	}
+}

@@ -54,6 +54,11 @@
 //	                standard output and the table to standard error
 //	-v              log the backend library's warnings to standard error
 //	-cpuprofile F   write the generator's own CPU profile to F
+//	-flood N        N more connections to the service that flood it beside
+//	                the scenario (default 0, at most 1000): see below
+//	-flood-reconnect
+//	                each flooding connection closes itself and reconnects
+//	                after every 200 frames, as well as when DMB closes it
 //
 // Scenarios. Each registers the backend, then opens the N clients with at
 // most -inflight handshakes at once (a handshake lasts from the dial to
@@ -87,6 +92,24 @@
 // Latencies are kept in fixed-size log-linear histograms (1.6% resolution);
 // the times in messages come from one monotonic clock, the generator being
 // both sender and receiver.
+//
+// A flood (-flood N) measures what an attack costs the honest clients. Once
+// they are connected, at the start of the measured window, N more
+// connections to the same service, from the loopback source address after
+// the clients' (127.0.0.2 with -sources 1), each write
+// {"event":"dmb:message","data":"flood","id":1} as fast as the socket
+// takes it, read and discard what DMB sends, and reconnect at once when
+// DMB closes or refuses them, until the window ends. They are not among
+// the measured clients, and the backends count their messages apart. The
+// report's flood section counts the frames the sockets took (DMB reads
+// only part of them from a connection it closes), the TCP connections
+// opened, the handshakes refused (an answer other than 101, or a close
+// before dmb:connected) by reason, the sessions, the close codes DMB sent
+// (refusals included; 1006 for a connection dropped without one), the
+// connections the flooders closed themselves, and the acks and errors DMB
+// answered. The node applies DMB_TRUSTED_PROXIES to the flooders' address:
+// with its default, all of 127.0.0.0/8, the per-address limits do not
+// apply to them.
 //
 // Before the connects, one probe client waits until DMB admits clients of
 // the service: a node may answer 4503 for a moment after a backend
@@ -185,6 +208,9 @@ type options struct {
 	Verbose    bool
 	CPUProfile string
 	Backends   int
+
+	Flood          int  // flooding connections beside the scenario
+	FloodReconnect bool // each reconnects after floodReconnectEvery frames
 }
 
 // Scenarios.
@@ -239,6 +265,8 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.JSON, "json", "", `write the JSON result to this file ("-": standard output, the table then goes to standard error)`)
 	fs.BoolVar(&o.Verbose, "v", false, "log the backend library's warnings to standard error")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write the generator's own CPU profile to this file")
+	fs.IntVar(&o.Flood, "flood", o.Flood, fmt.Sprintf("connections flooding the service with frames beside the scenario, not measured (0-%d)", maxFlood))
+	fs.BoolVar(&o.FloodReconnect, "flood-reconnect", o.FloodReconnect, fmt.Sprintf("each flooding connection closes and reconnects after every %d frames", floodReconnectEvery))
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: dmb-load [flags]\n\n"+
 			"Load generator for DMB: a backend over Redis and N WebSocket clients, loopback only.\n"+
@@ -301,6 +329,10 @@ func (o *options) check() error {
 		return fmt.Errorf("-backends %d: want 1 to %d", o.Backends, maxBackends)
 	case o.Window < 0:
 		return fmt.Errorf("-window %d: want 0 (the default) or more", o.Window)
+	case o.Flood < 0 || o.Flood > maxFlood:
+		return fmt.Errorf("-flood %d: want 0 to %d", o.Flood, maxFlood)
+	case o.FloodReconnect && o.Flood == 0:
+		return errors.New("-flood-reconnect needs -flood")
 	}
 	ipv6 := isIPv6Host(u.Hostname())
 	if o.Sources == 0 {
@@ -308,6 +340,9 @@ func (o *options) check() error {
 		if ipv6 {
 			o.Sources = 1
 		}
+	}
+	if !ipv6 && o.Flood > 0 && o.Sources == maxSources {
+		return fmt.Errorf("-sources %d: -flood needs one more source address, at most %d for the clients", o.Sources, maxSources-1)
 	}
 	if ipv6 && o.Sources > 1 {
 		return fmt.Errorf("-sources %d: an IPv6 target has one loopback source address, ::1", o.Sources)

@@ -88,6 +88,10 @@ func TestFlagsAreBounded(t *testing.T) {
 		{"-dmb", "http://127.0.0.1:8082"},
 		{"-dmb", "ws://[::1]:8082", "-sources", "2"},
 		{"-clients", "100000", "-sources", "1"},
+		{"-flood", "-1"},
+		{"-flood", "1001"},
+		{"-flood-reconnect"},
+		{"-flood", "1", "-sources", "1000"},
 		{"stray"},
 	} {
 		if _, err := parseOptions(args, io.Discard); err == nil {

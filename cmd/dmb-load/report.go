@@ -16,6 +16,7 @@ type report struct {
 	Scenario  string          `json:"scenario"`
 	Params    params          `json:"params"`
 	Results   results         `json:"results"`
+	Flood     *floodReport    `json:"flood,omitempty"`
 	Server    serverReport    `json:"server"`
 	Generator generatorReport `json:"generator"`
 	Redis     redisReport     `json:"redis"`
@@ -272,6 +273,9 @@ func writeTable(w io.Writer, rep *report) {
 		if r.MessagesPerServerCPUSecond > 0 {
 			row("efficiency", "%.0f messages per DMB CPU-second", r.MessagesPerServerCPUSecond)
 		}
+	}
+	if rep.Flood != nil {
+		floodText(row, rep.Flood)
 	}
 	s := rep.Server
 	if s.MetricsError != "" {

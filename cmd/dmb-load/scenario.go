@@ -40,6 +40,7 @@ type runner struct {
 	bes      []*loadBackend // every backend (-backends)
 	beLat    *histogram     // uplink latency to the backends
 	clients  []*client      // the connected ones
+	flood    *flood         // -flood: the attack beside the scenario
 	senders  sync.WaitGroup
 	rep      *report
 
@@ -62,8 +63,8 @@ func run(ctx context.Context, o options, progress io.Writer) (*report, error) {
 	if progress == nil {
 		progress = io.Discard
 	}
-	if lim := fileLimit(); lim != 0 && uint64(o.Clients)+64 > lim {
-		return nil, fmt.Errorf("-clients %d need %d open files; the limit is %d (ulimit -n)", o.Clients, o.Clients+64, lim)
+	if lim := fileLimit(); lim != 0 && uint64(o.Clients+o.Flood)+64 > lim {
+		return nil, fmt.Errorf("-clients %d and -flood %d need %d open files; the limit is %d (ulimit -n)", o.Clients, o.Flood, o.Clients+o.Flood+64, lim)
 	}
 	// Whatever happens, the run ends.
 	ctx, cancel := context.WithTimeout(ctx, registerTimeout+connectLimit+o.Duration+drainLimit+closeLimit)
@@ -111,6 +112,11 @@ func run(ctx context.Context, o options, progress io.Writer) (*report, error) {
 		return r.rep, fmt.Errorf("no client connected (failures: %v)", r.rep.Results.Connect.Failures)
 	}
 
+	if o.Flood > 0 {
+		r.flood = startFlood(ctx, &o, r.endpoint)
+		defer r.flood.stop()
+		fmt.Fprintf(progress, "flooding from %d connections from %s\n", o.Flood, r.flood.source)
+	}
 	r.sampleStart(ctx)
 	switch o.Scenario {
 	case scenarioIdle:
@@ -121,6 +127,14 @@ func run(ctx context.Context, o options, progress io.Writer) (*report, error) {
 		r.uplink(ctx)
 	}
 	r.fillServer()
+	if r.flood != nil {
+		r.flood.stop()
+		var n int64
+		for _, lb := range r.bes {
+			n += lb.flood.Load()
+		}
+		r.rep.Flood = r.flood.report(n)
+	}
 	return r.rep, nil
 }
 
@@ -152,8 +166,10 @@ func (r *runner) sampleStart(ctx context.Context) {
 	r.genStart = processCPU()
 }
 
-// sampleEnd reads them at its end.
+// sampleEnd ends the flood, which lasts as long as the window, and reads
+// the figures at the window's end.
 func (r *runner) sampleEnd(ctx context.Context) {
+	r.flood.stop()
 	r.genEnd = processCPU()
 	r.end = r.scrape(ctx)
 	if r.redisErr == nil {

@@ -182,3 +182,14 @@ func (c *upgradedConn) writeFrame(op byte, payload []byte) error {
 	c.held = c.held[:0]
 	return err
 }
+
+// mute makes writeFrame refuse every frame, as after a close: the reader
+// then writes nothing (no pong, no echo of DMB's close). A flooder's
+// connection is written by its one writer straight to the socket, in
+// writes that may wait as long as DMB does not read; the reader must not
+// wait behind them, nor put a frame between them.
+func (c *upgradedConn) mute() {
+	c.mu.Lock()
+	c.closeSent = true
+	c.mu.Unlock()
+}
