@@ -189,10 +189,12 @@ func (f *flood) session(ctx context.Context, c *client, frames []byte) {
 	c.conn.mute()
 	var self atomic.Bool // the flooder closed the connection itself
 	var endErr error
+	var ours bool // the flooder had closed it when the reader ended
 	ended := make(chan struct{})
 	go func() {
 		defer close(ended)
 		endErr = f.read(c.in)
+		ours = self.Load()
 		_ = nc.Close()
 	}()
 	stop := context.AfterFunc(ctx, func() {
@@ -215,10 +217,12 @@ func (f *flood) session(ctx context.Context, c *client, frames []byte) {
 		<-ended
 	}
 	t.Stop()
+	// A close frame read after the flooder closed the connection is DMB's
+	// answer to the flooder's close, not a close of DMB's.
 	switch code := websocket.CloseStatus(endErr); {
-	case code != -1:
+	case code != -1 && !ours:
 		f.count(f.closes, strconv.Itoa(int(code)))
-	case self.Load():
+	case ours || self.Load():
 		f.selfClosed.Add(1)
 	default:
 		f.count(f.closes, strconv.Itoa(int(websocket.StatusAbnormalClosure)))
