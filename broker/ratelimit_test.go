@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"strings"
@@ -54,5 +55,33 @@ func TestAClientOverItsRateIsAnsweredRateLimitedThenClosed(t *testing.T) {
 	}
 	if _, _, err := c.Read(ctx); websocket.CloseStatus(err) != protocol.ClosePolicy {
 		t.Fatalf("read after going on over the rate: %v, want close 1008", err)
+	}
+}
+
+// A flooder closed for its rate fills its socket with frames faster than
+// the close handshake could discard them: the handshake reads a bounded
+// amount, then drops the connection, long before its 2 s wait is out.
+func TestAClosedFlooderCostsTheCloseHandshakeABoundedRead(t *testing.T) {
+	brk := runBroker(t, New(liveRegistry{}, &countingUplink{}, testConfig(func(c *Config) {
+		c.ClientErrorLimit = 3
+		c.ClientRate = 0.001
+		c.ClientBurst = 5
+	})))
+	srv, addr := serveBroker(t, brk)
+	t.Cleanup(func() { _ = srv.Close(); _ = brk.Shutdown(context.Background()) })
+	c, _ := rawUpgrade(t, addr)
+	// Masked with a zero key, so the payload is written as is.
+	payload := []byte(`{"event":"dmb:message","data":"flood","id":1}`)
+	frame := append([]byte{0x81, 0x80 | byte(len(payload)), 0, 0, 0, 0}, payload...)
+	batch := bytes.Repeat(frame, 1000)
+	start := time.Now()
+	_ = c.SetWriteDeadline(start.Add(10 * time.Second))
+	for {
+		if _, err := c.Write(batch); err != nil {
+			break
+		}
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Fatalf("the flooder's connection was dropped after %v; the close handshake read what it sent", took)
 	}
 }

@@ -157,11 +157,14 @@ func (c *Conn) Flush() error {
 
 // Close sends the close frame with code and reason after what was written
 // and waits for the client's, closeWait at most (the library alone would
-// wait 5 s); the reader then sees the end. A client that does not answer,
-// a refused flood or a slow consumer, holds its connection no longer.
+// wait 5 s), reading closeReadBytes at most meanwhile; the reader then
+// sees the end. A client that does not answer, a refused flood or a slow
+// consumer, holds its connection no longer, and one that filled its socket
+// with frames costs no more than a quarter megabyte of reading.
 func (c *Conn) Close(code int, reason string) error {
 	if c.nc != nil {
 		c.nc.handOverReads()
+		c.nc.boundCloseReads()
 		_ = c.nc.uncork() // a refused client's 101 response goes first
 		_ = c.nc.SetDeadline(time.Now().Add(closeWait))
 	}

@@ -50,6 +50,11 @@ type netConn struct {
 	// without a lock.
 	frameSince atomic.Int64
 
+	// closeReads, once Close set it, is what may still be read: a close
+	// handshake reads and discards what the client sent before its close
+	// frame, which a flooder has filled the socket with. 0: no bound.
+	closeReads atomic.Int64
+
 	// Read state, guarded by rmu, which is held across the read.
 	rmu     sync.Mutex
 	raw     syscall.RawConn       // nil until a small read needs it, or when there is none

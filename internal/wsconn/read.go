@@ -1,6 +1,7 @@
 package wsconn
 
 import (
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -20,12 +21,30 @@ var readBuffers = sync.Pool{New: func() any { b := make([]byte, readBufferSize);
 // a connection that waits for its client to speak holds no read buffer at
 // all.
 func (c *netConn) Read(p []byte) (int, error) {
+	bounded := c.closeReads.Load() != 0
+	if bounded && c.closeReads.Load() <= 1 {
+		return 0, errCloseReads
+	}
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
 	n, err := c.readLocked(p)
 	c.trackLocked(p[:n])
+	if bounded {
+		c.closeReads.Add(-int64(n))
+	}
 	return n, err
 }
+
+// errCloseReads ends a close handshake that read what it may.
+var errCloseReads = errors.New("wsconn: the client sent too much after the close began")
+
+// closeReadBytes bounds what a close handshake reads before the client's
+// close frame: more than a client that reads has in flight, far less
+// than the socket buffer a flooder fills.
+const closeReadBytes = 256 << 10
+
+// boundCloseReads bounds what is read from now on (see closeReads).
+func (c *netConn) boundCloseReads() { c.closeReads.CompareAndSwap(0, closeReadBytes+1) }
 
 // readLocked is Read with rmu held.
 func (c *netConn) readLocked(p []byte) (int, error) {
