@@ -43,6 +43,7 @@ type session struct {
 	// last minute; the rate's token bucket.
 	errs, limited errorWindow
 	rate          ratelimit.Bucket
+	born          int64 // when the session was made (UnixNano)
 
 	// fwdMu orders passing a frame to the uplink against stopForwarding,
 	// so that no frame is passed on after the shutdown barrier. It is held
@@ -61,6 +62,7 @@ func newSession(b *Broker, t Transport, inline InlineWriter, service, remote, us
 		service:    service,
 		remote:     remote,
 		user:       user,
+		born:       time.Now().UnixNano(),
 		t:          t,
 		inline:     inline,
 		forwarding: true,
@@ -168,11 +170,15 @@ func (s *session) handle(data []byte) (err error) {
 	}
 	heavy := false
 	if rate := s.b.cfg.ClientRate; rate > 0 {
-		if now := time.Now(); !s.rate.Allow(now, rate, s.b.cfg.ClientBurst) {
+		now := time.Now()
+		if !s.rate.Allow(now, rate, s.b.cfg.ClientBurst) {
 			s.overRate(now, frame.ID)
 			return nil
 		}
-		heavy = s.rate.Below(float64(s.b.cfg.ClientBurst) / 2)
+		// Heavy: over half its burst spent, or connected within the last
+		// second, since a flooder that reconnects gets a fresh burst each
+		// time.
+		heavy = s.rate.Below(float64(s.b.cfg.ClientBurst)/2) || now.UnixNano()-s.born < int64(time.Second)
 	}
 	return s.forward(frame, heavy)
 }
@@ -214,7 +220,7 @@ func (s *session) badFrame(err error) {
 }
 
 // forward passes a frame to the uplink unless forwarding stopped; heavy
-// when the client has spent more than half its burst (see
+// when the client has spent more than half its burst or is new (see
 // uplink.Message).
 func (s *session) forward(frame protocol.ClientFrame, heavy bool) error {
 	s.fwdMu.Lock()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/dmb-broker/dmb/config"
 )
@@ -160,9 +161,9 @@ func TestMessagesOverTheBackendRateAreAnsweredBackendBusy(t *testing.T) {
 	}
 }
 
-// Clients that each send at their own bound cannot take the whole of what
-// the node may publish to their backend: the last quarter is kept for the
-// clients that send little, whose messages still get through.
+// Clients that each send at their own bound, or have just connected,
+// cannot take the whole of what the node may publish to their backend: the
+// last quarter is kept for the others, whose messages still get through.
 func TestClientsOverHalfTheirBurstLeaveTheBackendsReserveToTheOthers(t *testing.T) {
 	e := newEnv(t)
 	n := e.startNode(func(c *config.Config) {
@@ -171,6 +172,11 @@ func TestClientsOverHalfTheirBurstLeaveTheBackendsReserveToTheOthers(t *testing.
 		c.ClientErrorLimit = 1000
 	})
 	e.startBackend("chat")
+	// The honest client was there before the flood: a client counts as
+	// heavy in its first second, as a flooder that reconnects would.
+	honest := connect(t, n, "chat").welcome()
+	since := time.Now()
+	eventually(t, "the honest client a second old", func() bool { return time.Since(since) > time.Second })
 	answers := func(c *wsClient, sent int) (acked, busy int) {
 		for range sent {
 			switch f := c.next(); {
@@ -202,7 +208,6 @@ func TestClientsOverHalfTheirBurstLeaveTheBackendsReserveToTheOthers(t *testing.
 	if heavyBusy == 0 {
 		t.Fatal("no flooder's message was answered backend busy")
 	}
-	honest := connect(t, n, "chat").welcome()
 	for i := range 8 {
 		honest.send(fmt.Sprintf(`{"event":"dmb:message","data":%d,"id":%d}`, i, i))
 	}
