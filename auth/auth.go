@@ -24,6 +24,9 @@ type Claims struct {
 	jwt.RegisteredClaims
 	// Services, when not empty, lists the services the token admits.
 	Services []string `json:"svc,omitempty"`
+	// Rooms, when not empty, lists patterns (path.Match) of the rooms the
+	// client may join and leave by itself.
+	Rooms []string `json:"rooms,omitempty"`
 }
 
 // Reasons a token is refused; the close reason a client sees with 4001.
@@ -60,27 +63,39 @@ func NewVerifier(secret string) (*Verifier, error) {
 
 // Verify checks token for a client of service and returns its user.
 func (v *Verifier) Verify(token, service string) (string, error) {
+	c, err := v.VerifyClaims(token, service)
+	return c.Subject, err
+}
+
+// VerifyClaims is Verify that returns the token's claims.
+func (v *Verifier) VerifyClaims(token, service string) (Claims, error) {
 	if token == "" {
-		return "", ErrMissing
+		return Claims{}, ErrMissing
 	}
 	var c Claims
 	_, err := v.parser.ParseWithClaims(token, &c, func(*jwt.Token) (any, error) { return v.secret, nil })
 	switch {
 	case errors.Is(err, jwt.ErrTokenExpired):
-		return "", ErrExpired
+		return Claims{}, ErrExpired
 	case err != nil:
-		return "", fmt.Errorf("%w: %w", ErrInvalid, err)
+		return Claims{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	case c.Subject == "":
-		return "", ErrNoSubject
+		return Claims{}, ErrNoSubject
 	case len(c.Services) > 0 && !slices.Contains(c.Services, service):
-		return "", ErrWrongScope
+		return Claims{}, ErrWrongScope
 	}
-	return c.Subject, nil
+	return c, nil
 }
 
 // Mint returns a token for user, valid for ttl, admitting the listed
 // services (all services when none are listed).
 func Mint(secret, user string, ttl time.Duration, services ...string) (string, error) {
+	return MintRooms(secret, user, ttl, nil, services...)
+}
+
+// MintRooms is Mint for a token that lets the client join and leave by
+// itself the rooms that match one of the patterns rooms.
+func MintRooms(secret, user string, ttl time.Duration, rooms []string, services ...string) (string, error) {
 	if len(secret) < MinSecretLen {
 		return "", fmt.Errorf("secret must be at least %d bytes", MinSecretLen)
 	}
@@ -95,6 +110,7 @@ func Mint(secret, user string, ttl time.Duration, services ...string) (string, e
 			ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
 		},
 		Services: services,
+		Rooms:    rooms,
 	}
 	return jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString([]byte(secret))
 }

@@ -79,6 +79,18 @@ type Event struct {
 	Delivered int             `json:"delivered,omitempty"`
 	Error     string          `json:"error,omitempty"`
 	BKID      string          `json:"bkid,omitempty"` // bk_disconnected
+	// 1.1
+	Room      string   `json:"room,omitempty"`      // room_joined, room_left, presence
+	Nodes     int      `json:"nodes,omitempty"`     // presence: the nodes the answering node counts
+	Count     int      `json:"count,omitempty"`     // presence with count_only
+	Members   []Member `json:"members,omitempty"`   // presence
+	Truncated bool     `json:"truncated,omitempty"` // presence: more members than one node lists
+}
+
+// Member is a client in a presence answer.
+type Member struct {
+	CID  string `json:"cid"`
+	User string `json:"user,omitempty"`
 }
 
 // Handler handles one event. Events arrive one at a time, in order.

@@ -26,40 +26,48 @@ import (
 // admit decides whether a client of service with token, from remote, may
 // connect: the user the token names (empty when auth is off), or the close
 // code and reason that refuse it.
-func (b *Broker) admit(service, token, remote string) (user string, code int, reason string) {
+func (b *Broker) admit(service, token, remote string) (id identity, code int, reason string) {
 	if b.limitsAddr(remote) && !b.addrs.allowHandshake(addrKey(remote), time.Now()) {
-		return "", protocol.CloseTryAgainLater, "too many connections from this address"
+		return id, protocol.CloseTryAgainLater, "too many connections from this address"
 	}
 	if !protocol.ValidService(service) {
-		return "", protocol.CloseUnknownSvc, "unknown service"
+		return id, protocol.CloseUnknownSvc, "unknown service"
 	}
 	if b.cfg.Auth != nil {
 		// Before any look-up: who may not connect learns nothing of the
 		// services.
-		user, err := b.cfg.Auth.Verify(token, service)
+		c, err := b.cfg.Auth.VerifyClaims(token, service)
 		if err != nil {
-			return "", protocol.CloseUnauthorized, authReason(err)
+			return id, protocol.CloseUnauthorized, authReason(err)
 		}
-		return b.admitService(service, user)
+		id = identity{user: c.Subject, rooms: c.Rooms}
 	}
-	return b.admitService(service, "")
+	code, reason = b.admitService(service)
+	return id, code, reason
+}
+
+// identity is who a token says a client is: its user, and the patterns of
+// the rooms it may join by itself. Without auth it is empty.
+type identity struct {
+	user  string
+	rooms []string
 }
 
 // admitService asks the registry whether service has a live backend.
-func (b *Broker) admitService(service, user string) (string, int, string) {
+func (b *Broker) admitService(service string) (int, string) {
 	status, err := b.reg.Lookup(b.ctx, service) // bounded by the registry
 	switch {
 	case err != nil:
 		// Redis did not answer: the backends may well be live, and the
 		// client learns that it is Redis, not them, it waits for.
 		b.log.Warn("registry look-up failed", "service", service, "err", err)
-		return "", protocol.CloseNoLiveBackend, "redis unavailable"
+		return protocol.CloseNoLiveBackend, "redis unavailable"
 	case status == registry.Unknown:
-		return "", protocol.CloseUnknownSvc, "unknown service"
+		return protocol.CloseUnknownSvc, "unknown service"
 	case status == registry.NoLive:
-		return "", protocol.CloseNoLiveBackend, "no live backend"
+		return protocol.CloseNoLiveBackend, "no live backend"
 	}
-	return user, 0, ""
+	return 0, ""
 }
 
 // refuse closes a client that was not admitted with code and reason. A

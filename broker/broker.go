@@ -35,6 +35,9 @@ type Uplink interface {
 	// After runs fn once every frame of c queued before has been answered;
 	// it waits for room in the uplink's queue until ctx ends.
 	After(ctx context.Context, c uplink.Client, fn func()) error
+	// Event publishes a client's room_joined or room_left to its backend,
+	// in order with its messages.
+	Event(ctx context.Context, c uplink.Client, payload []byte) error
 }
 
 // Config describes a Broker.
@@ -66,6 +69,9 @@ type Config struct {
 	// RefusalLogEvery is how often a refusal per close code is logged;
 	// zero means DefaultRefusalLogEvery.
 	RefusalLogEvery time.Duration
+	// MaxClientRooms bounds the rooms one client is in; zero means
+	// DefaultMaxClientRooms.
+	MaxClientRooms int
 	// Auth, when set, requires a token of every client (docs/protocol.md,
 	// section 7).
 	Auth    *auth.Verifier
@@ -115,6 +121,7 @@ type Broker struct {
 	byService map[string]map[*session]struct{}
 	byUser    map[userKey]map[*session]struct{} // when auth is on
 	byAddr    map[string]int                    // sessions per client address, when limited
+	rooms     map[roomKey]map[*session]struct{} // the members of each room; see rooms.go
 }
 
 // New returns a broker.
@@ -133,6 +140,7 @@ func New(reg Registry, up Uplink, cfg Config) *Broker {
 		byService:  make(map[string]map[*session]struct{}),
 		byUser:     make(map[userKey]map[*session]struct{}),
 		byAddr:     make(map[string]int),
+		rooms:      make(map[roomKey]map[*session]struct{}),
 	}
 	b.ws = wsconn.Options{ReadLimit: cfg.MaxMessageBytes, WriteTimeout: cfg.WriteTimeout, Context: ctx}
 	b.refusals.every = cmp.Or(cfg.RefusalLogEvery, DefaultRefusalLogEvery)
@@ -147,6 +155,7 @@ const (
 	DefaultSendQueueBytes  = 4 << 20
 	DefaultQueueBudget     = 1 << 30
 	DefaultRefusalLogEvery = 10 * time.Second
+	DefaultMaxClientRooms  = 100
 )
 
 // QueuedBytes returns what the sessions' queues take of the node's budget.

@@ -1,7 +1,8 @@
 // Package broker owns the clients' side of DMB: their sessions, each with
 // its own bounded send queue and one writer at a time, the index of
-// sessions by cid, by service and by user, and the fan-out that the
-// downlink calls (Broadcast, Direct, DirectUser, Kick). It decides who may
+// sessions by cid, by service, by user and by room, and the fan-out that
+// the downlink calls (Broadcast, Direct, DirectUser, Kick, Join, Leave,
+// Room, Presence). It decides who may
 // connect (admission) and closes clients with the contract's codes. What
 // clients send goes to the uplink, which owns backends' bindings; the
 // broker does not talk to Redis.
@@ -29,6 +30,7 @@
 //	writer.go     a session's writer, and the flushers that run writers
 //	fanout.go     Broadcast, Direct, DirectUser: one frame to many sessions
 //	index.go      sessions by cid, service and user; Kick and Close
+//	rooms.go      rooms of this node's clients: Join, Leave, Room, Presence
 //	watchdog.go   the bound on every write
 //	shutdown.go   Shutdown
 //	stats.go      the operator's snapshot

@@ -11,9 +11,10 @@ import (
 	"github.com/dmb-broker/dmb/metrics"
 )
 
-// Broadcast queues frame to every client of service on this node.
-func (b *Broker) Broadcast(service string, frame []byte) int {
-	n := b.fanout(func() map[*session]struct{} { return b.byService[service] }, frame)
+// Broadcast queues frame to every client of service on this node but those
+// in except.
+func (b *Broker) Broadcast(service string, frame []byte, except []string) int {
+	n := b.fanout(func() map[*session]struct{} { return b.byService[service] }, frame, except)
 	b.m.MessagesOut.WithLabelValues(metrics.KindBroadcast).Add(float64(n))
 	b.m.Deliveries.Add(float64(n))
 	return n
@@ -22,7 +23,7 @@ func (b *Broker) Broadcast(service string, frame []byte) int {
 // DirectUser queues frame to every connection of user among the clients of
 // service on this node.
 func (b *Broker) DirectUser(service, user string, frame []byte) int {
-	n := b.fanout(func() map[*session]struct{} { return b.byUser[userKey{service, user}] }, frame)
+	n := b.fanout(func() map[*session]struct{} { return b.byUser[userKey{service, user}] }, frame, nil)
 	b.m.MessagesOut.WithLabelValues(metrics.KindDirect).Add(float64(n))
 	b.m.Deliveries.Add(float64(n))
 	return n
@@ -45,7 +46,8 @@ func (b *Broker) Direct(service, cid string, frame []byte) int {
 const fanoutIdle = time.Millisecond
 
 // fanout delivers the same frame to every session of the set that sessions
-// returns (called with b.mu held for reading). It never waits on a client.
+// returns (called with b.mu held for reading) but those whose cid is in
+// except. It never waits on a client.
 //
 // When the fan-out has been idle, it writes the frame at once to each
 // session whose transport writes inline and whose queue is empty with no
@@ -61,7 +63,7 @@ const fanoutIdle = time.Millisecond
 // faster than the fan-out writes them: it only queues, which is quick, and
 // the sessions' writers send what piles up in one write each, so the cost
 // per frame falls as the load grows.
-func (b *Broker) fanout(sessions func() map[*session]struct{}, frame []byte) int {
+func (b *Broker) fanout(sessions func() map[*session]struct{}, frame []byte, except []string) int {
 	b.mu.RLock()
 	locked := true
 	defer func() {
@@ -73,11 +75,12 @@ func (b *Broker) fanout(sessions func() map[*session]struct{}, frame []byte) int
 	if len(set) == 0 {
 		return 0
 	}
+	skip := exceptOf(except)
 	defer func() { b.fanoutEnd.Store(time.Now().UnixNano()) }()
 	if time.Since(time.Unix(0, b.fanoutEnd.Load())) < fanoutIdle {
 		n := 0
 		for s := range set {
-			if s.sendShared(frame, len(set)) {
+			if (skip == nil || !skip(s)) && s.sendShared(frame, len(set)) {
 				n++
 			}
 		}
@@ -87,7 +90,9 @@ func (b *Broker) fanout(sessions func() map[*session]struct{}, frame []byte) int
 	ls := fanoutLists.Get().(*[]*session)
 	list := (*ls)[:0]
 	for s := range set {
-		list = append(list, s)
+		if skip == nil || !skip(s) {
+			list = append(list, s)
+		}
 	}
 	defer func() {
 		clear(list)
@@ -110,6 +115,22 @@ func (b *Broker) fanout(sessions func() map[*session]struct{}, frame []byte) int
 	}
 	wg.Wait()
 	return int(n.Load())
+}
+
+// exceptOf returns whether a session is left out of a fan-out; nil when
+// except is empty, the common case, which then costs a nil check.
+func exceptOf(except []string) func(*session) bool {
+	switch len(except) {
+	case 0:
+		return nil
+	case 1:
+		return func(s *session) bool { return s.cid == except[0] }
+	}
+	set := make(map[string]struct{}, len(except))
+	for _, cid := range except {
+		set[cid] = struct{}{}
+	}
+	return func(s *session) bool { _, out := set[s.cid]; return out }
 }
 
 // fanoutPart is the fewest sessions worth a goroutine of their own.

@@ -38,7 +38,8 @@ func (nullUplink) Connect(uplink.Client) error { return nil }
 func (nullUplink) Message(context.Context, uplink.Client, json.RawMessage, json.RawMessage, bool) error {
 	return nil
 }
-func (nullUplink) Disconnect(uplink.Client, int, string) error { return nil }
+func (nullUplink) Disconnect(uplink.Client, int, string) error        { return nil }
+func (nullUplink) Event(context.Context, uplink.Client, []byte) error { return nil }
 func (nullUplink) After(_ context.Context, _ uplink.Client, fn func()) error {
 	fn()
 	return nil
@@ -197,7 +198,7 @@ func BenchmarkFanout1000(b *testing.B) {
 	start := time.Now()
 	sent := 0
 	for b.Loop() {
-		r.brk.Broadcast("bench", protocol.AppendBroadcast(nil, payload100))
+		r.brk.Broadcast("bench", protocol.AppendBroadcast(nil, payload100), nil)
 		sent++
 		// Keep the queues from overflowing: let readers catch up every 256.
 		if sent%256 == 0 {
@@ -225,7 +226,7 @@ func BenchmarkFanoutPaced1000(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := range b.N {
-		r.brk.Broadcast("bench", protocol.AppendBroadcast(nil, payload100))
+		r.brk.Broadcast("bench", protocol.AppendBroadcast(nil, payload100), nil)
 		b.StopTimer()
 		for r.received.Load() < int64(i+1)*n {
 			time.Sleep(20 * time.Microsecond)

@@ -61,7 +61,7 @@ func TestTextFramesOfEveryLengthFormAreReadByTheLibrary(t *testing.T) {
 	// 7-bit, 16-bit and 64-bit length forms, and their edges.
 	for _, n := range []int{0, 1, 125, 126, 127, 65535, 65536, 200000} {
 		payload := bytes.Repeat([]byte{'a' + byte(n%26)}, n)
-		if got := brk.Broadcast("chat", payload); got != 1 {
+		if got := brk.Broadcast("chat", payload, nil); got != 1 {
 			t.Fatalf("length %d: broadcast reached %d clients", n, got)
 		}
 		typ, data, err := c.Read(ctx)
@@ -95,7 +95,7 @@ func TestInlineWritesThatDoNotFitKeepFramesWholeAndInOrder(t *testing.T) {
 	pad := strings.Repeat("x", 30000)
 	for i := range frames {
 		payload := fmt.Appendf(nil, `{"seq":%d,"pad":"%s"}`, i, pad)
-		if got := brk.Broadcast("chat", payload); got != 1 {
+		if got := brk.Broadcast("chat", payload, nil); got != 1 {
 			t.Fatalf("frame %d reached %d clients", i, got)
 		}
 	}
@@ -146,7 +146,7 @@ func TestAKickIsSentAfterTheBroadcastsBeforeIt(t *testing.T) {
 	}
 	brk.mu.RUnlock()
 	for i := range 3 {
-		brk.Broadcast("chat", fmt.Appendf(nil, `{"n":%d}`, i))
+		brk.Broadcast("chat", fmt.Appendf(nil, `{"n":%d}`, i), nil)
 	}
 	if brk.Kick("chat", cid, "bye") != 1 {
 		t.Fatal("kick did not reach the client")
@@ -181,7 +181,7 @@ func TestAWriteToAClientThatStopsReadingIsCutAfterTheWriteTimeout(t *testing.T) 
 	// what is left, far from overflowing.
 	big := bytes.Repeat([]byte("x"), 60000)
 	for range 400 {
-		if brk.Broadcast("chat", big) != 1 {
+		if brk.Broadcast("chat", big, nil) != 1 {
 			t.Fatal("the client was closed before its write stalled")
 		}
 	}
@@ -207,6 +207,7 @@ func (d disconnects) Disconnect(_ uplink.Client, code int, _ string) error {
 	return nil
 }
 func (disconnects) After(_ context.Context, _ uplink.Client, fn func()) error { fn(); return nil }
+func (disconnects) Event(context.Context, uplink.Client, []byte) error        { return nil }
 
 // A broadcast far larger than the socket takes, to a client with nothing
 // queued: the fan-out's inline write sends part of it, and the writer it
@@ -218,7 +219,7 @@ func TestTheRestOfAFrameAnInlineWriteLeftIsSent(t *testing.T) {
 	c := dialBroker(t, ctx, brk)
 	c.SetReadLimit(64 << 20)
 	payload := bytes.Repeat([]byte("y"), 32<<20)
-	if got := brk.Broadcast("chat", payload); got != 1 {
+	if got := brk.Broadcast("chat", payload, nil); got != 1 {
 		t.Fatalf("broadcast reached %d clients", got)
 	}
 	_, data, err := c.Read(ctx)
@@ -250,7 +251,7 @@ func TestABroadcastSplitOverGoroutinesReachesEveryClientInOrder(t *testing.T) {
 	waitFor(t, ctx, func() bool { return brk.Clients() == clients })
 	const frames = 3
 	for i := range frames {
-		if got := brk.Broadcast("chat", fmt.Appendf(nil, "m%d", i)); got != clients {
+		if got := brk.Broadcast("chat", fmt.Appendf(nil, "m%d", i), nil); got != clients {
 			t.Fatalf("broadcast %d reached %d clients, want %d", i, got, clients)
 		}
 	}

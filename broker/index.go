@@ -80,6 +80,7 @@ func (b *Broker) remove(s *session) {
 			delete(b.byUser, k)
 		}
 	}
+	b.leaveAllLocked(s)
 	if k := s.addrKey; k != "" {
 		if b.byAddr[k]--; b.byAddr[k] <= 0 {
 			delete(b.byAddr, k)
@@ -131,4 +132,14 @@ func (b *Broker) Close(cid string, code int, reason string) bool {
 	}
 	s.log(slog.LevelInfo, "client closed by operator", "code", code, "reason", reason)
 	return s.q.close(closeReq{code: code, reason: protocol.TruncateReason(reason), flush: true})
+}
+
+// CloseAll closes every client with code and reason after its queued
+// frames.
+func (b *Broker) CloseAll(code int, reason string) {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	for _, s := range b.byCID {
+		s.q.close(closeReq{code: code, reason: reason, flush: true})
+	}
 }

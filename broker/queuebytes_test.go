@@ -116,7 +116,7 @@ func TestAFlusherWritesAQueueAChunkAtATime(t *testing.T) {
 		c.WriteTimeout = time.Second
 	}))
 	tr := &recordingTransport{}
-	s := newSession(brk, tr, tr, "chat", "127.0.0.1", "")
+	s := newSession(brk, tr, tr, "chat", "127.0.0.1", identity{})
 	frame := bytes.Repeat([]byte("x"), 30000)
 	var frames [][]byte
 	for range 100 {
@@ -150,7 +150,7 @@ func TestAClientThatDoesNotReadIsClosedWhenItsQueueHoldsItsBytes(t *testing.T) {
 	// far below its 4096 frames.
 	big := bytes.Repeat([]byte("x"), 60000)
 	for i := 0; ; i++ {
-		if brk.Broadcast("chat", big) == 0 {
+		if brk.Broadcast("chat", big, nil) == 0 {
 			break
 		}
 		if i > 2000 {

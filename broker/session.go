@@ -28,6 +28,10 @@ type session struct {
 	service string
 	remote  string
 	user    string
+	// rooms are the rooms the session is in (guarded by b.mu, see
+	// rooms.go); roomPatterns those its token lets it join by itself.
+	rooms        map[string]struct{}
+	roomPatterns []string
 	// addrKey is the key under which the session counts in
 	// Broker.byAddr, "" when it does not.
 	addrKey string
@@ -55,17 +59,18 @@ type session struct {
 
 // newSession makes the session of a client that the handler accepted on t;
 // inline is t's inline writer, when it has one, else nil.
-func newSession(b *Broker, t Transport, inline InlineWriter, service, remote, user string) *session {
+func newSession(b *Broker, t Transport, inline InlineWriter, service, remote string, id identity) *session {
 	s := &session{
-		b:          b,
-		cid:        newCID(),
-		service:    service,
-		remote:     remote,
-		user:       user,
-		born:       time.Now().UnixNano(),
-		t:          t,
-		inline:     inline,
-		forwarding: true,
+		b:            b,
+		cid:          newCID(),
+		service:      service,
+		remote:       remote,
+		user:         id.user,
+		roomPatterns: id.rooms,
+		born:         time.Now().UnixNano(),
+		t:            t,
+		inline:       inline,
+		forwarding:   true,
 	}
 	s.q.init(b.cfg.SendQueue, &b.queues, s.startWriter)
 	return s
@@ -179,6 +184,9 @@ func (s *session) handle(data []byte) (err error) {
 		// second, since a flooder that reconnects gets a fresh burst each
 		// time.
 		heavy = s.rate.Below(float64(s.b.cfg.ClientBurst)/2) || now.UnixNano()-s.born < int64(time.Second)
+	}
+	if frame.Event != protocol.EventMessage {
+		return s.roomRequest(frame)
 	}
 	return s.forward(frame, heavy)
 }

@@ -82,10 +82,10 @@ func TestSessionsWriteWithoutTheBrokersLoops(t *testing.T) {
 			}
 			c := dialBroker(t, ctx, brk)
 			for i := range 3 {
-				brk.Broadcast("chat", []byte{'0' + byte(i)})
+				brk.Broadcast("chat", []byte{'0' + byte(i)}, nil)
 				// Paced past fanoutIdle as well as back to back.
 				if i == 0 {
-					brk.Broadcast("chat", []byte("q"))
+					brk.Broadcast("chat", []byte("q"), nil)
 				}
 			}
 			for _, want := range []string{"0", "q", "1", "2"} {

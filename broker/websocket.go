@@ -28,7 +28,7 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		b.refuse(conn, service, remote, protocol.ClosePolicy, "origin not allowed")
 		return
 	}
-	user, code, reason := b.admit(service, r.URL.Query().Get("token"), remote)
+	id, code, reason := b.admit(service, r.URL.Query().Get("token"), remote)
 	if code != 0 {
 		b.refuse(conn, service, remote, code, reason)
 		return
@@ -37,7 +37,7 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if w := conn.InlineWriter(); w != nil {
 		inline = w
 	}
-	s := newSession(b, conn, inline, service, remote, user)
+	s := newSession(b, conn, inline, service, remote, id)
 	if code, reason := b.add(s); code != 0 {
 		b.refuse(conn, service, remote, code, reason)
 		return

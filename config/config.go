@@ -73,6 +73,7 @@ type Config struct {
 	MaxHeaderBytes   int           `envconfig:"DMB_MAX_HEADER_BYTES" default:"16384" desc:"largest request line and headers; larger is answered 431"`
 	MaxClients       int           `envconfig:"DMB_MAX_CLIENTS" default:"0" desc:"clients per node; more are closed with 1013; 0 means the open-file limit less what Redis and the listeners need"`
 	MaxClientsPerIP  int           `envconfig:"DMB_MAX_CLIENTS_PER_ADDR" default:"0" desc:"clients per client address (after DMB_TRUSTED_PROXIES); more are closed with 1013; 0 turns the limit off"`
+	MaxClientRooms   int           `envconfig:"DMB_MAX_CLIENT_ROOMS" default:"100" desc:"rooms one client may be in; a join past it is refused: an error to the backend, or dmb:error \"too many rooms\" to the client"`
 	HandshakeRate    float64       `envconfig:"DMB_HANDSHAKE_RATE" default:"0" desc:"WebSocket handshakes a second per client address; more are closed with 1013; 0 turns the limit off"`
 	BackendRate      float64       `envconfig:"DMB_BACKEND_RATE" default:"20000" desc:"client messages a second a node publishes to one backend; more are answered backend busy, so that Redis never cuts a backend's subscription for reading too slowly; 0 turns the bound off"`
 	DownlinkBuffer   int           `envconfig:"DMB_DOWNLINK_BUFFER" default:"67108864" desc:"bytes of backend messages that may wait for the fan-out; Redis's readers never wait, and what does not fit is dropped and counted"`

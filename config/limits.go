@@ -37,6 +37,9 @@ func (c *Config) validateLimits() Errors {
 	if c.MaxClients < 0 {
 		errs = append(errs, bad("DMB_MAX_CLIENTS", c.MaxClients, "a whole number, 0 for what the open-file limit allows"))
 	}
+	if c.MaxClientRooms < 1 {
+		errs = append(errs, bad("DMB_MAX_CLIENT_ROOMS", c.MaxClientRooms, "a whole number of at least 1"))
+	}
 	if c.MaxClientsPerIP < 0 {
 		errs = append(errs, bad("DMB_MAX_CLIENTS_PER_ADDR", c.MaxClientsPerIP, "a whole number, 0 for no limit"))
 	}

@@ -35,10 +35,17 @@ import (
 // returns how many clients the frame was queued to, and never blocks on a
 // client.
 type Sink interface {
-	Broadcast(service string, frame []byte) int
+	Broadcast(service string, frame []byte, except []string) int
 	Direct(service, cid string, frame []byte) int
 	DirectUser(service, user string, frame []byte) int
 	Kick(service, cid, reason string) int
+	// Join and Leave change the rooms of the client cid, or of every
+	// connection of user; Join also returns the clients refused for being
+	// in too many rooms.
+	Join(service, cid, user, room string) (joined, refused int)
+	Leave(service, cid, user, room string) int
+	Room(service, room string, frame []byte, except []string) int
+	Presence(service, room string, countOnly bool, limit int) (count int, members []protocol.Member, truncated bool)
 }
 
 // Registry resolves bkids.
@@ -62,7 +69,18 @@ type Config struct {
 	// handoff.go); zero means DefaultMaxQueued and DefaultMaxPayload.
 	MaxQueued  int
 	MaxPayload int
+	// Users says clients have users (auth is on): without it, a join,
+	// leave or direct by user reaches nobody, and a join or leave by user
+	// is reported as an error.
+	Users bool
+	// Nodes is how many live nodes share the Redis, for presence answers;
+	// nil counts 1.
+	Nodes func() int
 }
+
+// MaxPresenceMembers bounds the members one node lists in a presence
+// answer: more are counted, and the answer says "truncated".
+const MaxPresenceMembers = 10000
 
 // Downlink subscribes to every backend's downlink channel.
 type Downlink struct {
@@ -171,12 +189,17 @@ func (d *Downlink) Handle(ctx context.Context, channel string, payload []byte) {
 		return
 	}
 	d.m.MessagesIn.WithLabelValues(cmd.Type).Inc()
+	if (cmd.Type == protocol.TypeJoin || cmd.Type == protocol.TypeLeave) && cmd.CID == "" && !d.cfg.Users {
+		d.m.Drops.WithLabelValues(metrics.DropMalformed).Inc()
+		d.publish(bkid, protocol.AppendBackendError(nil, cmd.Type+" by user needs auth (DMB_JWT_SECRET)", cmd.ID, d.cfg.NodeID))
+		return
+	}
 	var delivered int
 	switch cmd.Type {
 	case protocol.TypeBroadcast:
-		delivered = d.sink.Broadcast(service, protocol.AppendBroadcast(nil, cmd.Data))
+		delivered = d.sink.Broadcast(service, protocol.AppendBroadcast(nil, cmd.Data), cmd.Except)
 	case protocol.TypeDirect:
-		frame := protocol.AppendDirect(nil, cmd.Data, cmd.ReplyTo)
+		frame := protocol.AppendDirect(nil, cmd.Data, cmd.ReplyTo, cmd.More)
 		if cmd.CID != "" {
 			delivered = d.sink.Direct(service, cmd.CID, frame)
 		} else {
@@ -187,11 +210,37 @@ func (d *Downlink) Handle(ctx context.Context, channel string, payload []byte) {
 		}
 	case protocol.TypeKick:
 		delivered = d.sink.Kick(service, cmd.CID, cmd.Reason)
+	case protocol.TypeJoin:
+		var refused int
+		delivered, refused = d.sink.Join(service, cmd.CID, cmd.User, cmd.Room)
+		if refused > 0 {
+			d.publish(bkid, protocol.AppendBackendError(nil, protocol.ErrTextTooManyRooms, cmd.ID, d.cfg.NodeID))
+		}
+	case protocol.TypeLeave:
+		delivered = d.sink.Leave(service, cmd.CID, cmd.User, cmd.Room)
+	case protocol.TypeRoom:
+		delivered = d.sink.Room(service, cmd.Room, protocol.AppendRoom(nil, cmd.Room, cmd.Data), cmd.Except)
+	case protocol.TypePresence:
+		d.presence(bkid, service, cmd)
+		return
 	}
 	if cmd.ID != nil {
 		d.publish(bkid, protocol.AppendMessageAck(nil, cmd.ID, d.cfg.NodeID, delivered))
 		d.m.MessagesOut.WithLabelValues(metrics.KindMessageAck).Inc()
 	}
+}
+
+// presence answers a presence request with this node's clients: every
+// node answers, with the number of live nodes it counts, so that the
+// backend knows when it has every answer.
+func (d *Downlink) presence(bkid, service string, cmd protocol.Command) {
+	count, members, truncated := d.sink.Presence(service, cmd.Room, cmd.CountOnly, MaxPresenceMembers)
+	nodes := 1
+	if d.cfg.Nodes != nil {
+		nodes = max(1, d.cfg.Nodes())
+	}
+	d.publish(bkid, protocol.AppendPresence(nil, cmd.ID, cmd.Room, d.cfg.NodeID, nodes, count, members, truncated))
+	d.m.MessagesOut.WithLabelValues(metrics.KindPresence).Inc()
 }
 
 func (d *Downlink) publish(bkid string, payload []byte) {

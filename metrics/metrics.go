@@ -24,6 +24,13 @@ const (
 	KindConnected    = "connected"    // dmb:connected / client_connected
 	KindDisconnected = "disconnected" // client_disconnected
 	KindMessageAck   = "bk_message_ack"
+	// 1.1
+	KindJoin      = "join"       // join by a backend or a client
+	KindLeave     = "leave"      // leave by a backend or a client
+	KindRoom      = "room"       // backend -> the members of a room
+	KindPresence  = "presence"   // a presence request, and each node's answer
+	KindRoomEvent = "room_event" // dmb:joined / dmb:left to a client, room_joined / room_left to a backend
+	KindNodeLost  = "node_lost"  // client_disconnected for a client of a node that died
 )
 
 // Reasons for drops, the values of the "reason" label.
@@ -62,6 +69,13 @@ const (
 	DropDownlinkBehind = "downlink_behind"
 )
 
+// Refused room changes: a join past DMB_MAX_CLIENT_ROOMS, and a client's
+// join or leave that its token's rooms do not allow.
+const (
+	DropTooManyRooms = "too_many_rooms"
+	DropNotAllowed   = "not_allowed"
+)
+
 // Metrics holds a node's series.
 type Metrics struct {
 	reg prometheus.Registerer
@@ -89,6 +103,10 @@ type Metrics struct {
 
 	Refusals     *prometheus.CounterVec // clients refused at connect, by close code
 	AdminRefused *prometheus.CounterVec // admin requests refused, by reason
+
+	Nodes       prometheus.Gauge   // live nodes on this Redis, as this node counts them
+	NodesLost   prometheus.Counter // dead nodes whose clients this node reported
+	RoomMembers prometheus.Gauge   // room memberships of this node's clients
 }
 
 // Results of a bk_connect, the values of the "result" label of
@@ -174,6 +192,15 @@ func New(reg prometheus.Registerer) *Metrics {
 		BKIDLookups: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "dmb", Name: "bkid_lookups_total", Help: "Look-ups of bkids not in this node's view: found or unknown in Redis, cached as unknown, or limited (dropped without a look-up).",
 		}, []string{"result"}),
+		Nodes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "dmb", Name: "nodes", Help: "Live nodes on this node's Redis (fresh heartbeats), as presence answers count them.",
+		}),
+		NodesLost: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "dmb", Name: "nodes_lost_total", Help: "Dead nodes whose clients this node reported to their backends (client_disconnected, node lost).",
+		}),
+		RoomMembers: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "dmb", Name: "room_members", Help: "Room memberships of this node's clients.",
+		}),
 	}
 	reg.MustRegister(
 		collectors.NewGoCollector(),
@@ -182,7 +209,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		m.Drops, m.BackendsLive, m.RedisErrors, m.UplinkLatency, m.RedisReconnects,
 		m.Connects, m.WriteBatch,
 		m.Registrations, m.Services, m.Pruned, m.Leaves, m.BKIDLookups, m.RegisterRejected,
-		m.Refusals, m.AdminRefused,
+		m.Refusals, m.AdminRefused, m.Nodes, m.NodesLost, m.RoomMembers,
 	)
 	for _, r := range []string{RegistrationAcked, RegistrationLimited} {
 		m.Registrations.WithLabelValues(r)
@@ -198,17 +225,19 @@ func New(reg prometheus.Registerer) *Metrics {
 	}
 	// Series with a known, bounded set of labels exist from the start, so
 	// that rates and alerts see a zero before the first event.
-	for _, k := range []string{KindMessage, KindBroadcast, KindDirect, KindKick, KindRegister} {
+	for _, k := range []string{KindMessage, KindBroadcast, KindDirect, KindKick, KindRegister,
+		KindJoin, KindLeave, KindRoom, KindPresence} {
 		m.MessagesIn.WithLabelValues(k)
 	}
-	for _, k := range []string{KindMessage, KindBroadcast, KindDirect, KindAck, KindError, KindConnected, KindDisconnected, KindMessageAck} {
+	for _, k := range []string{KindMessage, KindBroadcast, KindDirect, KindAck, KindError, KindConnected, KindDisconnected, KindMessageAck,
+		KindRoom, KindPresence, KindRoomEvent, KindNodeLost} {
 		m.MessagesOut.WithLabelValues(k)
 	}
 	for _, r := range []string{DropSlowConsumer, DropNoBackend, DropBrokerDown, DropMalformed, DropUnknownBKID,
-		DropClientError, DropUnknownClient, DropQueueFull, DropShuttingDown} {
+		DropClientError, DropUnknownClient, DropQueueFull, DropShuttingDown, DropTooManyRooms, DropNotAllowed} {
 		m.Drops.WithLabelValues(r)
 	}
-	for _, op := range []string{"uplink", "publish", "register", "refresh", "lookup", "prune"} {
+	for _, op := range []string{"uplink", "publish", "register", "refresh", "lookup", "prune", "nodes"} {
 		m.RedisErrors.WithLabelValues(op)
 	}
 	return m

@@ -258,6 +258,8 @@ type frame struct {
 	ID      json.RawMessage `json:"id"`
 	ReplyTo json.RawMessage `json:"reply_to"`
 	Error   string          `json:"error"`
+	Room    string          `json:"room"`
+	More    bool            `json:"more"`
 }
 
 // wsClient is a WebSocket client that reads every frame into a channel.

@@ -48,6 +48,7 @@ import (
 	"github.com/dmb-broker/dmb/downlink"
 	"github.com/dmb-broker/dmb/internal/wsconn"
 	"github.com/dmb-broker/dmb/metrics"
+	"github.com/dmb-broker/dmb/nodes"
 	"github.com/dmb-broker/dmb/protocol"
 	"github.com/dmb-broker/dmb/pubsub"
 	"github.com/dmb-broker/dmb/registry"
@@ -86,10 +87,11 @@ type Node struct {
 	drain     chan struct{} // closed by Drain
 	drainOnce sync.Once
 
-	reg  *registry.Registry
-	up   *uplink.Uplink
-	down *downlink.Downlink
-	brk  *broker.Broker
+	reg   *registry.Registry
+	nodes *nodes.Nodes
+	up    *uplink.Uplink
+	down  *downlink.Downlink
+	brk   *broker.Broker
 }
 
 // New builds a node and opens its listener; nothing runs until Run.
@@ -156,8 +158,18 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 		BackendTimeout: cfg.BackendTimeout, BackendRetention: cfg.BackendRetention,
 		MaxServices: cfg.MaxServices, BKIDLookupRate: cfg.BKIDLookupRate,
 	})
+	n.nodes = nodes.New(rdb, nodes.Config{
+		Channels: ch, NodeID: cfg.NodeID, Timeout: cfg.BackendTimeout, Logger: log, Metrics: m,
+		Lost: n.lost,
+		Retrack: func(ctx context.Context) {
+			if err := n.up.Retrack(ctx); err != nil {
+				log.Warn("client table not written again", "err", err)
+			}
+		},
+	})
 	n.up = uplink.New(rdb, n.reg, uplink.Config{
 		Channels: ch, Workers: cfg.UplinkWorkers, Logger: log, Metrics: m, BackendRate: cfg.BackendRate,
+		Clients: n.nodes.Clients,
 	})
 	n.reg.OnChange(n.up.BackendsChanged)
 	n.brk = broker.New(n.reg, n.up, broker.Config{
@@ -176,6 +188,7 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 		MaxClientsPerAddr: cfg.MaxClientsPerIP,
 		HandshakeRate:     cfg.HandshakeRate,
 		RefusalLogEvery:   cfg.RefusalLogEvery,
+		MaxClientRooms:    cfg.MaxClientRooms,
 		Auth:              verifier,
 		Logger:            log,
 		Metrics:           m,
@@ -183,6 +196,7 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 	n.down = downlink.New(rdb, n.reg, n.brk, n.up, downlink.Config{
 		Channels: ch, NodeID: cfg.NodeID, Logger: log, Metrics: m,
 		MaxQueued: cfg.DownlinkBuffer, MaxPayload: cfg.MaxBackendBytes,
+		Users: verifier != nil, Nodes: n.nodes.Live,
 	})
 	n.reg.Watch(n.down)
 	m.QueuedFrames(n.brk.QueuedFrames)
@@ -225,6 +239,16 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	return n, nil
+}
+
+// lost is what the node does when the other nodes took it for dead: the
+// backends were told its clients left, so the uplink forgets them and
+// they are closed, to come back as new clients.
+func (n *Node) lost(ctx context.Context) {
+	if err := n.up.Forget(ctx); err != nil {
+		n.log.Warn("uplink did not forget the clients", "err", err)
+	}
+	n.brk.CloseAll(protocol.CloseGoingAway, "node lost contact with redis")
 }
 
 // Addr is the address the node listens on.
@@ -282,6 +306,8 @@ func (n *Node) Run(ctx context.Context) error {
 	downCtx, stopDown := context.WithCancel(context.Background())
 	upCtx, stopUp := context.WithCancel(context.Background())
 	brkCtx, stopBrk := context.WithCancel(context.Background())
+	nodesCtx, stopNodes := context.WithCancel(context.Background())
+	defer stopNodes()
 	defer stopReg()
 	defer stopDown()
 	defer stopUp()
@@ -299,6 +325,7 @@ func (n *Node) Run(ctx context.Context) error {
 		return done
 	}
 	regDone := part(regCtx, "registry", n.reg.Run)
+	nodesDone := part(nodesCtx, "nodes", n.nodes.Run)
 	brkDone := part(brkCtx, "broker", n.brk.Run)
 	upDone := part(upCtx, "uplink", n.up.Run)
 	downDone := part(downCtx, "downlink", n.down.Run)
@@ -352,6 +379,13 @@ func (n *Node) Run(ctx context.Context) error {
 		errs = append(errs, errors.New("uplink not drained at shutdown timeout"))
 		stopUp()
 		<-upDone
+	}
+	stopNodes()
+	<-nodesDone
+	if err := n.nodes.Leave(sctx); err != nil {
+		// Not a failed shutdown: the other nodes, or the next to start,
+		// take this node for dead and report what it left.
+		n.log.Warn("node record not removed", "err", err)
 	}
 	stopReg()
 	<-regDone

@@ -118,6 +118,17 @@ var contract = []struct {
 	{"MalformedRegisterPayloadsAreDroppedAndCounted", TestMalformedRegisterPayloadsAreDroppedAndCounted},
 	{"DirectToAUserReachesEveryConnectionOnEveryNode", TestDirectToAUserReachesEveryConnectionOnEveryNode},
 	{"ShutdownClosesClientsWith1001AndTellsTheirBackends", TestShutdownClosesClientsWith1001AndTellsTheirBackends},
+	// 1.1
+	{"ClientsOfAKilledNodeAreReportedOnceWithOneSurvivor", TestClientsOfAKilledNodeAreReportedOnceWithOneSurvivor},
+	{"ClientsOfAKilledNodeAreReportedOnceWithTwoSurvivors", TestClientsOfAKilledNodeAreReportedOnceWithTwoSurvivors},
+	{"ClientsOfAKilledNodeAreReportedByTheNodeRestartedInItsPlace", TestClientsOfAKilledNodeAreReportedByTheNodeRestartedInItsPlace},
+	{"RoomsJoinLeaveAndMessagesAcrossNodes", TestRoomsJoinLeaveAndMessagesAcrossNodes},
+	{"MessagesOfOneBackendKeepTheirOrderAcrossKinds", TestMessagesOfOneBackendKeepTheirOrderAcrossKinds},
+	{"JoinByUserReachesEveryConnectionOfTheUser", TestJoinByUserReachesEveryConnectionOfTheUser},
+	{"ClientsJoinTheRoomsTheirTokenAllows", TestClientsJoinTheRoomsTheirTokenAllows},
+	{"PresenceAnswersFromEveryNodeAndLeavesWithTheSession", TestPresenceAnswersFromEveryNodeAndLeavesWithTheSession},
+	{"ADirectWithMoreIsAProgressAnswer", TestADirectWithMoreIsAProgressAnswer},
+	{"BadRoomCommandsHaveADefinedAnswer", TestBadRoomCommandsHaveADefinedAnswer},
 }
 
 // runContract runs the contract suite on topo, one test at a time.

@@ -105,8 +105,8 @@ func decodeBKID(raw json.RawMessage) (string, bool) {
 	return s, true
 }
 
-// Command is a decoded downlink payload from a backend: broadcast, direct or
-// kick.
+// Command is a decoded downlink payload from a backend: broadcast, direct,
+// kick, and (1.1) join, leave, room and presence.
 type Command struct {
 	Type    string
 	CID     string
@@ -115,6 +115,11 @@ type Command struct {
 	ReplyTo json.RawMessage
 	Reason  string
 	ID      json.RawMessage
+	Room    string   // join, leave, room, presence ("" there: the service)
+	Except  []string // broadcast, room: cids left out
+	More    bool     // direct with reply_to: a partial answer
+	// CountOnly asks presence for a count instead of the members.
+	CountOnly bool
 }
 
 // DecodeCommand decodes and validates a payload from a backend's downlink
@@ -138,18 +143,45 @@ func DecodeCommand(b []byte) (Command, error) {
 	for _, f := range []struct {
 		name string
 		dst  *string
-	}{{"type", &cmd.Type}, {"cid", &cmd.CID}, {"user", &cmd.User}, {"reason", &cmd.Reason}} {
+	}{{"type", &cmd.Type}, {"cid", &cmd.CID}, {"user", &cmd.User}, {"reason", &cmd.Reason}, {"room", &cmd.Room}} {
 		v, _, ok := o.str(f.name)
 		if !ok {
 			return fail(f.name + " must be a string")
 		}
 		*f.dst = v
 	}
+	if cmd.Type == TypeBroadcast || cmd.Type == TypeRoom {
+		if cmd.Except, ok = decodeExcept(o.raw("except")); !ok {
+			return fail("except must be a list of cids")
+		}
+	}
 	switch cmd.Type {
 	case TypeBroadcast:
 	case TypeDirect:
 		if cmd.CID == "" && cmd.User == "" {
 			return fail("direct needs a cid or a user")
+		}
+		if cmd.More, ok = decodeFlag(o.raw("more")); !ok {
+			return fail("more must be true or false")
+		}
+		cmd.More = cmd.More && replyTo != nil // progress answers a request
+	case TypeJoin, TypeLeave:
+		if !ValidRoom(cmd.Room) {
+			return fail("invalid room name")
+		}
+		if cmd.CID == "" && cmd.User == "" {
+			return fail(cmd.Type + " needs a cid or a user")
+		}
+	case TypeRoom:
+		if !ValidRoom(cmd.Room) {
+			return fail("invalid room name")
+		}
+	case TypePresence:
+		if cmd.Room != "" && !ValidRoom(cmd.Room) {
+			return fail("invalid room name")
+		}
+		if cmd.CountOnly, ok = decodeFlag(o.raw("count_only")); !ok {
+			return fail("count_only must be true or false")
 		}
 	case TypeKick:
 		if cmd.CID == "" {

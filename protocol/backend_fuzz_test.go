@@ -141,6 +141,16 @@ func FuzzDecodeCommand(f *testing.F) {
 		`{"type":"broadcast","data":1,"id":{}}`,
 		`{"type":"direct","cid":"c1","reply_to":[7],"id":1}`,
 		`{"type":"bk_connect","id":"m-9"}`,
+		`{"type":"join","room":"lobby","cid":"c1","id":"j"}`,
+		`{"type":"leave","room":"lobby","user":"alice"}`,
+		`{"type":"room","room":"lobby","data":{"t":1},"except":["c1","c2"]}`,
+		`{"type":"broadcast","data":1,"except":[]}`,
+		`{"type":"broadcast","data":1,"except":"c1"}`,
+		`{"type":"presence","room":"lobby","id":"p1","count_only":true}`,
+		`{"type":"presence","id":"p2"}`,
+		`{"type":"direct","cid":"c1","data":"50%","reply_to":7,"more":true}`,
+		`{"type":"direct","cid":"c1","data":1,"more":"yes"}`,
+		`{"type":"join","room":"bad room","cid":"c1"}`,
 		`{"data":1,"id":null}`,
 		`null`,
 	} {
@@ -211,8 +221,31 @@ func checkCommand(t *testing.T, in []byte, cmd protocol.Command) {
 			!strings.HasPrefix(reason, cmd.Reason) || cmd.Reason != protocol.TruncateReason(reason) {
 			t.Fatalf("kick Reason = %q, payload has %q: %q", cmd.Reason, reason, in)
 		}
+	case protocol.TypeJoin, protocol.TypeLeave:
+		if !protocol.ValidRoom(cmd.Room) || cmd.CID == "" && cmd.User == "" {
+			t.Fatalf("accepted a %s of room %q for cid %q user %q: %q", cmd.Type, cmd.Room, cmd.CID, cmd.User, in)
+		}
+	case protocol.TypeRoom:
+		if !protocol.ValidRoom(cmd.Room) {
+			t.Fatalf("accepted a room message for room %q: %q", cmd.Room, in)
+		}
+		r := protocol.AppendRoom(nil, cmd.Room, cmd.Data)
+		if out, ok := members(r); !ok || !sameRaw(out["data"], orNull(cmd.Data)) {
+			t.Fatalf("AppendRoom wrote %q for data %q", r, cmd.Data)
+		}
+	case protocol.TypePresence:
+		if cmd.Room != "" && !protocol.ValidRoom(cmd.Room) {
+			t.Fatalf("accepted presence of room %q: %q", cmd.Room, in)
+		}
+		one := []protocol.Member{{CID: "c1", User: cmd.User}}
+		if _, ok := members(protocol.AppendPresence(nil, cmd.ID, cmd.Room, "n\\1", 2, 1, one, true)); !ok {
+			t.Fatalf("AppendPresence wrote invalid JSON for %q", in)
+		}
 	default:
 		t.Fatalf("accepted type %q: %q", cmd.Type, in)
+	}
+	if cmd.More && cmd.ReplyTo == nil {
+		t.Fatalf("more without reply_to: %q", in)
 	}
 
 	// What DMB sends on: to clients, and the per-node ack to the backend.
@@ -220,7 +253,7 @@ func checkCommand(t *testing.T, in []byte, cmd protocol.Command) {
 	if out, ok := members(b); !ok || !sameRaw(out["data"], orNull(cmd.Data)) {
 		t.Fatalf("AppendBroadcast wrote %q for data %q", b, cmd.Data)
 	}
-	d := protocol.AppendDirect(nil, cmd.Data, cmd.ReplyTo)
+	d := protocol.AppendDirect(nil, cmd.Data, cmd.ReplyTo, cmd.More)
 	if out, ok := members(d); !ok || !sameRaw(out["data"], orNull(cmd.Data)) || !sameRaw(idMember(out, "reply_to"), cmd.ReplyTo) {
 		t.Fatalf("AppendDirect wrote %q for data %q, reply_to %q", d, cmd.Data, cmd.ReplyTo)
 	}

@@ -30,6 +30,7 @@ type ClientFrame struct {
 	Event string
 	Data  json.RawMessage
 	ID    json.RawMessage
+	Room  string // dmb:join, dmb:leave
 }
 
 // FrameError is a client frame that DMB refuses. ID is the frame's id when
@@ -59,6 +60,12 @@ func DecodeClientFrame(b []byte) (ClientFrame, error) {
 		return ClientFrame{}, &FrameError{Reason: "event must be a string", ID: id}
 	case !present:
 		return ClientFrame{}, &FrameError{Reason: "missing event", ID: id}
+	case event == EventJoin || event == EventLeave:
+		room, _, ok := o.str("room")
+		if !ok || !ValidRoom(room) {
+			return ClientFrame{}, &FrameError{Reason: "invalid room name", ID: id}
+		}
+		return ClientFrame{Event: event, ID: id, Room: room}, nil
 	case event != EventMessage:
 		return ClientFrame{}, &FrameError{Reason: "unknown event " + quoteShort(event), ID: id}
 	}
@@ -114,13 +121,16 @@ func AppendBroadcast(dst []byte, data json.RawMessage) []byte {
 }
 
 // AppendDirect appends {"event":"dmb:direct","data":...,"reply_to":...};
-// reply_to only when given.
-func AppendDirect(dst []byte, data, replyTo json.RawMessage) []byte {
+// reply_to only when given, and "more":true for a partial answer to it.
+func AppendDirect(dst []byte, data, replyTo json.RawMessage, more bool) []byte {
 	dst = append(dst, `{"event":"dmb:direct","data":`...)
 	dst = append(dst, orNull(data)...)
 	if replyTo != nil {
 		dst = append(dst, `,"reply_to":`...)
 		dst = append(dst, replyTo...)
+		if more {
+			dst = append(dst, `,"more":true`...)
+		}
 	}
 	return append(dst, '}')
 }

@@ -23,6 +23,10 @@ func FuzzDecodeClientFrame(f *testing.F) {
 		`{"event":"dmb:ack","id":7}`,
 		`{"event":5,"id":"r-1"}`,
 		`{"event":"dmb:message","id":{}}`,
+		`{"event":"dmb:join","room":"game-7","id":3}`,
+		`{"event":"dmb:leave","room":"a/b:c@d.e-f_g","id":"x"}`,
+		`{"event":"dmb:join","room":"no spaces","id":3}`,
+		`{"event":"dmb:join","id":3}`,
 		`{"data":1,"id":-1.5e3}`,
 		`[{"event":"dmb:message"}]`,
 		`{"event":"dmb:message"`,
@@ -50,8 +54,26 @@ func checkClientFrame(t *testing.T, in []byte, f protocol.ClientFrame) {
 	if !ok {
 		t.Fatalf("accepted a frame that is not a JSON object: %q", in)
 	}
-	if ev, ok := stringMember(m, "event"); !ok || ev != protocol.EventMessage || f.Event != protocol.EventMessage {
+	ev, ok := stringMember(m, "event")
+	if !ok || ev != f.Event {
 		t.Fatalf("accepted event %q (frame has %s): %q", f.Event, m["event"], in)
+	}
+	if ev == protocol.EventJoin || ev == protocol.EventLeave {
+		if room, _ := stringMember(m, "room"); room != f.Room || !protocol.ValidRoom(f.Room) {
+			t.Fatalf("accepted room %q (frame has %s): %q", f.Room, m["room"], in)
+		}
+		for _, joined := range []bool{true, false} {
+			if _, ok := members(protocol.AppendMembership(nil, joined, f.Room)); !ok {
+				t.Fatalf("AppendMembership wrote invalid JSON for room %q", f.Room)
+			}
+			if _, ok := members(protocol.AppendRoomEvent(nil, joined, "c1", f.Room, "al\\ice")); !ok {
+				t.Fatalf("AppendRoomEvent wrote invalid JSON for room %q", f.Room)
+			}
+		}
+		return
+	}
+	if ev != protocol.EventMessage {
+		t.Fatalf("accepted event %q: %q", f.Event, in)
 	}
 	if !json.Valid(f.Data) {
 		t.Fatalf("Data %q is not valid JSON: %q", f.Data, in)

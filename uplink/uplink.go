@@ -51,6 +51,13 @@ type Config struct {
 	// to one backend, with bursts of a second's worth; 0 is no bound.
 	// Each worker keeps its share of it.
 	BackendRate float64
+	// Clients, when set, is the node's client table in Redis: a hash of
+	// each announced client's cid to the bkid it was announced to, written
+	// in the same pipeline as client_connected and client_disconnected,
+	// so that the survivors of a node that dies can tell each backend of
+	// its clients (package nodes). It returns the table's key, which
+	// changes when the node takes a new identity.
+	Clients func() string
 }
 
 // queueSize is each worker's queue. A full queue makes the readers of the
@@ -167,6 +174,39 @@ func (u *Uplink) Disconnect(c Client, code int, reason string) error {
 	return u.enqueue(context.Background(), u.clientWorker(c), request{kind: reqDisconnect, client: c, code: code, reason: reason})
 }
 
+// Event publishes a client's event (room_joined, room_left) to its
+// backend, in order with its messages; nothing answers it. It waits while
+// the worker's queue is full, until ctx ends.
+func (u *Uplink) Event(ctx context.Context, c Client, payload []byte) error {
+	return u.enqueue(ctx, u.clientWorker(c), request{kind: reqEvent, client: c, data: payload})
+}
+
+// Retrack writes every announced client to the client table again: Redis
+// lost it (a restart without persistence).
+func (u *Uplink) Retrack(ctx context.Context) error { return u.everyWorker(ctx, reqRetrack) }
+
+// Forget makes the uplink forget that any client was announced: the
+// survivors declared this node lost and told the backends that its
+// clients left, so none is told again when it goes.
+func (u *Uplink) Forget(ctx context.Context) error { return u.everyWorker(ctx, reqForget) }
+
+func (u *Uplink) everyWorker(ctx context.Context, kind reqKind) error {
+	for _, w := range u.workers {
+		if err := u.enqueue(ctx, w, request{kind: kind}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// clients is the client table's key, "" when the node keeps none.
+func (u *Uplink) clients() string {
+	if u.cfg.Clients == nil {
+		return ""
+	}
+	return u.cfg.Clients()
+}
+
 // ErrQueueFull is returned by Publish when node events come faster than
 // Redis takes them; the event is dropped and counted.
 var ErrQueueFull = errors.New("uplink event queue full")
@@ -235,6 +275,9 @@ const (
 	reqDisconnect
 	reqPublish
 	reqBarrier
+	reqEvent   // a client's event for its backend, without an answer
+	reqRetrack // write every announced client to the client table again
+	reqForget  // forget that any client was announced
 )
 
 type request struct {
@@ -254,6 +297,7 @@ type binding struct {
 	client    Client
 	bkid      string
 	announced bool // bkid has had client_connected for this client
+	tracked   bool // the client table may name the client
 }
 
 type worker struct {
@@ -351,12 +395,16 @@ const (
 	opMessage
 	opDisconnected
 	opPublish
+	opEvent
+	opTrack   // HSET of the client table
+	opUntrack // HDEL of the client table
 )
 
 type op struct {
 	kind    opKind
 	b       *binding
 	bkid    string
+	table   string // opTrack, opUntrack: the client table
 	payload []byte
 	req     *request // opMessage
 	attempt int
@@ -401,6 +449,22 @@ func (w *worker) process(ctx context.Context, batch []request) {
 			p.add(op{kind: opPublish, bkid: r.bkid, payload: r.data})
 		case reqBarrier:
 			barriers = append(barriers, r.then)
+		case reqEvent:
+			if b := w.bindings[r.client.CID()]; b != nil && w.announce(ctx, b, p) {
+				p.add(op{kind: opEvent, b: b, bkid: b.bkid, payload: r.data})
+			} else {
+				w.u.m.Drops.WithLabelValues(metrics.DropNoBackend).Inc()
+			}
+		case reqRetrack:
+			for _, b := range w.bindings {
+				if b.announced {
+					w.track(b, p)
+				}
+			}
+		case reqForget:
+			for _, b := range w.bindings {
+				b.announced, b.tracked = false, false
+			}
 		}
 	}
 	w.exec(ctx, p)
@@ -440,6 +504,22 @@ func (w *worker) unbind(c Client, code int, reason string, p *pipeline) {
 		p.add(op{kind: opDisconnected, b: b, bkid: b.bkid,
 			payload: protocol.AppendClientDisconnected(nil, cid, code, reason)})
 	}
+	if b.tracked {
+		if table := w.u.clients(); table != "" {
+			p.add(op{kind: opUntrack, b: b, table: table})
+		}
+	}
+}
+
+// track writes b's client and backend to the node's client table, ahead
+// of the client_connected that follows it in the pipeline: a node that
+// dies between the two leaves the backend a client_disconnected for a
+// client it never heard of, never a client it is not told has gone.
+func (w *worker) track(b *binding, p *pipeline) {
+	if table := w.u.clients(); table != "" {
+		b.tracked = true
+		p.add(op{kind: opTrack, b: b, bkid: b.bkid, table: table})
+	}
 }
 
 // announce binds b to a live backend and queues client_connected there,
@@ -459,6 +539,7 @@ func (w *worker) announce(ctx context.Context, b *binding, p *pipeline) bool {
 	// same backend after client_connected; undone in exec if the publish
 	// fails.
 	b.bkid, b.announced = bkid, true
+	w.track(b, p)
 	p.add(op{kind: opConnected, b: b, bkid: bkid,
 		payload: protocol.AppendClientConnected(nil, c.CID(), c.Service(), c.Remote(), c.User())})
 	return true
@@ -522,7 +603,14 @@ func (w *worker) publishBatch(ctx context.Context, p *pipeline) {
 	pipe := w.u.rdb.Pipeline()
 	for i := range p.ops {
 		o := &p.ops[i]
-		o.cmd = pubsub.Publish(ctx, pipe, w.u.sharded, w.channel(o.bkid), o.payload)
+		switch o.kind {
+		case opTrack:
+			o.cmd = pipe.HSet(ctx, o.table, o.b.client.CID(), o.bkid)
+		case opUntrack:
+			o.cmd = pipe.HDel(ctx, o.table, o.b.client.CID())
+		default:
+			o.cmd = pubsub.Publish(ctx, pipe, w.u.sharded, w.channel(o.bkid), o.payload)
+		}
 	}
 	start := time.Now()
 	_, err := pipe.Exec(ctx)
@@ -534,6 +622,9 @@ func (w *worker) publishBatch(ctx context.Context, p *pipeline) {
 	m := w.u.m
 	for i := range p.ops {
 		o := &p.ops[i]
+		if o.kind == opTrack || o.kind == opUntrack {
+			continue // a failed write is written again with the next announce
+		}
 		n, err := o.cmd.Result()
 		svc := ""
 		if o.b != nil {
@@ -546,7 +637,7 @@ func (w *worker) publishBatch(ctx context.Context, p *pipeline) {
 				o.b.announced = false
 			case opMessage:
 				w.answer(o.req, protocol.ErrTextBrokerUnavailable, metrics.DropBrokerDown)
-			case opDisconnected, opPublish:
+			case opDisconnected, opPublish, opEvent:
 				m.Drops.WithLabelValues(metrics.DropBrokerDown).Inc()
 			}
 		case n == 0:
@@ -571,7 +662,7 @@ func (w *worker) publishBatch(ctx context.Context, p *pipeline) {
 				default:
 					w.answer(o.req, protocol.ErrTextBackendUnavailable, metrics.DropNoBackend)
 				}
-			case opDisconnected, opPublish:
+			case opDisconnected, opPublish, opEvent:
 				m.Drops.WithLabelValues(metrics.DropNoBackend).Inc()
 			}
 		default:
@@ -588,6 +679,8 @@ func (w *worker) publishBatch(ctx context.Context, p *pipeline) {
 				}
 			case opDisconnected:
 				m.MessagesOut.WithLabelValues(metrics.KindDisconnected).Inc()
+			case opEvent:
+				m.MessagesOut.WithLabelValues(metrics.KindRoomEvent).Inc()
 			}
 		}
 	}
