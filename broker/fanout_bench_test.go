@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -268,5 +269,83 @@ func BenchmarkClientFrames(b *testing.B) {
 	}
 	for up.messages.Load() < int64(b.N) {
 		time.Sleep(20 * time.Microsecond)
+	}
+}
+
+// cids returns the cids of the broker's sessions.
+func (r *fanoutRig) cids() []string {
+	r.brk.mu.RLock()
+	defer r.brk.mu.RUnlock()
+	out := make([]string, 0, len(r.brk.byCID))
+	for cid := range r.brk.byCID {
+		out = append(out, cid)
+	}
+	return out
+}
+
+// BenchmarkRoom1000 measures room messages over the same 1000 clients as
+// BenchmarkFanout1000, in 100 rooms of 10: one op is one room message, to
+// the rooms in turn; deliveries/s compares with the broadcast's.
+func BenchmarkRoom1000(b *testing.B) {
+	const n, rooms = 1000, 100
+	r := newFanoutRig(b, n)
+	defer r.close()
+	names := make([]string, rooms)
+	for i := range names {
+		names[i] = fmt.Sprintf("room-%d", i)
+	}
+	for i, cid := range r.cids() {
+		r.brk.Join("bench", cid, "", names[i%rooms])
+	}
+	for r.received.Load() < n { // the dmb:joined frames
+		time.Sleep(50 * time.Microsecond)
+	}
+	base := r.received.Load()
+	frames := make([][]byte, rooms)
+	for i, name := range names {
+		frames[i] = protocol.AppendRoom(nil, name, payload100)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	sent := 0
+	for b.Loop() {
+		r.brk.Room("bench", names[sent%rooms], frames[sent%rooms], nil)
+		sent++
+		if sent%2560 == 0 {
+			for r.received.Load()-base < int64(sent-1280)*n/rooms {
+				time.Sleep(50 * time.Microsecond)
+			}
+		}
+	}
+	for r.received.Load()-base < int64(sent)*n/rooms {
+		time.Sleep(50 * time.Microsecond)
+	}
+	b.ReportMetric(float64(sent*n/rooms)/time.Since(start).Seconds(), "deliveries/s")
+}
+
+// BenchmarkJoin measures joins by cid over 1000 clients, each told
+// dmb:joined: one op is one join, of the next client into the next of 10
+// rooms.
+func BenchmarkJoin(b *testing.B) {
+	const n = 1000
+	r := newFanoutRig(b, n)
+	defer r.close()
+	cids := r.cids()
+	names := make([]string, 10)
+	for i := range names {
+		names[i] = fmt.Sprintf("room-%d", i)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	i := 0
+	for b.Loop() {
+		cid := cids[i%n]
+		room := names[(i/n)%len(names)]
+		if i >= n*len(names) { // every client is in every room: start over
+			r.brk.Leave("bench", cid, "", room)
+		}
+		r.brk.Join("bench", cid, "", room)
+		i++
 	}
 }
