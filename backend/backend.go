@@ -7,6 +7,12 @@
 // It registers again too when DMB says a leave it did not send marked it
 // gone (bk_disconnected).
 //
+// Rooms (protocol, section 10): Join and LeaveRoom change a client's (or a
+// user's) rooms, Room sends to a room's members, Broadcast and Room leave
+// out the cids listed as except, and Presence gathers every node's answer
+// into one PresenceResult. Clients that join by themselves arrive as
+// EventRoomJoined and EventRoomLeft.
+//
 // rdb may be a *redis.Client (one Redis, or redis.NewFailoverClient behind
 // Sentinel) or a *redis.ClusterClient, on which the backend uses sharded
 // pub/sub (SSUBSCRIBE, SPUBLISH), as DMB does there; New then adds a hook to
@@ -62,6 +68,10 @@ const (
 	// has registered again before handing the event over, which makes it
 	// live again at once.
 	EventDisconnected = protocol.TypeDisconnected
+	// EventRoomJoined and EventRoomLeft: a client joined or left a room by
+	// itself (its token's rooms allow it); Room and, with auth, User are set.
+	EventRoomJoined = protocol.TypeRoomJoined
+	EventRoomLeft   = protocol.TypeRoomLeft
 )
 
 // Event is one uplink event; which fields are set depends on Type.
@@ -192,6 +202,9 @@ func (b *Backend) RunRaw(ctx context.Context, h RawHandler) error {
 			Name:     "uplink " + bkid,
 			Channels: []string{b.ch.Uplink(bkid)},
 			OnMessage: func(ctx context.Context, msg *redis.Message) {
+				if presenceAnswer(msg.Payload) {
+					return // Presence gathers these on a subscription of its own
+				}
 				if again, ok := b.registerAfterForeignLeave(ctx, bkid, msg.Payload); ok && again != bkid {
 					moved = again
 					cancel()
@@ -347,6 +360,10 @@ type Command struct {
 	Reason  string `json:"reason,omitempty"`
 	// ID asks every node for a bk_message_ack.
 	ID any `json:"id,omitempty"`
+	// 1.1
+	Room      string   `json:"room,omitempty"`       // join, leave, room, presence
+	Except    []string `json:"except,omitempty"`     // broadcast, room: cids left out
+	CountOnly bool     `json:"count_only,omitempty"` // presence
 }
 
 // Publish sends a command on the backend's downlink channel.
@@ -365,9 +382,10 @@ func (b *Backend) Publish(ctx context.Context, cmd Command) error {
 	return nil
 }
 
-// Broadcast sends data to every client of the service, on every node.
-func (b *Backend) Broadcast(ctx context.Context, data any) error {
-	return b.Publish(ctx, Command{Type: protocol.TypeBroadcast, Data: data})
+// Broadcast sends data to every client of the service, on every node,
+// except the clients whose cids are listed.
+func (b *Backend) Broadcast(ctx context.Context, data any, except ...string) error {
+	return b.Publish(ctx, Command{Type: protocol.TypeBroadcast, Data: data, Except: except})
 }
 
 // Direct sends data to one client; replyTo (the id of the client's message,
