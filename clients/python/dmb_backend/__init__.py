@@ -20,6 +20,12 @@ for the master on every new connection, so it follows a failover), or a
 redis.cluster.RedisCluster, on which the backend speaks sharded pub/sub
 (SSUBSCRIBE, SPUBLISH) as DMB does there (protocol, section 1).
 
+Rooms (protocol, section 10): join() and leave(room, ...) change the rooms of a
+client (cid=) or of every connection of a user (user=), room() sends to a
+room's members, broadcast() and room() leave out the cids in except_, and
+presence() gathers every node's answer into one result. Clients that join
+or leave by themselves arrive as room_joined and room_left events.
+
 run() survives a Redis restart or failover: it reconnects with backoff,
 registers again with the same bkid, and follows a new bkid when DMB hands
 out another one (Redis lost its data).
@@ -52,6 +58,13 @@ _RETRYABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, O
 
 _MAX_BACKOFF = 5.0  # seconds
 _POLL = 0.25  # seconds between checks of stop() while waiting
+
+# The id of every presence request the library sends starts with this; the
+# answers to those are gathered by presence() and never handed to run()'s
+# handler.
+_PRESENCE_ID_PREFIX = "dmb-presence-"
+
+_ROOM_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:@/-")
 
 
 class RegistrationRefused(Exception):
@@ -156,6 +169,8 @@ class Backend:
                 except ValueError:
                     log.warning("undecodable uplink event: %.200r", msg["data"])
                     continue
+                if _presence_answer(ev):
+                    continue  # presence() gathers these on a subscription of its own
                 try:
                     handler(ev)
                 except Exception:
@@ -248,9 +263,12 @@ class Backend:
             raise RuntimeError("not registered")
         self._publish("%s:%s" % (self.prefix, self.bkid), _dumps(command))
 
-    def broadcast(self, data):
-        """Send data to every client of the service, on every node."""
-        self.publish({"type": "broadcast", "data": data})
+    def broadcast(self, data, except_=None):
+        """Send data to every client of the service, on every node, but the cids in except_."""
+        cmd = {"type": "broadcast", "data": data}
+        if except_:
+            cmd["except"] = list(except_)
+        self.publish(cmd)
 
     def direct(self, cid, data, reply_to=None):
         """Send data to one client; reply_to (the id of its message) lets it match the reply."""
@@ -267,10 +285,99 @@ class Backend:
         """Close a client with 4009 and reason."""
         self.publish({"type": "kick", "cid": cid, "reason": reason})
 
-    def leave(self):
-        """Tell DMB the backend goes away (bk_disconnect): its clients move to other backends."""
+    def join(self, room, cid=None, user=None):
+        """Put a client (cid=) or every connection of a user (user=, needs auth) in room.
+
+        Commands of one backend apply in the order published: a room() message
+        published after join() reaches the new member, who is told dmb:joined.
+        """
+        self.publish(_membership("join", room, cid, user))
+
+    def leave(self, room=None, cid=None, user=None):
+        """With a room: take a client (cid=) or a user's connections (user=) out of it.
+
+        Without arguments: tell DMB the backend goes away (bk_disconnect): its
+        clients move to other backends.
+        """
+        if room is not None or cid is not None or user is not None:
+            self.publish(_membership("leave", room, cid, user))
+            return
         if self.bkid:
             self._publish("%s:register" % self.prefix, _dumps({"type": "bk_disconnect", "bkid": self.bkid}))
+
+    def room(self, room, data, except_=None):
+        """Send data to every member of room, on every node, but the cids in except_."""
+        _check_room(room)
+        cmd = {"type": "room", "room": room, "data": data}
+        if except_:
+            cmd["except"] = list(except_)
+        self.publish(cmd)
+
+    def presence(self, room=None, count_only=False, timeout=2.0):
+        """Ask every node for the clients of room (None: the whole service) and gather the answers.
+
+        Waits until as many nodes as the answering nodes count have answered,
+        or timeout seconds passed (a node that died meanwhile). Returns a dict:
+        room, members (a list of {"cid", "user"}; None with count_only),
+        count (summed), nodes (those that answered), complete (every node
+        answered) and truncated (a node had more members than it lists).
+        Listens on a subscription of its own, so run()'s handler may call it;
+        the answers never reach the handler. Raises ValueError for an invalid
+        room name, RuntimeError when a node refuses the request, and redis
+        errors when Redis is unreachable.
+        """
+        if room is not None:
+            _check_room(room)
+        if not self.bkid:
+            raise RuntimeError("not registered")
+        req_id = _PRESENCE_ID_PREFIX + secrets.token_hex(12)
+        cmd = {"type": "presence", "id": req_id}
+        if room is not None:
+            cmd["room"] = room
+        if count_only:
+            cmd["count_only"] = True
+        result = {"room": room, "members": None if count_only else [], "count": 0, "nodes": [],
+                  "complete": False, "truncated": False}
+        deadline = time.monotonic() + timeout
+        ps = self._pubsub()
+        try:
+            # Subscribed before asking, or an answer could be missed.
+            ps.subscribe(self._uplink(self.bkid))
+            try:
+                self._wait(ps, "subscribe", deadline)
+            except TimeoutError:
+                return result
+            self.publish(cmd)
+            want = 0
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return result
+                msg = ps.get_message(timeout=min(left, _POLL))
+                if not msg or msg["type"] != "message":
+                    continue
+                try:
+                    ev = json.loads(msg["data"])
+                except ValueError:
+                    continue
+                if not isinstance(ev, dict) or ev.get("id") != req_id:
+                    continue
+                if ev.get("type") == "error":
+                    raise RuntimeError("presence refused by node %s: %s" % (ev.get("node"), ev.get("error")))
+                if ev.get("type") != "presence" or ev.get("node") in result["nodes"]:
+                    continue
+                result["nodes"].append(ev.get("node"))
+                want = max(want, ev.get("nodes") or 0)
+                members = ev.get("members")
+                if members is not None and not count_only:
+                    result["members"].extend(members)
+                result["count"] += max(ev.get("count") or 0, len(members or []))
+                result["truncated"] = result["truncated"] or bool(ev.get("truncated"))
+                if len(result["nodes"]) >= want:
+                    result["complete"] = True
+                    return result
+        finally:
+            _close(ps)
 
     @staticmethod
     def mint_token(secret, user, ttl_seconds, services=None):
@@ -362,6 +469,27 @@ class _ShardedPubSub:
             except _RETRYABLE + (redis.exceptions.RedisClusterException,) as e2:
                 log.warning("could not read the cluster's slots again: %s", e2)
             raise redis.exceptions.ConnectionError("%s: %s" % (what, e)) from e
+
+
+def _check_room(room):
+    if not isinstance(room, str) or not 1 <= len(room) <= 128 or not _ROOM_CHARS.issuperset(room):
+        raise ValueError("invalid room name %r: 1-128 of [A-Za-z0-9_.:@/-]" % (room,))
+
+
+def _membership(typ, room, cid, user):
+    """A join or leave command for a cid or, without one, a user."""
+    _check_room(room)
+    if cid:
+        return {"type": typ, "room": room, "cid": cid}
+    if user:
+        return {"type": typ, "room": room, "user": user}
+    raise ValueError("%s needs a cid or a user" % typ)
+
+
+def _presence_answer(ev):
+    """Whether ev answers a presence request of the library (an answer, or an error about it)."""
+    return (isinstance(ev, dict) and ev.get("type") in ("presence", "error")
+            and isinstance(ev.get("id"), str) and ev["id"].startswith(_PRESENCE_ID_PREFIX))
 
 
 def _b64(b):

@@ -1,0 +1,396 @@
+package clients_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/dmb-broker/dmb/auth"
+	"github.com/dmb-broker/dmb/internal/nodetest"
+	"github.com/dmb-broker/dmb/internal/proctest"
+	"github.com/dmb-broker/dmb/internal/redistest"
+	"github.com/dmb-broker/dmb/node"
+)
+
+// The rooms tests run each library's backend in a driver: a small program
+// that registers the service chat, runs the library's event loop, and
+// executes one command a line from its standard input, one of
+//
+//	{"op":"join"|"leave","room":...,"cid":...,"user":...}
+//	{"op":"room","room":...,"data":...,"except":[...]}
+//	{"op":"broadcast","data":...,"except":[...]}   (without except: the old call)
+//	{"op":"presence","room":...,"count_only":...}
+//
+// answering {"result":...} or {"error":"..."} on a line of its standard
+// output. It prints {"ready":bkid} once listening, and {"event":...} for
+// every event the library hands to the application.
+
+const roomsSecret = "0123456789abcdef0123456789abcdef"
+
+const pythonDriver = `
+import json, sys, threading, redis
+from dmb_backend import Backend
+
+out_lock = threading.Lock()
+def say(v):
+    with out_lock:
+        sys.stdout.write(json.dumps(v) + "\n")
+        sys.stdout.flush()
+
+b = Backend(redis.Redis(host="127.0.0.1", port=int(sys.argv[1])), "chat", register_timeout=2.0)
+b.register()
+loop = threading.Thread(target=b.run, args=(lambda ev: say({"event": ev}),), daemon=True)
+loop.start()
+say({"ready": b.bkid})
+for line in sys.stdin:
+    c = json.loads(line)
+    op = c["op"]
+    try:
+        if op in ("join", "leave"):
+            r = getattr(b, op)(c["room"], cid=c.get("cid"), user=c.get("user"))
+        elif op == "room":
+            r = b.room(c["room"], c.get("data"), except_=c.get("except"))
+        elif op == "broadcast":
+            r = b.broadcast(c.get("data"), except_=c["except"]) if "except" in c else b.broadcast(c.get("data"))
+        elif op == "presence":
+            r = b.presence(c.get("room"), count_only=c.get("count_only", False), timeout=c.get("timeout", 10.0))
+        else:
+            raise ValueError("unknown op " + op)
+        say({"result": r})
+    except Exception as e:
+        say({"error": "%s: %s" % (type(e).__name__, e)})
+b.stop()
+loop.join()
+`
+
+// driver is a running driver process.
+type driver struct {
+	t       *testing.T
+	stdin   io.Writer
+	results chan map[string]json.RawMessage
+	events  chan map[string]any
+	out     *nodetest.Buffer // stderr, shown when the test fails
+}
+
+func startDriver(t *testing.T, dir string, env []string, argv ...string) *driver {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
+	d := &driver{t: t, results: make(chan map[string]json.RawMessage, 100), events: make(chan map[string]any, 1000), out: &nodetest.Buffer{}}
+	cmd.Stderr = d.out
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.stdin = stdin
+	proctest.DieWithTest(cmd)
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %v: %v", argv, err)
+	}
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			var line map[string]json.RawMessage
+			if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
+				d.out.Write([]byte("driver printed " + sc.Text() + "\n"))
+				continue
+			}
+			if ev, ok := line["event"]; ok {
+				var m map[string]any
+				_ = json.Unmarshal(ev, &m)
+				d.events <- m
+				continue
+			}
+			d.results <- line
+		}
+	}()
+	t.Cleanup(func() {
+		_ = stdin.Close() // the driver stops at the end of its input
+		done := make(chan error, 1)
+		go func() { <-read; done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("driver exited with %v", err)
+			}
+		case <-time.After(nodetest.Wait):
+			t.Errorf("driver did not stop at the end of its input")
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("driver's standard error:\n%s", d.out)
+		}
+	})
+	return d
+}
+
+// next returns the driver's next line that is not an event.
+func (d *driver) next() map[string]json.RawMessage {
+	d.t.Helper()
+	select {
+	case line := <-d.results:
+		return line
+	case <-time.After(nodetest.Wait):
+		d.t.Fatalf("driver did not answer; its standard error:\n%s", d.out)
+	}
+	return nil
+}
+
+// do runs one command and decodes its result into result (when not nil).
+func (d *driver) do(cmd map[string]any, result any) {
+	d.t.Helper()
+	b, _ := json.Marshal(cmd)
+	if _, err := d.stdin.Write(append(b, '\n')); err != nil {
+		d.t.Fatalf("write to the driver: %v", err)
+	}
+	line := d.next()
+	if e, ok := line["error"]; ok {
+		d.t.Fatalf("%s: %s", b, e)
+	}
+	if result != nil {
+		if err := json.Unmarshal(line["result"], result); err != nil {
+			d.t.Fatalf("%s: result %s: %v", b, line["result"], err)
+		}
+	}
+}
+
+// fails runs one command that must fail.
+func (d *driver) fails(cmd map[string]any) {
+	d.t.Helper()
+	b, _ := json.Marshal(cmd)
+	if _, err := d.stdin.Write(append(b, '\n')); err != nil {
+		d.t.Fatalf("write to the driver: %v", err)
+	}
+	if line := d.next(); line["error"] == nil {
+		d.t.Fatalf("%s: %s, want an error", b, line["result"])
+	}
+}
+
+// event returns the next event the library handed to the application of
+// type typ, and fails on a presence answer on the way.
+func (d *driver) event(typ string) map[string]any {
+	d.t.Helper()
+	timeout := time.After(nodetest.Wait)
+	for {
+		select {
+		case ev := <-d.events:
+			if ev["type"] == "presence" {
+				d.t.Fatalf("the application got a presence answer: %v", ev)
+			}
+			if ev["type"] == typ {
+				return ev
+			}
+		case <-timeout:
+			d.t.Fatalf("no %s event", typ)
+		}
+	}
+}
+
+// presenceResult is what presence returns in either library.
+type presenceResult struct {
+	Room      *string          `json:"room"`
+	Members   []map[string]any `json:"members"`
+	Count     int              `json:"count"`
+	Nodes     []string         `json:"nodes"`
+	Complete  bool             `json:"complete"`
+	Truncated bool             `json:"truncated"`
+}
+
+// wsClient is one client of a node.
+type wsClient struct {
+	t    *testing.T
+	conn *websocket.Conn
+	cid  string
+}
+
+func dialClient(t *testing.T, n *nodetest.Node, user string, rooms ...string) *wsClient {
+	t.Helper()
+	tok, err := auth.MintRooms(roomsSecret, user, time.Minute, rooms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), nodetest.Wait)
+	defer cancel()
+	conn, _, err := websocket.Dial(ctx, n.WSURL("chat")+"?token="+url.QueryEscape(tok), nil)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { _ = conn.CloseNow() })
+	c := &wsClient{t: t, conn: conn}
+	f := nodetest.ReadJSON(t, conn)
+	if f["event"] != "dmb:connected" {
+		t.Fatalf("first frame %v", f)
+	}
+	c.cid = f["cid"].(string)
+	return c
+}
+
+// expect reads the next frame and checks its event, room and data (a JSON
+// text; "" for none).
+func (c *wsClient) expect(event, room, data string) {
+	c.t.Helper()
+	f := nodetest.ReadJSON(c.t, c.conn)
+	var want any
+	if data != "" {
+		_ = json.Unmarshal([]byte(data), &want)
+	}
+	gotRoom, _ := f["room"].(string)
+	if f["event"] != event || gotRoom != room || data != "" && !reflect.DeepEqual(f["data"], want) {
+		c.t.Fatalf("frame %v, want %s room %q data %s", f, event, room, data)
+	}
+}
+
+func (c *wsClient) send(frame string) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), nodetest.Wait)
+	defer cancel()
+	if err := c.conn.Write(ctx, websocket.MessageText, []byte(frame)); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// TestLibrariesRoomsAndPresence runs the rooms of the Python backend library
+// against two real nodes on a real Redis: join by cid and by user, room and
+// broadcast with except (and the old broadcast), leave, presence gathered
+// from both nodes into one result, count_only, and room_joined handed to
+// the application while presence answers are not.
+func TestLibrariesRoomsAndPresence(t *testing.T) {
+	for _, lib := range []struct {
+		name string
+		dir  string
+		env  []string
+		argv []string
+	}{
+		{"python", t.TempDir(), []string{"PYTHONPATH=" + abs(t, "python"), "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"},
+			[]string{"/usr/bin/python3", "-c", pythonDriver}},
+	} {
+		t.Run(lib.name, func(t *testing.T) {
+			rs := redistest.Start(t)
+			var nodes []*nodetest.Node
+			for range 2 {
+				cfg := nodetest.Config(t, rs)
+				cfg.JWTSecret = roomsSecret
+				nodes = append(nodes, nodetest.Start(t, cfg, node.Options{}))
+			}
+			n1, n2 := nodes[0], nodes[1]
+			d := startDriver(t, lib.dir, lib.env, append(lib.argv, strconv.Itoa(rs.Port()))...)
+			if ready := d.next(); ready["ready"] == nil {
+				t.Fatalf("driver's first line %v, want ready", ready)
+			}
+			a := dialClient(t, n1, "alice", "game-*")
+			c := dialClient(t, n2, "carol")
+			o := dialClient(t, n2, "bob")
+
+			d.do(map[string]any{"op": "join", "room": "lobby", "cid": a.cid}, nil)
+			d.do(map[string]any{"op": "join", "room": "lobby", "user": "carol"}, nil)
+			d.do(map[string]any{"op": "room", "room": "lobby", "data": map[string]int{"n": 1}}, nil)
+			d.do(map[string]any{"op": "room", "room": "lobby", "data": 2, "except": []string{a.cid}}, nil)
+			d.do(map[string]any{"op": "broadcast", "data": 3, "except": []string{a.cid, o.cid}}, nil)
+			d.do(map[string]any{"op": "broadcast", "data": 4}, nil)
+			a.expect("dmb:joined", "lobby", "")
+			a.expect("dmb:room", "lobby", `{"n":1}`)
+			a.expect("dmb:broadcast", "", "4")
+			c.expect("dmb:joined", "lobby", "")
+			c.expect("dmb:room", "lobby", `{"n":1}`)
+			c.expect("dmb:room", "lobby", "2")
+			c.expect("dmb:broadcast", "", "3")
+			c.expect("dmb:broadcast", "", "4")
+			o.expect("dmb:broadcast", "", "4")
+			d.fails(map[string]any{"op": "join", "room": "no spaces", "cid": a.cid})
+			d.fails(map[string]any{"op": "join", "room": "lobby"})
+
+			// Each node counts the other from its beats within a second.
+			nodetest.Eventually(t, "both nodes count 2 nodes", func() bool {
+				return metric(t, n1, "dmb_nodes") == 2 && metric(t, n2, "dmb_nodes") == 2
+			})
+			var p presenceResult
+			d.do(map[string]any{"op": "presence", "room": "lobby"}, &p)
+			slices.SortFunc(p.Members, func(x, y map[string]any) int { return strings.Compare(fmt.Sprint(x["user"]), fmt.Sprint(y["user"])) })
+			slices.Sort(p.Nodes)
+			want := []map[string]any{{"cid": a.cid, "user": "alice"}, {"cid": c.cid, "user": "carol"}}
+			if p.Count != 2 || p.Room == nil || *p.Room != "lobby" || !slices.Equal(p.Nodes, []string{n1.ID, n2.ID}) || !reflect.DeepEqual(p.Members, want) {
+				t.Fatalf("presence of lobby %+v", p)
+			}
+			p = presenceResult{}
+			d.do(map[string]any{"op": "presence", "count_only": true}, &p)
+			if !p.Complete || p.Count != 3 || p.Members != nil || len(p.Nodes) != 2 {
+				t.Fatalf("count of the service %+v, want 3 from 2 nodes", p)
+			}
+			p = presenceResult{}
+			d.do(map[string]any{"op": "presence", "room": "empty"}, &p)
+			if !p.Complete || p.Count != 0 || p.Members == nil || len(p.Members) != 0 {
+				t.Fatalf("presence of an empty room %+v", p)
+			}
+			d.fails(map[string]any{"op": "presence", "room": "a b"})
+
+			d.do(map[string]any{"op": "leave", "room": "lobby", "cid": c.cid}, nil)
+			c.expect("dmb:left", "lobby", "")
+			p = presenceResult{}
+			d.do(map[string]any{"op": "presence", "room": "lobby", "count_only": true}, &p)
+			if !p.Complete || p.Count != 1 {
+				t.Fatalf("lobby after a leave %+v, want 1", p)
+			}
+			// A wait too short for every answer ends incomplete, without an error.
+			p = presenceResult{}
+			d.do(map[string]any{"op": "presence", "timeout": 0.000001}, &p)
+			if p.Complete {
+				t.Fatalf("presence with no time to wait %+v, want incomplete", p)
+			}
+
+			// A client joining by itself reaches the application, after
+			// every presence answer above (the uplink keeps its order):
+			// none of those did.
+			a.send(`{"event":"dmb:join","room":"game-7","id":1}`)
+			a.expect("dmb:joined", "game-7", "")
+			if ev := d.event("room_joined"); ev["cid"] != a.cid || ev["room"] != "game-7" || ev["user"] != "alice" {
+				t.Fatalf("room_joined %v", ev)
+			}
+			a.send(`{"event":"dmb:leave","room":"game-7","id":2}`)
+			if ev := d.event("room_left"); ev["cid"] != a.cid || ev["room"] != "game-7" {
+				t.Fatalf("room_left %v", ev)
+			}
+		})
+	}
+}
+
+// metric reads one series of a node's /metrics, 0 when absent.
+func metric(t *testing.T, n *nodetest.Node, series string) float64 {
+	t.Helper()
+	resp, err := http.Get(n.URL("/metrics"))
+	if err != nil {
+		t.Fatalf("get metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return 0
+}
