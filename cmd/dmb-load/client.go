@@ -35,7 +35,8 @@ type client struct {
 	gone     atomic.Bool   // the connection ended before the generator closed it
 	closing  atomic.Bool   // the generator is closing it
 	received atomic.Int64  // broadcast and direct frames
-	sentTo   atomic.Int64  // direct: messages the backend published to this client
+	sentTo   atomic.Int64  // direct, room: messages the backend published to this client
+	joined   atomic.Int64  // room: dmb:joined frames
 
 	lastSeq     int64 // reader only
 	reordered   int64 // reader only
@@ -99,6 +100,7 @@ func (r *runClock) now() int64 { return int64(time.Since(r.start)) }
 var (
 	prefixBroadcast = []byte(`{"event":"dmb:broadcast","data":`)
 	prefixDirect    = []byte(`{"event":"dmb:direct","data":`)
+	prefixRoom      = []byte(`{"event":"dmb:room","room":"`)
 	prefixAck       = []byte(`{"event":"dmb:ack","id":`)
 	prefixError     = []byte(`{"event":"dmb:error",`)
 	prefixConnected = []byte(`{"event":"dmb:connected","cid":"`)
@@ -108,7 +110,8 @@ type frameKind uint8
 
 const (
 	frameOther frameKind = iota
-	frameData            // dmb:broadcast or dmb:direct
+	frameData            // dmb:broadcast, dmb:direct or dmb:room
+	frameJoined          // dmb:joined
 	frameAck
 	frameError
 	frameConnected
@@ -135,6 +138,14 @@ func readFrame(f []byte) frameInfo {
 		if seq, t, ok := readSeqTime(f[len(prefixDirect):]); ok {
 			return frameInfo{kind: frameData, seq: seq, t: t, ok: true}
 		}
+	case bytes.HasPrefix(f, prefixRoom):
+		// A room name has no quote: the data follows the first one.
+		rest := f[len(prefixRoom):]
+		if i := bytes.IndexByte(rest, '"'); i >= 0 && bytes.HasPrefix(rest[i:], []byte(`","data":`)) {
+			if seq, t, ok := readSeqTime(rest[i+len(`","data":`):]); ok {
+				return frameInfo{kind: frameData, seq: seq, t: t, ok: true}
+			}
+		}
 	case bytes.HasPrefix(f, prefixAck):
 		if id, rest, ok := readInt(f[len(prefixAck):]); ok && len(rest) == 1 && rest[0] == '}' {
 			return frameInfo{kind: frameAck, id: id, ok: true}
@@ -153,8 +164,9 @@ func readSeqTime(b []byte) (seq, t int64, ok bool) {
 	if !ok || !bytes.HasPrefix(b, []byte(tt)) {
 		return 0, 0, false
 	}
-	t, _, ok = readInt(b[len(tt):])
-	return seq, t, ok
+	t, b, ok = readInt(b[len(tt):])
+	// A number that goes on (9.5, 9e3) is not a send time of ours.
+	return seq, t, ok && len(b) > 0 && (b[0] == ',' || b[0] == '}')
 }
 
 // readInt reads a non-negative decimal and returns what follows it.
@@ -193,7 +205,9 @@ func readFrameJSON(f []byte) frameInfo {
 		}
 	}
 	switch fr.Event {
-	case "dmb:broadcast", "dmb:direct":
+	case "dmb:joined":
+		info.kind, info.ok = frameJoined, true
+	case "dmb:broadcast", "dmb:direct", "dmb:room":
 		info.kind = frameData
 		if fr.Data.S != nil && fr.Data.T != nil {
 			info.seq, info.t, info.ok = *fr.Data.S, *fr.Data.T, true
@@ -318,6 +332,8 @@ func (c *client) close(code websocket.StatusCode, reason string) {
 
 func (c *client) handle(f frameInfo, now int64) {
 	switch f.kind {
+	case frameJoined:
+		c.joined.Add(1)
 	case frameData:
 		if !f.ok {
 			c.undecoded++

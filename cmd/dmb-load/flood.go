@@ -50,6 +50,7 @@ const (
 	floodCloseWait = 100 * time.Millisecond
 	// maxFlood bounds -flood.
 	maxFlood = 1000
+	maxRooms = 100000
 )
 
 // flood is the running attack. Its goroutines are started by startFlood

@@ -360,3 +360,23 @@ func TestFloodReconnectsAfterEvery200Frames(t *testing.T) {
 		t.Errorf("honest sent %d, acked %d, backend received %d", r.Sent, r.Acked, r.BackendReceived)
 	}
 }
+
+func TestRoomJoinsEveryClientAndDeliversToTheMembersInOrder(t *testing.T) {
+	o := startTarget(t).options(scenarioRoom, 30, time.Second)
+	o.Rooms = 7 // rooms of 4 and 5 members
+	rep := runOK(t, o)
+	r := rep.Results.downlinkResult
+	if r == nil || r.Joins == nil {
+		t.Fatal("no room results")
+	}
+	if j := r.Joins; j.Joined != 30 || j.Joins != 30 || j.Rooms != 7 || j.PerSecond <= 0 {
+		t.Fatalf("joins %+v, want 30 clients joined to 7 rooms", *j)
+	}
+	if r.Sent == 0 || r.Received != r.Expected || r.Lost != 0 || r.Reordered != 0 || r.Duplicates != 0 || r.Undecoded != 0 {
+		t.Fatalf("room messages: %+v", r)
+	}
+	// Each message reaches its room only: 30 clients over 7 rooms.
+	if r.Expected > r.Sent*5 || r.Expected < r.Sent*4 {
+		t.Fatalf("%d deliveries expected of %d room messages, want 4 to 5 each", r.Expected, r.Sent)
+	}
+}

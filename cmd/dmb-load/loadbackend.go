@@ -325,6 +325,25 @@ func appendBroadcast(dst []byte, seq, t int64, payload int, pad []byte) []byte {
 	return append(dst, '}')
 }
 
+// appendRoom appends {"type":"room","room":...,"data":...}; room is one of
+// the generator's names, which need no escaping.
+func appendRoom(dst []byte, room string, seq, t int64, payload int, pad []byte) []byte {
+	dst = append(dst, `{"type":"room","room":"`...)
+	dst = append(dst, room...)
+	dst = append(dst, `","data":`...)
+	dst = appendData(dst, seq, t, payload, pad)
+	return append(dst, '}')
+}
+
+// appendJoin appends {"type":"join","room":...,"cid":...}.
+func appendJoin(dst []byte, room, cid string) []byte {
+	dst = append(dst, `{"type":"join","room":"`...)
+	dst = append(dst, room...)
+	dst = append(dst, `","cid":"`...)
+	dst = append(dst, cid...)
+	return append(dst, `"}`...)
+}
+
 // appendDirect appends {"type":"direct","cid":...,"data":...}; cid is a
 // DMB cid, which needs no escaping.
 func appendDirect(dst []byte, cid string, seq, t int64, payload int, pad []byte) []byte {

@@ -28,7 +28,9 @@
 //	                most 64); DMB spreads the clients over them, so the
 //	                uplink is read by N Redis subscriptions. The first
 //	                publishes the broadcast and direct messages
-//	-scenario S     idle, broadcast, direct or uplink (default idle)
+//	-scenario S     idle, broadcast, direct, uplink or room (default idle)
+//	-rooms R        room: the rooms the clients are spread over, client i in
+//	                room i mod R (default 1000, at most 100000)
 //	-clients N      WebSocket clients (default 100, at most 200000 and the
 //	                open-file limit)
 //	-rate R         broadcast, direct: messages/s the backend publishes;
@@ -77,6 +79,13 @@
 //     sequence going backwards), latency from the backend's send to the
 //     client's read, and DMB's CPU-seconds and deliveries per CPU-second.
 //   - direct: the same with direct messages to the clients in turn.
+//   - room: the backend first joins each client to its room (client i to
+//     room i mod -rooms) and reports that join storm (joins/s, until every
+//     client was told dmb:joined, and DMB's CPU-seconds for it); then it
+//     sends room messages to the rooms in turn, reported as for broadcast,
+//     expected being each message times its room's members. Run broadcast
+//     over the same clients beside it: deliveries per DMB CPU-second side
+//     by side.
 //   - uplink: every client sends frames with ids; DMB acks each. Reports
 //     acked frames/s, ack latency, errors, DMB's CPU, and what the backend
 //     received (which should equal what was acked) and whether each
@@ -209,6 +218,7 @@ type options struct {
 	CPUProfile string
 	Backends   int
 
+	Rooms          int  // room: rooms the clients are spread over
 	Flood          int  // flooding connections beside the scenario
 	FloodReconnect bool // each reconnects after floodReconnectEvery frames
 }
@@ -219,6 +229,7 @@ const (
 	scenarioBroadcast = "broadcast"
 	scenarioDirect    = "direct"
 	scenarioUplink    = "uplink"
+	scenarioRoom      = "room"
 )
 
 // Bounds of the flags.
@@ -238,7 +249,7 @@ const (
 func defaultOptions() options {
 	return options{
 		DMB: "ws://127.0.0.1:8082", Redis: "127.0.0.1:6379", Prefix: "dmb",
-		Service: "load", Scenario: scenarioIdle, Clients: 100, Duration: 10 * time.Second,
+		Service: "load", Scenario: scenarioIdle, Clients: 100, Rooms: 1000, Duration: 10 * time.Second,
 		Payload: 100, Inflight: 64, Backends: 1,
 	}
 }
@@ -254,7 +265,8 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.Prefix, "prefix", o.Prefix, "DMB_PREFIX of the node")
 	fs.StringVar(&o.Service, "service", o.Service, "service the backend registers and the clients join")
 	fs.IntVar(&o.Backends, "backends", o.Backends, fmt.Sprintf("backends registered for the service, clients spread over them (1-%d)", maxBackends))
-	fs.StringVar(&o.Scenario, "scenario", o.Scenario, "idle, broadcast, direct or uplink")
+	fs.StringVar(&o.Scenario, "scenario", o.Scenario, "idle, broadcast, direct, uplink or room")
+	fs.IntVar(&o.Rooms, "rooms", o.Rooms, fmt.Sprintf("room: rooms the clients are spread over, client i in room i mod R (1-%d)", maxRooms))
 	fs.IntVar(&o.Clients, "clients", o.Clients, fmt.Sprintf("WebSocket clients (1-%d)", maxClients))
 	fs.Float64Var(&o.Rate, "rate", o.Rate, "broadcast/direct: messages/s; uplink: frames/s per client; 0: as fast as the window allows")
 	fs.IntVar(&o.Window, "window", o.Window, "messages in flight (0: scenario default: broadcast 256 behind the slowest client, direct min(4096, 256*N) in all, uplink 16 per client)")
@@ -270,7 +282,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: dmb-load [flags]\n\n"+
 			"Load generator for DMB: a backend over Redis and N WebSocket clients, loopback only.\n"+
-			"Scenarios: idle (connect and hold), broadcast, direct (backend to clients), uplink (clients to backend).\n\n")
+			"Scenarios: idle (connect and hold), broadcast, direct, room (backend to clients), uplink (clients to backend).\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -302,9 +314,12 @@ func (o *options) check() error {
 		return err
 	}
 	switch o.Scenario {
-	case scenarioIdle, scenarioBroadcast, scenarioDirect, scenarioUplink:
+	case scenarioIdle, scenarioBroadcast, scenarioDirect, scenarioUplink, scenarioRoom:
 	default:
-		return fmt.Errorf("-scenario %q: want idle, broadcast, direct or uplink", o.Scenario)
+		return fmt.Errorf("-scenario %q: want idle, broadcast, direct, uplink or room", o.Scenario)
+	}
+	if o.Rooms < 1 || o.Rooms > maxRooms {
+		return fmt.Errorf("-rooms %d: want 1 to %d", o.Rooms, maxRooms)
 	}
 	if !protocol.ValidService(o.Service) {
 		return fmt.Errorf("-service %q: 1-64 characters of a-z 0-9 _ . -", o.Service)
@@ -357,7 +372,7 @@ func (o *options) check() error {
 		if o.Window == 0 {
 			o.Window = 256
 		}
-	case scenarioDirect:
+	case scenarioDirect, scenarioRoom:
 		limit = maxWindowDir
 		if o.Window == 0 {
 			o.Window = min(4096, 256*o.Clients)

@@ -122,6 +122,19 @@ type downlinkResult struct {
 	DropCodes                    map[string]int `json:"drop_codes"`
 	ServerDeliveries             float64        `json:"server_deliveries"`
 	DeliveriesPerServerCPUSecond float64        `json:"deliveries_per_server_cpu_second"`
+	Joins                        *joinResult    `json:"joins,omitempty"` // room
+}
+
+// joinResult is the room scenario's join storm: every client joined to
+// its room by the backend, until each was told dmb:joined.
+type joinResult struct {
+	Rooms              int     `json:"rooms"`
+	Joins              int64   `json:"joins"`
+	Joined             int64   `json:"joined"`
+	Seconds            float64 `json:"seconds"`
+	PerSecond          float64 `json:"per_second"`
+	ServerCPUSeconds   float64 `json:"server_cpu_seconds"`
+	PerServerCPUSecond float64 `json:"per_server_cpu_second"`
 }
 
 type uplinkResult struct {
@@ -250,6 +263,9 @@ func writeTable(w io.Writer, rep *report) {
 		row("per connection", "RSS %s, heap in use %s, goroutines %.2f", bytesText(r.RSSPerConn), bytesText(r.HeapInusePerConn), r.GoroutinesPerConn)
 	}
 	if r := rep.Results.downlinkResult; r != nil {
+		if j := r.Joins; j != nil {
+			row("joins", "%d of %d into %d rooms in %.2f s: %.0f/s; DMB %.2f CPU-s, %.0f joins per CPU-s", j.Joined, j.Joins, j.Rooms, j.Seconds, j.PerSecond, j.ServerCPUSeconds, j.PerServerCPUSecond)
+		}
 		row("sent", "%d messages in %.2f s: %.0f/s (%d window stalls)", r.Sent, r.WindowSeconds, r.SendRate, r.WindowStalls)
 		row("received", "%d of %d expected: lost %d, reordered %d, duplicates %d", r.Received, r.Expected, r.Lost, r.Reordered, r.Duplicates)
 		row("deliveries", "%.0f/s (drain %.2f s)", r.DeliveriesPerSecond, r.DrainSeconds)

@@ -40,6 +40,9 @@ type runner struct {
 	bes      []*loadBackend // every backend (-backends)
 	beLat    *histogram     // uplink latency to the backends
 	clients  []*client      // the connected ones
+
+	roomNames []string    // room: the rooms, by index
+	members   [][]*client // room: the clients of each room
 	flood    *flood         // -flood: the attack beside the scenario
 	senders  sync.WaitGroup
 	rep      *report
@@ -122,7 +125,9 @@ func run(ctx context.Context, o options, progress io.Writer) (*report, error) {
 	case scenarioIdle:
 		r.idle(ctx)
 	case scenarioBroadcast, scenarioDirect:
-		r.downlink(ctx, o.Scenario == scenarioDirect)
+		r.downlink(ctx, nil)
+	case scenarioRoom:
+		r.downlink(ctx, r.joinRooms(ctx))
 	case scenarioUplink:
 		r.uplink(ctx)
 	}
@@ -355,10 +360,12 @@ func (r *runner) dropped() (int, map[string]int) {
 	return n, codes
 }
 
-// downlink runs broadcast or direct: the backend publishes for the
-// duration, then the generator waits for what is still in flight.
-func (r *runner) downlink(ctx context.Context, direct bool) {
+// downlink runs broadcast, direct or room: the backend publishes for the
+// duration, then the generator waits for what is still in flight. joins
+// is the room scenario's join storm.
+func (r *runner) downlink(ctx context.Context, joins *joinResult) {
 	o := r.o
+	direct := o.Scenario == scenarioDirect
 	fmt.Fprintf(r.progress, "%s to %d clients for %v at %s, window %d\n", o.Scenario, len(r.clients), o.Duration, rateText(o.Rate, "messages/s"), o.Window)
 	t0 := time.Now()
 	stopProgress := r.every(time.Second, func() {
@@ -367,8 +374,14 @@ func (r *runner) downlink(ctx context.Context, direct bool) {
 	pub, pubErr := r.publish(ctx, direct, t0, t0.Add(o.Duration))
 	t1 := time.Now()
 	expected := pub.sent
-	if !direct {
+	switch o.Scenario {
+	case scenarioBroadcast:
 		expected *= int64(len(r.clients))
+	case scenarioRoom:
+		expected = 0
+		for _, c := range r.clients {
+			expected += c.sentTo.Load()
+		}
 	}
 	// Even when interrupted: what is in flight is not lost.
 	r.drain(context.WithoutCancel(ctx), func() bool { return r.received() >= expected }, r.received)
@@ -385,6 +398,7 @@ func (r *runner) downlink(ctx context.Context, direct bool) {
 		WindowSeconds:     round3(t1.Sub(t0).Seconds()),
 		DrainSeconds:      round3(tD.Sub(t1).Seconds()),
 		MaxScheduleLagMS:  round3(float64(pub.maxLag) / 1e6),
+		Joins:             joins,
 	}
 	if pubErr != nil {
 		res.PublishError = pubErr.Error()
@@ -408,6 +422,57 @@ func (r *runner) downlink(ctx context.Context, direct bool) {
 		res.DeliveriesPerServerCPUSecond = round1(float64(res.Received) / cpu)
 	}
 	r.rep.Results.downlinkResult = res
+}
+
+// joinRooms spreads the clients over -rooms rooms, client i in room i mod
+// R, by the backend's join commands, pipelined, and waits until each client
+// was told dmb:joined: the join storm.
+func (r *runner) joinRooms(ctx context.Context) *joinResult {
+	o := r.o
+	r.roomNames = make([]string, o.Rooms)
+	for i := range r.roomNames {
+		r.roomNames[i] = "room-" + strconv.Itoa(i)
+	}
+	r.members = make([][]*client, o.Rooms)
+	for i, c := range r.clients {
+		r.members[i%o.Rooms] = append(r.members[i%o.Rooms], c)
+	}
+	fmt.Fprintf(r.progress, "joining %d clients to %d rooms\n", len(r.clients), o.Rooms)
+	cpu0 := r.scrape(ctx)
+	t0 := time.Now()
+	channel := r.be.downlink()
+	var arena []byte
+	cmds := make([][]byte, 0, publishBatchMax)
+	for start := 0; start < len(r.clients); start += publishBatchMax {
+		arena, cmds = arena[:0], cmds[:0]
+		for i := start; i < min(start+publishBatchMax, len(r.clients)); i++ {
+			mark := len(arena)
+			arena = appendJoin(arena, r.roomNames[i%o.Rooms], r.clients[i].cid)
+			cmds = append(cmds, arena[mark:])
+		}
+		if _, err := r.be.publishBatch(ctx, channel, cmds); err != nil {
+			fmt.Fprintf(r.progress, "join: %v\n", err)
+			break
+		}
+	}
+	joined := func() int64 {
+		var n int64
+		for _, c := range r.clients {
+			n += c.joined.Load()
+		}
+		return n
+	}
+	r.drain(ctx, func() bool { return joined() >= int64(len(r.clients)) }, joined)
+	took := time.Since(t0)
+	cpu1 := r.scrape(ctx)
+	res := &joinResult{Rooms: o.Rooms, Joins: int64(len(r.clients)), Joined: joined(), Seconds: round3(took.Seconds())}
+	res.PerSecond = round1(float64(res.Joined) / took.Seconds())
+	if cpu := cpu1.CPU - cpu0.CPU; cpu > 0 && cpu0.CPU > 0 {
+		res.ServerCPUSeconds = round3(cpu)
+		res.PerServerCPUSecond = round1(float64(res.Joined) / cpu)
+	}
+	r.sampleStart(ctx) // the measured window starts after the joins
+	return res
 }
 
 // received is the broadcast and direct frames all clients received.
@@ -451,6 +516,7 @@ const publishBatchMax = 128
 // sequence number (from 1) and the time it was encoded.
 func (r *runner) publish(ctx context.Context, direct bool, start, end time.Time) (pubStats, error) {
 	o := r.o
+	room := o.Scenario == scenarioRoom
 	var st pubStats
 	channel := r.be.downlink()
 	arena := make([]byte, 0, publishBatchMax*(o.Payload+128))
@@ -475,7 +541,7 @@ func (r *runner) publish(ctx context.Context, direct bool, start, end time.Time)
 			n = min(n, int(due))
 		}
 		if credit <= 0 {
-			if credit = r.credit(direct, seq); credit <= 0 {
+			if credit = r.credit(direct || room, seq); credit <= 0 {
 				st.stalls++
 				sleepCtx(ctx, 200*time.Microsecond)
 				continue
@@ -486,7 +552,13 @@ func (r *runner) publish(ctx context.Context, direct bool, start, end time.Time)
 		for range n {
 			mark := len(arena)
 			t := r.clock.now()
-			if direct {
+			if room {
+				k := int(seq % int64(len(r.roomNames)))
+				for _, c := range r.members[k] {
+					c.sentTo.Add(1)
+				}
+				arena = appendRoom(arena, r.roomNames[k], seq+1, t, o.Payload, r.pad)
+			} else if direct {
 				c := r.nextLive(&next)
 				if c == nil {
 					return st, errors.New("every client is gone")
@@ -516,8 +588,8 @@ func (r *runner) publish(ctx context.Context, direct bool, start, end time.Time)
 
 // credit is how many more messages may go now: the window less what is in
 // flight. Broadcast counts what the slowest client has not received yet;
-// direct, what all clients have not received yet. Gone clients do not
-// count.
+// direct and room (direct true), what all clients have not received yet.
+// Gone clients do not count.
 func (r *runner) credit(direct bool, sent int64) int {
 	var inflight int64
 	if direct {

@@ -26,6 +26,8 @@ func TestFramesAreReadWithoutJSONAsWithIt(t *testing.T) {
 		{"broadcast", protocol.AppendBroadcast(nil, data), frameInfo{kind: frameData, seq: 12345, t: 987654321, ok: true}},
 		{"direct", protocol.AppendDirect(nil, data, nil, false), frameInfo{kind: frameData, seq: 12345, t: 987654321, ok: true}},
 		{"direct reply", protocol.AppendDirect(nil, data, json.RawMessage(`7`), false), frameInfo{kind: frameData, seq: 12345, t: 987654321, ok: true}},
+		{"room", protocol.AppendRoom(nil, "room-7", data), frameInfo{kind: frameData, seq: 12345, t: 987654321, ok: true}},
+		{"joined", protocol.AppendMembership(nil, true, "room-7"), frameInfo{kind: frameJoined, id: -1, ok: true}},
 		{"ack", protocol.AppendAck(nil, json.RawMessage(`42`)), frameInfo{kind: frameAck, id: 42, ok: true}},
 		{"error", protocol.AppendError(nil, json.RawMessage(`43`), "backend unavailable"), frameInfo{kind: frameError, id: 43, ok: true}},
 		{"connected", protocol.AppendConnected(nil, "abc", "load"), frameInfo{kind: frameConnected, id: -1, cid: "abc", ok: true}},
@@ -155,6 +157,7 @@ func FuzzReadFrame(f *testing.F) {
 	data := appendData(nil, 12345, 987654321, 20, []byte("xxxxxxxxxxxxxxxxxxxx"))
 	f.Add(protocol.AppendBroadcast(nil, data))
 	f.Add(protocol.AppendDirect(nil, data, json.RawMessage(`7`), false))
+	f.Add(protocol.AppendRoom(nil, "room-7", data))
 	f.Add(protocol.AppendAck(nil, json.RawMessage(`42`)))
 	f.Add(protocol.AppendError(nil, json.RawMessage(`43`), "backend unavailable"))
 	f.Add(protocol.AppendConnected(nil, "abc", "load"))
