@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/dmb-broker/dmb/auth"
 	"github.com/dmb-broker/dmb/internal/nodetest"
@@ -75,6 +76,41 @@ for line in sys.stdin:
         say({"error": "%s: %s" % (type(e).__name__, e)})
 b.stop()
 loop.join()
+`
+
+const nodeDriver = `
+import { createClient } from 'redis';
+import { createInterface } from 'node:readline';
+import { Backend } from '@dmb/backend';
+
+const say = (v) => process.stdout.write(JSON.stringify(v) + '\n');
+const client = createClient({ socket: { host: '127.0.0.1', port: Number(process.argv[1]) } });
+const b = new Backend(client, 'chat', { registerTimeout: 2000, logger: { info() {}, warn() {}, error() {} } });
+await client.connect();
+await b.register();
+const running = b.run((ev) => say({ event: ev }));
+await b.ready;
+say({ ready: b.bkid });
+for await (const line of createInterface({ input: process.stdin })) {
+  const c = JSON.parse(line);
+  try {
+    let r;
+    switch (c.op) {
+      case 'join': r = await b.join(c.room, { cid: c.cid, user: c.user }); break;
+      case 'leave': r = await b.leave(c.room, { cid: c.cid, user: c.user }); break;
+      case 'room': r = await b.room(c.room, c.data, { except: c.except }); break;
+      case 'broadcast': r = await ('except' in c ? b.broadcast(c.data, { except: c.except }) : b.broadcast(c.data)); break;
+      case 'presence': r = await b.presence(c.room, { countOnly: c.count_only, timeout: (c.timeout ?? 10) * 1000 }); break;
+      default: throw new Error('unknown op ' + c.op);
+    }
+    say({ result: r ?? null });
+  } catch (err) {
+    say({ error: err.message });
+  }
+}
+b.stop();
+await running;
+await client.close();
 `
 
 // driver is a running driver process.
@@ -272,7 +308,7 @@ func (c *wsClient) send(frame string) {
 	}
 }
 
-// TestLibrariesRoomsAndPresence runs the rooms of the Python backend library
+// TestLibrariesRoomsAndPresence runs the rooms of each backend library
 // against two real nodes on a real Redis: join by cid and by user, room and
 // broadcast with except (and the old broadcast), leave, presence gathered
 // from both nodes into one result, count_only, and room_joined handed to
@@ -286,6 +322,7 @@ func TestLibrariesRoomsAndPresence(t *testing.T) {
 	}{
 		{"python", t.TempDir(), []string{"PYTHONPATH=" + abs(t, "python"), "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"},
 			[]string{"/usr/bin/python3", "-c", pythonDriver}},
+		{"node", "..", nil, []string{"node", "--input-type=module", "-e", nodeDriver}},
 	} {
 		t.Run(lib.name, func(t *testing.T) {
 			rs := redistest.Start(t)
@@ -353,11 +390,21 @@ func TestLibrariesRoomsAndPresence(t *testing.T) {
 			if !p.Complete || p.Count != 1 {
 				t.Fatalf("lobby after a leave %+v, want 1", p)
 			}
-			// A wait too short for every answer ends incomplete, without an error.
+			// A node that beats but does not answer (one that died since its
+			// last beat): presence ends at its timeout, incomplete, with the
+			// answers it has.
+			ghost(t, rs)
+			nodetest.Eventually(t, "both nodes count 3 nodes", func() bool {
+				return metric(t, n1, "dmb_nodes") == 3 && metric(t, n2, "dmb_nodes") == 3
+			})
 			p = presenceResult{}
-			d.do(map[string]any{"op": "presence", "timeout": 0.000001}, &p)
-			if p.Complete {
-				t.Fatalf("presence with no time to wait %+v, want incomplete", p)
+			start := time.Now()
+			d.do(map[string]any{"op": "presence", "room": "lobby", "timeout": 0.3}, &p)
+			if p.Complete || p.Count != 1 || len(p.Nodes) != 2 {
+				t.Fatalf("presence with a node that does not answer %+v, want incomplete, 1 member from 2 nodes", p)
+			}
+			if took := time.Since(start); took < 250*time.Millisecond || took > 5*time.Second {
+				t.Fatalf("presence with a node that does not answer took %v, want its timeout, 300ms", took)
 			}
 
 			// A client joining by itself reaches the application, after
@@ -393,4 +440,42 @@ func metric(t *testing.T, n *nodetest.Node, series string) float64 {
 		}
 	}
 	return 0
+}
+
+// ghost beats in Redis as a DMB node would, without being one, until the
+// test ends: the nodes count it among the live ones, and it answers
+// nothing.
+func ghost(t *testing.T, rs *redistest.Server) {
+	rdb := rs.Client()
+	ctx, cancel := context.WithCancel(context.Background())
+	beat := func() error {
+		now, err := rdb.Time(ctx).Result()
+		if err != nil {
+			return err
+		}
+		return rdb.ZAdd(ctx, "{dmb}:nodes", redis.Z{Score: float64(now.UnixMilli()), Member: "ghost/1"}).Err()
+	}
+	if err := beat(); err != nil {
+		t.Fatalf("ghost beat: %v", err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				_ = beat()
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		_ = rdb.ZRem(context.Background(), "{dmb}:nodes", "ghost/1").Err()
+		_ = rdb.Close()
+	})
 }

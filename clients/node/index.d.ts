@@ -2,7 +2,16 @@
 
 /** An event on the backend's uplink, exactly as on the wire. */
 export interface UplinkEvent {
-  type: 'client_connected' | 'client_disconnected' | 'message' | 'bk_message_ack' | 'bk_disconnected' | 'error' | string;
+  type:
+    | 'client_connected'
+    | 'client_disconnected'
+    | 'message'
+    | 'bk_message_ack'
+    | 'bk_disconnected'
+    | 'error'
+    | 'room_joined'
+    | 'room_left'
+    | string;
   cid?: string;
   service?: string;
   remote?: string;
@@ -14,7 +23,44 @@ export interface UplinkEvent {
   node?: string;
   delivered?: number;
   error?: string;
+  /** room_joined, room_left: the room a client joined or left by itself. */
+  room?: string;
   [field: string]: unknown;
+}
+
+/** Whom a join or a leave is for: one client, or every connection of a user (needs auth). */
+export interface Target {
+  cid?: string;
+  user?: string;
+}
+
+/** A client in a presence result; user only with auth. */
+export interface Member {
+  cid: string;
+  user?: string;
+}
+
+export interface PresenceOptions {
+  /** Ask for the number of members rather than the list. */
+  countOnly?: boolean;
+  /** How long to wait for every node's answer, in ms; default 2000. */
+  timeout?: number;
+}
+
+/** Every node's answer to one presence request, gathered. */
+export interface PresenceResult {
+  /** The room, null for the whole service. */
+  room: string | null;
+  /** The members every node listed; null with countOnly. */
+  members: Member[] | null;
+  /** The number of members, summed over the nodes. */
+  count: number;
+  /** The nodes that answered. */
+  nodes: string[];
+  /** Every node answered: as many as the answering nodes count. */
+  complete: boolean;
+  /** A node had more members than it lists (10,000). */
+  truncated: boolean;
 }
 
 /** Where the backend logs; stderrLogger by default. */
@@ -54,6 +100,8 @@ export class Backend {
   log: Logger;
   /** The bkid, null before the first registration. */
   bkid: string | null;
+  /** Resolves once run() listens on the uplink for the first time. */
+  readonly ready: Promise<void>;
   /** Register (again, with the same bkid when there is one); resolves to the bkid. */
   register(): Promise<string>;
   /** Register, then hand every uplink event to handler, one at a time, until stop(). */
@@ -62,8 +110,8 @@ export class Backend {
   stop(): void;
   /** Publish a downlink command as is; add `id` to get bk_message_ack events. */
   publish(command: Record<string, unknown>): Promise<void>;
-  /** Send data to every client of the service, on every node. */
-  broadcast(data: unknown): Promise<void>;
+  /** Send data to every client of the service, on every node, but the cids in except. */
+  broadcast(data: unknown, opts?: { except?: string[] }): Promise<void>;
   /** Send data to one client; replyTo (the id of its message) lets it match the reply. */
   direct(cid: string, data: unknown, replyTo?: string | number | null): Promise<void>;
   /** Send data to every connection of a user (needs DMB_JWT_SECRET on the nodes). */
@@ -72,6 +120,18 @@ export class Backend {
   kick(cid: string, reason: string): Promise<void>;
   /** Tell DMB the backend goes away; false when Redis is down. */
   leave(): Promise<boolean>;
+  /** Take a client, or every connection of a user, out of room. */
+  leave(room: string, who: Target): Promise<boolean>;
+  /** Put a client, or every connection of a user, in room; it is told dmb:joined. */
+  join(room: string, who: Target): Promise<void>;
+  /** Send data to every member of room, on every node, but the cids in except. */
+  room(room: string, data: unknown, opts?: { except?: string[] }): Promise<void>;
+  /**
+   * Ask every node for the clients of room (none: the whole service) and
+   * gather their answers until every node answered or the timeout passed.
+   * Needs run(); its answers never reach run()'s handler.
+   */
+  presence(room?: string | null, opts?: PresenceOptions): Promise<PresenceResult>;
 }
 
 /**

@@ -26,6 +26,13 @@
 // send): the backend then replaces its cluster connections with fresh ones,
 // which read the slots again, and registers again.
 //
+// Rooms (protocol, section 10): join() and leave(room, ...) change the rooms
+// of a client ({ cid }) or of every connection of a user ({ user }), room()
+// sends to a room's members, broadcast() and room() leave out the cids in
+// { except }, and presence() gathers every node's answer into one result.
+// Clients that join or leave by themselves arrive as room_joined and
+// room_left events.
+//
 // mintToken() makes the HS256 client tokens DMB accepts when DMB_JWT_SECRET
 // is set, with node:crypto only.
 
@@ -33,6 +40,23 @@ import { createHmac, randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 const MAX_BACKOFF = 5000; // ms
+
+// The id of every presence request the library sends starts with this; the
+// answers to those go to presence(), never to run()'s handler.
+const PRESENCE_ID_PREFIX = 'dmb-presence-';
+
+const ROOM = /^[A-Za-z0-9_.:@/-]{1,128}$/;
+
+function checkRoom(room) {
+  if (typeof room !== 'string' || !ROOM.test(room)) {
+    throw new Error(`invalid room name ${JSON.stringify(room)}: 1-128 of [A-Za-z0-9_.:@/-]`);
+  }
+}
+
+// presenceAnswer reports whether ev answers a presence request of the
+// library: an answer, or an error about it.
+const presenceAnswer = (ev) =>
+  (ev?.type === 'presence' || ev?.type === 'error') && typeof ev.id === 'string' && ev.id.startsWith(PRESENCE_ID_PREFIX);
 
 /** DMB answered bk_connect with bk_connect_nack (e.g. an invalid service name). */
 export class RegistrationRefused extends Error {
@@ -77,6 +101,8 @@ export class Backend {
   #recovering = false;
   #renewing = false;
   #down = false;
+  #presence = new Map(); // request id -> what takes its answers
+  #listening;
 
   /**
    * @param client a node-redis v5 client from createClient, createSentinel or
@@ -96,6 +122,8 @@ export class Backend {
     this.log = logger;
     /** The bkid, null before the first registration. */
     this.bkid = null;
+    /** Resolves once run() listens on the uplink for the first time. */
+    this.ready = new Promise((resolve) => (this.#listening = resolve));
     if (client.listenerCount('error') === 0) {
       client.on('error', (err) => this.log.debug?.('redis error', { err: err?.message ?? String(err) }));
     }
@@ -235,6 +263,10 @@ export class Backend {
         this.log.warn('undecodable uplink event', { payload: payload.slice(0, 200) });
         return;
       }
+      if (presenceAnswer(ev)) {
+        this.#presence.get(ev.id)?.(ev); // not in the handler's chain: a handler may await presence()
+        return;
+      }
       this.#chain = this.#chain
         .then(() => handler(ev))
         .catch((err) => this.log.error('handler failed', { type: ev?.type, err: err?.stack ?? String(err) }));
@@ -306,6 +338,7 @@ export class Backend {
         const listening = this.#listen(this.bkid, handler);
         listening.catch(() => {}); // it may lose the race
         await Promise.race([listening, stopped]);
+        if (!this.#stopped) this.#listening();
         await stopped;
       } finally {
         off();
@@ -351,9 +384,14 @@ export class Backend {
     await this.#publish(`${this.prefix}:${this.bkid}`, JSON.stringify(command));
   }
 
-  /** Send data to every client of the service, on every node. */
-  broadcast(data) {
-    return this.publish({ type: 'broadcast', data });
+  /**
+   * Send data to every client of the service, on every node, but the cids
+   * in except.
+   */
+  broadcast(data, { except } = {}) {
+    const cmd = { type: 'broadcast', data };
+    if (except?.length) cmd.except = [...except];
+    return this.publish(cmd);
   }
 
   /** Send data to one client; replyTo (the id of its message) lets it match the reply. */
@@ -374,16 +412,99 @@ export class Backend {
   }
 
   /**
-   * Tell DMB the backend goes away (bk_disconnect): its clients move to the
-   * other backends. Resolves to false, without waiting, when Redis is down
-   * (DMB then notices within DMB_BACKEND_TIMEOUT).
+   * Put a client ({ cid }) or every connection of a user ({ user }, needs
+   * auth) in room. Commands of one backend apply in the order published: a
+   * room() message published after join() reaches the new member, who is
+   * told dmb:joined.
    */
-  async leave() {
+  async join(room, who = {}) {
+    await this.publish(membership('join', room, who));
+  }
+
+  /**
+   * With a room: take a client ({ cid }) or a user's connections ({ user })
+   * out of it. Without arguments: tell DMB the backend goes away
+   * (bk_disconnect): its clients move to the other backends; that resolves
+   * to false, without waiting, when Redis is down (DMB then notices within
+   * DMB_BACKEND_TIMEOUT).
+   */
+  async leave(room, who) {
+    if (room !== undefined || who !== undefined) {
+      await this.publish(membership('leave', room, who ?? {}));
+      return true;
+    }
     if (!this.bkid) return true;
     if (!ready(this.#client)) return false;
     await this.#publish(`${this.prefix}:register`, JSON.stringify({ type: 'bk_disconnect', bkid: this.bkid }));
     return true;
   }
+
+  /** Send data to every member of room, on every node, but the cids in except. */
+  async room(room, data, { except } = {}) {
+    checkRoom(room);
+    const cmd = { type: 'room', room, data };
+    if (except?.length) cmd.except = [...except];
+    await this.publish(cmd);
+  }
+
+  /**
+   * Ask every node for the clients of room (undefined or null: the whole
+   * service) and gather the answers, until as many nodes as the answering
+   * nodes count have answered or timeout ms have passed (a node that died
+   * meanwhile). Resolves to { room, members (null with countOnly), count,
+   * nodes (those that answered), complete, truncated }. The answers come on
+   * the uplink that run() listens to and never reach its handler, which may
+   * await presence(). Rejects on an invalid room name, when run() is not
+   * listening, or when a node refuses the request.
+   */
+  async presence(room, { countOnly = false, timeout = 2000 } = {}) {
+    if (room !== undefined && room !== null) checkRoom(room);
+    if (!this.bkid) throw new Error('not registered');
+    if (!this.#sub) throw new Error('presence() needs run(): its answers come on the uplink');
+    const id = `${PRESENCE_ID_PREFIX}${randomBytes(12).toString('hex')}`;
+    const cmd = { type: 'presence', id };
+    if (room !== undefined && room !== null) cmd.room = room;
+    if (countOnly) cmd.count_only = true;
+    const result = { room: room ?? null, members: countOnly ? null : [], count: 0, nodes: [], complete: false, truncated: false };
+    let timer;
+    const gathered = new Promise((resolve, reject) => {
+      let want = 0;
+      this.#presence.set(id, (ev) => {
+        if (ev.type === 'error') {
+          reject(new Error(`presence refused by node ${ev.node}: ${ev.error}`));
+          return;
+        }
+        if (result.nodes.includes(ev.node)) return;
+        result.nodes.push(ev.node);
+        want = Math.max(want, ev.nodes ?? 0);
+        const members = Array.isArray(ev.members) ? ev.members : [];
+        if (!countOnly) result.members.push(...members);
+        result.count += Math.max(ev.count ?? 0, members.length);
+        result.truncated ||= ev.truncated === true;
+        if (result.nodes.length >= want) {
+          result.complete = true;
+          resolve(result);
+        }
+      });
+      timer = setTimeout(() => resolve(result), timeout);
+    });
+    try {
+      await this.publish(cmd);
+      return await gathered;
+    } finally {
+      clearTimeout(timer);
+      this.#presence.delete(id);
+    }
+  }
+}
+
+// membership returns a join or leave command for a cid or, without one, a
+// user.
+function membership(type, room, { cid, user } = {}) {
+  checkRoom(room);
+  if (cid) return { type, room, cid };
+  if (user) return { type, room, user };
+  throw new Error(`${type} needs a cid or a user`);
 }
 
 // within resolves as promise does, or rejects once ms have passed.
