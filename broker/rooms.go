@@ -93,6 +93,9 @@ func (b *Broker) targetsLocked(service, cid, user string) []*session {
 		if s := b.byCID[cid]; s != nil && s.service == service {
 			return []*session{s}
 		}
+		// Counted as a direct to a cid not here is: every node but the
+		// one that holds the client counts it.
+		b.m.Drops.WithLabelValues(metrics.DropUnknownClient).Inc()
 		return nil
 	}
 	set := b.byUser[userKey{service, user}]

@@ -280,6 +280,9 @@ func TestBadRoomCommandsHaveADefinedAnswer(t *testing.T) {
 	if got := b.acks("u", 1); got != 0 {
 		t.Fatalf("a join of an unknown cid changed %d", got)
 	}
+	if got := n.metric(`dmb_drops_total{reason="unknown_client"}`); got != 1 {
+		t.Fatalf("unknown_client drops %v after a join of an unknown cid, want 1", got)
+	}
 	// Past DMB_MAX_CLIENT_ROOMS a join is refused and reported.
 	for i, room := range []string{"r1", "r2", "r3"} {
 		b.command(e, fmt.Sprintf(`{"type":"join","room":%q,"cid":%q,"id":"m%d"}`, room, c.cid, i))
