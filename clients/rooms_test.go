@@ -367,8 +367,10 @@ func TestLibrariesRoomsAndPresence(t *testing.T) {
 			d.do(map[string]any{"op": "presence", "room": "lobby"}, &p)
 			slices.SortFunc(p.Members, func(x, y map[string]any) int { return strings.Compare(fmt.Sprint(x["user"]), fmt.Sprint(y["user"])) })
 			slices.Sort(p.Nodes)
+			wantNodes := []string{n1.ID, n2.ID}
+			slices.Sort(wantNodes)
 			want := []map[string]any{{"cid": a.cid, "user": "alice"}, {"cid": c.cid, "user": "carol"}}
-			if p.Count != 2 || p.Room == nil || *p.Room != "lobby" || !slices.Equal(p.Nodes, []string{n1.ID, n2.ID}) || !reflect.DeepEqual(p.Members, want) {
+			if p.Count != 2 || p.Room == nil || *p.Room != "lobby" || !slices.Equal(p.Nodes, wantNodes) || !reflect.DeepEqual(p.Members, want) {
 				t.Fatalf("presence of lobby %+v", p)
 			}
 			p = presenceResult{}

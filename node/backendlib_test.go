@@ -9,7 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/dmb-broker/dmb/backend"
+	"github.com/dmb-broker/dmb/internal/redistest"
 )
 
 // The Go backend library's request helper answers each client message with
@@ -104,7 +107,9 @@ func TestBackendLibraryRoomsAndPresence(t *testing.T) {
 	must(err)
 	slices.SortFunc(p.Members, func(x, y backend.Member) int { return strings.Compare(x.User, y.User) })
 	slices.Sort(p.Nodes)
-	if !p.Complete || p.Count != 2 || p.Room != "lobby" || !slices.Equal(p.Nodes, []string{n1.id, n2.id}) ||
+	wantNodes := []string{n1.id, n2.id}
+	slices.Sort(wantNodes)
+	if !p.Complete || p.Count != 2 || p.Room != "lobby" || !slices.Equal(p.Nodes, wantNodes) ||
 		!slices.Equal(p.Members, []backend.Member{{CID: a.cid, User: "alice"}, {CID: c.cid, User: "carol"}}) {
 		t.Fatalf("presence of lobby %+v", p)
 	}
@@ -180,13 +185,46 @@ func TestBackendLibraryPresenceFromTheHandler(t *testing.T) {
 		t.Fatalf("presence from the handler %s (%v)", reply.Data, err)
 	}
 
-	// A wait too short for any answer ends incomplete, without an error.
+	// A node that beats but does not answer (one that died since its last
+	// beat): Presence ends at its timeout, incomplete, with the answers it
+	// has.
+	ghost := func() {
+		now, err := e.rdb.Time(e.ctx()).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.rdb.ZAdd(e.ctx(), "{dmb}:nodes", redis.Z{Score: float64(now.UnixMilli()), Member: "ghost/1"}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ghost()
+	eventually(t, "the node counts 2 nodes", func() bool { ghost(); return n.metric("dmb_nodes") == 2 })
 	start := time.Now()
-	p, err := b.Presence(context.Background(), "", backend.PresenceOptions{Timeout: time.Nanosecond})
+	p, err := b.Presence(context.Background(), "", backend.PresenceOptions{Timeout: 300 * time.Millisecond})
+	if err != nil || p.Complete || p.Count != 1 || !slices.Equal(p.Nodes, []string{n.id}) {
+		t.Fatalf("presence with a node that does not answer: %+v, %v; want incomplete, 1 member, no error", p, err)
+	}
+	if took := time.Since(start); took < 250*time.Millisecond || took > 5*time.Second {
+		t.Fatalf("presence with a node that does not answer took %v, want its timeout", took)
+	}
+	_ = e.rdb.ZRem(e.ctx(), "{dmb}:nodes", "ghost/1").Err()
+
+	// A wait too short for any answer ends incomplete, without an error.
+	start = time.Now()
+	p, err = b.Presence(context.Background(), "", backend.PresenceOptions{Timeout: time.Nanosecond})
 	if err != nil || p.Complete {
 		t.Fatalf("presence cut short: %+v, %v; want incomplete and no error", p, err)
 	}
 	if time.Since(start) > wait {
 		t.Fatalf("presence took %v", time.Since(start))
 	}
+}
+
+// On a Redis Cluster the library speaks sharded pub/sub: Presence listens
+// with SSUBSCRIBE.
+func TestBackendLibraryRoomsAndPresenceOnACluster(t *testing.T) {
+	topo := clusterTopology(redistest.StartCluster(t, 3, 1))
+	currentTopology = topo
+	defer func() { currentTopology = nil }()
+	TestBackendLibraryRoomsAndPresence(t)
 }
