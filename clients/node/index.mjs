@@ -134,13 +134,24 @@ export class Backend {
   }
 
   // connectClient opens #client unless it is open; a single client keeps
-  // retrying by itself (register() waits until it is ready), the others are
-  // awaited.
+  // retrying by itself, and is awaited until it is ready or its first
+  // attempt failed (register() then says Redis is not connected, and run()
+  // tries again); the others are awaited.
   async #connectClient() {
     if (this.#client.isOpen) return;
     const connecting = this.#client.connect();
     if (this.#mode === 'single') {
       connecting.catch((err) => this.log.error('redis client gave up', { err: err.message }));
+      let failed;
+      const attempt = new Promise((resolve) => {
+        failed = resolve;
+        this.#client.once('error', failed);
+      });
+      try {
+        await Promise.race([connecting.catch(() => {}), attempt]);
+      } finally {
+        this.#client.off('error', failed);
+      }
       return;
     }
     await connecting;
