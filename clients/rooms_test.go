@@ -37,7 +37,8 @@ import (
 //	{"op":"presence","room":...,"count_only":...}
 //
 // answering {"result":...} or {"error":"..."} on a line of its standard
-// output. It prints {"ready":bkid} once listening, and {"event":...} for
+// output. A client message "who" is answered from the event handler with
+// a presence count of the service. It prints {"ready":bkid} once listening, and {"event":...} for
 // every event the library hands to the application.
 
 const roomsSecret = "0123456789abcdef0123456789abcdef"
@@ -54,7 +55,12 @@ def say(v):
 
 b = Backend(redis.Redis(host="127.0.0.1", port=int(sys.argv[1])), "chat", register_timeout=2.0)
 b.register()
-loop = threading.Thread(target=b.run, args=(lambda ev: say({"event": ev}),), daemon=True)
+def on_event(ev):
+    say({"event": ev})
+    if ev.get("type") == "message" and ev.get("data") == "who":  # presence from the handler
+        b.direct(ev["cid"], b.presence(count_only=True, timeout=10.0), reply_to=ev.get("id"))
+
+loop = threading.Thread(target=b.run, args=(on_event,), daemon=True)
 loop.start()
 say({"ready": b.bkid})
 for line in sys.stdin:
@@ -88,7 +94,12 @@ const client = createClient({ socket: { host: '127.0.0.1', port: Number(process.
 const b = new Backend(client, 'chat', { registerTimeout: 2000, logger: { info() {}, warn() {}, error() {} } });
 await client.connect();
 await b.register();
-const running = b.run((ev) => say({ event: ev }));
+const running = b.run(async (ev) => {
+  say({ event: ev });
+  if (ev.type === 'message' && ev.data === 'who') { // presence from the handler
+    await b.direct(ev.cid, await b.presence(null, { countOnly: true, timeout: 10000 }), ev.id);
+  }
+});
 await b.ready;
 say({ ready: b.bkid });
 for await (const line of createInterface({ input: process.stdin })) {
@@ -384,6 +395,21 @@ func TestLibrariesRoomsAndPresence(t *testing.T) {
 				t.Fatalf("presence of an empty room %+v", p)
 			}
 			d.fails(map[string]any{"op": "presence", "room": "a b"})
+
+			// The handler may ask for presence: its answers do not wait
+			// behind it.
+			o.send(`{"event":"dmb:message","data":"who","id":9}`)
+			for {
+				f := nodetest.ReadJSON(t, o.conn)
+				if f["event"] == "dmb:ack" {
+					continue
+				}
+				got, _ := f["data"].(map[string]any)
+				if f["event"] != "dmb:direct" || f["reply_to"] != float64(9) || got["complete"] != true || got["count"] != float64(3) {
+					t.Fatalf("answer to who %v, want a direct with a complete count of 3", f)
+				}
+				break
+			}
 
 			d.do(map[string]any{"op": "leave", "room": "lobby", "cid": c.cid}, nil)
 			c.expect("dmb:left", "lobby", "")
