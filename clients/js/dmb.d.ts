@@ -61,14 +61,27 @@ export interface CloseInfo {
 export interface DMBEvents {
   connected: (info: ConnectedInfo) => void;
   broadcast: (data: any) => void;
-  /** A direct message; a reply that settles a request() is not one. */
+  /** A direct message; a reply (final or partial) to a pending request() is not one. */
   direct: (data: any, replyTo: MessageID | undefined) => void;
+  /** A message to a room this client is in. */
+  room: (room: string, data: any) => void;
+  /** This client joined room, whoever joined it. */
+  joined: (room: string) => void;
+  /** This client left room, whoever took it out. */
+  left: (room: string) => void;
   error: (err: DMBError) => void;
   close: (info: CloseInfo) => void;
   status: (status: DMBStatus) => void;
 }
 
-/** The error of a failed send() or request(), and of the "error" event. */
+export interface RequestOptions<P = any> {
+  /** Milliseconds until the final reply; default DMBOptions.requestTimeout. */
+  timeout?: number;
+  /** Called with the data of each partial reply ("more": true), in order. */
+  onProgress?: (data: P) => void;
+}
+
+/** The error of a failed send(), request(), join() or leave(), and of the "error" event. */
 export class DMBError extends Error {
   constructor(message: string, code?: number);
   readonly name: "DMBError";
@@ -87,8 +100,15 @@ export class DMB {
   off<E extends keyof DMBEvents>(event: E, fn: DMBEvents[E]): this;
   /** Sends data; resolves on DMB's ack, rejects on its error, on close, or when not connected. */
   send(data: unknown): Promise<void>;
-  /** Sends data; resolves with the data of the direct reply whose reply_to is its id. */
-  request<T = any>(data: unknown, options?: { timeout?: number }): Promise<T>;
+  /**
+   * Sends data; resolves with the data of the final direct reply whose
+   * reply_to is its id. Partial replies ("more": true) go to onProgress.
+   */
+  request<T = any, P = any>(data: unknown, options?: RequestOptions<P>): Promise<T>;
+  /** Sends dmb:join; resolves on DMB's ack, rejects on its error ("not allowed", ...). */
+  join(room: string): Promise<void>;
+  /** Sends dmb:leave; resolves on DMB's ack, rejects on its error. */
+  leave(room: string): Promise<void>;
   /** Closes for good: no reconnect. */
   close(): void;
 }

@@ -1,8 +1,9 @@
 // dmb.js: the browser (and Node) client of DMB, the Duplex Message Broker.
 // One ES module, no dependencies. It speaks the client frames of DMB's wire
-// protocol (docs/protocol.md, sections 3 to 7): it connects to /ws/{service},
-// matches acks, errors and replies to the messages it sent, and reconnects
-// with backoff after the close codes that allow it.
+// protocol (docs/protocol.md, sections 3 to 7 and 10): it connects to
+// /ws/{service}, matches acks, errors and replies (partial ones too) to the
+// messages it sent, joins and leaves rooms, hands on room messages, and
+// reconnects with backoff after the close codes that allow it.
 //
 //   import { DMB } from "/dmb.js";
 //   const c = new DMB({ service: "chat" });
@@ -46,7 +47,12 @@ export class DMBError extends Error {
  * - "broadcast" (data): a broadcast of the service's backend.
  * - "direct" (data, replyTo): a message to this client; replyTo is undefined
  *   when the backend gave none. A reply that settles a request() goes to
- *   that request only.
+ *   that request only, and so does a partial one (its onProgress).
+ * - "room" (room, data): a message to a room this client is in.
+ * - "joined" (room), "left" (room): this client's membership of room
+ *   changed, whoever changed it (its backend, or join() and leave()).
+ *   A client is in no room after a reconnect: a new connection is a new
+ *   client.
  * - "error" (DMBError): a dmb:error that answers none of our pending calls
  *   (a bad frame), or a frame from DMB that is not JSON.
  * - "close" ({code, reason, willRetry}): the socket closed; willRetry tells
@@ -80,7 +86,7 @@ export class DMB {
     this._clearTimeout = options.clearTimeout ?? ((t) => clearTimeout(t));
 
     this._listeners = new Map(); // event name -> Set of functions
-    this._pending = new Map(); // message id -> {resolve, reject, request, timer}
+    this._pending = new Map(); // message id -> {resolve, reject, request, onProgress, timer}
     this._nextId = 0;
     this._attempt = 0; // failed connections since the last successful one
     this._retryTimer = null;
@@ -128,20 +134,48 @@ export class DMB {
    * @returns {Promise<void>}
    */
   send(data) {
-    return this._call(data, false, 0);
+    return this._call({ event: "dmb:message", data }, false, 0);
   }
 
   /**
    * request sends data like send, and resolves with the data of the
    * dmb:direct whose reply_to is this message's id (the ack alone does not
-   * resolve it). It rejects like send, and with "request timed out" after
-   * the timeout (default options.requestTimeout).
+   * resolve it). A dmb:direct with that reply_to and "more": true is a
+   * partial answer: its data goes to options.onProgress (when given), and
+   * the request waits on for the final one. It rejects like send, and with
+   * "request timed out" when the final answer has not come within the
+   * timeout (default options.requestTimeout), partial answers or not.
    * @param {any} data any JSON value
-   * @param {{timeout?: number}} [options]
+   * @param {{timeout?: number, onProgress?: (data: any) => void}} [options]
    * @returns {Promise<any>}
    */
   request(data, options = {}) {
-    return this._call(data, true, options.timeout ?? this._requestTimeout);
+    return this._call({ event: "dmb:message", data }, true, options.timeout ?? this._requestTimeout, options.onProgress);
+  }
+
+  /**
+   * join asks DMB to put this client in room (a dmb:join). It resolves on
+   * DMB's ack, after the "joined" event when the membership changed, and
+   * rejects with DMB's error ("not allowed" when the client's token does
+   * not allow the room, "invalid room name", "too many rooms"), and like
+   * send when not connected or when the connection closes first. Clients
+   * may join by themselves only with auth on and rooms in their token;
+   * otherwise their backend joins them.
+   * @param {string} room
+   * @returns {Promise<void>}
+   */
+  join(room) {
+    return this._call({ event: "dmb:join", room }, false, 0);
+  }
+
+  /**
+   * leave asks DMB to take this client out of room (a dmb:leave); it
+   * settles like join, after the "left" event when the membership changed.
+   * @param {string} room
+   * @returns {Promise<void>}
+   */
+  leave(room) {
+    return this._call({ event: "dmb:leave", room }, false, 0);
   }
 
   /**
@@ -167,7 +201,7 @@ export class DMB {
     }
   }
 
-  _call(data, request, timeout) {
+  _call(frame, request, timeout, onProgress) {
     return new Promise((resolve, reject) => {
       if (this.status !== "open" || !this._ws || this._ws.readyState !== OPEN) {
         reject(new DMBError("not connected"));
@@ -176,13 +210,13 @@ export class DMB {
       const id = this._nextId + 1;
       try {
         // JSON.stringify throws on data that is not JSON (a BigInt, a cycle).
-        this._ws.send(JSON.stringify({ event: "dmb:message", data, id }));
+        this._ws.send(JSON.stringify({ ...frame, id }));
       } catch (err) {
         reject(new DMBError("send failed: " + (err?.message ?? err)));
         return;
       }
       this._nextId = id;
-      const call = { resolve, reject, request, timer: null };
+      const call = { resolve, reject, request, onProgress, timer: null };
       if (request) {
         call.timer = this._setTimeout(() => {
           this._pending.delete(id);
@@ -253,12 +287,29 @@ export class DMB {
         this._emit("broadcast", f.data);
         break;
       case "dmb:direct": {
-        // A reply goes to the request() that waits for it, and only there.
+        // A reply goes to the request() that waits for it, and only there;
+        // a partial one ("more") to its onProgress, leaving it pending.
         const call = f.reply_to === undefined ? undefined : this._pending.get(f.reply_to);
-        if (call?.request) this._settle(f.reply_to, null, f.data);
-        else this._emit("direct", f.data, f.reply_to);
+        if (call?.request) {
+          if (f.more === true) {
+            if (typeof call.onProgress === "function") this._callListener(call.onProgress, [f.data]);
+          } else {
+            this._settle(f.reply_to, null, f.data);
+          }
+        } else {
+          this._emit("direct", f.data, f.reply_to);
+        }
         break;
       }
+      case "dmb:room":
+        this._emit("room", f.room, f.data);
+        break;
+      case "dmb:joined":
+        this._emit("joined", f.room);
+        break;
+      case "dmb:left":
+        this._emit("left", f.room);
+        break;
       default:
         // Unknown events are ignored, for forward compatibility.
     }
@@ -302,16 +353,18 @@ export class DMB {
   _emit(event, ...args) {
     const fns = this._listeners.get(event);
     if (!fns) return;
-    for (const fn of [...fns]) {
-      try {
-        fn(...args);
-      } catch (err) {
-        // A listener's bug must not break the connection's bookkeeping;
-        // report it the way an uncaught error would be.
-        queueMicrotask(() => {
-          throw err;
-        });
-      }
+    for (const fn of [...fns]) this._callListener(fn, args);
+  }
+
+  _callListener(fn, args) {
+    try {
+      fn(...args);
+    } catch (err) {
+      // A listener's bug must not break the connection's bookkeeping;
+      // report it the way an uncaught error would be.
+      queueMicrotask(() => {
+        throw err;
+      });
     }
   }
 }

@@ -1,6 +1,6 @@
 // A fake DMB node for dmb.js's tests: a ws WebSocketServer on a free
 // loopback port that speaks the client frames of docs/protocol.md (sections 3
-// to 5), driven step by step by the test. It lives outside test/ because
+// to 5 and 10), driven step by step by the test. It lives outside test/ because
 // `node --test test/` runs every .js file under a directory named test.
 
 import { WebSocket, WebSocketServer } from "ws";
@@ -73,7 +73,7 @@ export function record(client) {
     if (!queues.has(event)) queues.set(event, new Queue());
     return queues.get(event);
   };
-  for (const event of ["connected", "broadcast", "direct", "error", "close", "status"]) {
+  for (const event of ["connected", "broadcast", "direct", "room", "joined", "left", "error", "close", "status"]) {
     client.on(event, (...args) => {
       log.push([event, ...args]);
       queue(event).push(args);
