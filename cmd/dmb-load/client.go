@@ -109,9 +109,9 @@ var (
 type frameKind uint8
 
 const (
-	frameOther frameKind = iota
-	frameData            // dmb:broadcast, dmb:direct or dmb:room
-	frameJoined          // dmb:joined
+	frameOther  frameKind = iota
+	frameData             // dmb:broadcast, dmb:direct or dmb:room
+	frameJoined           // dmb:joined
 	frameAck
 	frameError
 	frameConnected

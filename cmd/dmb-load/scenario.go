@@ -43,9 +43,9 @@ type runner struct {
 
 	roomNames []string    // room: the rooms, by index
 	members   [][]*client // room: the clients of each room
-	flood    *flood         // -flood: the attack beside the scenario
-	senders  sync.WaitGroup
-	rep      *report
+	flood     *flood      // -flood: the attack beside the scenario
+	senders   sync.WaitGroup
+	rep       *report
 
 	before serverSample // before the connects
 	start  serverSample // at the start of the measured window
