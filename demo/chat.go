@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -53,7 +54,45 @@ type (
 		Kind string `json:"kind"` // "time"
 		Now  string `json:"now"`  // RFC 3339, UTC
 	}
+	// roomLine is a chat line said in a room, sent to its members only.
+	roomLine struct {
+		Kind string `json:"kind"` // "chat"
+		Room string `json:"room"`
+		Name string `json:"name"`
+		Text string `json:"text"`
+	}
+	// roomMembers tells a room's members who is in it, as DMB's presence
+	// lists them.
+	roomMembers struct {
+		Kind   string   `json:"kind"` // "members"
+		Room   string   `json:"room"`
+		Online int      `json:"online"`
+		Names  []string `json:"names"` // sorted, one per client
+	}
+	// roomList lists the rooms this backend's clients are in, with how
+	// many of them each holds; broadcast when it changes, and the reply to
+	// {"kind":"rooms"}.
+	roomList struct {
+		Kind  string     `json:"kind"` // "rooms"
+		Rooms []roomInfo `json:"rooms"`
+	}
+	roomInfo struct {
+		Room    string `json:"room"`
+		Members int    `json:"members"`
+	}
+	// membershipReply answers a join or a leave: "joined" or "left".
+	membershipReply struct {
+		Kind string `json:"kind"`
+		Room string `json:"room"`
+	}
 )
+
+// maxClientRooms bounds the rooms one client may be in through the demo.
+const maxClientRooms = 10
+
+// presenceTimeout bounds the wait for DMB's answer to a presence request,
+// for a node that dies meanwhile.
+const presenceTimeout = time.Second
 
 // anon is the name of a client that has not said hello, or said it without
 // a name.
@@ -65,6 +104,9 @@ var (
 	errEmptyText = errors.New(`"text" is empty`)
 	errNameType  = errors.New(`"name" must be a string`)
 	errKindType  = errors.New(`"kind" must be a string`)
+	errRoomType  = errors.New(`"join", "leave" and "room" must be strings`)
+	errSayType   = errors.New(`"say" must be a string`)
+	errTooMany   = fmt.Errorf("in too many rooms (at most %d)", maxClientRooms)
 )
 
 // Run runs the chat backend for the service "chat" on rdb until ctx ends,
@@ -75,7 +117,7 @@ func Run(ctx context.Context, rdb redis.UniversalClient, opts backend.Options) e
 		opts.Logger = slog.Default()
 	}
 	b := backend.New(rdb, service, opts)
-	c := &chat{b: b, log: opts.Logger.With("service", service), online: make(map[string]string)}
+	c := &chat{b: b, log: opts.Logger.With("service", service), online: make(map[string]string), rooms: make(map[string]map[string]bool)}
 
 	err := b.Run(ctx, c.handle)
 	if ctx.Err() == nil {
@@ -99,6 +141,9 @@ type chat struct {
 	// handle touches it, and the backend calls handle for one event at a
 	// time, so it needs no lock.
 	online map[string]string
+	// rooms maps the cids of this backend's clients to the rooms they are
+	// in, as the demo put them there (or they joined by themselves).
+	rooms map[string]map[string]bool
 }
 
 // handle is the backend.Handler: it turns one uplink event into downlink
@@ -116,6 +161,20 @@ func (c *chat) handle(ctx context.Context, ev backend.Event) {
 	case backend.EventClientDisconnected:
 		delete(c.online, ev.CID)
 		err = c.b.Broadcast(ctx, c.presence())
+		// DMB took the client out of its rooms: tell the others who is
+		// left.
+		if rooms := c.rooms[ev.CID]; len(rooms) > 0 {
+			delete(c.rooms, ev.CID)
+			err = errors.Join(err, c.roomsChanged(ctx, slices.Sorted(maps.Keys(rooms))...))
+		}
+	case backend.EventRoomJoined, backend.EventRoomLeft:
+		// A client that joined or left by itself (its token allows it).
+		if ev.Type == backend.EventRoomJoined {
+			c.addRoom(ev.CID, ev.Room)
+		} else {
+			c.removeRoom(ev.CID, ev.Room)
+		}
+		err = c.roomsChanged(ctx, ev.Room)
 	case backend.EventMessage:
 		err = c.message(ctx, ev)
 	default:
@@ -142,6 +201,9 @@ func (c *chat) presence() presence {
 //   - "hello" {"name"}: the client's name for the online list; presence
 //     is broadcast, and nothing is replied (DMB's ack is enough).
 //   - "time": a direct reply {"kind":"time","now":...}.
+//   - "rooms": a direct reply with the room list (roomList).
+//   - {"join":room}, {"leave":room}, {"say":text,"room":room}: see
+//     roomMessage.
 //   - "chat" or none {"name","text"}: the line is broadcast and the sender
 //     gets a direct echo.
 //
@@ -152,14 +214,27 @@ func (c *chat) message(ctx context.Context, ev backend.Event) error {
 	if err != nil {
 		return c.replyError(ctx, ev, err)
 	}
+	// Rooms: {"join":room}, {"leave":room}, {"say":text,"room":room}.
+	for _, key := range []string{"join", "leave", "say"} {
+		if _, ok := fields[key]; ok {
+			return c.roomMessage(ctx, ev, key, fields)
+		}
+	}
 	switch kind {
+	case "rooms":
+		return c.b.Reply(ctx, ev, c.roomList())
 	case "hello":
 		name, err := parseName(fields)
 		if err != nil {
 			return c.replyError(ctx, ev, err)
 		}
 		c.online[ev.CID] = name
-		return c.b.Broadcast(ctx, c.presence())
+		err = c.b.Broadcast(ctx, c.presence())
+		// The rooms it is in show the new name too.
+		for _, room := range slices.Sorted(maps.Keys(c.rooms[ev.CID])) {
+			err = errors.Join(err, c.members(ctx, room))
+		}
+		return err
 	case "time":
 		return c.b.Direct(ctx, ev.CID, timeReply{Kind: "time", Now: time.Now().UTC().Format(time.RFC3339)}, ev.ID)
 	case "", "chat":
@@ -245,4 +320,142 @@ func clean(s string, n int) string {
 		i++
 	}
 	return s
+}
+
+// roomMessage handles {"join":room}, {"leave":room} and
+// {"say":text,"room":room} (key is which):
+//   - join puts the client in room through DMB, tells the room's members
+//     who is in it (DMB's presence), broadcasts the room list, and replies
+//     {"kind":"joined","room":...}.
+//   - leave does the same the other way, replying {"kind":"left",...}.
+//   - say sends {"kind":"chat","room","name","text"} to the room's members
+//     only (a room command, not a direct per member), then echoes to the
+//     sender like a chat line. The sender must be in the room; its name is
+//     the one of its hello, or the message's "name".
+func (c *chat) roomMessage(ctx context.Context, ev backend.Event, key string, fields map[string]json.RawMessage) error {
+	var room string
+	field := key
+	if key == "say" {
+		field = "room"
+	}
+	if err := json.Unmarshal(fields[field], &room); err != nil {
+		return c.replyError(ctx, ev, errRoomType)
+	}
+	switch key {
+	case "join":
+		if c.rooms[ev.CID][room] {
+			return c.b.Reply(ctx, ev, membershipReply{Kind: "joined", Room: room})
+		}
+		if len(c.rooms[ev.CID]) >= maxClientRooms {
+			return c.replyError(ctx, ev, errTooMany)
+		}
+		if err := c.b.Join(ctx, room, backend.Target{CID: ev.CID}); err != nil {
+			return c.replyError(ctx, ev, err)
+		}
+		c.addRoom(ev.CID, room)
+		if err := c.roomsChanged(ctx, room); err != nil {
+			return err
+		}
+		return c.b.Reply(ctx, ev, membershipReply{Kind: "joined", Room: room})
+	case "leave":
+		if !c.rooms[ev.CID][room] {
+			return c.b.Reply(ctx, ev, membershipReply{Kind: "left", Room: room})
+		}
+		if err := c.b.LeaveRoom(ctx, room, backend.Target{CID: ev.CID}); err != nil {
+			return c.replyError(ctx, ev, err)
+		}
+		c.removeRoom(ev.CID, room)
+		if err := c.roomsChanged(ctx, room); err != nil {
+			return err
+		}
+		return c.b.Reply(ctx, ev, membershipReply{Kind: "left", Room: room})
+	default: // say
+		var text string
+		if err := json.Unmarshal(fields["say"], &text); err != nil {
+			return c.replyError(ctx, ev, errSayType)
+		}
+		if text = clean(text, maxText); text == "" {
+			return c.replyError(ctx, ev, errors.New(`"say" is empty`))
+		}
+		if !c.rooms[ev.CID][room] {
+			return c.replyError(ctx, ev, fmt.Errorf("not in room %q: join it first", room))
+		}
+		name := c.online[ev.CID]
+		if _, ok := fields["name"]; ok || name == "" {
+			var err error
+			if name, err = parseName(fields); err != nil {
+				return c.replyError(ctx, ev, err)
+			}
+		}
+		if err := c.b.Room(ctx, room, roomLine{Kind: "chat", Room: room, Name: name, Text: text}); err != nil {
+			return err
+		}
+		return c.b.Reply(ctx, ev, echoReply{Kind: "echo", Data: ev.Data})
+	}
+}
+
+func (c *chat) addRoom(cid, room string) {
+	if c.rooms[cid] == nil {
+		c.rooms[cid] = make(map[string]bool)
+	}
+	c.rooms[cid][room] = true
+}
+
+func (c *chat) removeRoom(cid, room string) {
+	delete(c.rooms[cid], room)
+	if len(c.rooms[cid]) == 0 {
+		delete(c.rooms, cid)
+	}
+}
+
+// roomsChanged tells the members of each room who is in it now, and
+// broadcasts the room list.
+func (c *chat) roomsChanged(ctx context.Context, rooms ...string) error {
+	var errs []error
+	for _, room := range rooms {
+		errs = append(errs, c.members(ctx, room))
+	}
+	errs = append(errs, c.b.Broadcast(ctx, c.roomList()))
+	return errors.Join(errs...)
+}
+
+// members asks DMB who is in room, on every node, and sends the room's
+// members their names: the names this backend's clients gave, anon for
+// the others (clients of other demo backends, or without a hello).
+func (c *chat) members(ctx context.Context, room string) error {
+	res, err := c.b.Presence(ctx, room, backend.PresenceOptions{Timeout: presenceTimeout})
+	if err != nil {
+		return fmt.Errorf("presence of %s: %w", room, err)
+	}
+	if !res.Complete {
+		c.log.Warn("presence incomplete", "room", room, "nodes", res.Nodes)
+	}
+	if len(res.Members) == 0 {
+		return nil // nobody left to tell
+	}
+	names := make([]string, 0, len(res.Members))
+	for _, m := range res.Members {
+		name, ok := c.online[m.CID]
+		if !ok {
+			name = anon
+		}
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return c.b.Room(ctx, room, roomMembers{Kind: "members", Room: room, Online: len(names), Names: names})
+}
+
+// roomList counts this backend's clients in each room, by room name.
+func (c *chat) roomList() roomList {
+	count := make(map[string]int)
+	for _, rooms := range c.rooms {
+		for room := range rooms {
+			count[room]++
+		}
+	}
+	list := roomList{Kind: "rooms", Rooms: make([]roomInfo, 0, len(count))}
+	for _, room := range slices.Sorted(maps.Keys(count)) {
+		list.Rooms = append(list.Rooms, roomInfo{Room: room, Members: count[room]})
+	}
+	return list
 }

@@ -15,11 +15,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
 	"github.com/dmb-broker/dmb/backend"
+	"github.com/dmb-broker/dmb/internal/nodetest"
 	"github.com/dmb-broker/dmb/internal/redistest"
+	"github.com/dmb-broker/dmb/node"
 )
 
 // The goroutines of a test's redis-server and demo backend are stopped in
@@ -470,4 +473,208 @@ func TestPageRevalidatesWithItsETag(t *testing.T) {
 	if res := get(etag); res.StatusCode != http.StatusNotModified {
 		t.Fatalf("status %d with a matching ETag, want 304", res.StatusCode)
 	}
+}
+
+// wsClient is a client of a real DMB node in the rooms test: it keeps
+// every frame it read, so that a test can check what it never got.
+type wsClient struct {
+	t      *testing.T
+	name   string
+	conn   *websocket.Conn
+	cid    string
+	frames []map[string]any
+	used   map[int]bool // frames that until returned
+	nextID int
+}
+
+// dial connects to the service chat of n, retrying while the node does not
+// see the demo backend live yet (4503), and reads dmb:connected.
+func dial(t *testing.T, n *nodetest.Node, name string) *wsClient {
+	t.Helper()
+	c := &wsClient{t: t, name: name, used: make(map[int]bool)}
+	nodetest.Eventually(t, name+" connected", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), nodetest.Wait)
+		defer cancel()
+		conn, _, err := websocket.Dial(ctx, n.WSURL("chat"), nil)
+		if err != nil {
+			return false
+		}
+		_, data, err := conn.Read(ctx)
+		var f struct{ Event, CID string }
+		if err != nil || json.Unmarshal(data, &f) != nil || f.Event != "dmb:connected" {
+			conn.CloseNow()
+			return false
+		}
+		c.conn, c.cid = conn, f.CID
+		return true
+	})
+	t.Cleanup(func() { c.conn.CloseNow() })
+	return c
+}
+
+// send sends data as a dmb:message with a new id, and returns the id.
+func (c *wsClient) send(data string) float64 {
+	c.t.Helper()
+	c.nextID++
+	ctx, cancel := context.WithTimeout(context.Background(), nodetest.Wait)
+	defer cancel()
+	if err := c.conn.Write(ctx, websocket.MessageText, fmt.Appendf(nil, `{"event":"dmb:message","data":%s,"id":%d}`, data, c.nextID)); err != nil {
+		c.t.Fatalf("%s: write: %v", c.name, err)
+	}
+	return float64(c.nextID)
+}
+
+// request sends data and returns the data of the dmb:direct that answers
+// it, keeping every frame read meanwhile.
+func (c *wsClient) request(data string) map[string]any {
+	c.t.Helper()
+	id := c.send(data)
+	f := c.until(func(f map[string]any) bool { return f["event"] == "dmb:direct" && f["reply_to"] == id })
+	reply, _ := f["data"].(map[string]any)
+	return reply
+}
+
+// until returns the first frame that matches and no earlier until
+// returned: one read already, or the next ones, read and kept.
+func (c *wsClient) until(match func(map[string]any) bool) map[string]any {
+	c.t.Helper()
+	for i, f := range c.frames {
+		if !c.used[i] && match(f) {
+			c.used[i] = true
+			return f
+		}
+	}
+	for {
+		f := nodetest.ReadJSON(c.t, c.conn)
+		c.frames = append(c.frames, f)
+		if f["event"] == "dmb:error" {
+			c.t.Fatalf("%s got %v", c.name, f)
+		}
+		if match(f) {
+			c.used[len(c.frames)-1] = true
+			return f
+		}
+	}
+}
+
+// roomFrame matches a dmb:room frame of room whose data has kind and, when
+// text is not empty, that text.
+func roomFrame(room, kind, text string) func(map[string]any) bool {
+	return func(f map[string]any) bool {
+		d, _ := f["data"].(map[string]any)
+		return f["event"] == "dmb:room" && f["room"] == room && d["kind"] == kind && (text == "" || d["text"] == text)
+	}
+}
+
+func TestRoomMembersGetEachOthersLinesAndOthersDoNot(t *testing.T) {
+	r := redistest.Start(t)
+	n := nodetest.Start(t, nodetest.Config(t, r), node.Options{})
+	rdb := redis.NewClient(&redis.Options{Addr: r.Addr()})
+	t.Cleanup(func() { _ = rdb.Close() })
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, rdb, backend.Options{Logger: nodetest.Logger()}) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+
+	amy, bob, cat := dial(t, n, "amy"), dial(t, n, "bob"), dial(t, n, "cat")
+	for _, c := range []*wsClient{amy, bob, cat} {
+		c.send(`{"kind":"hello","name":"` + c.name + `"}`)
+		// A hello has no reply of its own: a time request's reply shows
+		// the hello was handled.
+		if got := c.request(`{"kind":"time"}`); got["kind"] != "time" {
+			t.Fatalf("%s: time reply %v", c.name, got)
+		}
+	}
+
+	if got := amy.request(`{"join":"lobby"}`); got["kind"] != "joined" || got["room"] != "lobby" {
+		t.Fatalf("reply to amy's join: %v", got)
+	}
+	if got := bob.request(`{"join":"lobby"}`); got["kind"] != "joined" || got["room"] != "lobby" {
+		t.Fatalf("reply to bob's join: %v", got)
+	}
+	// DMB told each that it joined, and the room who is in it.
+	for _, c := range []*wsClient{amy, bob} {
+		c.until(func(f map[string]any) bool { return f["event"] == "dmb:joined" && f["room"] == "lobby" })
+		members := c.until(func(f map[string]any) bool {
+			d, _ := f["data"].(map[string]any)
+			return roomFrame("lobby", "members", "")(f) && d["online"] == float64(2)
+		})
+		if names := fmt.Sprint(members["data"].(map[string]any)["names"]); names != "[amy bob]" {
+			t.Errorf("%s: lobby members %s, want [amy bob]", c.name, names)
+		}
+	}
+	if got := cat.request(`{"kind":"rooms"}`); fmt.Sprint(got["rooms"]) != "[map[members:2 room:lobby]]" {
+		t.Errorf("room list %v, want lobby with 2 members", got["rooms"])
+	}
+
+	// Each member gets the other's lines as room messages.
+	if got := amy.request(`{"say":"hi bob","room":"lobby"}`); got["kind"] != "echo" {
+		t.Fatalf("reply to amy's line: %v", got)
+	}
+	if got := bob.request(`{"say":"hi amy","room":"lobby"}`); got["kind"] != "echo" {
+		t.Fatalf("reply to bob's line: %v", got)
+	}
+	for _, tc := range []struct {
+		c          *wsClient
+		from, text string
+	}{{bob, "amy", "hi bob"}, {amy, "bob", "hi amy"}} {
+		f := tc.c.until(roomFrame("lobby", "chat", tc.text))
+		if d := f["data"].(map[string]any); d["name"] != tc.from {
+			t.Errorf("%s got %v, want a line of %s", tc.c.name, d, tc.from)
+		}
+	}
+
+	// cat, outside the room, cannot speak in it, and after its answer
+	// (published after every line above) it has had no room message.
+	if got := cat.request(`{"say":"let me in","room":"lobby"}`); got["kind"] != "error" {
+		t.Errorf("reply to a line of a non-member: %v, want an error", got)
+	}
+	cat.request(`{"kind":"time"}`)
+	for _, f := range cat.frames {
+		if f["event"] == "dmb:room" || f["event"] == "dmb:joined" {
+			t.Errorf("cat, outside the room, got %v", f)
+		}
+		if d, _ := f["data"].(map[string]any); d["kind"] == "chat" {
+			t.Errorf("cat got a room line another way: %v", f)
+		}
+	}
+	// Room lines reach members as room messages, not directs.
+	for _, c := range []*wsClient{amy, bob} {
+		for _, f := range c.frames {
+			if d, _ := f["data"].(map[string]any); f["event"] != "dmb:room" && d["kind"] == "chat" {
+				t.Errorf("%s got a line as %v", c.name, f)
+			}
+		}
+	}
+
+	// bob leaves: amy is told who is left, bob hears the room no more.
+	if got := bob.request(`{"leave":"lobby"}`); got["kind"] != "left" {
+		t.Fatalf("reply to bob's leave: %v", got)
+	}
+	bob.until(func(f map[string]any) bool { return f["event"] == "dmb:left" && f["room"] == "lobby" })
+	amy.until(func(f map[string]any) bool {
+		d, _ := f["data"].(map[string]any)
+		return roomFrame("lobby", "members", "")(f) && d["online"] == float64(1)
+	})
+	amy.request(`{"say":"anyone?","room":"lobby"}`)
+	amy.until(roomFrame("lobby", "chat", "anyone?"))
+	mark := len(bob.frames)
+	bob.request(`{"kind":"time"}`)
+	for _, f := range bob.frames[mark:] {
+		if f["event"] == "dmb:room" {
+			t.Errorf("bob got %v after leaving", f)
+		}
+	}
+
+	// A new name shows in the rooms its client is in.
+	amy.send(`{"kind":"hello","name":"ann"}`)
+	amy.until(func(f map[string]any) bool {
+		d, _ := f["data"].(map[string]any)
+		return roomFrame("lobby", "members", "")(f) && fmt.Sprint(d["names"]) == "[ann]"
+	})
 }
