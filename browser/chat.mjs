@@ -54,6 +54,30 @@ async function online(page, names) {
   );
 }
 
+async function joinRoom(page, room) {
+  await page.fill("#room", room);
+  await page.click("#join");
+}
+
+// inRoom waits until the page shows itself in room with these members.
+async function inRoom(page, room, names) {
+  await page.waitForFunction(
+    ([r, want]) => {
+      const li = document.querySelector(`#rooms li.in[data-room="${r}"]`);
+      return li && want.every((n) => li.querySelector(".members")?.textContent.includes(n));
+    },
+    [room, names],
+    wait,
+  );
+}
+
+async function hasLine(page, text) {
+  return page.evaluate(
+    (t) => [...document.querySelectorAll('#messages .line[data-kind="chat"]')].some((l) => l.textContent.includes(t)),
+    text,
+  );
+}
+
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM,
   headless: true,
@@ -70,6 +94,29 @@ try {
   await say(bob, "hi ann");
   await sees(ann, "hi ann");
   await ann.screenshot({ path: path.join(artifacts, "chat.png"), fullPage: true });
+
+  step("rooms: members get each other's lines, a page outside does not");
+  const cy = await openChat(browser, "cy");
+  await joinRoom(ann, "lobby");
+  await joinRoom(bob, "lobby");
+  await inRoom(ann, "lobby", ["ann", "bob"]);
+  await inRoom(bob, "lobby", ["ann", "bob"]);
+  await ann.selectOption("#to", "lobby");
+  await say(ann, "just for the lobby");
+  await bob.waitForSelector('#messages .line[data-room="lobby"]', wait);
+  await sees(bob, "just for the lobby");
+  await bob.selectOption("#to", "lobby");
+  await say(bob, "lobby reply");
+  await sees(ann, "lobby reply");
+  await ann.selectOption("#to", "");
+  await say(ann, "to everyone again");
+  // The broadcast was published after the room lines: once cy has it, it
+  // would have had them.
+  await sees(cy, "to everyone again");
+  assert.equal(await hasLine(cy, "just for the lobby"), false, "a page outside the room got its line");
+  assert.equal(await hasLine(cy, "lobby reply"), false, "a page outside the room got its line");
+  await ann.screenshot({ path: path.join(artifacts, "rooms.png"), fullPage: true });
+  await cy.context().close();
 
   step("request() gets its reply");
   const reply = await ann.evaluate(async () => {
@@ -96,6 +143,10 @@ try {
     );
   }
   await online(ann, ["ann", "bob"]);
+  // The pages join their rooms again as the new clients they are.
+  await inRoom(ann, "lobby", ["ann", "bob"]);
+  await inRoom(bob, "lobby", ["ann", "bob"]);
+  await bob.selectOption("#to", "");
   await say(bob, "still here after the restart");
   await sees(ann, "still here after the restart");
   await ann.screenshot({ path: path.join(artifacts, "after-restart.png"), fullPage: true });

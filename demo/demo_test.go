@@ -404,7 +404,10 @@ func TestPageHasTheElementsBrowserTestsSelect(t *testing.T) {
 	page := string(indexHTML)
 	for _, want := range []string{
 		`id="name"`, `id="text"`, `id="send"`, `id="time"`, `id="messages"`, `id="online"`, `id="status"`, `id="cid"`,
-		`li.dataset.kind = kind;`, // every .line of #messages has data-kind
+		`id="room"`, `id="join"`, `id="rooms"`, `id="to"`,
+		`li.dataset.room = room;`,         // room lines and #rooms entries have data-room
+		`li.append(el("div", "members", `, // a joined room's members
+		`li.dataset.kind = kind;`,         // every .line of #messages has data-kind
 		`ui.status.textContent = status;`,
 	} {
 		if !strings.Contains(page, want) {
