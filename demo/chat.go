@@ -333,14 +333,16 @@ func clean(s string, n int) string {
 //     sender like a chat line. The sender must be in the room; its name is
 //     the one of its hello, or the message's "name".
 func (c *chat) roomMessage(ctx context.Context, ev backend.Event, key string, fields map[string]json.RawMessage) error {
-	var room string
 	field := key
 	if key == "say" {
 		field = "room"
 	}
-	if err := json.Unmarshal(fields[field], &room); err != nil {
+	// A pointer tells null, which decodes without an error, from a string.
+	var name *string
+	if err := json.Unmarshal(fields[field], &name); err != nil || name == nil {
 		return c.replyError(ctx, ev, errRoomType)
 	}
+	room := *name
 	switch key {
 	case "join":
 		if c.rooms[ev.CID][room] {

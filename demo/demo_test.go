@@ -681,3 +681,25 @@ func TestRoomMembersGetEachOthersLinesAndOthersDoNot(t *testing.T) {
 		return roomFrame("lobby", "members", "")(f) && fmt.Sprint(d["names"]) == "[ann]"
 	})
 }
+
+func TestRoomMessagesThatAreNotUnderstoodGetAnErrorAndNoCommand(t *testing.T) {
+	h := startDemo(t)
+	for _, tc := range []struct{ name, data, reply string }{
+		{"join not a string", `{"join":5}`, `{"kind":"error","error":"\"join\", \"leave\" and \"room\" must be strings"}`},
+		{"leave not a string", `{"leave":null}`, `{"kind":"error","error":"\"join\", \"leave\" and \"room\" must be strings"}`},
+		{"invalid room name", `{"join":"no spaces"}`, `{"kind":"error","error":"invalid room name \"no spaces\": 1-128 of [A-Za-z0-9_.:@/-]"}`},
+		{"say without a room", `{"say":"hi"}`, `{"kind":"error","error":"\"join\", \"leave\" and \"room\" must be strings"}`},
+		{"say not a string", `{"say":["hi"],"room":"lobby"}`, `{"kind":"error","error":"\"say\" must be a string"}`},
+		{"blank say", `{"say":"  ","room":"lobby"}`, `{"kind":"error","error":"\"say\" is empty"}`},
+		{"say outside the room", `{"say":"hi","room":"lobby"}`, `{"kind":"error","error":"not in room \"lobby\": join it first"}`},
+		// Leaving a room the client is not in changes nothing.
+		{"leave a room not joined", `{"leave":"lobby"}`, `{"kind":"left","room":"lobby"}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h.send(t, `{"type":"message","cid":"c1","data":`+tc.data+`,"id":"q"}`)
+			// A command would come before the reply, so the reply being
+			// next shows there was none.
+			h.expect(t, `{"type":"direct","cid":"c1","reply_to":"q","data":`+tc.reply+`}`)
+		})
+	}
+}
