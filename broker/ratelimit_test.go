@@ -85,3 +85,39 @@ func TestAClosedFlooderCostsTheCloseHandshakeABoundedRead(t *testing.T) {
 		t.Fatalf("the flooder's connection was dropped after %v; the close handshake read what it sent", took)
 	}
 }
+
+// A flooder that reads nothing holds its close frame behind the answers
+// it does not read: the session stops reading it once it has thrown away
+// a bounded amount, instead of reading on until the write times out.
+func TestAFlooderThatDoesNotReadIsDroppedWhileItsCloseWaits(t *testing.T) {
+	brk := runBroker(t, New(liveRegistry{}, &countingUplink{}, testConfig(func(c *Config) {
+		c.ClientErrorLimit = 400 // closed after its answers fill the sockets
+		c.ClientRate = 0.001
+		c.ClientBurst = 1
+		c.WriteTimeout = 30 * time.Second
+	})))
+	srv, addr := serveBroker(t, brk)
+	t.Cleanup(func() { _ = srv.Close(); _ = brk.Shutdown(context.Background()) })
+	c, _ := rawUpgrade(t, addr)
+	// Each over-rate frame is answered with its id, 30 kB: the answers
+	// fill both sockets long before the close.
+	id := strings.Repeat("i", 30<<10)
+	payload := []byte(`{"event":"dmb:message","id":"` + id + `"}`)
+	big := append([]byte{0x81, 0xff, 0, 0, 0, 0, 0, 0, byte(len(payload) >> 8), byte(len(payload)), 0, 0, 0, 0}, payload...)
+	small := []byte(`{"event":"dmb:message","data":1}`)
+	smallFrame := bytes.Repeat(append([]byte{0x81, 0x80 | byte(len(small)), 0, 0, 0, 0}, small...), 1000)
+	start := time.Now()
+	_ = c.SetWriteDeadline(start.Add(25 * time.Second))
+	for i := 0; ; i++ {
+		frame := smallFrame
+		if i < 450 {
+			frame = big
+		}
+		if _, err := c.Write(frame); err != nil {
+			break
+		}
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("the flooder was read for %v while its close waited", took)
+	}
+}

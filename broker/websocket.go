@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"errors"
 	"net/http"
 	"sync"
 
@@ -52,6 +53,7 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // the connection ends; it returns the close code and reason the client
 // gave, or what ended the connection.
 func readFrames(s *session, conn *wsconn.Conn) (int, string) {
+	discarded := 0 // bytes read after the session began to close
 	for {
 		text, r, err := conn.Next()
 		if err != nil {
@@ -62,11 +64,20 @@ func readFrames(s *session, conn *wsconn.Conn) (int, string) {
 		buf := frameBuffers.Get().(*[]byte)
 		*buf, err = readall.Into((*buf)[:0], r)
 		var stop error
-		if err == nil && !s.closing() { // closing: read on until the close handshake ends
+		switch {
+		case err != nil:
+		case !s.closing():
 			if text {
 				stop = s.handle(*buf)
 			} else {
 				s.refuseBinary()
+			}
+		default:
+			// Closing: read on until the close handshake ends, but not for
+			// a client that floods on while its close frame waits behind
+			// what it does not read.
+			if discarded += len(*buf); discarded > maxDiscarded {
+				err = errFloodedWhileClosing
 			}
 		}
 		if cap(*buf) <= maxPooledFrame {
@@ -84,6 +95,13 @@ func readFrames(s *session, conn *wsconn.Conn) (int, string) {
 // frameBuffers lends the readers a buffer for the frame at hand: the uplink
 // copies what it keeps, so a frame costs no allocation of its own.
 var frameBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 1<<10); return &b }}
+
+// maxDiscarded bounds what a closing session reads and throws away.
+const maxDiscarded = 64 << 10
+
+// errFloodedWhileClosing ends a session that sent more than maxDiscarded
+// after it began to close; its close request gives the code.
+var errFloodedWhileClosing = errors.New("client flooded while its connection closed")
 
 // maxPooledFrame bounds the buffers frameBuffers keeps: a rare large frame
 // should not hold its memory for ever.
