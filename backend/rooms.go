@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"time"
 
@@ -166,7 +167,10 @@ func (b *Backend) Presence(ctx context.Context, room string, opts PresenceOption
 		if ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			return res, ctx.Err()
 		}
-		if wctx.Err() != nil {
+		// The connection's read deadline, set from wctx's, may fire a
+		// moment before wctx itself ends.
+		var ne net.Error
+		if wctx.Err() != nil || errors.As(err, &ne) && ne.Timeout() {
 			return res, nil
 		}
 		return res, err
