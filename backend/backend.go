@@ -296,21 +296,11 @@ func (b *Backend) registerOnce(ctx context.Context, bkid string) (string, error)
 	nonce := newNonce()
 	ctx, cancel := context.WithTimeout(ctx, b.opts.RegisterTimeout)
 	defer cancel()
-	var ps *redis.PubSub
-	if b.sharded {
-		ps = b.rdb.SSubscribe(ctx, b.ch.RegisterReply(nonce))
-	} else {
-		ps = b.rdb.Subscribe(ctx, b.ch.RegisterReply(nonce))
-	}
-	defer ps.Close()
-	// go-redis watches only a context's deadline while it waits for a
-	// message; closing the subscription ends the wait on cancellation too.
-	stop := context.AfterFunc(ctx, func() { _ = ps.Close() })
-	defer stop()
-	// Wait for the subscription before asking, or the answer could be missed.
-	if _, err := ps.Receive(ctx); err != nil {
+	ps, done, err := b.subscribeFor(ctx, b.ch.RegisterReply(nonce))
+	if err != nil {
 		return "", fmt.Errorf("subscribe to the answer: %w", err)
 	}
+	defer done()
 	req := map[string]string{"type": protocol.TypeConnect, "nonce": nonce, "service": b.service}
 	if bkid != "" {
 		req["bkid"] = bkid
@@ -344,10 +334,34 @@ func (b *Backend) registerOnce(ctx context.Context, bkid string) (string, error)
 	return ans.BKID, nil
 }
 
-func newNonce() string {
+func newNonce() string { return randomID("n-") }
+
+// randomID returns prefix and 96 random bits in hex.
+func randomID(prefix string) string {
 	var n [12]byte
 	_, _ = rand.Read(n[:])
-	return "n-" + hex.EncodeToString(n[:])
+	return prefix + hex.EncodeToString(n[:])
+}
+
+// subscribeFor subscribes to channel (SSUBSCRIBE on a cluster) for one
+// request's answers and returns once Redis confirmed it: asking before
+// that could miss the answer. go-redis watches only a context's deadline
+// while it waits for a message, so the subscription is closed when ctx
+// ends, which ends a wait on cancellation too. done closes it.
+func (b *Backend) subscribeFor(ctx context.Context, channel string) (*redis.PubSub, func(), error) {
+	var ps *redis.PubSub
+	if b.sharded {
+		ps = b.rdb.SSubscribe(ctx, channel)
+	} else {
+		ps = b.rdb.Subscribe(ctx, channel)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = ps.Close() })
+	done := func() { stop(); _ = ps.Close() }
+	if _, err := ps.Receive(ctx); err != nil {
+		done()
+		return nil, nil, err
+	}
+	return ps, done, nil
 }
 
 // Command is a downlink command; Publish sends it as is.

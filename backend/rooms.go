@@ -2,16 +2,12 @@ package backend
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"strings"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/dmb-broker/dmb/protocol"
 	"github.com/dmb-broker/dmb/pubsub"
@@ -153,15 +149,6 @@ func (b *Backend) Presence(ctx context.Context, room string, opts PresenceOption
 	}
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var ps *redis.PubSub
-	if b.sharded {
-		ps = b.rdb.SSubscribe(wctx, b.ch.Uplink(bkid))
-	} else {
-		ps = b.rdb.Subscribe(wctx, b.ch.Uplink(bkid))
-	}
-	defer ps.Close()
-	stop := context.AfterFunc(wctx, func() { _ = ps.Close() })
-	defer stop()
 	// ended tells a wait that ended (not an error) from a cancelled ctx.
 	ended := func(err error) (PresenceResult, error) {
 		if ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded) {
@@ -175,13 +162,12 @@ func (b *Backend) Presence(ctx context.Context, room string, opts PresenceOption
 		}
 		return res, err
 	}
-	// Subscribed before asking, or an answer could be missed.
-	if _, err := ps.Receive(wctx); err != nil {
+	ps, done, err := b.subscribeFor(wctx, b.ch.Uplink(bkid))
+	if err != nil {
 		return ended(fmt.Errorf("subscribe to the uplink: %w", err))
 	}
-	var n [12]byte
-	_, _ = rand.Read(n[:])
-	id := presenceIDPrefix + hex.EncodeToString(n[:])
+	defer done()
+	id := randomID(presenceIDPrefix)
 	payload, _ := json.Marshal(Command{Type: protocol.TypePresence, Room: room, ID: id, CountOnly: opts.CountOnly})
 	if err := pubsub.Publish(wctx, b.rdb, b.sharded, b.ch.Downlink(bkid), payload).Err(); err != nil {
 		return ended(fmt.Errorf("publish presence: %w", err))
