@@ -83,8 +83,9 @@ type Nodes struct {
 	m       *metrics.Metrics
 	nodes   string // the sorted set's key
 
-	inst atomic.Pointer[string] // this incarnation
-	live atomic.Int64           // live nodes at the last beat
+	inst        atomic.Pointer[string] // this incarnation
+	clientTable atomic.Pointer[string] // its client table's key, made with it
+	live        atomic.Int64           // live nodes at the last beat
 
 	mu      sync.Mutex // guards the beat's state below
 	beaten  bool       // a beat has gone through
@@ -107,11 +108,14 @@ func (n *Nodes) renew() {
 	var b [6]byte
 	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
 	inst := n.cfg.NodeID + "/" + hex.EncodeToString(b[:])
+	table := n.table(inst)
+	n.clientTable.Store(&table)
 	n.inst.Store(&inst)
 }
 
 // Clients returns the key of this node's client table.
-func (n *Nodes) Clients() string { return n.table(*n.inst.Load()) }
+// The uplink asks at every connect and disconnect: the key is made once.
+func (n *Nodes) Clients() string { return *n.clientTable.Load() }
 
 // Live returns how many nodes were live at the last beat (1 before it).
 func (n *Nodes) Live() int { return int(n.live.Load()) }
