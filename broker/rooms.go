@@ -141,7 +141,7 @@ func (b *Broker) joinLocked(s *session, room string) joinResult {
 	return changed
 }
 
-// leaveLocked takes s out of room and, when tell, queues dmb:left to it.
+// leaveLocked takes s out of room and queues dmb:left to it.
 // b.mu must be held for writing.
 func (b *Broker) leaveLocked(s *session, room string) bool {
 	if !b.dropMembershipLocked(s, room) {
