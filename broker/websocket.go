@@ -11,9 +11,9 @@ import (
 )
 
 // ServeHTTP is the WebSocket endpoint; mount it at /ws/{service}. It
-// accepts the connection (internal/wsconn), admits the client or closes it
-// with the contract's code, and runs the session on a goroutine of its
-// own: the handler returns, and the request, the HTTP server's state for
+// accepts the connection (internal/wsconn), checks its origin, and hands
+// it to accept, which runs the session on a goroutine of its own: the
+// handler returns, and the request, the HTTP server's state for
 // the connection and the deep stack that serving the upgrade grew are then
 // garbage instead of being kept as long as the client stays. Shutdown
 // waits for the session.
@@ -29,24 +29,13 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		b.refuse(conn, service, remote, protocol.ClosePolicy, "origin not allowed")
 		return
 	}
-	id, code, reason := b.admit(service, r.URL.Query().Get("token"), remote)
-	if code != 0 {
-		b.refuse(conn, service, remote, code, reason)
-		return
-	}
 	var inline InlineWriter
 	if w := conn.InlineWriter(); w != nil {
 		inline = w
 	}
-	s := newSession(b, conn, inline, service, remote, id)
-	if code, reason := b.add(s); code != 0 {
-		b.refuse(conn, service, remote, code, reason)
-		return
-	}
-	go func() {
-		defer b.sessions.Done()
-		s.run(func() (int, string) { return readFrames(s, conn) })
-	}()
+	q := r.URL.Query()
+	h := Hello{Token: q.Get("token"), Resume: q.Get("resume"), Offset: q.Get("offset")}
+	b.accept(conn, inline, service, remote, h, func(s *session) (int, string) { return readFrames(s, conn) })
 }
 
 // readFrames reads the client's frames and hands them to the session until
