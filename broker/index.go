@@ -21,7 +21,7 @@ type userKey struct{ service, user string }
 // reading, so no other frame can come before it, and a client that reads
 // dmb:connected is already reachable.
 func (b *Broker) add(s *session) (code int, reason string) {
-	connected := protocol.AppendConnected(nil, s.cid, s.service)
+	connected := protocol.AppendConnected(nil, protocol.Connected{CID: s.cid, Service: s.service})
 	key := ""
 	if b.cfg.MaxClientsPerAddr > 0 && b.limitsAddr(s.remote) {
 		key = addrKey(s.remote)

@@ -120,6 +120,11 @@ type Command struct {
 	More    bool     // direct with reply_to: a partial answer
 	// CountOnly asks presence for a count instead of the members.
 	CountOnly bool
+	// Offset is the message's position in its backend's history, "ms-seq",
+	// when it was published recoverably (section 11); "" otherwise, and
+	// when it is not a position.
+	Offset string
+	Node   string // resumed: the node that holds the session now
 }
 
 // DecodeCommand decodes and validates a payload from a backend's downlink
@@ -149,6 +154,14 @@ func DecodeCommand(b []byte) (Command, error) {
 			return fail(f.name + " must be a string")
 		}
 		*f.dst = v
+	}
+	if cmd.Type == TypeResumed {
+		if cmd.Node, _, ok = o.str("node"); !ok {
+			return fail("node must be a string")
+		}
+	}
+	if off, _, ok := o.str("offset"); ok && validPosition(off) {
+		cmd.Offset = off // else not one DMB's function wrote: the message is live-only
 	}
 	if cmd.Type == TypeBroadcast || cmd.Type == TypeRoom {
 		if cmd.Except, ok = decodeExcept(o.raw("except")); !ok {
@@ -183,9 +196,9 @@ func DecodeCommand(b []byte) (Command, error) {
 		if cmd.CountOnly, ok = decodeFlag(o.raw("count_only")); !ok {
 			return fail("count_only must be true or false")
 		}
-	case TypeKick:
+	case TypeKick, TypeResumed:
 		if cmd.CID == "" {
-			return fail("kick needs a cid")
+			return fail(cmd.Type + " needs a cid")
 		}
 		cmd.Reason = TruncateReason(cmd.Reason)
 	case "":
@@ -230,8 +243,8 @@ func AppendDisconnected(dst []byte, bkid string) []byte {
 }
 
 // AppendClientConnected appends the client_connected event; user only when
-// auth is on.
-func AppendClientConnected(dst []byte, cid, service, remote, user string) []byte {
+// auth is on, resumed only when true.
+func AppendClientConnected(dst []byte, cid, service, remote, user string, resumed bool) []byte {
 	dst = append(dst, `{"type":"client_connected","cid":"`...)
 	dst = append(dst, cid...)
 	dst = append(dst, `","service":"`...)
@@ -242,17 +255,23 @@ func AppendClientConnected(dst []byte, cid, service, remote, user string) []byte
 		dst = append(dst, `,"user":`...)
 		dst = appendString(dst, user)
 	}
+	if resumed {
+		dst = append(dst, `,"resumed":true`...)
+	}
 	return append(dst, '}')
 }
 
-// AppendClientDisconnected appends the client_disconnected event.
-func AppendClientDisconnected(dst []byte, cid string, code int, reason string) []byte {
+// AppendClientDisconnected appends the client_disconnected event;
+// resumable says the session may be resumed (section 11).
+func AppendClientDisconnected(dst []byte, cid string, code int, reason string, resumable bool) []byte {
 	dst = append(dst, `{"type":"client_disconnected","cid":"`...)
 	dst = append(dst, cid...)
 	dst = append(dst, `","code":`...)
 	dst = strconv.AppendInt(dst, int64(code), 10)
 	dst = append(dst, `,"reason":`...)
 	dst = appendString(dst, reason)
+	dst = append(dst, `,"resumable":`...)
+	dst = strconv.AppendBool(dst, resumable)
 	return append(dst, '}')
 }
 

@@ -213,9 +213,9 @@ func checkCommand(t *testing.T, in []byte, cmd protocol.Command) {
 		if cmd.Reason != reason {
 			t.Fatalf("Reason = %q, payload has %q: %q", cmd.Reason, reason, in)
 		}
-	case protocol.TypeKick:
+	case protocol.TypeKick, protocol.TypeResumed:
 		if cmd.CID == "" {
-			t.Fatalf("accepted a kick without cid: %q", in)
+			t.Fatalf("accepted a %s without cid: %q", cmd.Type, in)
 		}
 		if len(cmd.Reason) > protocol.MaxCloseReason || !utf8.ValidString(cmd.Reason) ||
 			!strings.HasPrefix(reason, cmd.Reason) || cmd.Reason != protocol.TruncateReason(reason) {
@@ -246,6 +246,13 @@ func checkCommand(t *testing.T, in []byte, cmd protocol.Command) {
 	}
 	if cmd.More && cmd.ReplyTo == nil {
 		t.Fatalf("more without reply_to: %q", in)
+	}
+	if cmd.Offset != "" {
+		// A position is digits, a dash and digits: the client frame it is
+		// added to stays JSON.
+		if o, ok := members(protocol.WithOffset(protocol.AppendBroadcast(nil, cmd.Data), "42", cmd.Offset)); !ok || o["offset"] == nil {
+			t.Fatalf("offset %q made the client frame invalid: %q", cmd.Offset, in)
+		}
 	}
 
 	// What DMB sends on: to clients, and the per-node ack to the backend.

@@ -437,29 +437,33 @@ func TestBackendEncodersWriteThePayloadsOfSections2To6(t *testing.T) {
 			`{"type":"bk_connect_nack","nonce":"n-1","error":"unknown type \"x\\y\"\n"}`,
 			map[string]any{"type": "bk_connect_nack", "nonce": "n-1", "error": "unknown type \"x\\y\"\n"}},
 		{"client_connected (section 3)",
-			protocol.AppendClientConnected(nil, "c7Qx...", "chat", "203.0.113.9", ""),
+			protocol.AppendClientConnected(nil, "c7Qx...", "chat", "203.0.113.9", "", false),
 			`{"type":"client_connected","cid":"c7Qx...","service":"chat","remote":"203.0.113.9"}`,
 			map[string]any{"type": "client_connected", "cid": "c7Qx...", "service": "chat", "remote": "203.0.113.9"}},
 		{"client_connected with user (section 7)",
-			protocol.AppendClientConnected(nil, "c7Qx...", "chat", "2001:db8::1", "alice"),
+			protocol.AppendClientConnected(nil, "c7Qx...", "chat", "2001:db8::1", "alice", false),
 			`{"type":"client_connected","cid":"c7Qx...","service":"chat","remote":"2001:db8::1","user":"alice"}`,
 			map[string]any{"type": "client_connected", "cid": "c7Qx...", "service": "chat", "remote": "2001:db8::1", "user": "alice"}},
 		{"client_connected with a user needing escapes",
-			protocol.AppendClientConnected(nil, "c1", "chat", "", "a\"l\\ice\u00e9"),
+			protocol.AppendClientConnected(nil, "c1", "chat", "", "a\"l\\ice\u00e9", false),
 			`{"type":"client_connected","cid":"c1","service":"chat","remote":"","user":"a\"l\\iceé"}`,
 			map[string]any{"type": "client_connected", "cid": "c1", "service": "chat", "remote": "", "user": "a\"l\\iceé"}},
-		{"client_disconnected (section 3)",
-			protocol.AppendClientDisconnected(nil, "c7Qx...", 1001, "going away"),
-			`{"type":"client_disconnected","cid":"c7Qx...","code":1001,"reason":"going away"}`,
-			map[string]any{"type": "client_disconnected", "cid": "c7Qx...", "code": n("1001"), "reason": "going away"}},
+		{"client_connected of a resumed session (section 11)",
+			protocol.AppendClientConnected(nil, "c7Qx...", "chat", "203.0.113.9", "", true),
+			`{"type":"client_connected","cid":"c7Qx...","service":"chat","remote":"203.0.113.9","resumed":true}`,
+			map[string]any{"type": "client_connected", "cid": "c7Qx...", "service": "chat", "remote": "203.0.113.9", "resumed": true}},
+		{"client_disconnected (sections 3 and 11)",
+			protocol.AppendClientDisconnected(nil, "c7Qx...", 1001, "going away", true),
+			`{"type":"client_disconnected","cid":"c7Qx...","code":1001,"reason":"going away","resumable":true}`,
+			map[string]any{"type": "client_disconnected", "cid": "c7Qx...", "code": n("1001"), "reason": "going away", "resumable": true}},
 		{"client_disconnected kicked with a reason needing escapes",
-			protocol.AppendClientDisconnected(nil, "c1", protocol.CloseKicked, "banned: \"spam\""),
-			`{"type":"client_disconnected","cid":"c1","code":4009,"reason":"banned: \"spam\""}`,
-			map[string]any{"type": "client_disconnected", "cid": "c1", "code": n("4009"), "reason": "banned: \"spam\""}},
+			protocol.AppendClientDisconnected(nil, "c1", protocol.CloseKicked, "banned: \"spam\"", false),
+			`{"type":"client_disconnected","cid":"c1","code":4009,"reason":"banned: \"spam\"","resumable":false}`,
+			map[string]any{"type": "client_disconnected", "cid": "c1", "code": n("4009"), "reason": "banned: \"spam\"", "resumable": false}},
 		{"client_disconnected without reason",
-			protocol.AppendClientDisconnected(nil, "c1", 1006, ""),
-			`{"type":"client_disconnected","cid":"c1","code":1006,"reason":""}`,
-			map[string]any{"type": "client_disconnected", "cid": "c1", "code": n("1006"), "reason": ""}},
+			protocol.AppendClientDisconnected(nil, "c1", 1006, "", true),
+			`{"type":"client_disconnected","cid":"c1","code":1006,"reason":"","resumable":true}`,
+			map[string]any{"type": "client_disconnected", "cid": "c1", "code": n("1006"), "reason": "", "resumable": true}},
 		{"message (section 4)",
 			protocol.AppendMessage(nil, "c7Qx...", "", hi, json.RawMessage(`7`)),
 			`{"type":"message","cid":"c7Qx...","data":{"text":"hi"},"id":7}`,
@@ -539,4 +543,29 @@ func commandString(c protocol.Command) string {
 	}
 	return "{Type:" + c.Type + " CID:" + c.CID + " User:" + c.User + " Data:" + q(c.Data) +
 		" ReplyTo:" + q(c.ReplyTo) + " Reason:" + c.Reason + " ID:" + q(c.ID) + "}"
+}
+
+func TestACommandCarriesTheOffsetDMBsFunctionGaveIt(t *testing.T) {
+	for _, c := range []struct {
+		payload, offset string
+	}{
+		{`{"offset":"1733380000000-0","type":"broadcast","data":1}`, "1733380000000-0"},
+		{`{"type":"broadcast","data":1,"offset":"17-3"}`, "17-3"},
+		{`{"type":"broadcast","data":1,"offset":"17"}`, ""},    // not a position: live-only
+		{`{"type":"broadcast","data":1,"offset":"-3"}`, ""},    // not a position
+		{`{"type":"broadcast","data":1,"offset":"1-2-3"}`, ""}, // not a position
+		{`{"type":"broadcast","data":1,"offset":17}`, ""},      // not a string: ignored, as unknown members are
+	} {
+		cmd, err := protocol.DecodeCommand([]byte(c.payload))
+		if err != nil || cmd.Offset != c.offset {
+			t.Errorf("%s: offset %q, err %v; want %q", c.payload, cmd.Offset, err, c.offset)
+		}
+	}
+	cmd, err := protocol.DecodeCommand(protocol.AppendResumed(nil, "c1", "dmb-a1"))
+	if err != nil || cmd.Type != protocol.TypeResumed || cmd.CID != "c1" || cmd.Node != "dmb-a1" {
+		t.Errorf("resumed: %+v, %v", cmd, err)
+	}
+	if _, err := protocol.DecodeCommand([]byte(`{"type":"resumed","node":"x"}`)); err == nil {
+		t.Errorf("resumed without a cid was accepted")
+	}
 }

@@ -1,6 +1,9 @@
 package protocol
 
-import "encoding/json"
+import (
+	"encoding/json"
+	"strconv"
+)
 
 // Client events (docs/protocol.md, sections 3-5).
 const (
@@ -105,12 +108,23 @@ func quoteShort(s string) string {
 
 // AppendConnected appends {"event":"dmb:connected","cid":...,"service":...}.
 // cid and service are DMB-validated names that need no escaping.
-func AppendConnected(dst []byte, cid, service string) []byte {
+func AppendConnected(dst []byte, c Connected) []byte {
 	dst = append(dst, `{"event":"dmb:connected","cid":"`...)
-	dst = append(dst, cid...)
+	dst = append(dst, c.CID...)
 	dst = append(dst, `","service":"`...)
-	dst = append(dst, service...)
-	return append(dst, `"}`...)
+	dst = append(dst, c.Service...)
+	dst = append(dst, '"')
+	if c.Session != "" {
+		dst = append(dst, `,"session":"`...)
+		dst = append(dst, c.Session...) // base64url and dots: nothing to escape
+		dst = append(dst, `","resumed":`...)
+		dst = strconv.AppendBool(dst, c.Resumed)
+		if c.Resumed {
+			dst = append(dst, `,"recovered":`...)
+			dst = strconv.AppendBool(dst, c.Recovered)
+		}
+	}
+	return append(dst, '}')
 }
 
 // AppendBroadcast appends {"event":"dmb:broadcast","data":...}.

@@ -243,9 +243,25 @@ func TestClientEncodersWriteTheFramesOfSections3To6(t *testing.T) {
 		fields map[string]any
 	}{
 		{"connected (section 3)",
-			protocol.AppendConnected(nil, "c7Qx...", "chat"),
+			protocol.AppendConnected(nil, protocol.Connected{CID: "c7Qx...", Service: "chat"}),
 			`{"event":"dmb:connected","cid":"c7Qx...","service":"chat"}`,
 			map[string]any{"event": "dmb:connected", "cid": "c7Qx...", "service": "chat"}},
+		{"connected with a session (section 11)",
+			protocol.AppendConnected(nil, protocol.Connected{CID: "c7Qx...", Service: "chat", Session: "a.b-c_d"}),
+			`{"event":"dmb:connected","cid":"c7Qx...","service":"chat","session":"a.b-c_d","resumed":false}`,
+			map[string]any{"event": "dmb:connected", "cid": "c7Qx...", "service": "chat", "session": "a.b-c_d", "resumed": false}},
+		{"connected, resumed (section 11)",
+			protocol.AppendConnected(nil, protocol.Connected{CID: "c7Qx...", Service: "chat", Session: "t", Resumed: true, Recovered: true}),
+			`{"event":"dmb:connected","cid":"c7Qx...","service":"chat","session":"t","resumed":true,"recovered":true}`,
+			map[string]any{"event": "dmb:connected", "cid": "c7Qx...", "service": "chat", "session": "t", "resumed": true, "recovered": true}},
+		{"session (section 11)",
+			protocol.AppendSession(nil, "a.b"),
+			`{"event":"dmb:session","session":"a.b"}`,
+			map[string]any{"event": "dmb:session", "session": "a.b"}},
+		{"broadcast with its offset (section 11)",
+			protocol.WithOffset(protocol.AppendBroadcast(nil, json.RawMessage(`1`)), "42", "17-3"),
+			`{"event":"dmb:broadcast","data":1,"offset":"42:17-3"}`,
+			map[string]any{"event": "dmb:broadcast", "data": n("1"), "offset": "42:17-3"}},
 		{"ack (section 4)",
 			protocol.AppendAck(nil, json.RawMessage(`7`)),
 			`{"event":"dmb:ack","id":7}`,
@@ -332,13 +348,16 @@ func TestEncodersAppendToDst(t *testing.T) {
 	id := json.RawMessage(`7`)
 	data := json.RawMessage(`{"a":1}`)
 	encoders := map[string]func([]byte) []byte{
-		"AppendConnected":          func(b []byte) []byte { return protocol.AppendConnected(b, "c1", "chat") },
+		"AppendConnected": func(b []byte) []byte {
+			return protocol.AppendConnected(b, protocol.Connected{CID: "c1", Service: "chat", Session: "t", Resumed: true})
+		},
+		"AppendSession":            func(b []byte) []byte { return protocol.AppendSession(b, "t") },
 		"AppendBroadcast":          func(b []byte) []byte { return protocol.AppendBroadcast(b, data) },
 		"AppendDirect":             func(b []byte) []byte { return protocol.AppendDirect(b, data, id, false) },
 		"AppendAck":                func(b []byte) []byte { return protocol.AppendAck(b, id) },
 		"AppendError":              func(b []byte) []byte { return protocol.AppendError(b, id, "x") },
-		"AppendClientConnected":    func(b []byte) []byte { return protocol.AppendClientConnected(b, "c1", "chat", "::1", "alice") },
-		"AppendClientDisconnected": func(b []byte) []byte { return protocol.AppendClientDisconnected(b, "c1", 1001, "going away") },
+		"AppendClientConnected":    func(b []byte) []byte { return protocol.AppendClientConnected(b, "c1", "chat", "::1", "alice", true) },
+		"AppendClientDisconnected": func(b []byte) []byte { return protocol.AppendClientDisconnected(b, "c1", 1001, "going away", true) },
 		"AppendMessage":            func(b []byte) []byte { return protocol.AppendMessage(b, "c1", "alice", data, id) },
 		"AppendMessageAck":         func(b []byte) []byte { return protocol.AppendMessageAck(b, id, "dmb-a1", 3) },
 		"AppendBackendError":       func(b []byte) []byte { return protocol.AppendBackendError(b, "x", id, "dmb-a1") },

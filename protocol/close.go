@@ -14,6 +14,7 @@ const (
 	CloseUnknownSvc    = 4004
 	CloseSlowConsumer  = 4008
 	CloseKicked        = 4009
+	CloseResumed       = 4010 // the session was resumed on another connection
 	CloseNoLiveBackend = 4503
 )
 

@@ -178,7 +178,7 @@ func AppendPresence(dst []byte, id json.RawMessage, room, node string, nodes int
 // AppendNodeLost appends the client_disconnected that a surviving node
 // publishes for a client of a node that died.
 func AppendNodeLost(dst []byte, cid, node string) []byte {
-	dst = AppendClientDisconnected(dst, cid, CloseAbnormal, ReasonNodeLost)
+	dst = AppendClientDisconnected(dst, cid, CloseAbnormal, ReasonNodeLost, true)
 	dst = dst[:len(dst)-1]
 	dst = append(dst, `,"node":`...)
 	dst = appendString(dst, node)

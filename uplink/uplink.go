@@ -502,7 +502,7 @@ func (w *worker) unbind(c Client, code int, reason string, p *pipeline) {
 	}
 	if b.announced {
 		p.add(op{kind: opDisconnected, b: b, bkid: b.bkid,
-			payload: protocol.AppendClientDisconnected(nil, cid, code, reason)})
+			payload: protocol.AppendClientDisconnected(nil, cid, code, reason, false)})
 	}
 	if b.tracked {
 		if table := w.u.clients(); table != "" {
@@ -541,7 +541,7 @@ func (w *worker) announce(ctx context.Context, b *binding, p *pipeline) bool {
 	b.bkid, b.announced = bkid, true
 	w.track(b, p)
 	p.add(op{kind: opConnected, b: b, bkid: bkid,
-		payload: protocol.AppendClientConnected(nil, c.CID(), c.Service(), c.Remote(), c.User())})
+		payload: protocol.AppendClientConnected(nil, c.CID(), c.Service(), c.Remote(), c.User(), false)})
 	return true
 }
 

@@ -30,7 +30,7 @@ func TestFramesAreReadWithoutJSONAsWithIt(t *testing.T) {
 		{"joined", protocol.AppendMembership(nil, true, "room-7"), frameInfo{kind: frameJoined, id: -1, ok: true}},
 		{"ack", protocol.AppendAck(nil, json.RawMessage(`42`)), frameInfo{kind: frameAck, id: 42, ok: true}},
 		{"error", protocol.AppendError(nil, json.RawMessage(`43`), "backend unavailable"), frameInfo{kind: frameError, id: 43, ok: true}},
-		{"connected", protocol.AppendConnected(nil, "abc", "load"), frameInfo{kind: frameConnected, id: -1, cid: "abc", ok: true}},
+		{"connected", protocol.AppendConnected(nil, protocol.Connected{CID: "abc", Service: "load"}), frameInfo{kind: frameConnected, id: -1, cid: "abc", ok: true}},
 	} {
 		if got := readFrame(tc.frame); got != tc.want {
 			t.Errorf("%s: readFrame = %+v, want %+v", tc.name, got, tc.want)
@@ -160,7 +160,7 @@ func FuzzReadFrame(f *testing.F) {
 	f.Add(protocol.AppendRoom(nil, "room-7", data))
 	f.Add(protocol.AppendAck(nil, json.RawMessage(`42`)))
 	f.Add(protocol.AppendError(nil, json.RawMessage(`43`), "backend unavailable"))
-	f.Add(protocol.AppendConnected(nil, "abc", "load"))
+	f.Add(protocol.AppendConnected(nil, protocol.Connected{CID: "abc", Service: "load"}))
 	f.Add([]byte(`{"event":"dmb:ack","id":999999999999999999999}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		got := readFrame(b)
