@@ -48,6 +48,17 @@ export interface DMBOptions {
 export interface ConnectedInfo {
   cid: string;
   service: string;
+  /**
+   * Whether this connection took up the session of the one before (same
+   * cid, rooms and backend). False on a first connection, and when DMB
+   * could not resume: the client is then a new one, in no room.
+   */
+  resumed: boolean;
+  /**
+   * Whether, resumed, the client got every recoverable message it missed.
+   * When false (a first connection included), load the app's state afresh.
+   */
+  recovered: boolean;
 }
 
 export interface CloseInfo {
@@ -59,6 +70,7 @@ export interface CloseInfo {
 }
 
 export interface DMBEvents {
+  /** DMB accepted the connection: the first one, and every reconnect. */
   connected: (info: ConnectedInfo) => void;
   broadcast: (data: any) => void;
   /** A direct message; a reply (final or partial) to a pending request() is not one. */
@@ -89,7 +101,11 @@ export class DMBError extends Error {
   readonly code: number | undefined;
 }
 
-/** One connection to a DMB service, reconnecting until close(). */
+/**
+ * One connection to a DMB service, reconnecting until close(). A reconnect
+ * resumes the session (docs/protocol.md, section 11) and sends again, with
+ * the same id, what DMB had not answered.
+ */
 export class DMB {
   constructor(options: DMBOptions);
   /** Where the connection stands. */
@@ -98,11 +114,17 @@ export class DMB {
   readonly cid: string | null;
   on<E extends keyof DMBEvents>(event: E, fn: DMBEvents[E]): this;
   off<E extends keyof DMBEvents>(event: E, fn: DMBEvents[E]): this;
-  /** Sends data; resolves on DMB's ack, rejects on its error, on close, or when not connected. */
+  /**
+   * Sends data; resolves on DMB's ack, rejects on its error, on a close that
+   * ends the session, or when not connected. After a close that reconnects
+   * it waits, and is sent again on the next connection.
+   */
   send(data: unknown): Promise<void>;
   /**
    * Sends data; resolves with the data of the final direct reply whose
    * reply_to is its id. Partial replies ("more": true) go to onProgress.
+   * It waits across a reconnect, and rejects when DMB had acked it and the
+   * session was not resumed (its reply went to the old session).
    */
   request<T = any, P = any>(data: unknown, options?: RequestOptions<P>): Promise<T>;
   /** Sends dmb:join; resolves on DMB's ack, rejects on its error ("not allowed", ...). */

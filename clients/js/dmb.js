@@ -1,9 +1,11 @@
 // dmb.js: the browser (and Node) client of DMB, the Duplex Message Broker.
 // One ES module, no dependencies. It speaks the client frames of DMB's wire
-// protocol (docs/protocol.md, sections 3 to 7 and 10): it connects to
+// protocol (docs/protocol.md, sections 3 to 7, 10 and 11): it connects to
 // /ws/{service}, matches acks, errors and replies (partial ones too) to the
 // messages it sent, joins and leaves rooms, hands on room messages, and
-// reconnects with backoff after the close codes that allow it.
+// reconnects with backoff after the close codes that allow it, resuming its
+// session: the same cid and rooms, the messages it missed, and what it sent
+// that was not answered sent again.
 //
 //   import { DMB } from "/dmb.js";
 //   const c = new DMB({ service: "chat" });
@@ -15,7 +17,23 @@ const FINAL_CODES = new Set([
   4001, // token missing, invalid or expired
   4004, // no backend has ever registered this service
   4009, // kicked by the backend
+  4010, // the session was resumed on another connection
 ]);
+
+/**
+ * Close codes after which reconnecting may help but resuming cannot: DMB
+ * closed for what the client sent (docs/protocol.md, sections 3 and 11), so
+ * the next connection starts a new session and what was pending fails
+ * rather than being sent again.
+ */
+const FRESH_CODES = new Set([
+  1003, // a binary frame
+  1008, // policy: too many bad frames, over its rate
+  1009, // a frame too large
+]);
+
+/** How many streams' offsets a client keeps for a resume (docs/protocol.md, section 11). */
+const MAX_OFFSETS = 32;
 
 const OPEN = 1; // WebSocket.OPEN, the same in browsers and in ws
 
@@ -40,10 +58,18 @@ export class DMBError extends Error {
 
 /**
  * DMB is one connection to a DMB service, kept open until close() or a
- * close code after which retrying cannot help (4001, 4004, 4009).
+ * close code after which retrying cannot help (4001, 4004, 4009, 4010).
+ * A reconnect resumes the session (docs/protocol.md, section 11): the
+ * client keeps, in memory only, DMB's newest session token and the last
+ * offset of each stream, and sends again, with the same id, every frame of
+ * send(), request(), join() and leave() that DMB had not answered.
  *
  * Events (subscribe with on, unsubscribe with off):
- * - "connected" ({cid, service}): DMB accepted the connection (every reconnect too).
+ * - "connected" ({cid, service, resumed, recovered}): DMB accepted the
+ *   connection (every reconnect too). resumed: it took up the session of
+ *   the connection before (same cid, rooms and backend); recovered: and no
+ *   message was missed. When recovered is false (a first connection
+ *   included), the app should load its state afresh.
  * - "broadcast" (data): a broadcast of the service's backend.
  * - "direct" (data, replyTo): a message to this client; replyTo is undefined
  *   when the backend gave none. A reply that settles a request() goes to
@@ -51,8 +77,8 @@ export class DMBError extends Error {
  * - "room" (room, data): a message to a room this client is in.
  * - "joined" (room), "left" (room): this client's membership of room
  *   changed, whoever changed it (its backend, or join() and leave()).
- *   A client is in no room after a reconnect: a new connection is a new
- *   client.
+ *   A client keeps its rooms across a resumed reconnect and is in none
+ *   after one that was not resumed.
  * - "error" (DMBError): a dmb:error that answers none of our pending calls
  *   (a bad frame), or a frame from DMB that is not JSON.
  * - "close" ({code, reason, willRetry}): the socket closed; willRetry tells
@@ -86,7 +112,10 @@ export class DMB {
     this._clearTimeout = options.clearTimeout ?? ((t) => clearTimeout(t));
 
     this._listeners = new Map(); // event name -> Set of functions
-    this._pending = new Map(); // message id -> {resolve, reject, request, onProgress, timer}
+    this._pending = new Map(); // message id -> {frame, acked, resolve, reject, request, onProgress, timer}
+    this._session = null; // the newest session token DMB gave, for a resume
+    this._offsets = new Map(); // stream -> its last offset, least recently updated first
+    this._dropCode = 0; // the close code of the connection lost last
     this._nextId = 0;
     this._attempt = 0; // failed connections since the last successful one
     this._retryTimer = null;
@@ -129,7 +158,9 @@ export class DMB {
    * when DMB acknowledges that a live backend received it, and rejects with
    * DMB's error ("backend unavailable", "broker unavailable"), with "not
    * connected" when the connection is not open (nothing is queued), or with
-   * "connection closed" when it closes before the answer.
+   * "connection closed" when it closes for good (or with 1003, 1008, 1009)
+   * before the answer. After any other close it waits: the frame is sent
+   * again, with the same id, on the next connection.
    * @param {any} data any JSON value
    * @returns {Promise<void>}
    */
@@ -144,7 +175,9 @@ export class DMB {
    * partial answer: its data goes to options.onProgress (when given), and
    * the request waits on for the final one. It rejects like send, and with
    * "request timed out" when the final answer has not come within the
-   * timeout (default options.requestTimeout), partial answers or not.
+   * timeout (default options.requestTimeout), partial answers or not. A
+   * request DMB acked waits across a reconnect for its reply when the
+   * session is resumed, and rejects with "connection closed" when not.
    * @param {any} data any JSON value
    * @param {{timeout?: number, onProgress?: (data: any) => void}} [options]
    * @returns {Promise<any>}
@@ -208,15 +241,17 @@ export class DMB {
         return;
       }
       const id = this._nextId + 1;
+      let text;
       try {
         // JSON.stringify throws on data that is not JSON (a BigInt, a cycle).
-        this._ws.send(JSON.stringify({ ...frame, id }));
+        text = JSON.stringify({ ...frame, id });
+        this._ws.send(text);
       } catch (err) {
         reject(new DMBError("send failed: " + (err?.message ?? err)));
         return;
       }
       this._nextId = id;
-      const call = { resolve, reject, request, onProgress, timer: null };
+      const call = { frame: text, acked: false, resolve, reject, request, onProgress, timer: null };
       if (request) {
         call.timer = this._setTimeout(() => {
           this._pending.delete(id);
@@ -242,7 +277,7 @@ export class DMB {
   }
 
   _connect() {
-    const ws = new this._WebSocket(this._url);
+    const ws = new this._WebSocket(this._resumeURL());
     this._ws = ws;
     // Every failure ends in a close event, which does the work; an error
     // event without a listener would throw in Node's ws.
@@ -265,17 +300,19 @@ export class DMB {
       this._emit("error", new DMBError("frame from DMB is not a JSON object"));
       return;
     }
+    if (typeof f.offset === "string") this._keepOffset(f.offset);
     switch (f.event) {
       case "dmb:connected":
-        this._attempt = 0;
-        this.cid = f.cid;
-        this._setStatus("open");
-        this._emit("connected", { cid: f.cid, service: f.service });
+        this._onConnected(f);
+        break;
+      case "dmb:session":
+        if (typeof f.session === "string") this._session = f.session;
         break;
       case "dmb:ack": {
         // A request waits for its reply, not for the ack.
         const call = this._pending.get(f.id);
         if (call && !call.request) this._settle(f.id, null, undefined);
+        else if (call) call.acked = true;
         break;
       }
       case "dmb:error":
@@ -315,13 +352,64 @@ export class DMB {
     }
   }
 
+  _onConnected(f) {
+    const resumed = f.resumed === true;
+    this._attempt = 0;
+    this.cid = f.cid;
+    this._session = typeof f.session === "string" ? f.session : null;
+    if (!resumed) {
+      // A new session: its streams start now, and the replies to requests
+      // DMB acked went to the session that ended.
+      this._offsets.clear();
+      for (const [id, call] of [...this._pending]) {
+        if (call.acked) this._settle(id, new DMBError("connection closed", this._dropCode));
+      }
+    }
+    // What DMB did not answer goes again, in the order sent and before
+    // anything the app sends once it learns the connection is open.
+    for (const call of this._pending.values()) {
+      if (!call.acked) this._ws.send(call.frame);
+    }
+    this._setStatus("open");
+    this._emit("connected", { cid: f.cid, service: f.service, resumed, recovered: resumed && f.recovered === true });
+  }
+
+  // _keepOffset remembers offset as the last of its stream, the text
+  // before its first ":", dropping the stream updated least recently when
+  // more than MAX_OFFSETS are kept.
+  _keepOffset(offset) {
+    const colon = offset.indexOf(":");
+    if (colon < 0) return;
+    const stream = offset.slice(0, colon);
+    this._offsets.delete(stream); // a Map keeps insertion order: move it last
+    this._offsets.set(stream, offset);
+    if (this._offsets.size > MAX_OFFSETS) this._offsets.delete(this._offsets.keys().next().value);
+  }
+
+  // _resumeURL is the URL to connect to: with the session token and the
+  // offsets to resume from, once DMB gave a token.
+  _resumeURL() {
+    if (this._session === null) return this._url;
+    let url = this._url + (this._url.includes("?") ? "&" : "?") + "resume=" + encodeURIComponent(this._session);
+    if (this._offsets.size > 0) url += "&offset=" + [...this._offsets.values()].map(encodeURIComponent).join(",");
+    return url;
+  }
+
   _onClose(code, reason) {
     this._ws = null;
     this.cid = null;
-    this._failPending(new DMBError("connection closed", code));
+    this._dropCode = code;
     if (this._stopped) {
+      // close() has failed what was pending.
       this._emit("close", { code, reason, willRetry: false });
       return;
+    }
+    if (FINAL_CODES.has(code) || FRESH_CODES.has(code)) {
+      // The session cannot come back: what was pending fails, and a
+      // reconnect starts a new session.
+      this._failPending(new DMBError("connection closed", code));
+      this._session = null;
+      this._offsets.clear();
     }
     if (FINAL_CODES.has(code)) {
       this._stopped = true;

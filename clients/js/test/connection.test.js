@@ -14,7 +14,7 @@ test("connected event gives the cid and service; cid and status follow it", limi
   assert.equal(client.status, "connecting");
 
   const [info] = await events.next("connected");
-  assert.deepEqual(info, { cid: "cid-1", service: "chat" });
+  assert.deepEqual(info, { cid: "cid-1", service: "chat", resumed: false, recovered: false });
   assert.equal(client.cid, "cid-1");
   assert.equal(client.status, "open");
   assert.deepEqual(events.statuses(), ["open"]);

@@ -69,12 +69,12 @@ test("send rejects with DMB's error text", limit, async (t) => {
   assert.deepEqual(env.events.log.filter(([e]) => e === "error"), [], "error events for answered ids");
 });
 
-test("send rejects when the connection closes before the answer", limit, async (t) => {
+test("send rejects when the connection closes with a code that ends the session", limit, async (t) => {
   const env = await opened(t, { random: () => 0 });
   const p = env.client.send("x");
   await env.conn.nextFrame();
-  env.conn.socket.close(1001, "going away");
-  await assert.rejects(p, { name: "DMBError", message: "connection closed", code: 1001 });
+  env.conn.socket.close(1008, "rate limit exceeded");
+  await assert.rejects(p, { name: "DMBError", message: "connection closed", code: 1008 });
 });
 
 test("send rejects at once when not connected, and queues nothing", limit, async (t) => {
@@ -149,7 +149,9 @@ test("request times out after its timeout, or requestTimeout by default", limit,
   assert.deepEqual(await env.events.next("direct"), ["late", id]);
 });
 
-test("request rejects when the connection closes before the reply", limit, async (t) => {
+// An acked request's reply went to the session that ended: the reconnect
+// (greeted resumed: false) rejects it.
+test("request rejects when the connection closes before the reply and no resume follows", limit, async (t) => {
   const env = await opened(t, { random: () => 0 });
   const p = env.client.request("x", { timeout: 60000 });
   const { id } = await env.conn.nextFrame();

@@ -48,7 +48,7 @@ for (const [code, reason] of [
     assert.equal(client.cid, null, "cid while reconnecting");
 
     const [again] = await events.next("connected");
-    assert.deepEqual(again, { cid: "cid-2", service: "chat" });
+    assert.deepEqual(again, { cid: "cid-2", service: "chat", resumed: false, recovered: false });
     assert.equal(client.cid, "cid-2");
     assert.equal(client.status, "open");
     assert.deepEqual(events.statuses(), ["open", "reconnecting", "open"]);
@@ -60,6 +60,7 @@ for (const [code, reason, greeted] of [
   [4001, "token expired", false],
   [4004, "unknown service", false],
   [4009, "banned", true],
+  [4010, "session resumed elsewhere", true],
 ]) {
   test(`close ${code} stops: close event without retry, status closed`, limit, async (t) => {
     const timers = [];

@@ -1,7 +1,7 @@
 // A fake DMB node for dmb.js's tests: a ws WebSocketServer on a free
 // loopback port that speaks the client frames of docs/protocol.md (sections 3
-// to 5 and 10), driven step by step by the test. It lives outside test/ because
-// `node --test test/` runs every .js file under a directory named test.
+// to 5, 10 and 11), driven step by step by the test. It lives outside test/
+// because `node --test test/` runs every .js file under a directory named test.
 
 import { WebSocket, WebSocketServer } from "ws";
 
@@ -91,10 +91,12 @@ export function record(client) {
 
 /**
  * FakeDMB is the server side. Each connection greets the client with
- * dmb:connected and cid "cid-1", "cid-2", ... unless greet is turned off,
- * and acks every dmb:message that has an id unless autoAck is off. A test
- * takes connections with nextConnection() and each connection's frames
- * with conn.nextFrame().
+ * dmb:connected, cid "cid-1", "cid-2", ..., session "session-1",
+ * "session-2", ... and resumed false, unless greet is turned off (then the
+ * test greets with conn.greet), and acks every dmb:message that has an id
+ * unless autoAck is off. A test takes connections with nextConnection() and
+ * each connection's frames with conn.nextFrame(); conn.query is the
+ * connection's URL query, decoded.
  */
 export class FakeDMB {
   /** start listens on 127.0.0.1 on a free port. */
@@ -122,21 +124,25 @@ export class FakeDMB {
     return `ws://127.0.0.1:${this.wss.address().port}${path}`;
   }
 
-  /** nextConnection resolves with the next connection: {socket, url, cid, nextFrame, send}. */
+  /** nextConnection resolves with the next connection: {socket, url, query, cid, nextFrame, send, greet}. */
   nextConnection() {
     return this.connections.next("a connection to the fake DMB");
   }
 
   _accept(socket, req) {
-    this.count++;
+    const n = ++this.count;
     this.sockets.add(socket);
     socket.on("close", () => this.sockets.delete(socket));
     const frames = new Queue();
     const conn = {
       socket,
       url: req.url,
-      cid: `cid-${this.count}`,
+      query: new URL(req.url, "ws://fake").searchParams,
+      cid: `cid-${n}`,
       send: (frame) => socket.send(JSON.stringify(frame)),
+      // greet sends dmb:connected; fields override the defaults.
+      greet: (fields = {}) =>
+        conn.send({ event: "dmb:connected", cid: conn.cid, service: "chat", session: `session-${n}`, resumed: false, ...fields }),
       nextFrame: () => frames.next(`a frame on connection ${req.url}`),
       closed: new Promise((resolve) => socket.on("close", (code, reason) => resolve({ code, reason: reason.toString() }))),
     };
@@ -147,7 +153,7 @@ export class FakeDMB {
         conn.send({ event: "dmb:ack", id: frame.id });
       }
     });
-    if (this.greet) conn.send({ event: "dmb:connected", cid: conn.cid, service: "chat" });
+    if (this.greet) conn.greet();
     this.connections.push(conn);
   }
 
