@@ -95,6 +95,11 @@ type Event struct {
 	Count     int      `json:"count,omitempty"`     // presence with count_only
 	Members   []Member `json:"members,omitempty"`   // presence
 	Truncated bool     `json:"truncated,omitempty"` // presence: more members than one node lists
+	// Resumed: a client_connected of a client that resumed its session
+	// (same cid). Resumable: a client_disconnected of a client that may
+	// resume it within DMB_RESUME_WINDOW (docs/protocol.md, section 11).
+	Resumed   bool `json:"resumed,omitempty"`
+	Resumable bool `json:"resumable,omitempty"`
 }
 
 // Member is a client in a presence answer.

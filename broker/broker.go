@@ -17,6 +17,7 @@ import (
 	"github.com/dmb-broker/dmb/internal/wsconn"
 	"github.com/dmb-broker/dmb/metrics"
 	"github.com/dmb-broker/dmb/registry"
+	"github.com/dmb-broker/dmb/resume"
 	"github.com/dmb-broker/dmb/uplink"
 )
 
@@ -31,7 +32,13 @@ type Uplink interface {
 	// Message is done with data and id when it returns; it waits for room
 	// in the uplink's queue until ctx ends.
 	Message(ctx context.Context, c uplink.Client, data, id json.RawMessage, heavy bool) error
-	Disconnect(c uplink.Client, code int, reason string) error
+	// Resume is Connect for a resumed session, bound to bkid when it is
+	// live.
+	Resume(c uplink.Client, bkid string) error
+	// Disconnect tells the backend; resumable marks the session so.
+	Disconnect(c uplink.Client, code int, reason string, resumable bool) error
+	// Drop forgets a client whose session went on on another connection.
+	Drop(c uplink.Client) error
 	// After runs fn once every frame of c queued before has been answered;
 	// it waits for room in the uplink's queue until ctx ends.
 	After(ctx context.Context, c uplink.Client, fn func()) error
@@ -74,7 +81,12 @@ type Config struct {
 	MaxClientRooms int
 	// Auth, when set, requires a token of every client (docs/protocol.md,
 	// section 7).
-	Auth    *auth.Verifier
+	Auth *auth.Verifier
+	// Resumes, when set, makes sessions resumable (section 11), and
+	// Splice runs a resume's last step between two downlink messages; see
+	// resume.go.
+	Resumes Resumes
+	Splice  func(ctx context.Context, fn func(resume.View)) error
 	Logger  *slog.Logger
 	Metrics *metrics.Metrics
 }

@@ -21,9 +21,9 @@ func (b *Broker) Broadcast(service string, frame []byte, except []string) int {
 }
 
 // DirectUser queues frame to every connection of user among the clients of
-// service on this node.
-func (b *Broker) DirectUser(service, user string, frame []byte) int {
-	n := b.fanout(func() map[*session]struct{} { return b.byUser[userKey{service, user}] }, frame, nil)
+// service on this node but those in except.
+func (b *Broker) DirectUser(service, user string, frame []byte, except []string) int {
+	n := b.fanout(func() map[*session]struct{} { return b.byUser[userKey{service, user}] }, frame, except)
 	b.m.MessagesOut.WithLabelValues(metrics.KindDirect).Add(float64(n))
 	b.m.Deliveries.Add(float64(n))
 	return n

@@ -20,8 +20,16 @@ type userKey struct{ service, user string }
 // address. The frame is queued under b.mu, which fan-out holds for
 // reading, so no other frame can come before it, and a client that reads
 // dmb:connected is already reachable.
-func (b *Broker) add(s *session) (code int, reason string) {
-	connected := protocol.AppendConnected(nil, protocol.Connected{CID: s.cid, Service: s.service})
+func (b *Broker) add(s *session) (code int, reason string) { return b.addSession(s, nil, false) }
+
+// addSession is add for a new or a resumed session: a resumed one gets the
+// frames it missed right after dmb:connected, which says whether they are
+// all it missed (recovered), and joins the rooms it was in; an older
+// connection of its session on this node is closed with 4010.
+func (b *Broker) addSession(s *session, missed [][]byte, recovered bool) (code int, reason string) {
+	connected := protocol.AppendConnected(nil, protocol.Connected{
+		CID: s.cid, Service: s.service, Session: s.token(), Resumed: s.resumed, Recovered: recovered,
+	})
 	key := ""
 	if b.cfg.MaxClientsPerAddr > 0 && b.limitsAddr(s.remote) {
 		key = addrKey(s.remote)
@@ -41,6 +49,12 @@ func (b *Broker) add(s *session) (code int, reason string) {
 		s.addrKey = key
 	}
 	s.q.push(connected, 1)
+	for _, f := range missed {
+		s.q.push(f, 1)
+	}
+	if older := b.byCID[s.cid]; older != nil {
+		b.supersede(older) // it leaves the sets by itself; the cid is s's now
+	}
 	b.sessions.Add(1)
 	b.queues.sessions.Add(1)
 	b.byCID[s.cid] = s
@@ -57,6 +71,9 @@ func (b *Broker) add(s *session) (code int, reason string) {
 		}
 		b.byUser[k][s] = struct{}{}
 	}
+	for room := range s.rooms {
+		b.addMemberLocked(s, room)
+	}
 	b.m.Connections.WithLabelValues(s.service).Inc()
 	b.m.Connects.WithLabelValues(s.service).Inc()
 	b.m.MessagesOut.WithLabelValues(metrics.KindConnected).Inc()
@@ -66,7 +83,9 @@ func (b *Broker) add(s *session) (code int, reason string) {
 // remove takes an ended session out of the index.
 func (b *Broker) remove(s *session) {
 	b.mu.Lock()
-	delete(b.byCID, s.cid)
+	if b.byCID[s.cid] == s { // else a resume on this node took the cid
+		delete(b.byCID, s.cid)
+	}
 	if set := b.byService[s.service]; set != nil {
 		delete(set, s)
 		if len(set) == 0 {

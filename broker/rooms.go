@@ -128,6 +128,16 @@ func (b *Broker) joinLocked(s *session, room string) joinResult {
 		s.rooms = make(map[string]struct{})
 	}
 	s.rooms[room] = struct{}{}
+	b.addMemberLocked(s, room)
+	s.send(protocol.AppendMembership(nil, true, room))
+	b.m.MessagesOut.WithLabelValues(metrics.KindRoomEvent).Inc()
+	s.sendToken()
+	return changed
+}
+
+// addMemberLocked puts s, which has room among its rooms, into the room's
+// set. b.mu must be held for writing.
+func (b *Broker) addMemberLocked(s *session, room string) {
 	k := roomKey{s.service, room}
 	set := b.rooms[k]
 	if set == nil {
@@ -136,9 +146,6 @@ func (b *Broker) joinLocked(s *session, room string) joinResult {
 	}
 	set[s] = struct{}{}
 	b.m.RoomMembers.Inc()
-	s.send(protocol.AppendMembership(nil, true, room))
-	b.m.MessagesOut.WithLabelValues(metrics.KindRoomEvent).Inc()
-	return changed
 }
 
 // leaveLocked takes s out of room and queues dmb:left to it.
@@ -149,6 +156,7 @@ func (b *Broker) leaveLocked(s *session, room string) bool {
 	}
 	s.send(protocol.AppendMembership(nil, false, room))
 	b.m.MessagesOut.WithLabelValues(metrics.KindRoomEvent).Inc()
+	s.sendToken()
 	return true
 }
 

@@ -6,11 +6,13 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dmb-broker/dmb/internal/ratelimit"
 	"github.com/dmb-broker/dmb/metrics"
 	"github.com/dmb-broker/dmb/protocol"
+	"github.com/dmb-broker/dmb/uplink"
 )
 
 // session is one client's connection to the broker, whatever transport
@@ -47,7 +49,16 @@ type session struct {
 	// last minute; the rate's token bucket.
 	errs, limited errorWindow
 	rate          ratelimit.Bucket
-	born          int64 // when the session was made (UnixNano)
+	born          int64 // when the connection was made (UnixNano)
+
+	// since is when the session began (Unix ms), before any resume;
+	// resumed says this connection took it up, bound to resumeBKID when
+	// that is live; superseded that another connection took it up since
+	// (4010), so its backend is told nothing of this one's end.
+	since      int64
+	resumed    bool
+	resumeBKID string
+	superseded atomic.Bool
 
 	// fwdMu orders passing a frame to the uplink against stopForwarding,
 	// so that no frame is passed on after the shutdown barrier. It is held
@@ -68,6 +79,7 @@ func newSession(b *Broker, t Transport, inline InlineWriter, service, remote str
 		user:         id.user,
 		roomPatterns: id.rooms,
 		born:         time.Now().UnixNano(),
+		since:        time.Now().UnixMilli(),
 		t:            t,
 		inline:       inline,
 		forwarding:   true,
@@ -100,8 +112,12 @@ func (s *session) log(level slog.Level, msg string, args ...any) {
 // tells the backend why. read returns the close code and reason the client
 // gave, or what ended the connection.
 func (s *session) run(read func() (code int, reason string)) {
-	s.log(slog.LevelInfo, "client connected", "remote", s.remote)
-	if err := s.b.up.Connect(s); err != nil {
+	s.log(slog.LevelInfo, "client connected", "remote", s.remote, "resumed", s.resumed)
+	connect := s.b.up.Connect
+	if s.resumed {
+		connect = func(c uplink.Client) error { return s.b.up.Resume(c, s.resumeBKID) }
+	}
+	if err := connect(s); err != nil {
 		s.log(slog.LevelWarn, "client_connected not queued", "err", err)
 	}
 
@@ -115,8 +131,18 @@ func (s *session) run(read func() (code int, reason string)) {
 		code, reason = req.code, req.reason
 	}
 	s.b.m.Disconnected(code)
-	s.log(slog.LevelInfo, "client disconnected", "code", code, "reason", reason)
-	if err := s.b.up.Disconnect(s, code, reason); err != nil {
+	if s.superseded.Load() {
+		// The session goes on on the connection that resumed it, which
+		// told the backend.
+		s.log(slog.LevelInfo, "client connection superseded: its session was resumed on another")
+		if err := s.b.up.Drop(s); err != nil {
+			s.log(slog.LevelWarn, "superseded client not dropped by the uplink", "err", err)
+		}
+		return
+	}
+	resumable := s.b.cfg.Resumes != nil && resumable(code)
+	s.log(slog.LevelInfo, "client disconnected", "code", code, "reason", reason, "resumable", resumable)
+	if err := s.b.up.Disconnect(s, code, reason, resumable); err != nil {
 		s.log(slog.LevelWarn, "client_disconnected not queued", "err", err)
 	}
 }

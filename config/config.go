@@ -80,6 +80,11 @@ type Config struct {
 	MaxBackendBytes  int           `envconfig:"DMB_MAX_BACKEND_BYTES" default:"1048576" desc:"largest payload a backend may publish on its downlink; larger is dropped and reported to the backend"`
 	RefusalLogEvery  time.Duration `envconfig:"DMB_REFUSAL_LOG_INTERVAL" default:"10s" desc:"refused connections are logged one line at most per reason and interval, with their count"`
 
+	SessionSecret string        `envconfig:"DMB_SESSION_SECRET" default:"" desc:"signs session tokens (32 bytes or more); empty means a secret the first node makes and keeps in Redis, shared by every node"`
+	ResumeWindow  time.Duration `envconfig:"DMB_RESUME_WINDOW" default:"2m" desc:"a client that lost its connection may resume its session for this long; 0 turns resuming off"`
+	HistorySize   int           `envconfig:"DMB_HISTORY_SIZE" default:"10000" desc:"recoverable messages kept per backend"`
+	HistoryTTL    time.Duration `envconfig:"DMB_HISTORY_TTL" default:"2m" desc:"how long a recoverable message is kept at most; keep it at least DMB_RESUME_WINDOW"`
+
 	MaxServices    int `envconfig:"DMB_MAX_SERVICES" default:"10000" desc:"services the registry holds at most; a bk_connect of one more new service is nacked (too many services)"`
 	BKIDLookupRate int `envconfig:"DMB_BKID_LOOKUP_RATE" default:"100" desc:"Redis look-ups per second, per node, of bkids the node does not know; more are dropped as unknown"`
 
@@ -156,6 +161,18 @@ func (c *Config) Validate() error {
 	}
 	if c.JWTSecret != "" && len(c.JWTSecret) < 32 {
 		errs = append(errs, bad("DMB_JWT_SECRET", c.JWTSecret, "at least 32 bytes, or empty for no auth"))
+	}
+	if c.SessionSecret != "" && len(c.SessionSecret) < 32 {
+		errs = append(errs, bad("DMB_SESSION_SECRET", c.SessionSecret, "at least 32 bytes, or empty for one kept in Redis"))
+	}
+	if c.ResumeWindow < 0 {
+		errs = append(errs, bad("DMB_RESUME_WINDOW", c.ResumeWindow, "a duration of 0 or more, such as 2m"))
+	}
+	if c.HistorySize < 1 {
+		errs = append(errs, bad("DMB_HISTORY_SIZE", c.HistorySize, "a whole number of at least 1, such as 10000"))
+	}
+	if c.HistoryTTL < time.Second {
+		errs = append(errs, bad("DMB_HISTORY_TTL", c.HistoryTTL, "a duration of at least 1s, such as 2m"))
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		name, value := "DMB_TLS_KEY", c.TLSKey

@@ -22,10 +22,12 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"sync"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/dmb-broker/dmb/history"
 	"github.com/dmb-broker/dmb/metrics"
 	"github.com/dmb-broker/dmb/protocol"
 	"github.com/dmb-broker/dmb/pubsub"
@@ -37,7 +39,7 @@ import (
 type Sink interface {
 	Broadcast(service string, frame []byte, except []string) int
 	Direct(service, cid string, frame []byte) int
-	DirectUser(service, user string, frame []byte) int
+	DirectUser(service, user string, frame []byte, except []string) int
 	Kick(service, cid, reason string) int
 	// Join and Leave change the rooms of the client cid, or of every
 	// connection of user; Join also returns the clients refused for being
@@ -46,6 +48,9 @@ type Sink interface {
 	Leave(service, cid, user, room string) int
 	Room(service, room string, frame []byte, except []string) int
 	Presence(service, room string, countOnly bool, limit int) (count int, members []protocol.Member, truncated bool)
+	// Resumed closes the connection of cid with 4010: its session was
+	// resumed on another.
+	Resumed(service, cid string) int
 }
 
 // Registry resolves bkids.
@@ -76,6 +81,9 @@ type Config struct {
 	// Nodes is how many live nodes share the Redis, for presence answers;
 	// nil counts 1.
 	Nodes func() int
+	// OnUp, when set, runs each time the subscription is up again after
+	// it was down, and at the start: Redis may have restarted.
+	OnUp func(ctx context.Context)
 }
 
 // MaxPresenceMembers bounds the members one node lists in a presence
@@ -95,15 +103,27 @@ type Downlink struct {
 
 	q                     handoff
 	maxQueued, maxPayload int
+
+	// The worker's own (see splice.go): the resumes waiting for it, and
+	// what they need of the messages it handed out.
+	tasks chan func()
+	last  map[string]history.ID // by bkid: the last recoverable message
+	skips map[string][]skip     // by bkid: cids that had messages from history
 }
 
 // New returns a downlink; nothing is received until Run.
 func New(rdb redis.UniversalClient, reg Registry, sink Sink, pub Publisher, cfg Config) *Downlink {
 	d := &Downlink{cfg: cfg, log: cfg.Logger, m: cfg.Metrics, reg: reg, sink: sink, pub: pub,
-		q:         handoff{ch: make(chan *redis.Message, handoffSlots)},
+		q:     handoff{ch: make(chan *redis.Message, handoffSlots)},
+		tasks: make(chan func()), last: make(map[string]history.ID), skips: make(map[string][]skip),
 		maxQueued: cmp.Or(cfg.MaxQueued, DefaultMaxQueued), maxPayload: cmp.Or(cfg.MaxPayload, DefaultMaxPayload)}
 	onMessage := d.offer
-	onUp := func(context.Context) { d.m.RedisReconnects.WithLabelValues("downlink").Inc() }
+	onUp := func(ctx context.Context) {
+		d.m.RedisReconnects.WithLabelValues("downlink").Inc()
+		if cfg.OnUp != nil {
+			cfg.OnUp(ctx)
+		}
+	}
 	if cc, ok := rdb.(*redis.ClusterClient); ok {
 		d.subs = pubsub.NewShards(cc, pubsub.ShardsConfig{
 			Name: "downlink", OnMessage: onMessage, OnUp: onUp, Logger: cfg.Logger,
@@ -194,22 +214,36 @@ func (d *Downlink) Handle(ctx context.Context, channel string, payload []byte) {
 		d.publish(bkid, protocol.AppendBackendError(nil, cmd.Type+" by user needs auth (DMB_JWT_SECRET)", cmd.ID, d.cfg.NodeID))
 		return
 	}
+	// A recoverable message: its frame carries its offset, and the
+	// sessions that a resume gave it already are left out.
+	var skipped []string
+	withOffset := func(frame []byte) []byte { return frame }
+	if pos, ok := history.ParseID(cmd.Offset); ok {
+		skipped = d.handedOut(bkid, pos)
+		withOffset = func(frame []byte) []byte { return protocol.WithOffset(frame, bkid, cmd.Offset) }
+	}
 	var delivered int
 	switch cmd.Type {
 	case protocol.TypeBroadcast:
-		delivered = d.sink.Broadcast(service, protocol.AppendBroadcast(nil, cmd.Data), cmd.Except)
+		delivered = d.sink.Broadcast(service, withOffset(protocol.AppendBroadcast(nil, cmd.Data)), joinExcept(cmd.Except, skipped))
 	case protocol.TypeDirect:
-		frame := protocol.AppendDirect(nil, cmd.Data, cmd.ReplyTo, cmd.More)
-		if cmd.CID != "" {
+		frame := withOffset(protocol.AppendDirect(nil, cmd.Data, cmd.ReplyTo, cmd.More))
+		switch {
+		case cmd.CID != "" && slices.Contains(skipped, cmd.CID):
+		case cmd.CID != "":
 			delivered = d.sink.Direct(service, cmd.CID, frame)
-		} else {
+		default:
 			// Every connection (every tab) of the user on this node; the
 			// other nodes deliver to theirs. Only with auth do clients have
 			// users.
-			delivered = d.sink.DirectUser(service, cmd.User, frame)
+			delivered = d.sink.DirectUser(service, cmd.User, frame, skipped)
 		}
 	case protocol.TypeKick:
 		delivered = d.sink.Kick(service, cmd.CID, cmd.Reason)
+	case protocol.TypeResumed:
+		if cmd.Node != d.cfg.NodeID { // the node that resumed it holds the session now
+			delivered = d.sink.Resumed(service, cmd.CID)
+		}
 	case protocol.TypeJoin:
 		var refused int
 		delivered, refused = d.sink.Join(service, cmd.CID, cmd.User, cmd.Room)
@@ -219,7 +253,7 @@ func (d *Downlink) Handle(ctx context.Context, channel string, payload []byte) {
 	case protocol.TypeLeave:
 		delivered = d.sink.Leave(service, cmd.CID, cmd.User, cmd.Room)
 	case protocol.TypeRoom:
-		delivered = d.sink.Room(service, cmd.Room, protocol.AppendRoom(nil, cmd.Room, cmd.Data), cmd.Except)
+		delivered = d.sink.Room(service, cmd.Room, withOffset(protocol.AppendRoom(nil, cmd.Room, cmd.Data)), joinExcept(cmd.Except, skipped))
 	case protocol.TypePresence:
 		d.presence(bkid, service, cmd)
 		return
@@ -228,6 +262,15 @@ func (d *Downlink) Handle(ctx context.Context, channel string, payload []byte) {
 		d.publish(bkid, protocol.AppendMessageAck(nil, cmd.ID, d.cfg.NodeID, delivered))
 		d.m.MessagesOut.WithLabelValues(metrics.KindMessageAck).Inc()
 	}
+}
+
+// joinExcept returns the cids a fan-out leaves out: the backend's, and
+// those a resume gave the message already.
+func joinExcept(except, skipped []string) []string {
+	if len(skipped) == 0 {
+		return except
+	}
+	return append(slices.Clip(except), skipped...)
 }
 
 // presence answers a presence request with this node's clients: every

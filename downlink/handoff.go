@@ -67,6 +67,8 @@ func (d *Downlink) work(ctx context.Context) {
 		case msg := <-d.q.ch:
 			d.q.queued.Add(-int64(len(msg.Payload)))
 			d.Handle(ctx, msg.Channel, []byte(msg.Payload))
+		case task := <-d.tasks:
+			task()
 		}
 	}
 }

@@ -30,12 +30,13 @@ func (s stuckSink) Broadcast(_ string, frame []byte, _ []string) int {
 	s.got <- string(frame)
 	return 1
 }
-func (stuckSink) Direct(string, string, []byte) int              { return 0 }
-func (stuckSink) DirectUser(string, string, []byte) int          { return 0 }
-func (stuckSink) Kick(string, string, string) int                { return 0 }
-func (stuckSink) Join(string, string, string, string) (int, int) { return 0, 0 }
-func (stuckSink) Leave(string, string, string, string) int       { return 0 }
-func (stuckSink) Room(string, string, []byte, []string) int      { return 0 }
+func (stuckSink) Direct(string, string, []byte) int               { return 0 }
+func (stuckSink) DirectUser(string, string, []byte, []string) int { return 0 }
+func (stuckSink) Resumed(string, string) int                      { return 0 }
+func (stuckSink) Kick(string, string, string) int                 { return 0 }
+func (stuckSink) Join(string, string, string, string) (int, int)  { return 0, 0 }
+func (stuckSink) Leave(string, string, string, string) int        { return 0 }
+func (stuckSink) Room(string, string, []byte, []string) int       { return 0 }
 func (stuckSink) Presence(string, string, bool, int) (int, []protocol.Member, bool) {
 	return 0, nil, false
 }

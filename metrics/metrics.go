@@ -31,6 +31,8 @@ const (
 	KindPresence  = "presence"   // a presence request, and each node's answer
 	KindRoomEvent = "room_event" // dmb:joined / dmb:left to a client, room_joined / room_left to a backend
 	KindNodeLost  = "node_lost"  // client_disconnected for a client of a node that died
+	KindSession   = "session"    // dmb:session: a client's session token again, after its rooms changed
+	KindResumed   = "resumed"    // resumed: a node closes an older connection of a resumed session
 )
 
 // Reasons for drops, the values of the "reason" label.
@@ -107,7 +109,18 @@ type Metrics struct {
 	Nodes       prometheus.Gauge   // live nodes on this Redis, as this node counts them
 	NodesLost   prometheus.Counter // dead nodes whose clients this node reported
 	RoomMembers prometheus.Gauge   // room memberships of this node's clients
+
+	Resumes   *prometheus.CounterVec // resumes asked for, by result
+	Recovered prometheus.Counter     // messages a resume gave from history
 }
+
+// Results of a resume, the values of the "result" label of dmb_resumes_total.
+const (
+	ResumeRecovered = "recovered" // resumed, nothing missing
+	ResumeGap       = "gap"       // resumed, history no longer covered the gap
+	ResumeRefused   = "refused"   // a fresh session: token invalid, of another service or user, used, or past the window
+	ResumeFailed    = "failed"    // a fresh session: Redis did not answer
+)
 
 // Results of a bk_connect, the values of the "result" label of
 // dmb_registrations_total.
@@ -201,6 +214,12 @@ func New(reg prometheus.Registerer) *Metrics {
 		RoomMembers: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: "dmb", Name: "room_members", Help: "Room memberships of this node's clients.",
 		}),
+		Resumes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "dmb", Name: "resumes_total", Help: "Resumes clients asked for: recovered, gap (resumed, recovered false), refused or failed (a fresh session instead).",
+		}, []string{"result"}),
+		Recovered: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "dmb", Name: "recovered_messages_total", Help: "Messages resumed clients got from history.",
+		}),
 	}
 	reg.MustRegister(
 		collectors.NewGoCollector(),
@@ -210,7 +229,11 @@ func New(reg prometheus.Registerer) *Metrics {
 		m.Connects, m.WriteBatch,
 		m.Registrations, m.Services, m.Pruned, m.Leaves, m.BKIDLookups, m.RegisterRejected,
 		m.Refusals, m.AdminRefused, m.Nodes, m.NodesLost, m.RoomMembers,
+		m.Resumes, m.Recovered,
 	)
+	for _, r := range []string{ResumeRecovered, ResumeGap, ResumeRefused, ResumeFailed} {
+		m.Resumes.WithLabelValues(r)
+	}
 	for _, r := range []string{RegistrationAcked, RegistrationLimited} {
 		m.Registrations.WithLabelValues(r)
 	}
@@ -226,11 +249,11 @@ func New(reg prometheus.Registerer) *Metrics {
 	// Series with a known, bounded set of labels exist from the start, so
 	// that rates and alerts see a zero before the first event.
 	for _, k := range []string{KindMessage, KindBroadcast, KindDirect, KindKick, KindRegister,
-		KindJoin, KindLeave, KindRoom, KindPresence} {
+		KindJoin, KindLeave, KindRoom, KindPresence, KindResumed} {
 		m.MessagesIn.WithLabelValues(k)
 	}
 	for _, k := range []string{KindMessage, KindBroadcast, KindDirect, KindAck, KindError, KindConnected, KindDisconnected, KindMessageAck,
-		KindRoom, KindPresence, KindRoomEvent, KindNodeLost} {
+		KindRoom, KindPresence, KindRoomEvent, KindNodeLost, KindSession} {
 		m.MessagesOut.WithLabelValues(k)
 	}
 	for _, r := range []string{DropSlowConsumer, DropNoBackend, DropBrokerDown, DropMalformed, DropUnknownBKID,

@@ -260,6 +260,11 @@ type frame struct {
 	Error   string          `json:"error"`
 	Room    string          `json:"room"`
 	More    bool            `json:"more"`
+	// 1.1, section 11
+	Session   string `json:"session"`
+	Resumed   bool   `json:"resumed"`
+	Recovered bool   `json:"recovered"`
+	Offset    string `json:"offset"`
 }
 
 // wsClient is a WebSocket client that reads every frame into a channel.

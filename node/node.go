@@ -46,12 +46,14 @@ import (
 	dmbjs "github.com/dmb-broker/dmb/clients/js"
 	"github.com/dmb-broker/dmb/config"
 	"github.com/dmb-broker/dmb/downlink"
+	"github.com/dmb-broker/dmb/history"
 	"github.com/dmb-broker/dmb/internal/wsconn"
 	"github.com/dmb-broker/dmb/metrics"
 	"github.com/dmb-broker/dmb/nodes"
 	"github.com/dmb-broker/dmb/protocol"
 	"github.com/dmb-broker/dmb/pubsub"
 	"github.com/dmb-broker/dmb/registry"
+	"github.com/dmb-broker/dmb/resume"
 	"github.com/dmb-broker/dmb/uplink"
 )
 
@@ -87,11 +89,12 @@ type Node struct {
 	drain     chan struct{} // closed by Drain
 	drainOnce sync.Once
 
-	reg   *registry.Registry
-	nodes *nodes.Nodes
-	up    *uplink.Uplink
-	down  *downlink.Downlink
-	brk   *broker.Broker
+	reg     *registry.Registry
+	nodes   *nodes.Nodes
+	resumes *resume.Manager
+	up      *uplink.Uplink
+	down    *downlink.Downlink
+	brk     *broker.Broker
 }
 
 // New builds a node and opens its listener; nothing runs until Run.
@@ -160,16 +163,26 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 	})
 	n.nodes = nodes.New(rdb, nodes.Config{
 		Channels: ch, NodeID: cfg.NodeID, Timeout: cfg.BackendTimeout, Logger: log, Metrics: m,
-		Lost: n.lost,
+		ResumeWindow: cfg.ResumeWindow,
+		Lost:         n.lost,
 		Retrack: func(ctx context.Context) {
 			if err := n.up.Retrack(ctx); err != nil {
 				log.Warn("client table not written again", "err", err)
 			}
 		},
 	})
+	n.resumes, err = resume.NewManager(rdb, n.reg, resume.Config{
+		Channels: ch, NodeID: cfg.NodeID, Secret: cfg.SessionSecret, Window: cfg.ResumeWindow,
+		History: history.Config{Size: cfg.HistorySize, TTL: cfg.HistoryTTL}, Logger: log,
+		Holder: n.nodes.Holder, Own: n.nodes.Clients,
+	})
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("DMB_SESSION_SECRET: %w", err)
+	}
 	n.up = uplink.New(rdb, n.reg, uplink.Config{
 		Channels: ch, Workers: cfg.UplinkWorkers, Logger: log, Metrics: m, BackendRate: cfg.BackendRate,
-		Clients: n.nodes.Clients,
+		Clients: n.nodes.Clients, Ended: n.resumes.Keys().Ended, ResumeWindow: cfg.ResumeWindow,
 	})
 	n.reg.OnChange(n.up.BackendsChanged)
 	n.brk = broker.New(n.reg, n.up, broker.Config{
@@ -190,13 +203,17 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 		RefusalLogEvery:   cfg.RefusalLogEvery,
 		MaxClientRooms:    cfg.MaxClientRooms,
 		Auth:              verifier,
-		Logger:            log,
-		Metrics:           m,
+		Resumes:           n.resumesIfOn(),
+		Splice: func(ctx context.Context, fn func(resume.View)) error {
+			return n.down.Splice(ctx, func(v downlink.View) { fn(v) })
+		},
+		Logger:  log,
+		Metrics: m,
 	})
 	n.down = downlink.New(rdb, n.reg, n.brk, n.up, downlink.Config{
 		Channels: ch, NodeID: cfg.NodeID, Logger: log, Metrics: m,
 		MaxQueued: cfg.DownlinkBuffer, MaxPayload: cfg.MaxBackendBytes,
-		Users: verifier != nil, Nodes: n.nodes.Live,
+		Users: verifier != nil, Nodes: n.nodes.Live, OnUp: n.resumes.Up,
 	})
 	n.reg.Watch(n.down)
 	m.QueuedFrames(n.brk.QueuedFrames)
@@ -239,6 +256,15 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	return n, nil
+}
+
+// resumesIfOn returns the resume manager, or nil when DMB_RESUME_WINDOW
+// turns resuming off.
+func (n *Node) resumesIfOn() broker.Resumes {
+	if n.cfg.ResumeWindow <= 0 {
+		return nil
+	}
+	return n.resumes
 }
 
 // lost is what the node does when the other nodes took it for dead: the

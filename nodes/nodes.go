@@ -43,6 +43,7 @@ package nodes
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
@@ -56,6 +57,7 @@ import (
 	"github.com/dmb-broker/dmb/metrics"
 	"github.com/dmb-broker/dmb/protocol"
 	"github.com/dmb-broker/dmb/pubsub"
+	"github.com/dmb-broker/dmb/resume"
 )
 
 // Config describes a node's part in seeing nodes die.
@@ -72,6 +74,10 @@ type Config struct {
 	// Redis lost the node's client table.
 	Lost    func(ctx context.Context)
 	Retrack func(ctx context.Context)
+	// ResumeWindow, when not zero, is how long a dead node's clients may
+	// resume their sessions (package resume): each is marked as it is
+	// reported.
+	ResumeWindow time.Duration
 }
 
 // Nodes is this node's heartbeat, and its watch over the others.
@@ -82,6 +88,7 @@ type Nodes struct {
 	log     *slog.Logger
 	m       *metrics.Metrics
 	nodes   string // the sorted set's key
+	keys    resume.Keys
 
 	inst        atomic.Pointer[string] // this incarnation
 	clientTable atomic.Pointer[string] // its client table's key, made with it
@@ -97,7 +104,7 @@ type Nodes struct {
 // written until Run.
 func New(rdb redis.UniversalClient, cfg Config) *Nodes {
 	n := &Nodes{rdb: rdb, sharded: pubsub.Sharded(rdb), cfg: cfg, log: cfg.Logger, m: cfg.Metrics,
-		nodes: cfg.Channels.Key("nodes"), clean: true}
+		nodes: cfg.Channels.Key("nodes"), keys: resume.NewKeys(cfg.Channels), clean: true}
 	n.renew()
 	n.live.Store(1)
 	return n
@@ -116,6 +123,30 @@ func (n *Nodes) renew() {
 // Clients returns the key of this node's client table.
 // The uplink asks at every connect and disconnect: the key is made once.
 func (n *Nodes) Clients() string { return *n.clientTable.Load() }
+
+// Holder finds the node whose client table names cid, dead or alive (a
+// dead node's clients are in its table until they are reported): the
+// table's key and the bkid there, or "" when no node's table names it.
+func (n *Nodes) Holder(ctx context.Context, cid string) (table, bkid string, err error) {
+	insts, err := n.rdb.ZRange(ctx, n.nodes, 0, -1).Result()
+	if err != nil {
+		return "", "", fmt.Errorf("list the nodes: %w", err)
+	}
+	pipe := n.rdb.Pipeline()
+	got := make([]*redis.StringCmd, len(insts))
+	for i, inst := range insts {
+		got[i] = pipe.HGet(ctx, n.table(inst), cid)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return "", "", fmt.Errorf("look for client %s: %w", cid, err)
+	}
+	for i, c := range got {
+		if b, err := c.Result(); err == nil {
+			return n.table(insts[i]), b, nil
+		}
+	}
+	return "", "", nil
+}
 
 // Live returns how many nodes were live at the last beat (1 before it).
 func (n *Nodes) Live() int { return int(n.live.Load()) }
@@ -269,6 +300,9 @@ func (n *Nodes) reap(ctx context.Context, inst string) error {
 			cid, bkid := cids[i], cids[i+1]
 			fields = append(fields, cid)
 			if protocol.ValidBKID(bkid) {
+				if w := n.cfg.ResumeWindow; w > 0 {
+					pipe.Set(ctx, n.keys.Ended(cid), bkid, w)
+				}
 				pubsub.Publish(ctx, pipe, n.sharded, n.cfg.Channels.Uplink(bkid), protocol.AppendNodeLost(nil, cid, name))
 			}
 		}

@@ -563,6 +563,16 @@ type Backends struct {
 	Live       []string `json:"live"`
 }
 
+// BKIDs returns the backends registered for service, in this node's view.
+func (r *Registry) BKIDs(service string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s := r.services[service]; s != nil {
+		return slices.Clone(s.bkids)
+	}
+	return nil
+}
+
 // Snapshot returns this node's view of every service's backends.
 func (r *Registry) Snapshot() map[string]Backends {
 	r.mu.Lock()

@@ -58,6 +58,11 @@ type Config struct {
 	// its clients (package nodes). It returns the table's key, which
 	// changes when the node takes a new identity.
 	Clients func() string
+	// Ended, when set, names the mark that a resumable session ended
+	// (package resume), written with client_disconnected for
+	// ResumeWindow.
+	Ended        func(cid string) string
+	ResumeWindow time.Duration
 }
 
 // queueSize is each worker's queue. A full queue makes the readers of the
@@ -150,6 +155,13 @@ func (u *Uplink) Connect(c Client) error {
 	return u.enqueue(context.Background(), u.clientWorker(c), request{kind: reqConnect, client: c})
 }
 
+// Resume binds a client that resumed its session to bkid, or to another
+// live backend when bkid is not live, and publishes client_connected
+// there with resumed.
+func (u *Uplink) Resume(c Client, bkid string) error {
+	return u.enqueue(context.Background(), u.clientWorker(c), request{kind: reqConnect, client: c, bkid: bkid, resumed: true})
+}
+
 // Message publishes a client's frame to its backend and answers the client
 // when id is not nil. It waits while the worker's queue is full, until ctx
 // (the client's lifetime) ends. It builds the backend's message at once, so
@@ -169,9 +181,16 @@ func (u *Uplink) Message(ctx context.Context, c Client, data, id json.RawMessage
 	return u.enqueue(ctx, u.clientWorker(c), request{kind: reqMessage, client: c, data: msg, id: id, heavy: heavy})
 }
 
-// Disconnect tells the client's backend that the client went away.
-func (u *Uplink) Disconnect(c Client, code int, reason string) error {
-	return u.enqueue(context.Background(), u.clientWorker(c), request{kind: reqDisconnect, client: c, code: code, reason: reason})
+// Disconnect tells the client's backend that the client went away;
+// resumable says its session may be resumed, which is then marked so.
+func (u *Uplink) Disconnect(c Client, code int, reason string, resumable bool) error {
+	return u.enqueue(context.Background(), u.clientWorker(c), request{kind: reqDisconnect, client: c, code: code, reason: reason, resumed: resumable})
+}
+
+// Drop forgets a client without telling its backend: its session goes on
+// on another connection, which announced itself.
+func (u *Uplink) Drop(c Client) error {
+	return u.enqueue(context.Background(), u.clientWorker(c), request{kind: reqDrop, client: c})
 }
 
 // Event publishes a client's event (room_joined, room_left) to its
@@ -278,6 +297,7 @@ const (
 	reqEvent   // a client's event for its backend, without an answer
 	reqRetrack // write every announced client to the client table again
 	reqForget  // forget that any client was announced
+	reqDrop    // forget one client, telling nobody
 )
 
 type request struct {
@@ -290,6 +310,9 @@ type request struct {
 	bkid   string // publish
 	then   func() // barrier
 	heavy  bool   // message: from a client over half its burst
+	// resumed: a connect of a resumed session (bkid: its backend), or a
+	// disconnect of a session that may be resumed.
+	resumed bool
 }
 
 // binding is where one client's frames go. Only its worker touches it.
@@ -298,6 +321,7 @@ type binding struct {
 	bkid      string
 	announced bool // bkid has had client_connected for this client
 	tracked   bool // the client table may name the client
+	resumed   bool // the next client_connected says resumed
 }
 
 type worker struct {
@@ -398,13 +422,14 @@ const (
 	opEvent
 	opTrack   // HSET of the client table
 	opUntrack // HDEL of the client table
+	opMark    // SET of the mark that a session may be resumed (table: its key)
 )
 
 type op struct {
 	kind    opKind
 	b       *binding
 	bkid    string
-	table   string // opTrack, opUntrack: the client table
+	table   string // opTrack, opUntrack: the client table; opMark: the mark
 	payload []byte
 	req     *request // opMessage
 	attempt int
@@ -436,6 +461,7 @@ func (w *worker) process(ctx context.Context, batch []request) {
 		switch r.kind {
 		case reqConnect:
 			b := w.bind(r.client)
+			b.bkid, b.resumed = r.bkid, r.resumed
 			w.announce(ctx, b, p)
 		case reqMessage:
 			b := w.bindings[r.client.CID()]
@@ -444,7 +470,11 @@ func (w *worker) process(ctx context.Context, batch []request) {
 			}
 			w.message(ctx, b, r, 1, p)
 		case reqDisconnect:
-			w.unbind(r.client, r.code, r.reason, p)
+			w.unbind(r.client, r.code, r.reason, r.resumed, p)
+		case reqDrop:
+			if b := w.bindings[r.client.CID()]; b != nil && b.client == r.client {
+				w.forget(b, p)
+			}
 		case reqPublish:
 			p.add(op{kind: opPublish, bkid: r.bkid, payload: r.data})
 		case reqBarrier:
@@ -487,22 +517,35 @@ func (w *worker) bind(c Client) *binding {
 	return b
 }
 
-func (w *worker) unbind(c Client, code int, reason string, p *pipeline) {
+func (w *worker) unbind(c Client, code int, reason string, resumable bool, p *pipeline) {
 	cid := c.CID()
 	b := w.bindings[cid]
-	if b == nil {
-		return
+	if b == nil || b.client != c {
+		return // a session resumed on this node under the cid has it now
 	}
+	resumable = resumable && w.u.cfg.Ended != nil && w.u.cfg.ResumeWindow > 0
+	if resumable {
+		// Before client_disconnected: a backend that hears the client
+		// left may see it resume at once.
+		p.add(op{kind: opMark, b: b, bkid: b.bkid, table: w.u.cfg.Ended(cid)})
+	}
+	if b.announced {
+		p.add(op{kind: opDisconnected, b: b, bkid: b.bkid,
+			payload: protocol.AppendClientDisconnected(nil, cid, code, reason, resumable)})
+	}
+	w.forget(b, p)
+}
+
+// forget drops b, and its line of the client table.
+func (w *worker) forget(b *binding, p *pipeline) {
+	c := b.client
+	cid := c.CID()
 	delete(w.bindings, cid)
 	if svc := w.byService[c.Service()]; svc != nil {
 		delete(svc, cid)
 		if len(svc) == 0 {
 			delete(w.byService, c.Service())
 		}
-	}
-	if b.announced {
-		p.add(op{kind: opDisconnected, b: b, bkid: b.bkid,
-			payload: protocol.AppendClientDisconnected(nil, cid, code, reason, false)})
 	}
 	if b.tracked {
 		if table := w.u.clients(); table != "" {
@@ -541,7 +584,8 @@ func (w *worker) announce(ctx context.Context, b *binding, p *pipeline) bool {
 	b.bkid, b.announced = bkid, true
 	w.track(b, p)
 	p.add(op{kind: opConnected, b: b, bkid: bkid,
-		payload: protocol.AppendClientConnected(nil, c.CID(), c.Service(), c.Remote(), c.User(), false)})
+		payload: protocol.AppendClientConnected(nil, c.CID(), c.Service(), c.Remote(), c.User(), b.resumed)})
+	b.resumed = false
 	return true
 }
 
@@ -608,6 +652,8 @@ func (w *worker) publishBatch(ctx context.Context, p *pipeline) {
 			o.cmd = pipe.HSet(ctx, o.table, o.b.client.CID(), o.bkid)
 		case opUntrack:
 			o.cmd = pipe.HDel(ctx, o.table, o.b.client.CID())
+		case opMark:
+			pipe.Set(ctx, o.table, o.bkid, w.u.cfg.ResumeWindow)
 		default:
 			o.cmd = pubsub.Publish(ctx, pipe, w.u.sharded, w.channel(o.bkid), o.payload)
 		}
@@ -622,7 +668,7 @@ func (w *worker) publishBatch(ctx context.Context, p *pipeline) {
 	m := w.u.m
 	for i := range p.ops {
 		o := &p.ops[i]
-		if o.kind == opTrack || o.kind == opUntrack {
+		if o.kind == opTrack || o.kind == opUntrack || o.kind == opMark {
 			continue // a failed write is written again with the next announce
 		}
 		n, err := o.cmd.Result()

@@ -1,0 +1,259 @@
+package broker
+
+import (
+	"context"
+	"log/slog"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/dmb-broker/dmb/history"
+	"github.com/dmb-broker/dmb/metrics"
+	"github.com/dmb-broker/dmb/protocol"
+	"github.com/dmb-broker/dmb/resume"
+)
+
+// Sessions that survive a reconnect (docs/protocol.md, section 11).
+//
+// Every dmb:connected carries a session token, signed again whenever the
+// client's rooms change. A client that comes back with ?resume= takes up
+// its session: the token is verified and its one resume claimed in Redis
+// (package resume), the node that may still hold an older connection is
+// told to close it (4010), and the histories are read for what the client
+// missed. The new session is then spliced in on the downlink's worker,
+// between two messages: dmb:connected, the missed messages in order, and
+// the session joins the index, so that the next message handed out
+// reaches it live. Should a recoverable message have been handed out
+// since the histories were read, the splice is abandoned and they are read
+// again from where they ended; a message that was read but is still
+// queued live is kept from the session (resume.View.Skip). A resume that
+// is refused for any reason is a fresh session: the client learns it from
+// "resumed":false.
+
+// Resumes is the Redis side of resumes (resume.Manager).
+type Resumes interface {
+	Sign(c resume.Claims) string
+	Verify(token string) (resume.Claims, bool)
+	Claim(ctx context.Context, c resume.Claims) (ok bool, older string, err error)
+	Supersede(ctx context.Context, bkid, cid string) error
+	Read(ctx context.Context, c resume.Claims, offsets string, after map[string]history.ID) (resume.Missed, error)
+}
+
+// resumeTimeout bounds the Redis work of one resume.
+const resumeTimeout = 5 * time.Second
+
+// spliceAttempts bounds how often a resume reads the histories again
+// because messages kept coming while it read them.
+const spliceAttempts = 5
+
+// resumption is a resume that was claimed: the session's claims and what
+// its client missed.
+type resumption struct {
+	claims resume.Claims
+	missed resume.Missed
+}
+
+// claimResume verifies a resume's token for a client of service that the
+// auth token (if any) says is user, claims the session, tells an older
+// connection of it to close, and reads what the client missed; nil when
+// the client is to get a fresh session.
+func (b *Broker) claimResume(ctx context.Context, service, user string, h Hello) *resumption {
+	res := b.cfg.Resumes
+	c, ok := res.Verify(h.Resume)
+	if !ok || c.Service != service || c.User != user {
+		b.m.Resumes.WithLabelValues(metrics.ResumeRefused).Inc()
+		return nil
+	}
+	log := b.log.With("cid", c.CID, "service", service)
+	ok, older, err := res.Claim(ctx, c)
+	switch {
+	case err != nil:
+		b.m.Resumes.WithLabelValues(metrics.ResumeFailed).Inc()
+		log.Warn("resume not claimed: a fresh session instead", "err", err)
+		return nil
+	case !ok:
+		b.m.Resumes.WithLabelValues(metrics.ResumeRefused).Inc()
+		log.Debug("resume refused: used, or past the window")
+		return nil
+	}
+	if older != "" {
+		if err := res.Supersede(ctx, older, c.CID); err != nil {
+			log.Warn("older connection not told to close", "err", err)
+		}
+	}
+	missed, err := res.Read(ctx, c, h.Offset, nil)
+	if err != nil {
+		b.m.Resumes.WithLabelValues(metrics.ResumeFailed).Inc()
+		log.Warn("histories not read: a fresh session instead", "err", err)
+		return nil
+	}
+	return &resumption{claims: c, missed: missed}
+}
+
+// restore gives s, a new session, the cid, start and rooms of the
+// session r resumes.
+func (b *Broker) restore(s *session, r *resumption) {
+	s.cid, s.since, s.resumed = r.claims.CID, r.claims.Born, true
+	for _, room := range r.claims.Rooms {
+		if protocol.ValidRoom(room) && len(s.rooms) < b.maxClientRooms() {
+			if s.rooms == nil {
+				s.rooms = make(map[string]struct{})
+			}
+			s.rooms[room] = struct{}{}
+		}
+	}
+}
+
+// splice adds the resumed session s to the broker, after the frames of
+// what its client missed (see the top of this file); the close code and
+// reason that refuse it, as add's.
+func (b *Broker) splice(ctx context.Context, s *session, r *resumption) (int, string) {
+	frames := s.replay(r.missed.Entries)
+	recovered := r.missed.Recovered
+	tails := r.missed.Tails
+	for range spliceAttempts {
+		var code int
+		var reason string
+		gap := false
+		err := b.cfg.Splice(ctx, func(v resume.View) {
+			for bkid, tail := range tails {
+				if last, ok := v.Last(bkid); ok && tail.Less(last) {
+					gap = true
+					return
+				}
+			}
+			code, reason = b.addSession(s, frames, recovered)
+			if code == 0 {
+				for bkid, tail := range tails {
+					v.Skip(bkid, s.cid, tail)
+				}
+			}
+		})
+		switch {
+		case err != nil:
+			return protocol.CloseGoingAway, "server shutting down"
+		case !gap:
+			if code == 0 {
+				result := metrics.ResumeRecovered
+				if !recovered {
+					result = metrics.ResumeGap
+				}
+				b.m.Resumes.WithLabelValues(result).Inc()
+				b.m.Recovered.Add(float64(len(frames)))
+				s.log(slog.LevelInfo, "session resumed", "recovered", recovered, "missed", len(frames))
+			}
+			return code, reason
+		}
+		more, err := b.cfg.Resumes.Read(ctx, r.claims, "", tails)
+		if err != nil {
+			recovered = false
+			break
+		}
+		frames = append(frames, s.replay(more.Entries)...)
+		tails = more.Tails
+	}
+	// Messages kept coming faster than the histories could be read: the
+	// session goes on with what it has, and says so.
+	_ = b.cfg.Splice(ctx, func(v resume.View) {
+		code, reason := b.addSession(s, frames, false)
+		if code != 0 {
+			s.q.close(closeReq{code: code, reason: reason})
+		}
+	})
+	b.m.Resumes.WithLabelValues(metrics.ResumeGap).Inc()
+	return 0, ""
+}
+
+// replay returns the frames of the missed messages meant for s, a
+// session not yet in the index: broadcasts, its rooms', directs to its
+// cid or user, and its joins and leaves, which change its rooms as they
+// come.
+func (s *session) replay(entries []resume.Entry) [][]byte {
+	var frames [][]byte
+	for _, e := range entries {
+		cmd, err := protocol.DecodeCommand(e.Payload)
+		if err != nil {
+			continue // the function stored it; a payload DMB drops is dropped here too
+		}
+		mine := cmd.CID == s.cid || cmd.CID == "" && cmd.User != "" && cmd.User == s.user
+		offset := func(frame []byte) []byte { return protocol.WithOffset(frame, e.BKID, e.ID.String()) }
+		switch cmd.Type {
+		case protocol.TypeBroadcast:
+			if !slices.Contains(cmd.Except, s.cid) {
+				frames = append(frames, offset(protocol.AppendBroadcast(nil, cmd.Data)))
+			}
+		case protocol.TypeRoom:
+			if _, in := s.rooms[cmd.Room]; in && !slices.Contains(cmd.Except, s.cid) {
+				frames = append(frames, offset(protocol.AppendRoom(nil, cmd.Room, cmd.Data)))
+			}
+		case protocol.TypeDirect:
+			if mine {
+				frames = append(frames, offset(protocol.AppendDirect(nil, cmd.Data, cmd.ReplyTo, cmd.More)))
+			}
+		case protocol.TypeJoin:
+			if _, in := s.rooms[cmd.Room]; mine && !in && len(s.rooms) < s.b.maxClientRooms() {
+				if s.rooms == nil {
+					s.rooms = make(map[string]struct{})
+				}
+				s.rooms[cmd.Room] = struct{}{}
+				frames = append(frames, protocol.AppendMembership(nil, true, cmd.Room))
+			}
+		case protocol.TypeLeave:
+			if _, in := s.rooms[cmd.Room]; mine && in {
+				delete(s.rooms, cmd.Room)
+				frames = append(frames, protocol.AppendMembership(nil, false, cmd.Room))
+			}
+		}
+	}
+	return frames
+}
+
+// Resumed closes the connection of cid with 4010: its session was
+// resumed on another, which told the backend.
+func (b *Broker) Resumed(service, cid string) int {
+	s := b.lookup(service, cid)
+	if s == nil {
+		return 0
+	}
+	b.supersede(s)
+	return 1
+}
+
+// supersede closes s, whose session another connection took up.
+func (b *Broker) supersede(s *session) {
+	s.superseded.Store(true)
+	s.q.close(closeReq{code: protocol.CloseResumed, reason: protocol.ReasonResumed})
+}
+
+// token signs the session token of s: "" without resumes.
+func (s *session) token() string {
+	res := s.b.cfg.Resumes
+	if res == nil {
+		return ""
+	}
+	return res.Sign(resume.Claims{
+		CID: s.cid, Service: s.service, User: s.user, Born: s.since,
+		Rooms: slices.Sorted(maps.Keys(s.rooms)),
+	})
+}
+
+// sendToken sends the client its session token again, after its rooms
+// changed.
+func (s *session) sendToken() {
+	if t := s.token(); t != "" {
+		s.send(protocol.AppendSession(nil, t))
+		s.b.m.MessagesOut.WithLabelValues(metrics.KindSession).Inc()
+	}
+}
+
+// resumable tells whether a session that ended with code may be resumed:
+// not when the client closed it itself (1000), was kicked or refused,
+// or was closed for what it sent.
+func resumable(code int) bool {
+	switch code {
+	case protocol.CloseNormal, protocol.CloseUnsupported, protocol.ClosePolicy, protocol.CloseTooBig,
+		protocol.CloseUnauthorized, protocol.CloseUnknownSvc, protocol.CloseKicked, protocol.CloseResumed:
+		return false
+	}
+	return true
+}
