@@ -273,7 +273,10 @@ type wsClient struct {
 	node   *testNode // the node it connected to, when known
 	conn   *websocket.Conn
 	cid    string
-	frames chan frame
+	// session is the newest session token the client got; next passes
+	// over dmb:session, which only renews it.
+	session string
+	frames  chan frame
 	mu     sync.Mutex
 	err    error // what ended the reads
 	ended  chan struct{}
@@ -338,8 +341,22 @@ func (c *wsClient) welcome() *wsClient {
 	return c
 }
 
-// next returns the next frame.
+// next returns the next frame, passing over dmb:session (the client
+// keeps its token in session).
 func (c *wsClient) next() frame {
+	c.t.Helper()
+	for {
+		f := c.nextFrame()
+		if f.Session != "" {
+			c.session = f.Session
+		}
+		if f.Event != "dmb:session" {
+			return f
+		}
+	}
+}
+
+func (c *wsClient) nextFrame() frame {
 	c.t.Helper()
 	select {
 	case f := <-c.frames:

@@ -36,17 +36,13 @@ func resumeURL(n *testNode, service, token string, offsets ...string) string {
 }
 
 // sessionClient is a client that keeps what a resume needs: the newest
-// session token, and the last offset of each history.
+// session token (wsClient's), and the last offset of each history.
 type sessionClient struct {
 	*wsClient
-	token   string
 	offsets map[string]string // stream -> last offset
 }
 
 func (c *sessionClient) keep(f frame) frame {
-	if f.Session != "" {
-		c.token = f.Session
-	}
 	if f.Offset != "" {
 		stream, _, _ := strings.Cut(f.Offset, ":")
 		c.offsets[stream] = f.Offset
@@ -80,7 +76,7 @@ func connectSession(t *testing.T, n *testNode, service string) (*sessionClient, 
 // resumeSession resumes c's session on n and reads dmb:connected.
 func (c *sessionClient) resume(n *testNode, service string) (*sessionClient, frame) {
 	c.t.Helper()
-	r := &sessionClient{wsClient: connectURL(c.t, resumeURL(n, service, c.token, c.offsetList()...), nil), offsets: c.offsets, token: c.token}
+	r := &sessionClient{wsClient: connectURL(c.t, resumeURL(n, service, c.session, c.offsetList()...), nil), offsets: c.offsets}
 	r.node = n
 	f := r.next()
 	if f.Event != "dmb:connected" {
@@ -110,9 +106,11 @@ func TestAResumedSessionKeepsItsCIDRoomsAndWhatItMissedInOrder(t *testing.T) {
 	if f := c.next(); f.Event != "dmb:joined" {
 		t.Fatalf("got %+v, want dmb:joined", f)
 	}
-	if f := c.next(); f.Event != "dmb:session" || f.Session == "" {
+	f := c.nextFrame()
+	if f.Event != "dmb:session" || f.Session == "" {
 		t.Fatalf("got %+v, want dmb:session with a new token", f)
 	}
+	c.session = f.Session
 	e.publishRecoverably(ctx, be.BKID(), `{"type":"broadcast","data":"seen"}`)
 	if f := c.next(); string(f.Data) != `"seen"` || !strings.HasPrefix(f.Offset, be.BKID()+":") {
 		t.Fatalf("got %+v, want the broadcast with an offset of backend %s", f, be.BKID())
@@ -198,7 +196,7 @@ func TestResumesThatCannotBeGetAFreshSession(t *testing.T) {
 	e.startBackend("other")
 
 	c, _ := connectSession(t, n, "chat")
-	valid := c.token
+	valid := c.session
 	parts := strings.Split(valid, ".")
 	forged := parts[0] + "." + parts[1] + "." + strings.Repeat("A", len(parts[2]))
 	otherSvc, _ := connectSession(t, n, "other")
@@ -207,7 +205,7 @@ func TestResumesThatCannotBeGetAFreshSession(t *testing.T) {
 		"forged":              resumeURL(n, "chat", forged),
 		"truncated":           resumeURL(n, "chat", valid[:len(valid)-5]),
 		"not a token":         resumeURL(n, "chat", "hello"),
-		"of another service":  resumeURL(n, "chat", otherSvc.token),
+		"of another service":  resumeURL(n, "chat", otherSvc.session),
 		"for another service": resumeURL(n, "other", valid),
 	} {
 		r := &sessionClient{wsClient: connectURL(t, url, nil), offsets: map[string]string{}}
@@ -228,7 +226,6 @@ func TestResumesThatCannotBeGetAFreshSession(t *testing.T) {
 	}
 
 	// Past the window after the connection dropped: a fresh session.
-	r.keep(frame{Session: f.Session})
 	r.drop()
 	// The mark is written before client_disconnected, in one pipeline.
 	be.next(func(ev backendEvent) bool { return ev.Type == "client_disconnected" && ev.CID == c.cid && ev.Resumable })
