@@ -18,8 +18,8 @@ import (
 // Every dmb:connected carries a session token, signed again whenever the
 // client's rooms change. A client that comes back with ?resume= takes up
 // its session: the token is verified and its one resume claimed in Redis
-// (package resume), the node that may still hold an older connection is
-// told to close it (4010), and the histories are read for what the client
+// (package resume), which has the node that may still hold an older
+// connection close it (4010), and the histories are read for what the client
 // missed. The new session is then spliced in on the downlink's worker,
 // between two messages: dmb:connected, the missed messages in order, and
 // the session joins the index, so that the next message handed out
@@ -34,8 +34,7 @@ import (
 type Resumes interface {
 	Sign(c resume.Claims) string
 	Verify(token string) (resume.Claims, bool)
-	Claim(ctx context.Context, c resume.Claims) (ok bool, older string, err error)
-	Supersede(ctx context.Context, bkid, cid string) error
+	Claim(ctx context.Context, c resume.Claims) (bool, error)
 	Read(ctx context.Context, c resume.Claims, offsets string, after map[string]history.ID) (resume.Missed, error)
 }
 
@@ -54,9 +53,9 @@ type resumption struct {
 }
 
 // claimResume verifies a resume's token for a client of service that the
-// auth token (if any) says is user, claims the session, tells an older
-// connection of it to close, and reads what the client missed; nil when
-// the client is to get a fresh session.
+// auth token (if any) says is user, claims the session (an older
+// connection of it on another node is closed first), and reads what the
+// client missed; nil when the client is to get a fresh session.
 func (b *Broker) claimResume(ctx context.Context, service, user string, h Hello) *resumption {
 	res := b.cfg.Resumes
 	c, ok := res.Verify(h.Resume)
@@ -65,7 +64,7 @@ func (b *Broker) claimResume(ctx context.Context, service, user string, h Hello)
 		return nil
 	}
 	log := b.log.With("cid", c.CID, "service", service)
-	ok, older, err := res.Claim(ctx, c)
+	ok, err := res.Claim(ctx, c)
 	switch {
 	case err != nil:
 		b.m.Resumes.WithLabelValues(metrics.ResumeFailed).Inc()
@@ -75,11 +74,6 @@ func (b *Broker) claimResume(ctx context.Context, service, user string, h Hello)
 		b.m.Resumes.WithLabelValues(metrics.ResumeRefused).Inc()
 		log.Debug("resume refused: used, or past the window")
 		return nil
-	}
-	if older != "" {
-		if err := res.Supersede(ctx, older, c.CID); err != nil {
-			log.Warn("older connection not told to close", "err", err)
-		}
 	}
 	missed, err := res.Read(ctx, c, h.Offset, nil)
 	if err != nil {

@@ -126,30 +126,58 @@ func (m *Manager) Verify(token string) (Claims, bool) {
 }
 
 // Claim decides whether the session of c may be resumed now, taking the
-// token's one resume (see Claim). When the session is still named by a
-// node's client table, that node's line goes, so that a dead node's
-// report does not tell the backend the client left; older is the bkid on
-// whose downlink an older connection is told to close ("" when none is
-// open).
-func (m *Manager) Claim(ctx context.Context, c Claims) (ok bool, older string, err error) {
+// token's one resume (see Claim). When another node's client table still
+// names the session, that node is told to close its connection (4010,
+// without telling the backend), and Claim waits until the line is gone:
+// the node took it out after closing the connection, or after it told
+// the backend that the connection ended, so that the backend hears of
+// the resume after that, never before. A line that stays (its node is
+// dead, or cut off) is taken out after releaseWait, so that the dead
+// node's report does not tell the backend the client left. A line in
+// this node's own table is the broker's (see Broker.addSession).
+func (m *Manager) Claim(ctx context.Context, c Claims) (bool, error) {
 	ok, table, bkid, err := Claim(ctx, m.rdb, m.keys, m.cfg.Holder, c, m.cfg.Window)
-	if err != nil || !ok {
-		return false, "", err
+	if err != nil || !ok || table == "" || table == m.cfg.Own() {
+		return ok, err
 	}
-	if table != "" && table != m.cfg.Own() {
-		if err := m.rdb.HDel(ctx, table, c.CID).Err(); err != nil {
-			return false, "", fmt.Errorf("take session %s from its node: %w", c.CID, err)
+	if err := m.supersede(ctx, bkid, c.CID); err != nil {
+		return false, err
+	}
+	wait := time.NewTimer(releaseWait)
+	defer wait.Stop()
+	tick := time.NewTicker(releasePoll)
+	defer tick.Stop()
+	for {
+		held, err := m.rdb.HExists(ctx, table, c.CID).Result()
+		if err != nil {
+			return false, fmt.Errorf("wait for session %s to be released: %w", c.CID, err)
+		}
+		if !held {
+			return true, nil
+		}
+		select {
+		case <-tick.C:
+		case <-wait.C:
+			if err := m.rdb.HDel(ctx, table, c.CID).Err(); err != nil {
+				return false, fmt.Errorf("take session %s from its node: %w", c.CID, err)
+			}
+			return true, nil
+		case <-ctx.Done():
+			return false, ctx.Err()
 		}
 	}
-	if table == "" {
-		bkid = ""
-	}
-	return true, bkid, nil
 }
 
-// Supersede tells the node that holds an older connection of cid, on
-// the downlink of bkid, to close it with 4010.
-func (m *Manager) Supersede(ctx context.Context, bkid, cid string) error {
+// How long, and how often, Claim looks for another node to release a
+// session.
+const (
+	releaseWait = time.Second
+	releasePoll = 10 * time.Millisecond
+)
+
+// supersede tells the node that holds an older connection of cid, on the
+// downlink of bkid, to close it with 4010.
+func (m *Manager) supersede(ctx context.Context, bkid, cid string) error {
 	err := pubsub.Publish(ctx, m.rdb, m.sharded, m.cfg.Channels.Downlink(bkid), protocol.AppendResumed(nil, cid, m.cfg.NodeID)).Err()
 	if err != nil {
 		return fmt.Errorf("close the older connection of %s: %w", cid, err)
