@@ -108,6 +108,18 @@ func (c *Conn) Next() (text bool, r io.Reader, err error) {
 	return typ == websocket.MessageText, r, err
 }
 
+// Discard drops the client's data frames from now on, without the
+// WebSocket library, and reads at most budget bytes of them: Next then
+// returns only at the client's close frame (the library answers its pings
+// meanwhile) or the end of the connection, which is an error once the
+// client sent more than budget. A closing session calls it, since it would
+// throw the frames away. It returns false when the connection cannot see
+// where its frames begin (TLS, or one that did not come through Listen):
+// Next then returns the data frames as before.
+func (c *Conn) Discard(budget int) bool {
+	return c.nc != nil && c.nc.discardFrames(budget)
+}
+
 // CloseStatus turns the error that ended a read into the close code and
 // reason that the client gave, or that tell what ended the connection.
 func CloseStatus(err error) (int, string) {
@@ -165,6 +177,8 @@ func (c *Conn) Close(code int, reason string) error {
 	if c.nc != nil {
 		c.nc.handOverReads()
 		c.nc.boundCloseReads()
+		// The handshake throws data frames away: the library never sees them.
+		c.nc.discardFrames(closeReadBytes)
 		_ = c.nc.uncork() // a refused client's 101 response goes first
 		_ = c.nc.SetDeadline(time.Now().Add(closeWait))
 	}
@@ -301,6 +315,7 @@ func (w leanWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	// unless the server's reader held some already.
 	w.conn.rmu.Lock()
 	w.conn.frames.on = r != brw.Reader
+	w.conn.canDiscard.Store(w.conn.frames.on)
 	w.conn.rmu.Unlock()
 	w.conn.mu.Lock()
 	w.conn.framed = true

@@ -55,7 +55,13 @@ func (c *netConn) trackLocked(p []byte) {
 	if !c.frames.on || len(p) == 0 {
 		return
 	}
-	switch inFrame := c.frames.feed(p); {
+	c.markFrameLocked(c.frames.feed(p))
+}
+
+// markFrameLocked marks when a frame began, or that none is part way in.
+// rmu must be held.
+func (c *netConn) markFrameLocked(inFrame bool) {
+	switch {
 	case !inFrame:
 		c.frameSince.Store(0)
 	case c.frameSince.Load() == 0:

@@ -55,6 +55,12 @@ type netConn struct {
 	// frame, which a flooder has filled the socket with. 0: no bound.
 	closeReads atomic.Int64
 
+	// discardAsk is the budget plus one that discardFrames asked the
+	// reader to drop data frames within, 0 when none is asked; canDiscard
+	// is set when the client's frames are followed from the hijack on.
+	discardAsk atomic.Int64
+	canDiscard atomic.Bool
+
 	// Read state, guarded by rmu, which is held across the read.
 	rmu     sync.Mutex
 	raw     syscall.RawConn       // nil until a small read needs it, or when there is none
@@ -66,6 +72,7 @@ type netConn struct {
 	unread  []byte                // what of pending is still to be handed out
 	readErr error                 // what awaitInput met, for the read that follows
 	frames  frameTracker          // where the client's frames begin and end
+	discard discarder             // drops the data frames of a closing session
 
 	// The library's buffered reader when leanWriter made it, guarded by
 	// brMu: awaitInput looks into it until handOverReads.

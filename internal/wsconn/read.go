@@ -27,6 +27,15 @@ func (c *netConn) Read(p []byte) (int, error) {
 	}
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
+	c.applyDiscardLocked()
+	if c.discard.on || c.discard.nlead > 0 {
+		// What is handed out was followed when it was read.
+		n, err := c.discardReadLocked(p)
+		if bounded {
+			c.closeReads.Add(-int64(n))
+		}
+		return n, err
+	}
 	n, err := c.readLocked(p)
 	c.trackLocked(p[:n])
 	if bounded {
@@ -122,8 +131,12 @@ func (c *netConn) awaitInput() {
 	}
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
+	c.applyDiscardLocked()
 	if c.unread == nil && c.readErr == nil && c.rawReadyLocked() {
 		c.fillLocked()
+		if c.discard.on {
+			c.filterUnreadLocked()
+		}
 	}
 }
 
