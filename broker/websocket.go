@@ -42,7 +42,8 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // the connection ends; it returns the close code and reason the client
 // gave, or what ended the connection.
 func readFrames(s *session, conn *wsconn.Conn) (int, string) {
-	discarded := 0 // bytes read after the session began to close
+	discarded := 0      // bytes read after the session began to close
+	discarding := false // the connection drops the data frames itself
 	for {
 		text, r, err := conn.Next()
 		if err != nil {
@@ -65,6 +66,7 @@ func readFrames(s *session, conn *wsconn.Conn) (int, string) {
 			// Closing: read on until the close handshake ends, but not for
 			// a client that floods on while its close frame waits behind
 			// what it does not read.
+			libraryDiscards.Add(1)
 			if discarded += len(*buf); discarded > maxDiscarded {
 				err = errFloodedWhileClosing
 			}
@@ -74,6 +76,9 @@ func readFrames(s *session, conn *wsconn.Conn) (int, string) {
 		}
 		if err != nil {
 			return wsconn.CloseStatus(err)
+		}
+		if !discarding && s.closing() {
+			discarding = discardFrames(conn, discarded)
 		}
 		if stop != nil {
 			return protocol.CloseGoingAway, "server shutting down"
@@ -95,3 +100,15 @@ var errFloodedWhileClosing = errors.New("client flooded while its connection clo
 // maxPooledFrame bounds the buffers frameBuffers keeps: a rare large frame
 // should not hold its memory for ever.
 const maxPooledFrame = 64 << 10
+
+// discardFrames has a closing session's connection drop what the client
+// sends from now on, below the WebSocket library, within what is left of
+// maxDiscarded after the discarded bytes read already: a flooder closed
+// for its rate has filled its socket with frames, and the library's reader
+// spends a lock, a channel and a byte-by-byte header read on each. Next
+// then returns at the client's close frame, or fails once the client sent
+// more than maxDiscarded in all. False when the connection cannot drop
+// frames itself (TLS): readFrames reads and throws them away as before.
+func discardFrames(conn *wsconn.Conn, discarded int) bool {
+	return conn.Discard(maxDiscarded - discarded)
+}
