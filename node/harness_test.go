@@ -269,17 +269,17 @@ type frame struct {
 
 // wsClient is a WebSocket client that reads every frame into a channel.
 type wsClient struct {
-	t      testing.TB
-	node   *testNode // the node it connected to, when known
-	conn   *websocket.Conn
-	cid    string
+	t    testing.TB
+	node *testNode // the node it connected to, when known
+	conn *websocket.Conn
+	cid  string
 	// session is the newest session token the client got; next passes
 	// over dmb:session, which only renews it.
 	session string
 	frames  chan frame
-	mu     sync.Mutex
-	err    error // what ended the reads
-	ended  chan struct{}
+	mu      sync.Mutex
+	err     error // what ended the reads
+	ended   chan struct{}
 }
 
 // dialRaw opens a WebSocket without reading from it.

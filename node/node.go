@@ -306,7 +306,7 @@ func (n *Node) Broker() *broker.Broker { return n.brk }
 
 // Ready reports whether the node is subscribed to Redis and Redis answers.
 func (n *Node) Ready(ctx context.Context) bool {
-	if !n.reg.Ready() || !n.down.Ready() {
+	if !n.reg.Ready() || !n.down.Ready() || !n.resumes.Ready() {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Second)

@@ -43,8 +43,8 @@ package nodes
 import (
 	"context"
 	"crypto/rand"
-	"errors"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -294,12 +294,25 @@ func (n *Nodes) reap(ctx context.Context, inst string) error {
 		if err != nil {
 			return fmt.Errorf("read the client table of %s: %w", name, err)
 		}
-		pipe := n.rdb.Pipeline()
 		fields := make([]string, 0, len(cids)/2)
+		bkids := make(map[string]string, len(cids)/2)
 		for i := 0; i+1 < len(cids); i += 2 {
-			cid, bkid := cids[i], cids[i+1]
-			fields = append(fields, cid)
-			if protocol.ValidBKID(bkid) {
+			fields = append(fields, cids[i])
+			bkids[cids[i]] = cids[i+1]
+		}
+		// Report only the clients still in the table right before: a
+		// client whose session was resumed meanwhile was taken out by the
+		// resume, and its backend must not hear that it left after it
+		// heard that it came back.
+		present := fields
+		if len(fields) > 0 {
+			if present, err = presentScript.Run(ctx, n.rdb, []string{table}, fields).StringSlice(); err != nil {
+				return fmt.Errorf("read the client table of %s: %w", name, err)
+			}
+		}
+		pipe := n.rdb.Pipeline()
+		for _, cid := range present {
+			if bkid := bkids[cid]; protocol.ValidBKID(bkid) {
 				if w := n.cfg.ResumeWindow; w > 0 {
 					pipe.Set(ctx, n.keys.Ended(cid), bkid, w)
 				}
@@ -313,6 +326,7 @@ func (n *Nodes) reap(ctx context.Context, inst string) error {
 		if _, err := pipe.Exec(ctx); err != nil {
 			return fmt.Errorf("report the clients of %s: %w", name, err)
 		}
+		fields = present
 		reported += len(fields)
 		n.m.MessagesOut.WithLabelValues(metrics.KindNodeLost).Add(float64(len(fields)))
 		if cursor = next; cursor == 0 {
@@ -332,6 +346,18 @@ func (n *Nodes) reap(ctx context.Context, inst string) error {
 	n.log.Warn("node lost: its clients were reported to their backends", "dead", name, "incarnation", inst, "clients", reported)
 	return nil
 }
+
+// presentScript returns those of the clients ARGV that the client table
+// KEYS[1] still names.
+var presentScript = redis.NewScript(`
+local present = {}
+for _, cid in ipairs(ARGV) do
+  if redis.call('HEXISTS', KEYS[1], cid) == 1 then
+    present[#present + 1] = cid
+  end
+end
+return present
+`)
 
 // doneScript removes a dead incarnation whose clients were all reported,
 // and marks it lost for a day so that it learns it, should it come back.

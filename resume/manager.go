@@ -133,7 +133,9 @@ func (m *Manager) Verify(token string) (Claims, bool) {
 // the backend that the connection ended, so that the backend hears of
 // the resume after that, never before. A line that stays (its node is
 // dead, or cut off) is taken out after releaseWait, so that the dead
-// node's report does not tell the backend the client left. A line in
+// node's report does not tell the backend the client left; unless a
+// survivor is reporting that node's clients already: Claim then waits
+// for it to report this one too. A line in
 // this node's own table is the broker's (see Broker.addSession).
 func (m *Manager) Claim(ctx context.Context, c Claims) (bool, error) {
 	ok, table, bkid, err := Claim(ctx, m.rdb, m.keys, m.cfg.Holder, c, m.cfg.Window)
@@ -158,15 +160,26 @@ func (m *Manager) Claim(ctx context.Context, c Claims) (bool, error) {
 		select {
 		case <-tick.C:
 		case <-wait.C:
-			if err := m.rdb.HDel(ctx, table, c.CID).Err(); err != nil {
+			// Unless a survivor is reporting the dead node's clients: it
+			// then reports this one too, and takes it out after.
+			if err := takeScript.Run(ctx, m.rdb, []string{table, table + ":reaper"}, c.CID).Err(); err != nil {
 				return false, fmt.Errorf("take session %s from its node: %w", c.CID, err)
 			}
-			return true, nil
 		case <-ctx.Done():
 			return false, ctx.Err()
 		}
 	}
 }
+
+// takeScript takes the session ARGV[1] out of the client table KEYS[1]
+// unless a survivor holds the lease KEYS[2] to report the table's
+// clients (package nodes).
+var takeScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
+return redis.call('HDEL', KEYS[1], ARGV[1])
+`)
 
 // How long, and how often, Claim looks for another node to release a
 // session.
