@@ -13,6 +13,7 @@ import (
 
 	"github.com/dmb-broker/dmb/backend"
 	"github.com/dmb-broker/dmb/config"
+	"github.com/dmb-broker/dmb/history"
 	"github.com/dmb-broker/dmb/internal/redistest"
 )
 
@@ -108,6 +109,23 @@ func TestTheDocumentedRedisACLsRunTheWholeFlowAndDenyTheRest(t *testing.T) {
 		t.Fatalf("broadcast = %+v", f)
 	}
 
+	// A recoverable publish as the backend user, and a resume that
+	// recovers it, as the dmb user.
+	sc := &sessionClient{wsClient: connect(t, n, "chat"), offsets: map[string]string{}}
+	sc.welcome()
+	sc.drop()
+	waitEvent(t, events, "client_disconnected")
+	if err := userClient(t, r, "backend", passwords["backend"]).FCall(e.ctx(), history.Function, []string{"dmb:" + b.BKID()}, `{"type":"broadcast","data":"kept"}`).Err(); err != nil {
+		t.Fatalf("FCALL %s as the backend user: %v", history.Function, err)
+	}
+	rc, f := sc.resume(n, "chat")
+	if !f.Resumed || !f.Recovered {
+		t.Fatalf("resume as the dmb user: %+v", f)
+	}
+	if got := rc.next(); string(got.Data) != `"kept"` || got.Offset == "" {
+		t.Fatalf("recovered %+v", got)
+	}
+
 	clients, err := e.rdb.ClientList(e.ctx()).Result()
 	if err != nil || !strings.Contains(clients, " user=dmb ") || !strings.Contains(clients, " user=backend ") {
 		t.Fatalf("the node and the backend are not connected as their users: %v\n%s", err, clients)
@@ -123,12 +141,16 @@ func TestTheDocumentedRedisACLsRunTheWholeFlowAndDenyTheRest(t *testing.T) {
 		}
 	}
 	denied := map[string]func() error{
-		"backend reads the registry":           func() error { return be.Get(e.ctx(), "{dmb}:bkid").Err() },
-		"backend writes the registry":          func() error { return be.SAdd(e.ctx(), "{dmb}:services", "evil").Err() },
-		"backend watches registrations":        func() error { return subscribeErr(be, "dmb:register") },
-		"backend reads another's downlink":     func() error { return subscribeErr(be, "dmb:1") },
-		"backend subscribes to a pattern":      func() error { return psubscribeErr(be, "dmb:*") },
-		"backend flushes":                      func() error { return be.FlushAll(e.ctx()).Err() },
+		"backend reads the registry":       func() error { return be.Get(e.ctx(), "{dmb}:bkid").Err() },
+		"backend writes the registry":      func() error { return be.SAdd(e.ctx(), "{dmb}:services", "evil").Err() },
+		"backend watches registrations":    func() error { return subscribeErr(be, "dmb:register") },
+		"backend reads another's downlink": func() error { return subscribeErr(be, "dmb:1") },
+		"backend subscribes to a pattern":  func() error { return psubscribeErr(be, "dmb:*") },
+		"backend flushes":                  func() error { return be.FlushAll(e.ctx()).Err() },
+		"backend reads a history":          func() error { return be.XRange(e.ctx(), history.Key("dmb:"+b.BKID()), "-", "+").Err() },
+		"backend loads functions": func() error {
+			return be.FunctionLoadReplace(e.ctx(), "#!lua name=x\nredis.register_function('x', function() return 1 end)").Err()
+		},
 		"dmb reads a key outside its prefix":   func() error { return dmb.Get(e.ctx(), "session:1").Err() },
 		"dmb publishes outside its prefix":     func() error { return dmb.Publish(e.ctx(), "other", "x").Err() },
 		"dmb reconfigures the server":          func() error { return dmb.ConfigSet(e.ctx(), "maxmemory", "1").Err() },
