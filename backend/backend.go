@@ -7,6 +7,28 @@
 // It registers again too when DMB says a leave it did not send marked it
 // gone (bk_disconnected).
 //
+// Recoverable publishing (protocol, section 11): every downlink command
+// (Publish, and everything built on it: Broadcast, Direct, DirectUser,
+// Kick, Join, LeaveRoom, Room) is published recoverably by default, with
+// FCALL dmb_publish on the downlink channel: DMB keeps it in the backend's
+// history, clients get it with an offset, and a client that resumes its
+// session within DMB_RESUME_WINDOW gets what it missed. Options.LiveOnly
+// makes every command of a backend live-only (a plain PUBLISH, never
+// recovered), Command.LiveOnly one command (typing indicators, cursor
+// positions: what is stale by the time a client is back). When Redis
+// cannot run the function (an older DMB that does not load it, a Redis
+// that restarted and that DMB has not loaded it into yet, a Redis older
+// than 7, or an ACL user without FCALL), the command is published with
+// PUBLISH instead, live-only, and a warning is logged once; the next
+// command tries FCALL again, and the warning comes again after a
+// recoverable publish went through. Presence requests are questions, not
+// messages: they are always a plain PUBLISH.
+//
+// A client that may come back arrives as a client_disconnected with
+// Event.Resumable, and comes back as a client_connected with Event.Resumed
+// and the same cid: keep a client's state for DMB_RESUME_WINDOW after a
+// resumable disconnect.
+//
 // Rooms (protocol, section 10): Join and LeaveRoom change a client's (or a
 // user's) rooms, Room sends to a room's members, Broadcast and Room leave
 // out the cids listed as except, and Presence gathers every node's answer
@@ -52,6 +74,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/dmb-broker/dmb/auth"
+	"github.com/dmb-broker/dmb/history"
 	"github.com/dmb-broker/dmb/protocol"
 	"github.com/dmb-broker/dmb/pubsub"
 )
@@ -98,8 +121,9 @@ type Event struct {
 	// Resumed: a client_connected of a client that resumed its session
 	// (same cid). Resumable: a client_disconnected of a client that may
 	// resume it within DMB_RESUME_WINDOW (docs/protocol.md, section 11).
-	Resumed   bool `json:"resumed,omitempty"`
-	Resumable bool `json:"resumable,omitempty"`
+	Resumed   bool     `json:"resumed,omitempty"`
+	Resumable bool     `json:"resumable,omitempty"`
+	Rooms     []string `json:"rooms,omitempty"` // resumed: the rooms the session is in
 }
 
 // Member is a client in a presence answer.
@@ -124,6 +148,12 @@ type Options struct {
 	// before asking again; default 5s.
 	RegisterTimeout time.Duration
 	Logger          *slog.Logger
+	// LiveOnly publishes every downlink command with a plain PUBLISH:
+	// delivered to the clients connected now, never kept in DMB's history
+	// nor recovered by a client that resumes. By default commands are
+	// recoverable (FCALL dmb_publish); Command.LiveOnly makes one command
+	// live-only.
+	LiveOnly bool
 }
 
 // ErrRefused is returned by Run when DMB refuses the registration.
@@ -143,6 +173,10 @@ type Backend struct {
 	left  atomic.Bool // Leave was called: a bk_disconnected is this backend's own
 	ready chan struct{}
 	once  sync.Once
+
+	// fellBack: the last recoverable publish fell back to PUBLISH (and
+	// said so); it is said again only after one went through.
+	fellBack atomic.Bool
 }
 
 // New returns a backend for service; nothing happens until Run.
@@ -383,9 +417,14 @@ type Command struct {
 	Room      string   `json:"room,omitempty"`       // join, leave, room, presence
 	Except    []string `json:"except,omitempty"`     // broadcast, room: cids left out
 	CountOnly bool     `json:"count_only,omitempty"` // presence
+	// LiveOnly publishes this command with a plain PUBLISH, never
+	// recovered (see Options.LiveOnly); it is not sent.
+	LiveOnly bool `json:"-"`
 }
 
-// Publish sends a command on the backend's downlink channel.
+// Publish sends a command on the backend's downlink channel: recoverably
+// (FCALL dmb_publish), unless the backend or the command is live-only or
+// Redis cannot run the function (see the package documentation).
 func (b *Backend) Publish(ctx context.Context, cmd Command) error {
 	bkid := b.BKID()
 	if bkid == "" {
@@ -395,10 +434,47 @@ func (b *Backend) Publish(ctx context.Context, cmd Command) error {
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", cmd.Type, err)
 	}
-	if err := pubsub.Publish(ctx, b.rdb, b.sharded, b.ch.Downlink(bkid), payload).Err(); err != nil {
+	channel := b.ch.Downlink(bkid)
+	if b.opts.LiveOnly || cmd.LiveOnly {
+		err = pubsub.Publish(ctx, b.rdb, b.sharded, channel, payload).Err()
+	} else {
+		err = b.publishRecoverably(ctx, channel, payload)
+	}
+	if err != nil {
 		return fmt.Errorf("publish %s: %w", cmd.Type, err)
 	}
 	return nil
+}
+
+// publishRecoverably publishes payload on channel with DMB's function,
+// which keeps it in the backend's history; when Redis cannot run the
+// function, with PUBLISH.
+func (b *Backend) publishRecoverably(ctx context.Context, channel string, payload []byte) error {
+	err := b.rdb.FCall(ctx, history.Function, []string{channel}, payload).Err()
+	if err == nil {
+		b.fellBack.Store(false)
+		return nil
+	}
+	if !functionUnavailable(err) {
+		return err
+	}
+	if !b.fellBack.Swap(true) {
+		b.log.Warn("Redis cannot run DMB's "+history.Function+" function: publishing live-only (PUBLISH) until it can; "+
+			"the nodes load it at start and after a Redis restart (a DMB older than 1.1 does not), "+
+			"and a Redis ACL user needs FCALL and the history keys (docs/security.md)",
+			"bkid", b.BKID(), "err", err)
+	}
+	return pubsub.Publish(ctx, b.rdb, b.sharded, channel, payload).Err()
+}
+
+// functionUnavailable reports whether err says that Redis cannot run
+// DMB's function for this client, rather than that the command failed:
+// not loaded, FCALL unknown (Redis before 7) or not allowed by the ACL.
+func functionUnavailable(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "Function not found") ||
+		strings.HasPrefix(msg, "ERR unknown command") ||
+		strings.HasPrefix(msg, "NOPERM")
 }
 
 // Broadcast sends data to every client of the service, on every node,

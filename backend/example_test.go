@@ -3,6 +3,7 @@ package backend_test
 import (
 	"context"
 	"fmt"
+	"regexp"
 	"strings"
 	"time"
 
@@ -14,7 +15,9 @@ import (
 )
 
 // An echo service: every client message is answered with a reply that
-// resolves the client's request, and told to everyone.
+// resolves the client's request, and told to everyone. Both are
+// recoverable: they come with an offset, "bkid:position", by which a
+// client that resumes its session gets what it missed.
 func Example() {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -46,16 +49,18 @@ func Example() {
 			return
 		}
 		if !strings.HasPrefix(string(frame), `{"event":"dmb:connected"`) { // its cid varies
-			fmt.Println(string(frame))
+			fmt.Println(offset.ReplaceAllString(string(frame), `"offset":"…"`)) // so does an offset
 		}
 	}
 	cancel()
 	<-done
 	// Unordered output:
 	// {"event":"dmb:ack","id":1}
-	// {"event":"dmb:broadcast","data":{"data":"hi","from":"echo"}}
-	// {"event":"dmb:direct","data":{"echo":"hi"},"reply_to":1}
+	// {"event":"dmb:broadcast","data":{"data":"hi","from":"echo"},"offset":"…"}
+	// {"event":"dmb:direct","data":{"echo":"hi"},"reply_to":1,"offset":"…"}
 }
+
+var offset = regexp.MustCompile(`"offset":"[^"]*"`)
 
 // A client token for alice, valid an hour, for the service chat only: what
 // your login hands to the page, which connects with ?token=. DMB verifies it
