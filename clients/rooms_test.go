@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
@@ -21,6 +22,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/dmb-broker/dmb/auth"
+	"github.com/dmb-broker/dmb/backend"
+	"github.com/dmb-broker/dmb/history"
 	"github.com/dmb-broker/dmb/internal/nodetest"
 	"github.com/dmb-broker/dmb/internal/proctest"
 	"github.com/dmb-broker/dmb/internal/redistest"
@@ -35,16 +38,20 @@ import (
 //	{"op":"room","room":...,"data":...,"except":[...]}
 //	{"op":"broadcast","data":...,"except":[...]}   (without except: the old call)
 //	{"op":"presence","room":...,"count_only":...}
+//	{"op":"publish","command":{...},"live_only":...} (without live_only: the backend's default)
 //
 // answering {"result":...} or {"error":"..."} on a line of its standard
 // output. A client message "who" is answered from the event handler with
-// a presence count of the service. It prints {"ready":bkid} once listening, and {"event":...} for
-// every event the library hands to the application.
+// a presence count of the service. It prints {"ready":bkid} once listening, {"event":...} for
+// every event the library hands to the application, and {"log":...} for each warning or
+// error the library logs, in order with the rest. With a second argument, live-only, the
+// backend publishes live-only by default. The Go library runs in the test's process behind
+// the same driver (startGoDriver).
 
 const roomsSecret = "0123456789abcdef0123456789abcdef"
 
 const pythonDriver = `
-import json, sys, threading, redis
+import json, logging, sys, threading, redis
 from dmb_backend import Backend
 
 out_lock = threading.Lock()
@@ -53,7 +60,13 @@ def say(v):
         sys.stdout.write(json.dumps(v) + "\n")
         sys.stdout.flush()
 
-b = Backend(redis.Redis(host="127.0.0.1", port=int(sys.argv[1])), "chat", register_timeout=2.0)
+class Say(logging.Handler):
+    def emit(self, record):
+        say({"log": record.levelname + " " + record.getMessage()})
+logging.getLogger("dmb_backend").addHandler(Say())
+
+b = Backend(redis.Redis(host="127.0.0.1", port=int(sys.argv[1])), "chat", register_timeout=2.0,
+            live_only=sys.argv[2:] == ["live-only"])
 b.register()
 def on_event(ev):
     say({"event": ev})
@@ -75,6 +88,8 @@ for line in sys.stdin:
             r = b.broadcast(c.get("data"), except_=c["except"]) if "except" in c else b.broadcast(c.get("data"))
         elif op == "presence":
             r = b.presence(c.get("room"), count_only=c.get("count_only", False), timeout=c.get("timeout", 10.0))
+        elif op == "publish":
+            r = b.publish(c["command"], live_only=c.get("live_only"))
         else:
             raise ValueError("unknown op " + op)
         say({"result": r})
@@ -91,7 +106,11 @@ import { Backend } from '@dmb/backend';
 
 const say = (v) => process.stdout.write(JSON.stringify(v) + '\n');
 const client = createClient({ socket: { host: '127.0.0.1', port: Number(process.argv[1]) } });
-const b = new Backend(client, 'chat', { registerTimeout: 2000, logger: { info() {}, warn() {}, error() {} } });
+const log = (level) => (msg) => say({ log: level + ' ' + msg });
+const b = new Backend(client, 'chat', {
+  registerTimeout: 2000, liveOnly: process.argv[2] === 'live-only',
+  logger: { info() {}, warn: log('WARNING'), error: log('ERROR') },
+});
 await client.connect();
 await b.register();
 const running = b.run(async (ev) => {
@@ -112,6 +131,7 @@ for await (const line of createInterface({ input: process.stdin })) {
       case 'room': r = await b.room(c.room, c.data, { except: c.except }); break;
       case 'broadcast': r = await ('except' in c ? b.broadcast(c.data, { except: c.except }) : b.broadcast(c.data)); break;
       case 'presence': r = await b.presence(c.room, { countOnly: c.count_only, timeout: (c.timeout ?? 10) * 1000 }); break;
+      case 'publish': r = await b.publish(c.command, 'live_only' in c ? { liveOnly: c.live_only } : undefined); break;
       default: throw new Error('unknown op ' + c.op);
     }
     say({ result: r ?? null });
@@ -131,6 +151,7 @@ type driver struct {
 	results chan map[string]json.RawMessage
 	events  chan map[string]any
 	out     *nodetest.Buffer // stderr, shown when the test fails
+	logs    *nodetest.Buffer // the library's warnings and errors, a line each
 }
 
 func startDriver(t *testing.T, dir string, env []string, argv ...string) *driver {
@@ -138,7 +159,8 @@ func startDriver(t *testing.T, dir string, env []string, argv ...string) *driver
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), env...)
-	d := &driver{t: t, results: make(chan map[string]json.RawMessage, 100), events: make(chan map[string]any, 1000), out: &nodetest.Buffer{}}
+	d := &driver{t: t, results: make(chan map[string]json.RawMessage, 100), events: make(chan map[string]any, 1000),
+		out: &nodetest.Buffer{}, logs: &nodetest.Buffer{}}
 	cmd.Stderr = d.out
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -170,6 +192,10 @@ func startDriver(t *testing.T, dir string, env []string, argv ...string) *driver
 				d.events <- m
 				continue
 			}
+			if l, ok := line["log"]; ok {
+				d.logs.Write(append(l, '\n'))
+				continue
+			}
 			d.results <- line
 		}
 	}()
@@ -188,7 +214,7 @@ func startDriver(t *testing.T, dir string, env []string, argv ...string) *driver
 			<-done
 		}
 		if t.Failed() {
-			t.Logf("driver's standard error:\n%s", d.out)
+			t.Logf("driver's standard error:\n%s\nthe library's log:\n%s", d.out, d.logs)
 		}
 	})
 	return d
@@ -300,6 +326,9 @@ func dialClient(t *testing.T, n *nodetest.Node, user string, rooms ...string) *w
 func (c *wsClient) expect(event, room, data string) {
 	c.t.Helper()
 	f := nodetest.ReadJSON(c.t, c.conn)
+	for f["event"] == "dmb:session" { // a fresh session token after a membership change
+		f = nodetest.ReadJSON(c.t, c.conn)
+	}
 	var want any
 	if data != "" {
 		_ = json.Unmarshal([]byte(data), &want)
@@ -324,17 +353,44 @@ func (c *wsClient) send(frame string) {
 // broadcast with except (and the old broadcast), leave, presence gathered
 // from both nodes into one result, count_only, and room_joined handed to
 // the application while presence answers are not.
-func TestLibrariesRoomsAndPresence(t *testing.T) {
-	for _, lib := range []struct {
-		name string
-		dir  string
-		env  []string
-		argv []string
-	}{
+// library is one backend library's driver.
+type library struct {
+	name string
+	dir  string
+	env  []string
+	argv []string
+}
+
+func libraries(t *testing.T) []library {
+	return []library{
 		{"python", t.TempDir(), []string{"PYTHONPATH=" + abs(t, "python"), "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"},
 			[]string{"/usr/bin/python3", "-c", pythonDriver}},
 		{"node", "..", nil, []string{"node", "--input-type=module", "-e", nodeDriver}},
-	} {
+	}
+}
+
+// goLibrary is the Go library, run in the test's process behind a driver
+// (startGoDriver).
+var goLibrary = library{name: "go"}
+
+// start starts the library's driver on the Redis rs, with args after the
+// port, and returns it once it listens, with its bkid.
+func (lib library) start(t *testing.T, rs *redistest.Server, args ...string) (*driver, string) {
+	t.Helper()
+	if lib.name == goLibrary.name {
+		return startGoDriver(t, rs, args...)
+	}
+	d := startDriver(t, lib.dir, lib.env, append(append(lib.argv, strconv.Itoa(rs.Port())), args...)...)
+	ready := d.next()
+	var bkid string
+	if json.Unmarshal(ready["ready"], &bkid) != nil || bkid == "" {
+		t.Fatalf("driver's first line %v, want ready", ready)
+	}
+	return d, bkid
+}
+
+func TestLibrariesRoomsAndPresence(t *testing.T) {
+	for _, lib := range libraries(t) {
 		t.Run(lib.name, func(t *testing.T) {
 			rs := redistest.Start(t)
 			var nodes []*nodetest.Node
@@ -344,10 +400,7 @@ func TestLibrariesRoomsAndPresence(t *testing.T) {
 				nodes = append(nodes, nodetest.Start(t, cfg, node.Options{}))
 			}
 			n1, n2 := nodes[0], nodes[1]
-			d := startDriver(t, lib.dir, lib.env, append(lib.argv, strconv.Itoa(rs.Port()))...)
-			if ready := d.next(); ready["ready"] == nil {
-				t.Fatalf("driver's first line %v, want ready", ready)
-			}
+			d, _ := lib.start(t, rs)
 			a := dialClient(t, n1, "alice", "game-*")
 			c := dialClient(t, n2, "carol")
 			o := dialClient(t, n2, "bob")
@@ -446,6 +499,226 @@ func TestLibrariesRoomsAndPresence(t *testing.T) {
 			a.send(`{"event":"dmb:leave","room":"game-7","id":2}`)
 			if ev := d.event("room_left"); ev["cid"] != a.cid || ev["room"] != "game-7" {
 				t.Fatalf("room_left %v", ev)
+			}
+		})
+	}
+}
+
+// startGoDriver runs a backend of the Go library in the test's process,
+// behind a driver: each command line written to the driver is run at once
+// and answered on its results, events and warnings are what the drivers
+// print. It knows the ops broadcast and publish, and the argument
+// live-only.
+func startGoDriver(t *testing.T, rs *redistest.Server, args ...string) (*driver, string) {
+	t.Helper()
+	d := &driver{t: t, results: make(chan map[string]json.RawMessage, 100), events: make(chan map[string]any, 1000),
+		out: &nodetest.Buffer{}, logs: &nodetest.Buffer{}}
+	b := backend.New(rs.Client(), "chat", backend.Options{
+		Logger:   slog.New(slog.NewTextHandler(d.logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		LiveOnly: slices.Equal(args, []string{"live-only"}),
+	})
+	d.stdin = goCommands{b: b, results: d.results}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- b.Run(ctx, func(_ context.Context, ev backend.Event) {
+			var m map[string]any
+			raw, _ := json.Marshal(ev)
+			_ = json.Unmarshal(raw, &m)
+			d.events <- m
+		})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	select {
+	case <-b.Ready():
+	case err := <-done:
+		t.Fatalf("Go backend: %v", err)
+	case <-time.After(nodetest.Wait):
+		t.Fatal("Go backend not registered")
+	}
+	return d, b.BKID()
+}
+
+// goCommands runs the drivers' command lines on a backend of the Go
+// library.
+type goCommands struct {
+	b       *backend.Backend
+	results chan<- map[string]json.RawMessage
+}
+
+func (g goCommands) Write(line []byte) (int, error) {
+	var c struct {
+		Op       string          `json:"op"`
+		Data     any             `json:"data"`
+		Command  backend.Command `json:"command"`
+		LiveOnly bool            `json:"live_only"`
+	}
+	err := json.Unmarshal(line, &c)
+	ctx, cancel := context.WithTimeout(context.Background(), nodetest.Wait)
+	defer cancel()
+	switch {
+	case err != nil:
+	case c.Op == "broadcast":
+		err = g.b.Broadcast(ctx, c.Data)
+	case c.Op == "publish":
+		c.Command.LiveOnly = c.LiveOnly
+		err = g.b.Publish(ctx, c.Command)
+	default:
+		err = fmt.Errorf("unknown op %s", c.Op)
+	}
+	answer := map[string]json.RawMessage{"result": json.RawMessage("null")}
+	if err != nil {
+		msg, _ := json.Marshal(err.Error())
+		answer = map[string]json.RawMessage{"error": msg}
+	}
+	g.results <- answer
+	return len(line), nil
+}
+
+// fallbackWarnings counts the warnings in a library's log that it
+// publishes live-only because Redis cannot run DMB's function.
+func fallbackWarnings(log string) int {
+	n := 0
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, "WARN") && strings.Contains(line, "Redis cannot run DMB's "+history.Function+" function") {
+			n++
+		}
+	}
+	return n
+}
+
+// sessionClient is a client of a node without auth that keeps what a
+// resume needs: its session token and its last offset.
+type sessionClient struct {
+	*wsClient
+	session, offset string
+}
+
+// dialSession connects to rawURL and returns the client and its
+// dmb:connected.
+func dialSession(t *testing.T, rawURL string) (*sessionClient, map[string]any) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), nodetest.Wait)
+	defer cancel()
+	conn, _, err := websocket.Dial(ctx, rawURL, nil)
+	if err != nil {
+		t.Fatalf("dial %s: %v", rawURL, err)
+	}
+	t.Cleanup(func() { _ = conn.CloseNow() })
+	c := &sessionClient{wsClient: &wsClient{t: t, conn: conn}}
+	f := c.next()
+	if f["event"] != "dmb:connected" || f["session"] == nil {
+		t.Fatalf("first frame %v, want dmb:connected with a session", f)
+	}
+	c.cid, _ = f["cid"].(string)
+	return c, f
+}
+
+// next reads a frame, keeping its session and offset.
+func (c *sessionClient) next() map[string]any {
+	c.t.Helper()
+	f := nodetest.ReadJSON(c.t, c.conn)
+	if s, ok := f["session"].(string); ok {
+		c.session = s
+	}
+	if o, ok := f["offset"].(string); ok {
+		c.offset = o
+	}
+	return f
+}
+
+// broadcast reads the next frame, a broadcast of data, and returns its
+// offset ("" for none).
+func (c *sessionClient) broadcast(data string) string {
+	c.t.Helper()
+	f := c.next()
+	if f["event"] != "dmb:broadcast" || f["data"] != data {
+		c.t.Fatalf("frame %v, want the broadcast %q", f, data)
+	}
+	o, _ := f["offset"].(string)
+	return o
+}
+
+// TestLibrariesPublishRecoverably runs each backend library (Go too) against a real
+// node: its commands are recoverable by default (clients get an offset,
+// and a client that resumes gets what it missed), live-only per command or
+// per backend, and published with PUBLISH, with one warning, while Redis
+// has no DMB function; its events say resumable and resumed.
+func TestLibrariesPublishRecoverably(t *testing.T) {
+	for _, lib := range append([]library{goLibrary}, libraries(t)...) {
+		t.Run(lib.name, func(t *testing.T) {
+			rs := redistest.Start(t)
+			n := nodetest.Start(t, nodetest.Config(t, rs), node.Options{})
+			d, bkid := lib.start(t, rs)
+			recoverable := func(o string) bool { return strings.HasPrefix(o, bkid+":") }
+			broadcast := func(data string) { d.do(map[string]any{"op": "broadcast", "data": data}, nil) }
+
+			c, _ := dialSession(t, n.WSURL("chat"))
+			if ev := d.event("client_connected"); ev["cid"] != c.cid || ev["resumed"] == true {
+				t.Fatalf("client_connected %v of a new client", ev)
+			}
+			broadcast("kept")
+			if o := c.broadcast("kept"); !recoverable(o) {
+				t.Fatalf("broadcast offset %q, want one of backend %s's history", o, bkid)
+			}
+			live := map[string]any{"op": "publish", "command": map[string]any{"type": "broadcast", "data": "live"}, "live_only": true}
+			d.do(live, nil)
+			if o := c.broadcast("live"); o != "" {
+				t.Fatalf("a live-only command came with offset %q", o)
+			}
+
+			// The client drops, and comes back with what it missed: the
+			// recoverable broadcast, not the live-only one.
+			_ = c.conn.CloseNow()
+			if ev := d.event("client_disconnected"); ev["cid"] != c.cid || ev["resumable"] != true {
+				t.Fatalf("client_disconnected %v, want resumable", ev)
+			}
+			broadcast("missed")
+			d.do(live, nil)
+			r, f := dialSession(t, n.WSURL("chat")+"?"+url.Values{"resume": {c.session}, "offset": {c.offset}}.Encode())
+			if f["resumed"] != true || f["recovered"] != true || r.cid != c.cid {
+				t.Fatalf("resume answered %v, want the session of %s resumed and recovered", f, c.cid)
+			}
+			if ev := d.event("client_connected"); ev["cid"] != c.cid || ev["resumed"] != true {
+				t.Fatalf("client_connected %v after a resume, want resumed", ev)
+			}
+			if o := r.broadcast("missed"); !recoverable(o) {
+				t.Fatalf("the missed broadcast came with offset %q", o)
+			}
+			broadcast("after")
+			r.broadcast("after")
+
+			// Without DMB's function (a Redis that lost it, an older DMB):
+			// PUBLISH, and one warning; the function again once it is back.
+			rdb := rs.Client()
+			ctx, cancel := context.WithTimeout(context.Background(), nodetest.Wait)
+			defer cancel()
+			if err := rdb.FunctionDelete(ctx, "dmb").Err(); err != nil {
+				t.Fatal(err)
+			}
+			for _, data := range []string{"fallback 1", "fallback 2"} {
+				broadcast(data)
+				if o := r.broadcast(data); o != "" {
+					t.Fatalf("a broadcast without the function came with offset %q", o)
+				}
+			}
+			if w := fallbackWarnings(d.logs.String()); w != 1 {
+				t.Fatalf("%d warnings, want 1:\n%s", w, d.logs)
+			}
+			if err := history.Load(ctx, rdb, history.Config{Size: history.DefaultSize, TTL: history.DefaultTTL}); err != nil {
+				t.Fatal(err)
+			}
+			broadcast("back")
+			if o := r.broadcast("back"); !recoverable(o) {
+				t.Fatalf("broadcast once the function is back came with offset %q", o)
+			}
+
+			// A backend live-only by default: its broadcasts reach every
+			// client of the service, without an offset.
+			d2, _ := lib.start(t, rs, "live-only")
+			d2.do(map[string]any{"op": "broadcast", "data": "live backend"}, nil)
+			if o := r.broadcast("live backend"); o != "" {
+				t.Fatalf("a live-only backend's broadcast came with offset %q", o)
 			}
 		})
 	}

@@ -25,6 +25,17 @@ export interface UplinkEvent {
   error?: string;
   /** room_joined, room_left: the room a client joined or left by itself. */
   room?: string;
+  /**
+   * client_connected: the client resumed its session (the same cid as
+   * before): keep the state you kept for it.
+   */
+  resumed?: boolean;
+  /**
+   * client_disconnected: the client may resume its session within
+   * DMB_RESUME_WINDOW (false when it cannot come back): keep its state
+   * that long.
+   */
+  resumable?: boolean;
   [field: string]: unknown;
 }
 
@@ -77,6 +88,17 @@ export interface BackendOptions {
   /** How long register() waits for DMB's answer, in ms; default 5000. */
   registerTimeout?: number;
   logger?: Logger;
+  /**
+   * Publish every downlink command with a plain PUBLISH: live only, never
+   * kept in DMB's history nor recovered by a client that resumes. Default
+   * false: commands are recoverable (FCALL dmb_publish).
+   */
+  liveOnly?: boolean;
+}
+
+export interface PublishOptions {
+  /** Publish this command live-only (plain PUBLISH); default: the backend's liveOnly. */
+  liveOnly?: boolean;
 }
 
 /** DMB answered bk_connect with bk_connect_nack (e.g. an invalid service name). */
@@ -98,6 +120,8 @@ export class Backend {
   readonly prefix: string;
   registerTimeout: number;
   log: Logger;
+  /** Every downlink command is published live-only (plain PUBLISH), never recovered. */
+  liveOnly: boolean;
   /** The bkid, null before the first registration. */
   bkid: string | null;
   /** Resolves once run() listens on the uplink for the first time. */
@@ -108,8 +132,12 @@ export class Backend {
   run(handler: (ev: UplinkEvent) => void | Promise<void>): Promise<void>;
   /** Make run() return. */
   stop(): void;
-  /** Publish a downlink command as is; add `id` to get bk_message_ack events. */
-  publish(command: Record<string, unknown>): Promise<void>;
+  /**
+   * Publish a downlink command as is; add `id` to get bk_message_ack events.
+   * Recoverable (FCALL dmb_publish) unless live-only; when Redis cannot run
+   * DMB's function, it falls back to PUBLISH and logs a warning once.
+   */
+  publish(command: Record<string, unknown>, opts?: PublishOptions): Promise<void>;
   /** Send data to every client of the service, on every node, but the cids in except. */
   broadcast(data: unknown, opts?: { except?: string[] }): Promise<void>;
   /** Send data to one client; replyTo (the id of its message) lets it match the reply. */

@@ -33,6 +33,25 @@
 // Clients that join or leave by themselves arrive as room_joined and
 // room_left events.
 //
+// Recoverable publishing (protocol, section 11): every downlink command
+// (publish() and every method built on it) is published recoverably by
+// default, with FCALL dmb_publish on the downlink channel: DMB keeps it in
+// the backend's history, clients get it with an offset, and a client that
+// resumes its session within DMB_RESUME_WINDOW gets what it missed.
+// new Backend(client, service, { liveOnly: true }) publishes every command
+// with a plain PUBLISH (live only, never recovered); publish(command, {
+// liveOnly: true }) does so for one command. When Redis cannot run the
+// function (an older DMB, a Redis that restarted before DMB loaded it
+// again, a Redis older than 7, an ACL user without FCALL), the command goes
+// out with PUBLISH, live-only, and a warning is logged once; the next
+// command tries FCALL again. presence() requests are always a plain
+// PUBLISH.
+//
+// A client that dropped and may come back arrives as a client_disconnected
+// event with resumable: true; when it resumes, its client_connected has
+// resumed: true and the same cid. Keep a client's state for
+// DMB_RESUME_WINDOW after a resumable disconnect.
+//
 // mintToken() makes the HS256 client tokens DMB accepts when DMB_JWT_SECRET
 // is set, with node:crypto only.
 
@@ -44,6 +63,16 @@ const MAX_BACKOFF = 5000; // ms
 // The id of every presence request the library sends starts with this; the
 // answers to those go to presence(), never to run()'s handler.
 const PRESENCE_ID_PREFIX = 'dmb-presence-';
+
+// DMB's function that stores a command in the backend's history and
+// publishes it: FCALL dmb_publish 1 <downlink channel> <payload>.
+const FUNCTION = 'dmb_publish';
+
+// functionUnavailable reports whether err says that Redis cannot run DMB's
+// function for this client: not loaded, FCALL unknown (Redis before 7), or
+// not allowed by the ACL.
+const functionUnavailable = (err) =>
+  /Function not found|^ERR unknown command|^NOPERM/.test(err?.message ?? '');
 
 const ROOM = /^[A-Za-z0-9_.:@/-]{1,128}$/;
 
@@ -103,6 +132,7 @@ export class Backend {
   #down = false;
   #presence = new Map(); // request id -> what takes its answers
   #listening;
+  #fellBack = false; // the last recoverable publish fell back to PUBLISH, and said so
 
   /**
    * @param client a node-redis v5 client from createClient, createSentinel or
@@ -111,15 +141,18 @@ export class Backend {
    *   (node-redis would otherwise crash the process on a connection error);
    *   the backend logs connection trouble itself.
    * @param service the service name
-   * @param opts prefix (DMB_PREFIX, default "dmb"), registerTimeout (ms, default 5000), logger
+   * @param opts prefix (DMB_PREFIX, default "dmb"), registerTimeout (ms, default 5000), logger,
+   *   liveOnly (publish every command with a plain PUBLISH, never recovered; default false)
    */
-  constructor(client, service, { prefix = 'dmb', registerTimeout = 5000, logger = stderrLogger } = {}) {
+  constructor(client, service, { prefix = 'dmb', registerTimeout = 5000, logger = stderrLogger, liveOnly = false } = {}) {
     this.#client = client;
     this.#mode = modeOf(client);
     this.service = service;
     this.prefix = prefix;
     this.registerTimeout = registerTimeout;
     this.log = logger;
+    /** Publish every downlink command with a plain PUBLISH, never recovered. */
+    this.liveOnly = liveOnly;
     /** The bkid, null before the first registration. */
     this.bkid = null;
     /** Resolves once run() listens on the uplink for the first time. */
@@ -389,10 +422,38 @@ export class Backend {
     this.#abort.abort();
   }
 
-  /** Publish a downlink command as is; add `id` to get bk_message_ack events. */
-  async publish(command) {
+  // publishRecoverably publishes with DMB's function, which keeps the
+  // command in the backend's history; with PUBLISH when Redis cannot run it.
+  async #publishRecoverably(channel, payload) {
+    try {
+      await this.#client.fCall(FUNCTION, { keys: [channel], arguments: [payload] });
+      this.#fellBack = false;
+      return;
+    } catch (err) {
+      if (!functionUnavailable(err)) throw err;
+      if (!this.#fellBack) {
+        this.#fellBack = true;
+        this.log.warn(
+          `Redis cannot run DMB's ${FUNCTION} function: publishing live-only (PUBLISH) until it can; ` +
+            'the nodes load it at start and after a Redis restart (a DMB older than 1.1 does not), ' +
+            'and a Redis ACL user needs FCALL and the history keys (docs/security.md)',
+          { bkid: this.bkid, err: err.message },
+        );
+      }
+    }
+    await this.#publish(channel, payload);
+  }
+
+  /**
+   * Publish a downlink command as is; add `id` to get bk_message_ack events.
+   * Recoverable (FCALL dmb_publish) unless liveOnly (by default the
+   * backend's liveOnly).
+   */
+  async publish(command, { liveOnly = this.liveOnly } = {}) {
     if (!this.bkid) throw new Error('not registered');
-    await this.#publish(`${this.prefix}:${this.bkid}`, JSON.stringify(command));
+    const channel = `${this.prefix}:${this.bkid}`;
+    const payload = JSON.stringify(command);
+    await (liveOnly ? this.#publish(channel, payload) : this.#publishRecoverably(channel, payload));
   }
 
   /**
@@ -500,7 +561,7 @@ export class Backend {
       timer = setTimeout(() => resolve(result), timeout);
     });
     try {
-      await this.publish(cmd);
+      await this.publish(cmd, { liveOnly: true }); // a question, not a message: never kept
       return await gathered;
     } finally {
       clearTimeout(timer);

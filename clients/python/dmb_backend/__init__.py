@@ -26,6 +26,24 @@ room's members, broadcast() and room() leave out the cids in except_, and
 presence() gathers every node's answer into one result. Clients that join
 or leave by themselves arrive as room_joined and room_left events.
 
+Recoverable publishing (protocol, section 11): every downlink command
+(publish() and all the methods built on it) is published recoverably by
+default, with FCALL dmb_publish on the downlink channel: DMB keeps it in the
+backend's history, clients get it with an "offset", and a client that
+resumes its session within DMB_RESUME_WINDOW gets what it missed.
+Backend(..., live_only=True) publishes every command with a plain PUBLISH
+(live only, never recovered); publish(command, live_only=True) does so for
+one command. When Redis cannot run the function (an older DMB, a Redis
+that restarted before DMB loaded it again, a Redis older than 7, an ACL
+user without FCALL), the command goes out with PUBLISH, live-only, and a
+warning is logged once; the next command tries FCALL again. presence()
+requests are always a plain PUBLISH.
+
+A client that dropped and may come back arrives as a client_disconnected
+event with "resumable": True; when it resumes, its client_connected has
+"resumed": True and the same cid. Keep a client's state for
+DMB_RESUME_WINDOW after a resumable disconnect.
+
 run() survives a Redis restart or failover: it reconnects with backoff,
 registers again with the same bkid, and follows a new bkid when DMB hands
 out another one (Redis lost its data).
@@ -64,6 +82,10 @@ _POLL = 0.25  # seconds between checks of stop() while waiting
 # handler.
 _PRESENCE_ID_PREFIX = "dmb-presence-"
 
+# DMB's function that stores a command in the backend's history and
+# publishes it: FCALL dmb_publish 1 <downlink channel> <payload>.
+_FUNCTION = "dmb_publish"
+
 _ROOM_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:@/-")
 
 
@@ -74,11 +96,14 @@ class RegistrationRefused(Exception):
 class Backend:
     """One backend of a DMB service."""
 
-    def __init__(self, redis_client, service, prefix="dmb", register_timeout=5.0):
+    def __init__(self, redis_client, service, prefix="dmb", register_timeout=5.0, live_only=False):
         self.redis = redis_client
         self.service = service
         self.prefix = prefix
         self.register_timeout = register_timeout
+        # Publish every downlink command with a plain PUBLISH, never recovered.
+        self.live_only = live_only
+        self._fell_back = False  # the last recoverable publish fell back to PUBLISH, and said so
         self.bkid = None  # set by register()
         self._stop = threading.Event()
         self._reconnected = False
@@ -255,13 +280,44 @@ class Backend:
             return self.redis.execute_command("SPUBLISH", channel, payload, target_nodes=node)
         return self.redis.publish(channel, payload)
 
+    def _fcall(self, channel, payload):
+        """FCALL DMB's function on channel (on a cluster, at the master of its slot)."""
+        if self._sharded:
+            node = self.redis.get_node_from_key(channel)
+            return self.redis.execute_command("FCALL", _FUNCTION, 1, channel, payload, target_nodes=node)
+        return self.redis.fcall(_FUNCTION, 1, channel, payload)
+
+    def _publish_recoverably(self, channel, payload):
+        """Publish with DMB's function, kept in the backend's history; with PUBLISH when Redis cannot run it."""
+        try:
+            self._fcall(channel, payload)
+        except redis.exceptions.ResponseError as e:
+            if not _function_unavailable(e):
+                raise
+            if not self._fell_back:
+                self._fell_back = True
+                log.warning("Redis cannot run DMB's %s function (%s): publishing live-only (PUBLISH) until it can; "
+                            "the nodes load it at start and after a Redis restart (a DMB older than 1.1 does not), "
+                            "and a Redis ACL user needs FCALL and the history keys (docs/security.md)", _FUNCTION, e)
+            self._publish(channel, payload)
+            return
+        self._fell_back = False
+
     # -- downlink ---------------------------------------------------------
 
-    def publish(self, command):
-        """Publish a downlink command (a dict) as is; add "id" to get bk_message_ack events."""
+    def publish(self, command, live_only=None):
+        """Publish a downlink command (a dict) as is; add "id" to get bk_message_ack events.
+
+        Recoverable (FCALL dmb_publish) unless live_only, or the backend's
+        live_only when live_only is None.
+        """
         if not self.bkid:
             raise RuntimeError("not registered")
-        self._publish("%s:%s" % (self.prefix, self.bkid), _dumps(command))
+        channel, payload = "%s:%s" % (self.prefix, self.bkid), _dumps(command)
+        if self.live_only if live_only is None else live_only:
+            self._publish(channel, payload)
+        else:
+            self._publish_recoverably(channel, payload)
 
     def broadcast(self, data, except_=None):
         """Send data to every client of the service, on every node, but the cids in except_."""
@@ -347,7 +403,7 @@ class Backend:
                 self._wait(ps, "subscribe", deadline)
             except TimeoutError:
                 return result
-            self.publish(cmd)
+            self.publish(cmd, live_only=True)  # a question, not a message: never kept
             want = 0
             while True:
                 left = deadline - time.monotonic()
@@ -484,6 +540,14 @@ def _membership(typ, room, cid, user):
     if user:
         return {"type": typ, "room": room, "user": user}
     raise ValueError("%s needs a cid or a user" % typ)
+
+
+def _function_unavailable(e):
+    """Whether e says Redis cannot run DMB's function for this client: not loaded, FCALL unknown, or not allowed."""
+    if isinstance(e, redis.exceptions.NoPermissionError):
+        return True
+    msg = str(e)  # redis-py drops the "ERR " of the reply
+    return "Function not found" in msg or msg.startswith(("unknown command", "ERR unknown command"))
 
 
 def _presence_answer(ev):
