@@ -460,7 +460,7 @@ func (b *Backend) publishRecoverably(ctx context.Context, channel string, payloa
 	}
 	if !b.fellBack.Swap(true) {
 		b.log.Warn("Redis cannot run DMB's "+history.Function+" function: publishing live-only (PUBLISH) until it can; "+
-			"the nodes load it at start and after a Redis restart (a DMB older than 1.1 does not), "+
+			"the nodes load it at start and after a Redis restart (a DMB without sessions does not), "+
 			"and a Redis ACL user needs FCALL and the history keys (docs/security.md)",
 			"bkid", b.BKID(), "err", err)
 	}

@@ -435,7 +435,7 @@ export class Backend {
         this.#fellBack = true;
         this.log.warn(
           `Redis cannot run DMB's ${FUNCTION} function: publishing live-only (PUBLISH) until it can; ` +
-            'the nodes load it at start and after a Redis restart (a DMB older than 1.1 does not), ' +
+            'the nodes load it at start and after a Redis restart (a DMB without sessions does not), ' +
             'and a Redis ACL user needs FCALL and the history keys (docs/security.md)',
           { bkid: this.bkid, err: err.message },
         );

@@ -297,7 +297,7 @@ class Backend:
             if not self._fell_back:
                 self._fell_back = True
                 log.warning("Redis cannot run DMB's %s function (%s): publishing live-only (PUBLISH) until it can; "
-                            "the nodes load it at start and after a Redis restart (a DMB older than 1.1 does not), "
+                            "the nodes load it at start and after a Redis restart (a DMB without sessions does not), "
                             "and a Redis ACL user needs FCALL and the history keys (docs/security.md)", _FUNCTION, e)
             self._publish(channel, payload)
             return
