@@ -24,11 +24,21 @@ import (
 // atomic; the rest belong to the reader and are read only after it ended.
 type client struct {
 	idx  int
-	conn *upgradedConn
-	in   *inbox // the reader's
+	mu   sync.Mutex    // guards conn, which a resume replaces (resume scenario)
+	conn *upgradedConn // the reader's; others take it with current
+	in   *inbox        // the reader's
 	cid  string
 	lat  *histogram // downlink latency or ack latency
 	run  *runClock
+
+	// The session (docs/protocol.md, section 11): the newest token DMB
+	// gave, from dmb:connected or dmb:session, and what the last
+	// dmb:connected said. The reader's once it started.
+	session   string
+	resumed   bool
+	recovered bool
+
+	rs *resumeState // resume scenario only
 
 	ended    chan struct{} // closed when the reader returns
 	endErr   error         // why it returned; read after ended
@@ -41,6 +51,7 @@ type client struct {
 	lastSeq     int64 // reader only
 	reordered   int64 // reader only
 	duplicates  int64 // reader only
+	withOffset  int64 // reader only: data frames with an offset (recoverable)
 	undecoded   int64 // reader only: frames the generator could not read
 	strayErrs   int64 // reader only: dmb:error without an id of ours
 	untimedAcks int64 // reader only: acks whose send time a later frame took over (an answer came out of order)
@@ -104,6 +115,9 @@ var (
 	prefixAck       = []byte(`{"event":"dmb:ack","id":`)
 	prefixError     = []byte(`{"event":"dmb:error",`)
 	prefixConnected = []byte(`{"event":"dmb:connected","cid":"`)
+	prefixSession   = []byte(`{"event":"dmb:session","session":"`)
+	markOffset      = []byte(`,"offset":"`)
+	markSession     = []byte(`,"session":"`)
 )
 
 type frameKind uint8
@@ -115,6 +129,7 @@ const (
 	frameAck
 	frameError
 	frameConnected
+	frameSession // dmb:session
 )
 
 // frameInfo is what the generator needs of a frame.
@@ -124,6 +139,10 @@ type frameInfo struct {
 	id     int64  // frameAck, frameError: the id answered (-1 when none)
 	cid    string // frameConnected
 	ok     bool   // the fields above could be read
+
+	// frameData: the message's offset, "bkid:position", when it is
+	// recoverable; frameSession: the new token. Both point into the frame.
+	offset, session []byte
 }
 
 // readFrame reads what the generator needs of one frame without
@@ -132,19 +151,25 @@ func readFrame(f []byte) frameInfo {
 	switch {
 	case bytes.HasPrefix(f, prefixBroadcast):
 		if seq, t, ok := readSeqTime(f[len(prefixBroadcast):]); ok {
-			return frameInfo{kind: frameData, seq: seq, t: t, ok: true}
+			return frameInfo{kind: frameData, seq: seq, t: t, ok: true, offset: trailingOffset(f)}
 		}
 	case bytes.HasPrefix(f, prefixDirect):
 		if seq, t, ok := readSeqTime(f[len(prefixDirect):]); ok {
-			return frameInfo{kind: frameData, seq: seq, t: t, ok: true}
+			return frameInfo{kind: frameData, seq: seq, t: t, ok: true, offset: trailingOffset(f)}
 		}
 	case bytes.HasPrefix(f, prefixRoom):
 		// A room name has no quote: the data follows the first one.
 		rest := f[len(prefixRoom):]
 		if i := bytes.IndexByte(rest, '"'); i >= 0 && bytes.HasPrefix(rest[i:], []byte(`","data":`)) {
 			if seq, t, ok := readSeqTime(rest[i+len(`","data":`):]); ok {
-				return frameInfo{kind: frameData, seq: seq, t: t, ok: true}
+				return frameInfo{kind: frameData, seq: seq, t: t, ok: true, offset: trailingOffset(f)}
 			}
+		}
+	case bytes.HasPrefix(f, prefixSession):
+		// A token is base64url and dots: it ends at the first quote.
+		rest := f[len(prefixSession):]
+		if i := bytes.IndexByte(rest, '"'); i > 0 && string(rest[i:]) == `"}` {
+			return frameInfo{kind: frameSession, id: -1, session: rest[:i], ok: true}
 		}
 	case bytes.HasPrefix(f, prefixAck):
 		if id, rest, ok := readInt(f[len(prefixAck):]); ok && len(rest) == 1 && rest[0] == '}' {
@@ -152,6 +177,21 @@ func readFrame(f []byte) frameInfo {
 		}
 	}
 	return readFrameJSON(f)
+}
+
+// trailingOffset is the offset DMB adds as the last member of a
+// recoverable message's frame, ...,"offset":"<bkid>:<position>"}; nil when
+// there is none. The generator's data ends with "}, and the frame with a
+// brace after it: a frame that ends with a quote and a brace has an offset.
+func trailingOffset(f []byte) []byte {
+	if len(f) < 2 || f[len(f)-1] != '}' || f[len(f)-2] != '"' {
+		return nil
+	}
+	i := bytes.LastIndex(f, markOffset)
+	if i < 0 {
+		return nil
+	}
+	return f[i+len(markOffset) : len(f)-2]
 }
 
 // readSeqTime reads the start of a data object {"s":<seq>,"t":<ns>,...}.
@@ -182,9 +222,11 @@ func readInt(b []byte) (int64, []byte, bool) {
 // readFrameJSON is the slow path of readFrame.
 func readFrameJSON(f []byte) frameInfo {
 	var fr struct {
-		Event string `json:"event"`
-		CID   string `json:"cid"`
-		Data  struct {
+		Event   string `json:"event"`
+		CID     string `json:"cid"`
+		Session string `json:"session"`
+		Offset  string `json:"offset"`
+		Data    struct {
 			S *int64 `json:"s"`
 			T *int64 `json:"t"`
 		} `json:"data"`
@@ -212,6 +254,11 @@ func readFrameJSON(f []byte) frameInfo {
 		if fr.Data.S != nil && fr.Data.T != nil {
 			info.seq, info.t, info.ok = *fr.Data.S, *fr.Data.T, true
 		}
+		if fr.Offset != "" {
+			info.offset = []byte(fr.Offset)
+		}
+	case "dmb:session":
+		info.kind, info.session, info.ok = frameSession, []byte(fr.Session), fr.Session != ""
 	case "dmb:ack":
 		info.kind, info.ok = frameAck, info.id >= 0
 	case "dmb:error":
@@ -266,14 +313,44 @@ func (c *client) first(e *endpoint) error {
 	if bytes.HasPrefix(data, prefixConnected) {
 		if i := bytes.IndexByte(data[len(prefixConnected):], '"'); i > 0 {
 			c.cid = string(data[len(prefixConnected) : len(prefixConnected)+i])
+			c.readSession(data)
 			return nil
 		}
 	}
 	if info := readFrameJSON(data); info.kind == frameConnected && info.ok {
 		c.cid = info.cid
+		c.readSession(data)
 		return nil
 	}
 	return fmt.Errorf("first frame is not dmb:connected: %.100q", data)
+}
+
+// readSession reads the session token of dmb:connected, and whether the
+// connection resumed an earlier session and recovered what it missed:
+// {...,"session":"<token>","resumed":<bool>,"recovered":<bool>}. A node
+// that could not sign a token sends none.
+func (c *client) readSession(data []byte) {
+	c.session, c.resumed, c.recovered = "", false, false
+	i := bytes.Index(data, markSession)
+	if i < 0 {
+		return
+	}
+	rest := data[i+len(markSession):]
+	j := bytes.IndexByte(rest, '"')
+	if j <= 0 {
+		return
+	}
+	c.session = string(rest[:j])
+	rest = rest[j:]
+	c.resumed = bytes.Contains(rest, []byte(`"resumed":true`))
+	c.recovered = bytes.Contains(rest, []byte(`"recovered":true`))
+}
+
+// current is the client's connection now: a resume replaces it.
+func (c *client) current() *upgradedConn {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.conn
 }
 
 // startReading starts the reader goroutine, which closes the connection
@@ -290,10 +367,18 @@ func (c *client) startReading() {
 	}
 	go func() {
 		defer close(c.ended)
-		c.endErr = c.readLoop()
-		_ = c.conn.Close()
-		if !c.closing.Load() {
-			c.gone.Store(true)
+		for {
+			c.endErr = c.readLoop()
+			_ = c.conn.Close()
+			if c.closing.Load() {
+				return
+			}
+			// In the resume scenario the client takes its session up again
+			// elsewhere, as the browser client does.
+			if c.rs == nil || !c.rs.resume(c) {
+				c.gone.Store(true)
+				return
+			}
 		}
 	}()
 }
@@ -318,14 +403,15 @@ var closeWait = 5 * time.Second
 // writeFrame takes.
 func (c *client) close(code websocket.StatusCode, reason string) {
 	deadline := time.Now().Add(closeWait)
-	_ = c.conn.SetWriteDeadline(deadline)
-	_ = c.conn.writeFrame(wsframe.OpClose, closePayload(code, reason))
+	conn := c.current()
+	_ = conn.SetWriteDeadline(deadline)
+	_ = conn.writeFrame(wsframe.OpClose, closePayload(code, reason))
 	t := time.NewTimer(time.Until(deadline))
 	defer t.Stop()
 	select {
 	case <-c.ended:
 	case <-t.C:
-		_ = c.conn.Close()
+		_ = c.current().Close()
 		<-c.ended
 	}
 }
@@ -334,9 +420,18 @@ func (c *client) handle(f frameInfo, now int64) {
 	switch f.kind {
 	case frameJoined:
 		c.joined.Add(1)
+	case frameSession:
+		c.session = string(f.session)
 	case frameData:
 		if !f.ok {
 			c.undecoded++
+			return
+		}
+		if f.offset != nil {
+			c.withOffset++
+		}
+		if rs := c.rs; rs != nil {
+			rs.data(c, f, now)
 			return
 		}
 		c.received.Add(1)

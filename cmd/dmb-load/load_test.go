@@ -382,3 +382,83 @@ func TestRoomJoinsEveryClientAndDeliversToTheMembersInOrder(t *testing.T) {
 		t.Fatalf("%d deliveries expected of %d room messages, want 4 to 5 each", r.Expected, r.Sent)
 	}
 }
+
+func TestRecoverableBroadcastCarriesOffsetsAndLivePublishNone(t *testing.T) {
+	tg := startTarget(t)
+	for _, recoverable := range []bool{true, false} {
+		o := tg.options(scenarioBroadcast, 20, 500*time.Millisecond)
+		o.Rate, o.Recoverable = 200, recoverable
+		rep := runOK(t, o)
+		r := rep.Results.downlinkResult
+		switch {
+		case !rep.Params.Recoverable != !recoverable:
+			t.Errorf("recoverable %v: params say %v", recoverable, rep.Params.Recoverable)
+		case r.Sent == 0 || r.Received != r.Sent*20 || r.Lost != 0 || r.Reordered != 0 || r.Duplicates != 0 || r.Undecoded != 0:
+			t.Errorf("recoverable %v: %+v", recoverable, r)
+		case recoverable && r.WithOffset != r.Received:
+			t.Errorf("recoverable: %d of %d frames carried an offset", r.WithOffset, r.Received)
+		case !recoverable && r.WithOffset != 0:
+			t.Errorf("live-only: %d frames carried an offset", r.WithOffset)
+		case r.PublishedToNobody != 0 || r.PublishError != "":
+			t.Errorf("recoverable %v: published to nobody %d, error %q", recoverable, r.PublishedToNobody, r.PublishError)
+		}
+	}
+}
+
+// TestResumeAcrossADrainLosesNothing runs the resume scenario on two real
+// nodes of one Redis: half the clients are on the node that drains, and
+// each of them takes its session up on the other with every message, once
+// and in order.
+func TestResumeAcrossADrainLosesNothing(t *testing.T) {
+	rs := redistest.Start(t)
+	start := func(admin bool) *nodetest.Node {
+		cfg := nodetest.Config(t, rs)
+		cfg.ClientRate = 0
+		if admin {
+			cfg.AdminAddr = "127.0.0.1:0"
+		}
+		return nodetest.Start(t, cfg, node.Options{})
+	}
+	a, b := start(true), start(false)
+	const clients = 240
+	o := defaultOptions()
+	o.DMB = "ws://" + a.Addr().String() + ",ws://" + b.Addr().String()
+	o.Metrics = b.URL("/metrics") // the node that stays
+	o.Redis = rs.Addr()
+	o.Scenario, o.Clients, o.Duration, o.Rate = scenarioResume, clients, 3*time.Second, 50
+	o.Drain, o.DrainAfter = "http://"+a.AdminAddr().String(), time.Second
+	rep := runOK(t, o)
+	r := rep.Results.downlinkResult
+	if r == nil || r.Resume == nil {
+		t.Fatal("no resume results")
+	}
+	res := r.Resume
+	switch {
+	case !rep.Params.Recoverable:
+		t.Errorf("resume published live-only")
+	case r.Sent < 140 || r.Expected != r.Sent*clients || res.ExpectedPerClient != r.Sent:
+		t.Errorf("sent %d, expected %d (%d per client)", r.Sent, r.Expected, res.ExpectedPerClient)
+	case r.Lost != 0 || r.Duplicates != 0 || r.Reordered != 0 || r.Undecoded != 0 || res.ClientsLosing != 0:
+		t.Errorf("lost %d (%d clients), duplicates %d, reordered %d, undecoded %d", r.Lost, res.ClientsLosing, r.Duplicates, r.Reordered, r.Undecoded)
+	case r.Received != r.Expected || r.WithOffset < r.Received:
+		t.Errorf("received %d of %d, %d with an offset", r.Received, r.Expected, r.WithOffset)
+	}
+	switch d := res.Drain; {
+	case d == nil || d.Status != 202 || d.Error != "":
+		t.Fatalf("drain: %+v", d)
+	case len(res.ClientsPerNode) != 2 || res.ClientsPerNode[0] != clients/2 || res.ClientsPerNode[1] != clients/2:
+		t.Errorf("clients per node %v", res.ClientsPerNode)
+	case res.ClientsDropped != clients/2 || res.Drops != clients/2 || res.DropCodes["1001"] != clients/2:
+		t.Errorf("%d clients dropped, %d drops %v; want the drained node's %d with 1001", res.ClientsDropped, res.Drops, res.DropCodes, clients/2)
+	case res.ClientsResumed != res.ClientsDropped || res.Resumes != res.Drops:
+		t.Errorf("%d of %d dropped clients resumed, %d resumes", res.ClientsResumed, res.ClientsDropped, res.Resumes)
+	case res.Unrecovered != 0 || res.FreshSessions != 0 || res.CIDChanged != 0 || res.Failed != 0:
+		t.Errorf("unrecovered %d, fresh %d, cid changed %d, failed %d", res.Unrecovered, res.FreshSessions, res.CIDChanged, res.Failed)
+	case res.ResumeLatency.Count != uint64(res.Resumes) || res.ResumeLatency.P50 <= 0:
+		t.Errorf("resume latency %+v for %d resumes", res.ResumeLatency, res.Resumes)
+	}
+	// The drained node stopped by itself.
+	if err := a.Wait(); err != nil {
+		t.Errorf("drained node: %v", err)
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/dmb-broker/dmb/backend"
+	"github.com/dmb-broker/dmb/history"
 	"github.com/dmb-broker/dmb/protocol"
 )
 
@@ -38,6 +39,10 @@ type loadBackend struct {
 	lat  *histogram // uplink: client send to backend receive; shared by the backends
 	stop context.CancelFunc
 	done chan error
+
+	// recoverable: publishBatch sends FCALL dmb_publish, which keeps each
+	// command in the backend's history, rather than PUBLISH (-recoverable).
+	recoverable bool
 
 	// Counted by the handler, which runs on one goroutine, and read by others.
 	messages     atomic.Int64
@@ -81,7 +86,7 @@ func startBackend(ctx context.Context, o *options, run *runClock, lat *histogram
 	})
 	lb := &loadBackend{
 		rdb: rdb, ch: protocol.NewChannels(o.Prefix), run: run, lat: lat,
-		done: make(chan error, 1), lastID: map[string]*int64{},
+		done: make(chan error, 1), lastID: map[string]*int64{}, recoverable: o.Recoverable,
 	}
 	lb.b = backend.New(rdb, o.Service, backend.Options{Prefix: o.Prefix, Logger: log, RegisterTimeout: 2 * time.Second})
 	runCtx, cancel := context.WithCancel(context.Background())
@@ -249,17 +254,32 @@ func (lb *loadBackend) downlink() string { return lb.ch.Downlink(lb.b.BKID()) }
 
 // publishBatch publishes the commands in one pipeline, in order, and
 // returns how many of them no DMB node received (PUBLISH answered 0).
+// A recoverable backend sends each with FCALL dmb_publish, whose answer is
+// PUBLISH's; there is no fallback to PUBLISH: a Redis without DMB's
+// function fails the run rather than measure live-only publishing.
 func (lb *loadBackend) publishBatch(ctx context.Context, channel string, cmds [][]byte) (nobody int, err error) {
 	pipe := lb.rdb.Pipeline()
+	keys := []string{channel}
 	for _, c := range cmds {
-		pipe.Publish(ctx, channel, c)
+		if lb.recoverable {
+			pipe.FCall(ctx, history.Function, keys, c)
+		} else {
+			pipe.Publish(ctx, channel, c)
+		}
 	}
 	res, err := pipe.Exec(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("publish %d commands: %w", len(cmds), err)
 	}
 	for _, r := range res {
-		if n, _ := r.(*redis.IntCmd).Result(); n == 0 {
+		var n int64
+		switch c := r.(type) {
+		case *redis.IntCmd:
+			n = c.Val()
+		case *redis.Cmd:
+			n, _ = c.Int64()
+		}
+		if n == 0 {
 			nobody++
 		}
 	}

@@ -13,11 +13,16 @@
 //	go run ./cmd/dmb-load -scenario idle -clients 2000 -duration 5s
 //	go run ./cmd/dmb-load -scenario broadcast -clients 1000 -rate 0 -duration 10s
 //	go run ./cmd/dmb-load -scenario uplink -clients 200 -duration 10s -json out.json
+//	go run ./cmd/dmb-load -scenario broadcast -recoverable -clients 1000 -rate 200
+//	go run ./cmd/dmb-load -scenario resume -dmb ws://127.0.0.1:8082,ws://127.0.0.1:9082 \
+//	    -metrics http://127.0.0.1:9082/metrics -drain http://127.0.0.1:8083 -clients 1000
 //
 // Flags:
 //
 //	-dmb URL        DMB's WebSocket base URL (default ws://127.0.0.1:8082);
-//	                clients connect to URL/ws/SERVICE
+//	                clients connect to URL/ws/SERVICE. Several nodes'
+//	                URLs, comma-separated: client i connects to the
+//	                URL i mod their number
 //	-metrics URL    DMB's Prometheus endpoint (default: /metrics on -dmb's
 //	                host and port, http://127.0.0.1:8082/metrics)
 //	-redis ADDR     the Redis DMB uses, host:port (default 127.0.0.1:6379)
@@ -28,12 +33,14 @@
 //	                most 64); DMB spreads the clients over them, so the
 //	                uplink is read by N Redis subscriptions. The first
 //	                publishes the broadcast and direct messages
-//	-scenario S     idle, broadcast, direct, uplink or room (default idle)
+//	-scenario S     idle, broadcast, direct, uplink, room or resume
+//	                (default idle)
 //	-rooms R        room: the rooms the clients are spread over, client i in
 //	                room i mod R (default 1000, at most 100000)
 //	-clients N      WebSocket clients (default 100, at most 200000 and the
 //	                open-file limit)
-//	-rate R         broadcast, direct: messages/s the backend publishes;
+//	-rate R         broadcast, direct, room, resume: messages/s the backend
+//	                publishes (resume's default: 50);
 //	                uplink: frames/s each client sends; 0 (default): as fast
 //	                as the window allows (at most 1e6)
 //	-window W       the bound on messages in flight (0: the scenario's
@@ -56,6 +63,15 @@
 //	                standard output and the table to standard error
 //	-v              log the backend library's warnings to standard error
 //	-cpuprofile F   write the generator's own CPU profile to F
+//	-recoverable    the backend publishes each message (and room's joins)
+//	                with FCALL dmb_publish, recoverable, rather than
+//	                PUBLISH, live-only (default false; true for resume,
+//	                where -recoverable=false shows what live-only loses)
+//	-drain URL      resume: the admin listener of one of the nodes
+//	                (http://127.0.0.1:8083), which the generator asks to
+//	                drain (POST /drain) after -drain-after
+//	-drain-after D  resume: when to drain, after the start of sending
+//	                (default half of -duration)
 //	-flood N        N more connections to the service that flood it beside
 //	                the scenario (default 0, at most 1000): see below
 //	-flood-reconnect
@@ -86,6 +102,22 @@
 //     expected being each message times its room's members. Run broadcast
 //     over the same clients beside it: deliveries per DMB CPU-second side
 //     by side.
+//   - resume: the backend broadcasts recoverable messages at -rate (no
+//     window: the rate bounds what is in flight) to clients spread over
+//     the nodes of -dmb, and -drain makes one node leave. A client whose
+//     connection ends with 1001, 1006 or 4008 resumes as the browser
+//     client does: at once, on the next node of the list that answers
+//     (trying the list again after 10 ms, doubling up to 1 s), with its
+//     newest session token (dmb:connected, dmb:session) and the last
+//     offset of each stream. Reports, beside broadcast's figures, the
+//     messages expected per client (every message sent), lost (a sequence
+//     number never received), duplicates (received again), reordered
+//     (below one received before), the clients per node, the drops by
+//     close code, the resumes ("resumed":true), those that said
+//     "recovered":false, the fresh sessions after a drop
+//     ("resumed":false), the clients whose every drop was resumed, and
+//     the time from a connection's end to dmb:connected on the next. Point
+//     -metrics at a node that stays: DMB's figures are that node's.
 //   - uplink: every client sends frames with ids; DMB acks each. Reports
 //     acked frames/s, ack latency, errors, DMB's CPU, and what the backend
 //     received (which should equal what was acked) and whether each
@@ -133,9 +165,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 	"time"
 
@@ -221,6 +255,15 @@ type options struct {
 	Rooms          int  // room: rooms the clients are spread over
 	Flood          int  // flooding connections beside the scenario
 	FloodReconnect bool // each reconnects after floodReconnectEvery frames
+
+	// Recoverable publishes with FCALL dmb_publish rather than PUBLISH;
+	// recoverableSet says -recoverable was given (resume's default is true).
+	Recoverable    bool
+	recoverableSet bool
+	Drain          string        // resume: the admin URL of the node to drain
+	DrainAfter     time.Duration // resume: when, after the start of sending
+
+	urls []string // -dmb's URLs, in order
 }
 
 // Scenarios.
@@ -230,7 +273,11 @@ const (
 	scenarioDirect    = "direct"
 	scenarioUplink    = "uplink"
 	scenarioRoom      = "room"
+	scenarioResume    = "resume"
 )
+
+// defaultResumeRate is resume's -rate when none is given.
+const defaultResumeRate = 50
 
 // Bounds of the flags.
 const (
@@ -259,13 +306,13 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	o := defaultOptions()
 	fs := flag.NewFlagSet("dmb-load", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.DMB, "dmb", o.DMB, "DMB's WebSocket base URL; clients connect to URL/ws/SERVICE")
+	fs.StringVar(&o.DMB, "dmb", o.DMB, "DMB's WebSocket base URL, or several, comma-separated: clients connect to URL/ws/SERVICE, round-robin")
 	fs.StringVar(&o.Metrics, "metrics", "", "DMB's /metrics URL (default: http://DMB-HOST:PORT/metrics)")
 	fs.StringVar(&o.Redis, "redis", o.Redis, "Redis host:port that DMB uses")
 	fs.StringVar(&o.Prefix, "prefix", o.Prefix, "DMB_PREFIX of the node")
 	fs.StringVar(&o.Service, "service", o.Service, "service the backend registers and the clients join")
 	fs.IntVar(&o.Backends, "backends", o.Backends, fmt.Sprintf("backends registered for the service, clients spread over them (1-%d)", maxBackends))
-	fs.StringVar(&o.Scenario, "scenario", o.Scenario, "idle, broadcast, direct, uplink or room")
+	fs.StringVar(&o.Scenario, "scenario", o.Scenario, "idle, broadcast, direct, uplink, room or resume")
 	fs.IntVar(&o.Rooms, "rooms", o.Rooms, fmt.Sprintf("room: rooms the clients are spread over, client i in room i mod R (1-%d)", maxRooms))
 	fs.IntVar(&o.Clients, "clients", o.Clients, fmt.Sprintf("WebSocket clients (1-%d)", maxClients))
 	fs.Float64Var(&o.Rate, "rate", o.Rate, "broadcast/direct: messages/s; uplink: frames/s per client; 0: as fast as the window allows")
@@ -278,11 +325,15 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.Verbose, "v", false, "log the backend library's warnings to standard error")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write the generator's own CPU profile to this file")
 	fs.IntVar(&o.Flood, "flood", o.Flood, fmt.Sprintf("connections flooding the service with frames beside the scenario, not measured (0-%d)", maxFlood))
+	fs.BoolVar(&o.Recoverable, "recoverable", o.Recoverable, "the backend publishes with FCALL dmb_publish (recoverable) rather than PUBLISH (live-only); resume's default is true")
+	fs.StringVar(&o.Drain, "drain", o.Drain, "resume: POST /drain to the admin URL of this node (http://127.0.0.1:8083) after -drain-after")
+	fs.DurationVar(&o.DrainAfter, "drain-after", o.DrainAfter, "resume: when to drain, after the start of sending (default: half of -duration)")
 	fs.BoolVar(&o.FloodReconnect, "flood-reconnect", o.FloodReconnect, fmt.Sprintf("each flooding connection closes and reconnects after every %d frames", floodReconnectEvery))
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: dmb-load [flags]\n\n"+
 			"Load generator for DMB: a backend over Redis and N WebSocket clients, loopback only.\n"+
-			"Scenarios: idle (connect and hold), broadcast, direct, room (backend to clients), uplink (clients to backend).\n\n")
+			"Scenarios: idle (connect and hold), broadcast, direct, room (backend to clients), uplink (clients to backend),\n"+
+			"resume (recoverable broadcasts while a node drains: loss, duplicates and resumes).\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -291,6 +342,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
+	fs.Visit(func(f *flag.Flag) { o.recoverableSet = o.recoverableSet || f.Name == "recoverable" })
 	if err := o.check(); err != nil {
 		return o, err
 	}
@@ -300,9 +352,22 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 // check validates the options and fills in the defaults that depend on
 // others (-metrics, -sources, -window).
 func (o *options) check() error {
-	u, err := checkURL("dmb", o.DMB, "ws")
-	if err != nil {
-		return err
+	o.urls = nil
+	var u *url.URL
+	for _, raw := range strings.Split(o.DMB, ",") {
+		ui, err := checkURL("dmb", strings.TrimSpace(raw), "ws")
+		if err != nil {
+			return err
+		}
+		if u == nil {
+			u = ui
+		} else if isIPv6Host(ui.Hostname()) != isIPv6Host(u.Hostname()) {
+			return fmt.Errorf("-dmb %q: mixes IPv4 and IPv6 addresses", o.DMB)
+		}
+		o.urls = append(o.urls, strings.TrimSpace(raw))
+	}
+	if len(o.urls) > maxNodes {
+		return fmt.Errorf("-dmb: %d URLs, at most %d", len(o.urls), maxNodes)
 	}
 	if o.Metrics == "" {
 		o.Metrics = "http://" + u.Host + "/metrics"
@@ -314,9 +379,12 @@ func (o *options) check() error {
 		return err
 	}
 	switch o.Scenario {
-	case scenarioIdle, scenarioBroadcast, scenarioDirect, scenarioUplink, scenarioRoom:
+	case scenarioIdle, scenarioBroadcast, scenarioDirect, scenarioUplink, scenarioRoom, scenarioResume:
 	default:
-		return fmt.Errorf("-scenario %q: want idle, broadcast, direct, uplink or room", o.Scenario)
+		return fmt.Errorf("-scenario %q: want idle, broadcast, direct, uplink, room or resume", o.Scenario)
+	}
+	if err := o.checkResume(); err != nil {
+		return err
 	}
 	if o.Rooms < 1 || o.Rooms > maxRooms {
 		return fmt.Errorf("-rooms %d: want 1 to %d", o.Rooms, maxRooms)
@@ -392,13 +460,62 @@ func (o *options) check() error {
 	return nil
 }
 
-// wsURL is the URL clients connect to.
-func (o *options) wsURL() string {
-	base := o.DMB
-	for len(base) > 0 && base[len(base)-1] == '/' {
-		base = base[:len(base)-1]
+// maxNodes bounds the URLs of -dmb.
+const maxNodes = 64
+
+// checkResume checks -recoverable, -drain and -drain-after, and fills in
+// resume's defaults.
+func (o *options) checkResume() error {
+	if o.Scenario != scenarioResume {
+		switch {
+		case o.Drain != "" || o.DrainAfter != 0:
+			return fmt.Errorf("-drain and -drain-after are for -scenario resume")
+		case o.Recoverable && (o.Scenario == scenarioIdle || o.Scenario == scenarioUplink):
+			return fmt.Errorf("-recoverable: %s publishes nothing", o.Scenario)
+		}
+		return nil
 	}
-	return base + "/ws/" + o.Service
+	if !o.recoverableSet {
+		o.Recoverable = true
+	}
+	if o.Rate == 0 {
+		o.Rate = defaultResumeRate
+	}
+	if o.Flood > 0 {
+		return errors.New("-flood: not with -scenario resume")
+	}
+	if o.Drain == "" {
+		if o.DrainAfter != 0 {
+			return errors.New("-drain-after needs -drain")
+		}
+		return nil
+	}
+	if _, err := checkURL("drain", o.Drain, "http"); err != nil {
+		return err
+	}
+	if o.DrainAfter == 0 {
+		o.DrainAfter = o.Duration / 2
+	}
+	if o.DrainAfter < 0 || o.DrainAfter >= o.Duration {
+		return fmt.Errorf("-drain-after %v: want more than 0 and less than -duration %v", o.DrainAfter, o.Duration)
+	}
+	return nil
+}
+
+// wsURL is the URL clients connect to, of the first node.
+func (o *options) wsURL() string { return o.wsURLs()[0] }
+
+// wsURLs are the URLs clients connect to, one per node of -dmb.
+func (o *options) wsURLs() []string {
+	urls := o.urls
+	if len(urls) == 0 {
+		urls = []string{o.DMB}
+	}
+	out := make([]string, len(urls))
+	for i, base := range urls {
+		out[i] = strings.TrimRight(base, "/") + "/ws/" + o.Service
+	}
+	return out
 }
 
 // logger is the backend library's logger.

@@ -132,3 +132,33 @@ func TestSourceAddressesAreDistinctLoopbackHosts(t *testing.T) {
 		t.Errorf("%d addresses", len(seen))
 	}
 }
+
+func TestResumeOptions(t *testing.T) {
+	o, err := parseOptions([]string{"-scenario", "resume", "-dmb", "ws://127.0.0.1:8082, ws://127.0.0.2:9082/", "-drain", "http://127.0.0.1:8083", "-duration", "4s"}, io.Discard)
+	switch {
+	case err != nil:
+		t.Fatal(err)
+	case !o.Recoverable || o.Rate != defaultResumeRate || o.DrainAfter != 2*time.Second || o.Window != 0:
+		t.Errorf("resume defaults: recoverable %v, rate %v, drain after %v, window %d", o.Recoverable, o.Rate, o.DrainAfter, o.Window)
+	case strings.Join(o.wsURLs(), " ") != "ws://127.0.0.1:8082/ws/load ws://127.0.0.2:9082/ws/load":
+		t.Errorf("URLs %v", o.wsURLs())
+	case o.Metrics != "http://127.0.0.1:8082/metrics":
+		t.Errorf("metrics %s", o.Metrics)
+	}
+	if o, err := parseOptions([]string{"-scenario", "resume", "-recoverable=false"}, io.Discard); err != nil || o.Recoverable {
+		t.Errorf("-recoverable=false: %v, recoverable %v", err, o.Recoverable)
+	}
+	for _, args := range [][]string{
+		{"-scenario", "broadcast", "-drain", "http://127.0.0.1:8083"},
+		{"-scenario", "resume", "-drain-after", "1s"},
+		{"-scenario", "resume", "-drain", "http://10.0.0.1:8083"},
+		{"-scenario", "resume", "-drain", "http://127.0.0.1:8083", "-drain-after", "10s", "-duration", "10s"},
+		{"-scenario", "idle", "-recoverable"},
+		{"-dmb", "ws://127.0.0.1:8082,ws://10.0.0.1:8082"},
+		{"-dmb", "ws://127.0.0.1:8082,ws://[::1]:8082"},
+	} {
+		if _, err := parseOptions(args, io.Discard); err == nil {
+			t.Errorf("%v: accepted", args)
+		}
+	}
+}

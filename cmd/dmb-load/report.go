@@ -38,6 +38,9 @@ type params struct {
 	Inflight        int     `json:"inflight"`
 	Sources         int     `json:"sources"`
 	Backends        int     `json:"backends"`
+	Recoverable     bool    `json:"recoverable"`
+	Drain           string  `json:"drain,omitempty"`
+	DrainAfter      string  `json:"drain_after,omitempty"`
 }
 
 // results holds the connect phase and the figures of the scenario that ran
@@ -110,6 +113,7 @@ type downlinkResult struct {
 	Reordered                    int64          `json:"reordered"`
 	Duplicates                   int64          `json:"duplicates"`
 	Undecoded                    int64          `json:"undecoded"`
+	WithOffset                   int64          `json:"with_offset"` // data frames that carried an offset
 	DeliveriesPerSecond          float64        `json:"deliveries_per_second"`
 	Latency                      latencySummary `json:"latency_us"`
 	WindowSeconds                float64        `json:"window_seconds"`
@@ -122,7 +126,8 @@ type downlinkResult struct {
 	DropCodes                    map[string]int `json:"drop_codes"`
 	ServerDeliveries             float64        `json:"server_deliveries"`
 	DeliveriesPerServerCPUSecond float64        `json:"deliveries_per_server_cpu_second"`
-	Joins                        *joinResult    `json:"joins,omitempty"` // room
+	Joins                        *joinResult    `json:"joins,omitempty"`  // room
+	Resume                       *resumeResult  `json:"resume,omitempty"` // resume
 }
 
 // joinResult is the room scenario's join storm: every client joined to
@@ -201,20 +206,24 @@ type machine struct {
 }
 
 func newReport(o *options) *report {
-	return &report{
+	rep := &report{
 		Scenario: o.Scenario,
 		Params: params{
 			DMB: o.DMB, Metrics: o.Metrics, Redis: o.Redis, Prefix: o.Prefix, Service: o.Service,
 			Clients: o.Clients, Rate: o.Rate, Window: o.Window,
 			Duration: o.Duration.String(), DurationSeconds: o.Duration.Seconds(),
 			Payload: o.Payload, Inflight: o.Inflight, Sources: o.Sources,
-			Backends: o.Backends,
+			Backends: o.Backends, Recoverable: o.Recoverable, Drain: o.Drain,
 		},
 		Machine: machine{
 			CPUs: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0),
 			Go: runtime.Version(), OS: runtime.GOOS, Arch: runtime.GOARCH,
 		},
 	}
+	if o.Drain != "" {
+		rep.Params.DrainAfter = o.DrainAfter.String()
+	}
+	return rep
 }
 
 // eachText is ": a + b + c" for the figures of several backends, "" for one.
@@ -250,6 +259,11 @@ func writeTable(w io.Writer, rep *report) {
 	} else {
 		row("params", "%d clients, rate %s, window %d, %s, payload %d B, inflight %d, %d source address(es), %d backend(s)",
 			p.Clients, rateText(p.Rate, "/s"), p.Window, p.Duration, p.Payload, p.Inflight, p.Sources, p.Backends)
+		publish := "PUBLISH (live-only)"
+		if p.Recoverable {
+			publish = "FCALL dmb_publish (recoverable)"
+		}
+		row("publish", "%s", publish)
 	}
 	row("machine", "%d CPUs, %s %s/%s", rep.Machine.CPUs, rep.Machine.Go, rep.Machine.OS, rep.Machine.Arch)
 	c := rep.Results.Connect
@@ -267,7 +281,7 @@ func writeTable(w io.Writer, rep *report) {
 			row("joins", "%d of %d into %d rooms in %.2f s: %.0f/s; DMB %.2f CPU-s, %.0f joins per CPU-s", j.Joined, j.Joins, j.Rooms, j.Seconds, j.PerSecond, j.ServerCPUSeconds, j.PerServerCPUSecond)
 		}
 		row("sent", "%d messages in %.2f s: %.0f/s (%d window stalls)", r.Sent, r.WindowSeconds, r.SendRate, r.WindowStalls)
-		row("received", "%d of %d expected: lost %d, reordered %d, duplicates %d", r.Received, r.Expected, r.Lost, r.Reordered, r.Duplicates)
+		row("received", "%d of %d expected: lost %d, reordered %d, duplicates %d; %d with an offset", r.Received, r.Expected, r.Lost, r.Reordered, r.Duplicates, r.WithOffset)
 		row("deliveries", "%.0f/s (drain %.2f s)", r.DeliveriesPerSecond, r.DrainSeconds)
 		row("latency µs", "%s", latencyText(r.Latency))
 		if r.Dropped > 0 || r.PublishedToNobody > 0 || r.PublishError != "" || r.Undecoded > 0 {
@@ -275,6 +289,9 @@ func writeTable(w io.Writer, rep *report) {
 		}
 		if r.DeliveriesPerServerCPUSecond > 0 {
 			row("efficiency", "%.0f deliveries per DMB CPU-second", r.DeliveriesPerServerCPUSecond)
+		}
+		if rs := r.Resume; rs != nil {
+			resumeText(row, rs)
 		}
 	}
 	if r := rep.Results.uplinkResult; r != nil {
@@ -373,4 +390,25 @@ func floatsText(m map[string]float64) string {
 		parts[i] = fmt.Sprintf("%s %.0f", k, m[k])
 	}
 	return strings.Join(parts, ", ")
+}
+
+// resumeText writes the resume scenario's rows.
+func resumeText(row func(k, format string, a ...any), r *resumeResult) {
+	per := make([]string, len(r.Nodes))
+	for i, n := range r.Nodes {
+		per[i] = fmt.Sprintf("%d on %s", r.ClientsPerNode[i], n)
+	}
+	row("nodes", "%s", strings.Join(per, ", "))
+	if d := r.Drain; d != nil {
+		status := fmt.Sprint(d.Status)
+		if d.Error != "" {
+			status += " " + d.Error
+		}
+		row("drain", "POST %s/drain at %.2f s: %s", strings.TrimSuffix(d.URL, "/"), d.AtSeconds, status)
+	}
+	row("per client", "%d messages expected; %d clients missed some", r.ExpectedPerClient, r.ClientsLosing)
+	row("drops", "%d connections ended%s; %d clients dropped, %d resumed every time", r.Drops, codesText(r.DropCodes), r.ClientsDropped, r.ClientsResumed)
+	row("reconnects", "%d resumed (%d recovered false, %d under another cid), %d fresh sessions, %d failed",
+		r.Resumes, r.Unrecovered, r.CIDChanged, r.FreshSessions, r.Failed)
+	row("resume µs", "%s", latencyText(r.ResumeLatency))
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,10 +31,11 @@ type runner struct {
 	o        *options
 	progress io.Writer
 	clock    *runClock
-	url      string
+	url      string        // the first node's
 	dialers  []*net.Dialer // one per source address
-	endpoint *endpoint
-	mhc      *http.Client // for /metrics
+	endpoint *endpoint     // the first node's
+	nodes    []*endpoint   // every node of -dmb, in order
+	mhc      *http.Client  // for /metrics
 	pad      []byte
 	lat      *histogram     // downlink latency or ack latency
 	be       *loadBackend   // the first backend, which publishes
@@ -44,6 +46,9 @@ type runner struct {
 	roomNames []string    // room: the rooms, by index
 	members   [][]*client // room: the clients of each room
 	flood     *flood      // -flood: the attack beside the scenario
+	resumer   *resumer    // resume: the clients' shared side
+	stopResum context.CancelFunc
+	perNode   []int // clients connected to each node at first
 	senders   sync.WaitGroup
 	rep       *report
 
@@ -82,11 +87,20 @@ func run(ctx context.Context, o options, progress io.Writer) (*report, error) {
 	for i := range r.pad {
 		r.pad[i] = 'x'
 	}
-	ep, err := newEndpoint(r.url)
-	if err != nil {
-		return nil, err
+	for _, u := range o.wsURLs() {
+		ep, err := newEndpoint(u)
+		if err != nil {
+			return nil, err
+		}
+		r.nodes = append(r.nodes, ep)
 	}
-	r.endpoint = ep
+	r.endpoint = r.nodes[0]
+	r.perNode = make([]int, len(r.nodes))
+	if o.Scenario == scenarioResume {
+		rctx, stop := context.WithCancel(ctx)
+		defer stop()
+		r.resumer, r.stopResum = newResumer(rctx, r.nodes, o.Payload+4096), stop
+	}
 	for _, src := range sourceAddrs(o.Sources, isIPv6Host(urlHost(o.DMB))) {
 		r.dialers = append(r.dialers, dialer(src))
 	}
@@ -124,7 +138,7 @@ func run(ctx context.Context, o options, progress io.Writer) (*report, error) {
 	switch o.Scenario {
 	case scenarioIdle:
 		r.idle(ctx)
-	case scenarioBroadcast, scenarioDirect:
+	case scenarioBroadcast, scenarioDirect, scenarioResume:
 		r.downlink(ctx, nil)
 	case scenarioRoom:
 		r.downlink(ctx, r.joinRooms(ctx))
@@ -195,7 +209,7 @@ func (r *runner) connect(ctx context.Context) {
 	o := r.o
 	ctx, cancel := context.WithTimeout(ctx, connectLimit)
 	defer cancel()
-	fmt.Fprintf(r.progress, "connecting %d clients to %s from %d source address(es), %d at a time\n", o.Clients, r.url, len(r.dialers), o.Inflight)
+	fmt.Fprintf(r.progress, "connecting %d clients to %s from %d source address(es), %d at a time\n", o.Clients, strings.Join(o.wsURLs(), ", "), len(r.dialers), o.Inflight)
 
 	hs := &histogram{}
 	slots := make([]*client, o.Clients)
@@ -220,7 +234,8 @@ func (r *runner) connect(ctx context.Context) {
 				}
 				attempted.Add(1)
 				t0 := time.Now()
-				c, err := dialClient(ctx, r.dialers[i%len(r.dialers)], r.endpoint, readLimit)
+				d := r.dialers[i%len(r.dialers)]
+				c, err := dialClient(ctx, d, r.nodes[i%len(r.nodes)], readLimit)
 				if err != nil {
 					mu.Lock()
 					addFailure(failures, failureReason(err))
@@ -232,6 +247,9 @@ func (r *runner) connect(ctx context.Context) {
 				if o.Scenario == scenarioUplink {
 					c.up = newUplinkState(o.Window, o.Rate == 0, o.Payload, r.pad)
 				}
+				if r.resumer != nil {
+					c.rs = &resumeState{r: r.resumer, dialer: d, ep: i % len(r.nodes)}
+				}
 				c.startReading()
 				slots[i] = c
 				ok.Add(1)
@@ -241,9 +259,10 @@ func (r *runner) connect(ctx context.Context) {
 	wg.Wait()
 	elapsed := time.Since(start)
 	stopProgress()
-	for _, c := range slots {
+	for i, c := range slots {
 		if c != nil {
 			r.clients = append(r.clients, c)
+			r.perNode[i%len(r.nodes)]++
 		}
 	}
 	if n := int64(o.Clients) - attempted.Load(); n > 0 {
@@ -260,26 +279,29 @@ func (r *runner) connect(ctx context.Context) {
 	fmt.Fprintf(r.progress, "connected %d of %d in %.2f s\n", len(r.clients), o.Clients, elapsed.Seconds())
 }
 
-// waitAdmitted connects one client, again while DMB answers 4503, until
-// DMB admits clients of the service. A node can refuse clients with 4503
-// for a moment after a backend registered: the load would measure that
-// moment, not the node.
+// waitAdmitted connects one client to each node, again while DMB answers
+// 4503, until every node admits clients of the service. A node can refuse
+// clients with 4503 for a moment after a backend registered: the load
+// would measure that moment, not the node.
 func (r *runner) waitAdmitted(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, registerTimeout)
 	defer cancel()
-	for {
-		c, err := dialClient(ctx, r.dialers[0], r.endpoint, 4096)
-		if err == nil {
-			c.lat, c.run = r.lat, r.clock
-			c.startReading()
-			c.close(websocket.StatusNormalClosure, "probe")
-			return nil
+	for _, e := range r.nodes {
+		for {
+			c, err := dialClient(ctx, r.dialers[0], e, 4096)
+			if err == nil {
+				c.lat, c.run = r.lat, r.clock
+				c.startReading()
+				c.close(websocket.StatusNormalClosure, "probe")
+				break
+			}
+			if websocket.CloseStatus(err) != 4503 || ctx.Err() != nil {
+				return fmt.Errorf("first client of %s: %w", e.url, err)
+			}
+			sleepCtx(ctx, 20*time.Millisecond)
 		}
-		if websocket.CloseStatus(err) != 4503 || ctx.Err() != nil {
-			return fmt.Errorf("first client of %s: %w", r.url, err)
-		}
-		sleepCtx(ctx, 20*time.Millisecond)
 	}
+	return nil
 }
 
 // maxFailureKinds bounds the distinct failure reasons reported.
@@ -371,11 +393,16 @@ func (r *runner) downlink(ctx context.Context, joins *joinResult) {
 	stopProgress := r.every(time.Second, func() {
 		fmt.Fprintf(r.progress, "  %d received\n", r.received())
 	})
+	var drained chan *drainResult
+	if o.Drain != "" {
+		drained = make(chan *drainResult, 1)
+		go func() { drained <- r.drainNode(ctx, t0) }()
+	}
 	pub, pubErr := r.publish(ctx, direct, t0, t0.Add(o.Duration))
 	t1 := time.Now()
 	expected := pub.sent
 	switch o.Scenario {
-	case scenarioBroadcast:
+	case scenarioBroadcast, scenarioResume:
 		expected *= int64(len(r.clients))
 	case scenarioRoom:
 		expected = 0
@@ -411,8 +438,16 @@ func (r *runner) downlink(ctx context.Context, joins *joinResult) {
 		res.Reordered += c.reordered
 		res.Duplicates += c.duplicates
 		res.Undecoded += c.undecoded
+		res.WithOffset += c.withOffset
 	}
 	res.Lost = res.Expected - res.Received
+	if r.resumer != nil {
+		res.Resume = r.resumeResult(pub.sent, drained)
+		res.Lost = 0
+		for _, c := range r.clients {
+			res.Lost += c.rs.missing(pub.sent)
+		}
+	}
 	res.DeliveriesPerSecond = round1(float64(res.Received) / tD.Sub(t0).Seconds())
 	res.Latency = r.lat.summary()
 	if r.rep.Server.MetricsError == "" {
@@ -589,8 +624,12 @@ func (r *runner) publish(ctx context.Context, direct bool, start, end time.Time)
 // credit is how many more messages may go now: the window less what is in
 // flight. Broadcast counts what the slowest client has not received yet;
 // direct and room (direct true), what all clients have not received yet.
-// Gone clients do not count.
+// Gone clients do not count. Resume has no window: its clients fall
+// behind while they resume, and the rate bounds what is in flight.
 func (r *runner) credit(direct bool, sent int64) int {
+	if r.resumer != nil {
+		return publishBatchMax
+	}
 	var inflight int64
 	if direct {
 		for _, c := range r.clients {
@@ -728,6 +767,9 @@ func (r *runner) closeClients() {
 	for _, c := range r.clients {
 		c.closing.Store(true)
 	}
+	if r.stopResum != nil { // a resume under way gives up
+		r.stopResum()
+	}
 	work := make(chan *client)
 	var wg sync.WaitGroup
 	for range min(r.o.Inflight, len(r.clients)) {
@@ -792,4 +834,59 @@ func rateText(rate float64, unit string) string {
 		return "full speed"
 	}
 	return strconv.FormatFloat(rate, 'g', -1, 64) + " " + unit
+}
+
+// drainNode posts /drain to -drain's node at -drain-after from start.
+func (r *runner) drainNode(ctx context.Context, start time.Time) *drainResult {
+	res := &drainResult{URL: r.o.Drain}
+	sleepCtx(ctx, time.Until(start.Add(r.o.DrainAfter)))
+	if err := ctx.Err(); err != nil {
+		res.Error = err.Error()
+		return res
+	}
+	res.AtSeconds = round3(time.Since(start).Seconds())
+	fmt.Fprintf(r.progress, "draining %s\n", r.o.Drain)
+	status, err := postDrain(ctx, r.mhc, r.o.Drain)
+	res.Status = status
+	if err != nil {
+		res.Error = err.Error()
+		fmt.Fprintf(r.progress, "drain: %v\n", err)
+	}
+	return res
+}
+
+// resumeResult sums up the resumes once the readers have stopped; drained
+// gives the drain's outcome, when there was one.
+func (r *runner) resumeResult(sent int64, drained chan *drainResult) *resumeResult {
+	rs := r.resumer
+	res := &resumeResult{
+		ClientsPerNode:    r.perNode,
+		ExpectedPerClient: sent,
+		Drops:             rs.drops.Load(),
+		DropCodes:         rs.codes,
+		Resumes:           rs.resumed.Load(),
+		Unrecovered:       rs.unrecovered.Load(),
+		FreshSessions:     rs.fresh.Load(),
+		CIDChanged:        rs.cidChanged.Load(),
+		Failed:            rs.failed.Load(),
+		ResumeLatency:     rs.lat.summary(),
+	}
+	for _, e := range r.nodes {
+		res.Nodes = append(res.Nodes, e.url)
+	}
+	if drained != nil {
+		res.Drain = <-drained
+	}
+	for _, c := range r.clients {
+		if c.rs.missing(sent) > 0 {
+			res.ClientsLosing++
+		}
+		if c.rs.drops > 0 {
+			res.ClientsDropped++
+			if c.rs.resumes == c.rs.drops {
+				res.ClientsResumed++
+			}
+		}
+	}
+	return res
 }

@@ -26,6 +26,7 @@ import (
 
 // endpoint is where the clients connect.
 type endpoint struct {
+	url  string // the URL it was made of
 	addr string // host:port to dial
 	head string // the request up to the key
 }
@@ -39,8 +40,13 @@ func newEndpoint(rawURL string) (*endpoint, error) {
 	if u.Port() == "" {
 		addr = net.JoinHostPort(u.Hostname(), "80")
 	}
-	return &endpoint{addr: addr, head: "GET " + u.RequestURI() + " HTTP/1.1\r\nHost: " + u.Host +
+	return &endpoint{url: rawURL, addr: addr, head: "GET " + u.RequestURI() + " HTTP/1.1\r\nHost: " + u.Host +
 		"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: "}, nil
+}
+
+// withQuery is the endpoint with the query q (encoded, without "?").
+func (e *endpoint) withQuery(q string) (*endpoint, error) {
+	return newEndpoint(e.url + "?" + q)
 }
 
 // maxAnswer bounds the server's answer to the opening handshake.

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"math"
 	"math/rand/v2"
+	"reflect"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -31,12 +33,18 @@ func TestFramesAreReadWithoutJSONAsWithIt(t *testing.T) {
 		{"ack", protocol.AppendAck(nil, json.RawMessage(`42`)), frameInfo{kind: frameAck, id: 42, ok: true}},
 		{"error", protocol.AppendError(nil, json.RawMessage(`43`), "backend unavailable"), frameInfo{kind: frameError, id: 43, ok: true}},
 		{"connected", protocol.AppendConnected(nil, protocol.Connected{CID: "abc", Service: "load"}), frameInfo{kind: frameConnected, id: -1, cid: "abc", ok: true}},
+		{"connected with a session", protocol.AppendConnected(nil, protocol.Connected{CID: "abc", Service: "load", Session: "tok.en", Resumed: true}), frameInfo{kind: frameConnected, id: -1, cid: "abc", ok: true}},
+		{"session", protocol.AppendSession(nil, "ey-J_a.b"), frameInfo{kind: frameSession, id: -1, session: []byte("ey-J_a.b"), ok: true}},
+		{"recoverable broadcast", protocol.WithOffset(protocol.AppendBroadcast(nil, data), "42", "1733380000000-7"), frameInfo{kind: frameData, seq: 12345, t: 987654321, ok: true, offset: []byte("42:1733380000000-7")}},
+		{"recoverable direct", protocol.WithOffset(protocol.AppendDirect(nil, data, nil, false), "42", "1-0"), frameInfo{kind: frameData, seq: 12345, t: 987654321, ok: true, offset: []byte("42:1-0")}},
+		{"recoverable room", protocol.WithOffset(protocol.AppendRoom(nil, "room-7", data), "9", "5-3"), frameInfo{kind: frameData, seq: 12345, t: 987654321, ok: true, offset: []byte("9:5-3")}},
 	} {
-		if got := readFrame(tc.frame); got != tc.want {
+		if got := readFrame(tc.frame); !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("%s: readFrame = %+v, want %+v", tc.name, got, tc.want)
 		}
 		slow := readFrameJSON(tc.frame)
 		if slow.kind != tc.want.kind || slow.seq != tc.want.seq || slow.t != tc.want.t || slow.ok != tc.want.ok || slow.cid != tc.want.cid ||
+			!bytes.Equal(slow.offset, tc.want.offset) || !bytes.Equal(slow.session, tc.want.session) ||
 			tc.want.kind != frameData && slow.id != tc.want.id {
 			t.Errorf("%s: readFrameJSON = %+v, want %+v", tc.name, slow, tc.want)
 		}
@@ -47,6 +55,45 @@ func TestFramesAreReadWithoutJSONAsWithIt(t *testing.T) {
 	}
 	if f := readFrame([]byte(`{"event":"dmb:broadcast","data":"hello"}`)); f.kind != frameData || f.ok {
 		t.Errorf("foreign data: %+v", f)
+	}
+}
+
+func TestConnectedTellsTheSessionAndWhetherItResumed(t *testing.T) {
+	for _, want := range []protocol.Connected{
+		{CID: "c1", Service: "load"},
+		{CID: "c2", Service: "load", Session: "a.b-c_d"},
+		{CID: "c3", Service: "load", Session: "a.b", Resumed: true},
+		{CID: "c4", Service: "load", Session: "a.b", Resumed: true, Recovered: true},
+	} {
+		var c client
+		c.readSession(protocol.AppendConnected(nil, want))
+		if c.session != want.Session || c.resumed != want.Resumed || c.recovered != want.Recovered {
+			t.Errorf("%+v: read session %q, resumed %v, recovered %v", want, c.session, c.resumed, c.recovered)
+		}
+	}
+}
+
+func TestResumeStateCountsEachSequenceOnceAndKeepsTheLastOffsets(t *testing.T) {
+	c := &client{lat: &histogram{}, run: &runClock{start: time.Now()}}
+	s := &resumeState{}
+	c.rs = s
+	for _, seq := range []int64{1, 2, 3, 3, 70, 64, 2, 130} {
+		s.data(c, frameInfo{kind: frameData, seq: seq, ok: true, offset: []byte("7:" + strconv.FormatInt(seq, 10) + "-0")}, 0)
+	}
+	s.data(c, frameInfo{kind: frameData, seq: 5, ok: true, offset: []byte("8:1-0")}, 0)
+	if got := c.received.Load(); got != 7 {
+		t.Errorf("received %d, want 7", got)
+	}
+	if c.duplicates != 2 || c.reordered != 2 {
+		t.Errorf("duplicates %d, reordered %d; want 2 and 2", c.duplicates, c.reordered)
+	}
+	for sent, want := range map[int64]int64{0: 0, 3: 0, 5: 1, 63: 59, 64: 59, 70: 64, 130: 123, 200: 193} {
+		if got := s.missing(sent); got != want {
+			t.Errorf("missing(%d) = %d, want %d", sent, got, want)
+		}
+	}
+	if q := s.query("tok"); q != "offset=7%3A130-0%2C8%3A1-0&resume=tok" {
+		t.Errorf("query = %s", q)
 	}
 }
 
