@@ -34,7 +34,7 @@ type Uplink interface {
 	Message(ctx context.Context, c uplink.Client, data, id json.RawMessage, heavy bool) error
 	// Resume is Connect for a resumed session, bound to bkid when it is
 	// live.
-	Resume(c uplink.Client, bkid string) error
+	Resume(c uplink.Client, bkid string, rooms []string) error
 	// Disconnect tells the backend; resumable marks the session so.
 	Disconnect(c uplink.Client, code int, reason string, resumable bool) error
 	// Drop forgets a client whose session went on on another connection.

@@ -39,7 +39,7 @@ func (nullUplink) Connect(uplink.Client) error { return nil }
 func (nullUplink) Message(context.Context, uplink.Client, json.RawMessage, json.RawMessage, bool) error {
 	return nil
 }
-func (nullUplink) Resume(uplink.Client, string) error                 { return nil }
+func (nullUplink) Resume(uplink.Client, string, []string) error       { return nil }
 func (nullUplink) Disconnect(uplink.Client, int, string, bool) error  { return nil }
 func (nullUplink) Drop(uplink.Client) error                           { return nil }
 func (nullUplink) Event(context.Context, uplink.Client, []byte) error { return nil }

@@ -202,8 +202,8 @@ func (disconnects) Connect(uplink.Client) error { return nil }
 func (disconnects) Message(context.Context, uplink.Client, json.RawMessage, json.RawMessage, bool) error {
 	return nil
 }
-func (disconnects) Resume(uplink.Client, string) error { return nil }
-func (disconnects) Drop(uplink.Client) error           { return nil }
+func (disconnects) Resume(uplink.Client, string, []string) error { return nil }
+func (disconnects) Drop(uplink.Client) error                     { return nil }
 func (d disconnects) Disconnect(_ uplink.Client, code int, _ string, _ bool) error {
 	d.codes <- code
 	return nil

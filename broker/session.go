@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"maps"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -115,7 +117,10 @@ func (s *session) run(read func() (code int, reason string)) {
 	s.log(slog.LevelInfo, "client connected", "remote", s.remote, "resumed", s.resumed)
 	connect := s.b.up.Connect
 	if s.resumed {
-		connect = func(c uplink.Client) error { return s.b.up.Resume(c, s.resumeBKID) }
+		s.b.mu.RLock() // the downlink may change the rooms meanwhile
+		rooms := slices.Sorted(maps.Keys(s.rooms))
+		s.b.mu.RUnlock()
+		connect = func(c uplink.Client) error { return s.b.up.Resume(c, s.resumeBKID, rooms) }
 	}
 	if err := connect(s); err != nil {
 		s.log(slog.LevelWarn, "client_connected not queued", "err", err)

@@ -1,9 +1,9 @@
 // Package browser_test drives the demo page in a real browser (Debian's
 // Chromium through playwright-core): two pages chat through DMB and the demo
 // backend, then in a room a third page is not in, a page's request() gets
-// its reply, DMB restarts mid-session and the pages reconnect and join
-// their room again by themselves, and a page with a bad token sees the
-// auth failure. The scenario is browser/chat.mjs; this test runs the real
+// its reply, DMB restarts mid-session and the pages resume their sessions
+// by themselves (same cid, same rooms) with what the backend said
+// meanwhile, and a page with a bad token sees the auth failure. The scenario is browser/chat.mjs; this test runs the real
 // parts around it and restarts DMB when the script asks.
 package browser_test
 
@@ -24,6 +24,7 @@ import (
 
 	"github.com/dmb-broker/dmb/backend"
 	"github.com/dmb-broker/dmb/demo"
+	"github.com/dmb-broker/dmb/history"
 	"github.com/dmb-broker/dmb/internal/nodetest"
 	"github.com/dmb-broker/dmb/internal/proctest"
 	"github.com/dmb-broker/dmb/internal/redistest"
@@ -115,6 +116,16 @@ func TestChatInARealBrowser(t *testing.T) {
 			// pages must reconnect by themselves.
 			if err := n.Stop(); err != nil {
 				t.Fatalf("stop: %v", err)
+			}
+			// The demo backend says something while DMB is down,
+			// recoverably: the pages get it when they resume.
+			bkids, err := rdb.SMembers(ctx, "{dmb}:service:chat").Result()
+			if err != nil || len(bkids) != 1 {
+				t.Fatalf("the demo's bkid: %v %v", bkids, err)
+			}
+			line := `{"type":"broadcast","data":{"kind":"chat","name":"system","text":"said while DMB restarted"}}`
+			if err := rdb.FCall(ctx, history.Function, []string{"dmb:" + bkids[0]}, line).Err(); err != nil {
+				t.Fatalf("publish while DMB is down: %v", err)
 			}
 			n = startNode(t, r, port, "")
 			if _, err := io.WriteString(stdin, "OK\n"); err != nil {

@@ -1,6 +1,8 @@
 // The browser scenario of browser_test.go: the demo page in Debian's
 // Chromium, driven by playwright-core. It prints RESTART and waits for OK
-// on stdin when DMB is to be restarted; it exits non-zero on any failure.
+// on stdin when DMB is to be restarted (the test has the backend say
+// "said while DMB restarted" while DMB is down); it exits non-zero on any
+// failure.
 import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
 import readline from "node:readline";
@@ -132,18 +134,22 @@ try {
   assert.equal(reply.kind, "time");
   assert.ok(!Number.isNaN(Date.parse(reply.now)), `reply.now = ${reply.now}`);
 
-  step("DMB restarts mid-session; the pages reconnect by themselves");
-  const oldCID = await ann.textContent("#cid");
+  step("DMB restarts mid-session; the pages resume their sessions with nothing missed");
+  const cids = [await ann.textContent("#cid"), await bob.textContent("#cid")];
+  // While DMB is down, the backend says something: the pages get it when
+  // they resume.
   await restartDMB();
-  for (const page of [ann, bob]) {
+  for (const [i, page] of [ann, bob].entries()) {
     await page.waitForFunction(
-      (old) => document.querySelector("#status")?.textContent.trim() === "open" && document.querySelector("#cid")?.textContent !== old,
-      oldCID,
+      (cid) => document.querySelector("#status")?.textContent.trim() === "open" && document.querySelector("#cid")?.textContent === cid,
+      cids[i],
       wait,
     );
+    await sees(page, "said while DMB restarted");
+    await page.waitForFunction(() => document.querySelector("#messages")?.textContent.includes("nothing missed"), null, wait);
   }
   await online(ann, ["ann", "bob"]);
-  // The pages join their rooms again as the new clients they are.
+  // The pages are still in their rooms: the sessions kept them.
   await inRoom(ann, "lobby", ["ann", "bob"]);
   await inRoom(bob, "lobby", ["ann", "bob"]);
   await bob.selectOption("#to", "");

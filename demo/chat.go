@@ -153,11 +153,18 @@ func (c *chat) handle(ctx context.Context, ev backend.Event) {
 	switch ev.Type {
 	case backend.EventClientConnected:
 		// A client rebound to this backend is announced again; it keeps
-		// the name it gave.
+		// the name it gave (a resumed one gives it again).
 		if _, ok := c.online[ev.CID]; !ok {
 			c.online[ev.CID] = anon
 		}
 		err = c.b.Broadcast(ctx, c.presence())
+		// A resumed session is still in its rooms.
+		for _, room := range ev.Rooms {
+			c.addRoom(ev.CID, room)
+		}
+		if len(ev.Rooms) > 0 {
+			err = errors.Join(err, c.roomsChanged(ctx, ev.Rooms...))
+		}
 	case backend.EventClientDisconnected:
 		delete(c.online, ev.CID)
 		err = c.b.Broadcast(ctx, c.presence())

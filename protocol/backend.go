@@ -243,8 +243,9 @@ func AppendDisconnected(dst []byte, bkid string) []byte {
 }
 
 // AppendClientConnected appends the client_connected event; user only when
-// auth is on, resumed only when true.
-func AppendClientConnected(dst []byte, cid, service, remote, user string, resumed bool) []byte {
+// auth is on; resumed only when true, with the rooms the resumed session
+// is in.
+func AppendClientConnected(dst []byte, cid, service, remote, user string, resumed bool, rooms []string) []byte {
 	dst = append(dst, `{"type":"client_connected","cid":"`...)
 	dst = append(dst, cid...)
 	dst = append(dst, `","service":"`...)
@@ -256,7 +257,14 @@ func AppendClientConnected(dst []byte, cid, service, remote, user string, resume
 		dst = appendString(dst, user)
 	}
 	if resumed {
-		dst = append(dst, `,"resumed":true`...)
+		dst = append(dst, `,"resumed":true,"rooms":[`...)
+		for i, r := range rooms {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = appendString(dst, r)
+		}
+		dst = append(dst, ']')
 	}
 	return append(dst, '}')
 }

@@ -351,12 +351,14 @@ func TestEncodersAppendToDst(t *testing.T) {
 		"AppendConnected": func(b []byte) []byte {
 			return protocol.AppendConnected(b, protocol.Connected{CID: "c1", Service: "chat", Session: "t", Resumed: true})
 		},
-		"AppendSession":            func(b []byte) []byte { return protocol.AppendSession(b, "t") },
-		"AppendBroadcast":          func(b []byte) []byte { return protocol.AppendBroadcast(b, data) },
-		"AppendDirect":             func(b []byte) []byte { return protocol.AppendDirect(b, data, id, false) },
-		"AppendAck":                func(b []byte) []byte { return protocol.AppendAck(b, id) },
-		"AppendError":              func(b []byte) []byte { return protocol.AppendError(b, id, "x") },
-		"AppendClientConnected":    func(b []byte) []byte { return protocol.AppendClientConnected(b, "c1", "chat", "::1", "alice", true) },
+		"AppendSession":   func(b []byte) []byte { return protocol.AppendSession(b, "t") },
+		"AppendBroadcast": func(b []byte) []byte { return protocol.AppendBroadcast(b, data) },
+		"AppendDirect":    func(b []byte) []byte { return protocol.AppendDirect(b, data, id, false) },
+		"AppendAck":       func(b []byte) []byte { return protocol.AppendAck(b, id) },
+		"AppendError":     func(b []byte) []byte { return protocol.AppendError(b, id, "x") },
+		"AppendClientConnected": func(b []byte) []byte {
+			return protocol.AppendClientConnected(b, "c1", "chat", "::1", "alice", true, nil)
+		},
 		"AppendClientDisconnected": func(b []byte) []byte { return protocol.AppendClientDisconnected(b, "c1", 1001, "going away", true) },
 		"AppendMessage":            func(b []byte) []byte { return protocol.AppendMessage(b, "c1", "alice", data, id) },
 		"AppendMessageAck":         func(b []byte) []byte { return protocol.AppendMessageAck(b, id, "dmb-a1", 3) },

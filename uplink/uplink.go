@@ -157,9 +157,9 @@ func (u *Uplink) Connect(c Client) error {
 
 // Resume binds a client that resumed its session to bkid, or to another
 // live backend when bkid is not live, and publishes client_connected
-// there with resumed.
-func (u *Uplink) Resume(c Client, bkid string) error {
-	return u.enqueue(context.Background(), u.clientWorker(c), request{kind: reqConnect, client: c, bkid: bkid, resumed: true})
+// there with resumed and the session's rooms.
+func (u *Uplink) Resume(c Client, bkid string, rooms []string) error {
+	return u.enqueue(context.Background(), u.clientWorker(c), request{kind: reqConnect, client: c, bkid: bkid, resumed: true, rooms: rooms})
 }
 
 // Message publishes a client's frame to its backend and answers the client
@@ -313,15 +313,17 @@ type request struct {
 	// resumed: a connect of a resumed session (bkid: its backend), or a
 	// disconnect of a session that may be resumed.
 	resumed bool
+	rooms   []string // a resumed connect: the session's rooms
 }
 
 // binding is where one client's frames go. Only its worker touches it.
 type binding struct {
 	client    Client
 	bkid      string
-	announced bool // bkid has had client_connected for this client
-	tracked   bool // the client table may name the client
-	resumed   bool // the next client_connected says resumed
+	announced bool     // bkid has had client_connected for this client
+	tracked   bool     // the client table may name the client
+	resumed   bool     // the next client_connected says resumed, with rooms
+	rooms     []string // the resumed session's rooms
 }
 
 type worker struct {
@@ -461,7 +463,7 @@ func (w *worker) process(ctx context.Context, batch []request) {
 		switch r.kind {
 		case reqConnect:
 			b := w.bind(r.client)
-			b.bkid, b.resumed = r.bkid, r.resumed
+			b.bkid, b.resumed, b.rooms = r.bkid, r.resumed, r.rooms
 			w.announce(ctx, b, p)
 		case reqMessage:
 			b := w.bindings[r.client.CID()]
@@ -584,8 +586,8 @@ func (w *worker) announce(ctx context.Context, b *binding, p *pipeline) bool {
 	b.bkid, b.announced = bkid, true
 	w.track(b, p)
 	p.add(op{kind: opConnected, b: b, bkid: bkid,
-		payload: protocol.AppendClientConnected(nil, c.CID(), c.Service(), c.Remote(), c.User(), b.resumed)})
-	b.resumed = false
+		payload: protocol.AppendClientConnected(nil, c.CID(), c.Service(), c.Remote(), c.User(), b.resumed, b.rooms)})
+	b.resumed, b.rooms = false, nil
 	return true
 }
 
