@@ -258,6 +258,26 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 	return n, nil
 }
 
+// prepareSessions loads the history function and reads the session
+// secret as soon as Redis answers, so that the node is ready; the
+// downlink does it again each time its subscription comes back (on a
+// cluster it holds no subscription until a backend registers).
+func (n *Node) prepareSessions(ctx context.Context) error {
+	retry := time.NewTicker(time.Second)
+	defer retry.Stop()
+	for {
+		n.resumes.Up(ctx)
+		if n.resumes.Ready() {
+			return nil
+		}
+		select {
+		case <-retry.C:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
 // resumesIfOn returns the resume manager, or nil when DMB_RESUME_WINDOW
 // turns resuming off.
 func (n *Node) resumesIfOn() broker.Resumes {
@@ -351,6 +371,7 @@ func (n *Node) Run(ctx context.Context) error {
 		return done
 	}
 	regDone := part(regCtx, "registry", n.reg.Run)
+	sessionsDone := part(downCtx, "sessions", n.prepareSessions)
 	nodesDone := part(nodesCtx, "nodes", n.nodes.Run)
 	brkDone := part(brkCtx, "broker", n.brk.Run)
 	upDone := part(upCtx, "uplink", n.up.Run)
@@ -398,6 +419,7 @@ func (n *Node) Run(ctx context.Context) error {
 	<-brkDone
 	stopDown()
 	<-downDone
+	<-sessionsDone
 	n.up.Drain()
 	select {
 	case <-upDone:
