@@ -129,6 +129,11 @@ var contract = []struct {
 	{"PresenceAnswersFromEveryNodeAndLeavesWithTheSession", TestPresenceAnswersFromEveryNodeAndLeavesWithTheSession},
 	{"ADirectWithMoreIsAProgressAnswer", TestADirectWithMoreIsAProgressAnswer},
 	{"BadRoomCommandsHaveADefinedAnswer", TestBadRoomCommandsHaveADefinedAnswer},
+	{"AResumedSessionKeepsItsCIDRoomsAndWhatItMissedInOrder", TestAResumedSessionKeepsItsCIDRoomsAndWhatItMissedInOrder},
+	{"AResumeClosesTheConnectionStillOpenWith4010", TestAResumeClosesTheConnectionStillOpenWith4010},
+	{"ResumesThatCannotBeGetAFreshSession", TestResumesThatCannotBeGetAFreshSession},
+	{"AResumeSaysWhenHistoryNoLongerCoversTheGap", TestAResumeSaysWhenHistoryNoLongerCoversTheGap},
+	{"ADrainedNodesClientsResumeElsewhereWithNothingLost", TestADrainedNodesClientsResumeElsewhereWithNothingLost},
 }
 
 // runContract runs the contract suite on topo, one test at a time.
