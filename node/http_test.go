@@ -45,6 +45,9 @@ func TestHealthReadyAndMetricsEndpoints(t *testing.T) {
 	c.nextEvent("dmb:ack")
 	b.publish(t, `{"type":"broadcast","data":1}`)
 	c.nextEvent("dmb:broadcast")
+	// The fan-out counts a delivery once it returns, which may be after
+	// the client read it.
+	eventually(t, "the broadcast counted", func() bool { return n.metric("dmb_deliveries_total") == 1 })
 	_, body := get(t, n.url("/metrics"))
 	for _, series := range []string{
 		"go_goroutines ",
