@@ -294,3 +294,23 @@ func TestAResumeSaysWhenHistoryNoLongerCoversTheGap(t *testing.T) {
 }
 
 var _ = websocket.StatusNormalClosure
+
+func TestAnotherUsersResumeGetsAFreshSession(t *testing.T) {
+	e := newEnv(t)
+	n := e.startNode(withAuth)
+	e.startBackend("chat")
+	alice := &sessionClient{wsClient: connectURL(t, n.wsURL("chat")+"?token="+token(t, "alice"), nil), offsets: map[string]string{}}
+	alice.welcome()
+	alice.drop()
+	as := func(user string) frame {
+		q := url.Values{"token": {token(t, user)}, "resume": {alice.session}}
+		c := connectURL(t, n.wsURL("chat")+"?"+q.Encode(), nil)
+		return c.next()
+	}
+	if f := as("bob"); f.Resumed || f.CID == alice.cid {
+		t.Fatalf("bob with alice's session: %+v, want a fresh session", f)
+	}
+	if f := as("alice"); !f.Resumed || f.CID != alice.cid {
+		t.Fatalf("alice with her session: %+v, want it resumed", f)
+	}
+}
