@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+
+	"github.com/dmb-broker/dmb/internal/devredis"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/dmb-broker/dmb/backend"
@@ -205,7 +207,7 @@ func startEmbeddedRedis(port int, chosen bool) (*miniredis.Miniredis, error) {
 	mr := miniredis.NewMiniRedis()
 	err := mr.StartAddr(net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 	if err == nil {
-		return mr, nil
+		return mr, devredis.AddFunctions(mr)
 	}
 	if chosen {
 		return nil, fmt.Errorf("dev mode: start the embedded Redis on REDIS_PORT=%d: %w; choose a free port, or unset REDIS_PORT to take any", port, err)
@@ -214,7 +216,7 @@ func startEmbeddedRedis(port int, chosen bool) (*miniredis.Miniredis, error) {
 	if err := mr.StartAddr("127.0.0.1:0"); err != nil {
 		return nil, fmt.Errorf("start embedded redis: %w", err)
 	}
-	return mr, nil
+	return mr, devredis.AddFunctions(mr)
 }
 
 func atoi(s string) int {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"strconv"
@@ -198,6 +199,7 @@ func TestDevModeRunsTheDemoOnAnEmbeddedRedis(t *testing.T) {
 
 	// The demo backend registers by itself; a client chats through it.
 	var c *websocket.Conn
+	var session string
 	waitFor(t, "demo backend live", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), wait)
 		defer cancel()
@@ -205,10 +207,13 @@ func TestDevModeRunsTheDemoOnAnEmbeddedRedis(t *testing.T) {
 		if err != nil {
 			return false
 		}
-		if _, _, err := conn.Read(ctx); err != nil {
+		_, first, err := conn.Read(ctx)
+		if err != nil {
 			return false // 4503 until the demo backend is live
 		}
-		c = conn
+		var f struct{ Session string }
+		_ = json.Unmarshal(first, &f)
+		c, session = conn, f.Session
 		return true
 	})
 	t.Cleanup(func() { _ = c.CloseNow() })
@@ -218,6 +223,7 @@ func TestDevModeRunsTheDemoOnAnEmbeddedRedis(t *testing.T) {
 		t.Fatal(err)
 	}
 	var sawAck, sawChat, sawEcho bool
+	var offset string
 	for !(sawAck && sawChat && sawEcho) {
 		f := readJSON(t, c)
 		data, _ := f["data"].(map[string]any)
@@ -226,8 +232,40 @@ func TestDevModeRunsTheDemoOnAnEmbeddedRedis(t *testing.T) {
 			sawAck = true
 		case f["event"] == "dmb:broadcast" && data["kind"] == "chat":
 			sawChat = data["text"] == "hello" && data["name"] == "ann"
+			offset, _ = f["offset"].(string)
 		case f["event"] == "dmb:direct" && data["kind"] == "echo":
 			sawEcho = f["reply_to"] == float64(1)
+		}
+	}
+	// The embedded Redis has DMB's function: the demo's lines are
+	// recoverable, and a page that dropped gets what it missed.
+	if offset == "" || session == "" {
+		t.Fatalf("offset %q, session %q: the dev mode's messages are not recoverable", offset, session)
+	}
+	_ = c.CloseNow()
+	other, _, err := websocket.Dial(ctx, p.ws("chat"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.CloseNow()
+	readJSON(t, other)
+	if err := other.Write(ctx, websocket.MessageText, []byte(`{"event":"dmb:message","data":{"name":"bob","text":"while ann was away"},"id":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	for f := readJSON(t, other); f["event"] != "dmb:ack"; f = readJSON(t, other) {
+	}
+	back, _, err := websocket.Dial(ctx, p.ws("chat")+"?resume="+url.QueryEscape(session)+"&offset="+url.QueryEscape(offset), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer back.CloseNow()
+	if f := readJSON(t, back); f["resumed"] != true || f["recovered"] != true {
+		t.Fatalf("resume in the dev mode: %v", f)
+	}
+	for {
+		f := readJSON(t, back)
+		if data, _ := f["data"].(map[string]any); f["event"] == "dmb:broadcast" && data["text"] == "while ann was away" {
+			break
 		}
 	}
 	if err := p.cmd.Process.Signal(syscall.SIGINT); err != nil {
