@@ -86,6 +86,10 @@ func Load(ctx context.Context, rdb redis.UniversalClient, cfg Config) error {
 	code := Library(cfg, pubsub.Sharded(rdb))
 	load := func(ctx context.Context, c redis.Cmdable) error {
 		if err := c.FunctionLoadReplace(ctx, code).Err(); err != nil {
+			if strings.Contains(err.Error(), "unknown command") {
+				// The error quotes the whole library: say what it means.
+				return fmt.Errorf("load the %s function library: %w", Function, ErrNoFunctions)
+			}
 			return fmt.Errorf("load the %s function library: %w", Function, err)
 		}
 		return nil
@@ -95,6 +99,9 @@ func Load(ctx context.Context, rdb redis.UniversalClient, cfg Config) error {
 	}
 	return load(ctx, rdb)
 }
+
+// ErrNoFunctions is a Redis without functions: older than 7.0.
+var ErrNoFunctions = errors.New("this Redis has no functions (Redis 7.0 or later is needed)")
 
 // Key is the history of the backend whose downlink channel is channel.
 func Key(channel string) string { return "{" + channel + "}:history" }
