@@ -116,6 +116,7 @@ type Broker struct {
 	queues   queueLimits    // the bytes of the sessions' queues
 	refusals refusalLog     // what of the refused clients is logged
 	addrs    addrLimits     // handshakes a second per client address
+	sse      ssePosts       // the HTTP fallback's streams, by the key of their POSTs
 
 	// fanoutEnd is when the last fan-out ended (UnixNano); see fanout.
 	fanoutEnd atomic.Int64

@@ -228,6 +228,10 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 
 	mux := http.NewServeMux()
 	mux.Handle("GET /ws/{service}", n.brk)
+	// The HTTP fallback: an event stream down, POSTs up.
+	mux.HandleFunc("GET /sse/{service}", n.brk.ServeSSE)
+	mux.HandleFunc("POST /sse/{service}/{key}", n.brk.ServeSSEPost)
+	mux.HandleFunc("OPTIONS /sse/{service}/{key}", n.brk.ServeSSEPost)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})
@@ -408,13 +412,18 @@ func (n *Node) Run(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(context.Background(), n.cfg.ShutdownTimeout)
 	defer cancel()
 	var errs []error
-	if err := n.srv.Shutdown(sctx); err != nil {
-		errs = append(errs, fmt.Errorf("http shutdown: %w", err))
-	}
-	<-srvDone
+	// The HTTP server stops accepting at once, and waits for its requests
+	// to end: the event streams of the HTTP fallback end with their
+	// sessions, which the broker's shutdown closes meanwhile.
+	httpDown := make(chan error, 1)
+	go func() { httpDown <- n.srv.Shutdown(sctx) }()
 	if err := n.brk.Shutdown(sctx); err != nil {
 		errs = append(errs, err)
 	}
+	if err := <-httpDown; err != nil {
+		errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+	}
+	<-srvDone
 	stopBrk() // every session has ended: its flushers and watchdog go
 	<-brkDone
 	stopDown()
