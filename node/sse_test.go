@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -230,5 +232,46 @@ func TestTheHTTPFallbackEndsWithDMBClose(t *testing.T) {
 		}
 	case <-time.After(wait):
 		t.Fatal("the node did not stop with a stream open")
+	}
+}
+
+// A client of the fallback that reads nothing is a slow consumer like any
+// other: closed with 4008 once its queue is over its bytes, and the
+// others go on.
+func TestAFallbackClientThatDoesNotReadIsASlowConsumer(t *testing.T) {
+	e := newEnv(t)
+	n := e.startNode(func(c *config.Config) { c.SendQueueBytes, c.MaxBackendBytes = 256<<10, 128<<10 })
+	be := e.startBackend("chat")
+	conn, err := net.Dial("tcp", n.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// A small receive buffer, so that the socket fills soon.
+	_ = conn.(*net.TCPConn).SetReadBuffer(4 << 10)
+	if _, err := conn.Write([]byte("GET /sse/chat HTTP/1.1\r\nHost: dmb\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	slow := be.next(ofType("client_connected")).CID
+	other := connect(t, n, "chat").welcome()
+	big := strings.Repeat("x", 60<<10)
+	for i := 0; ; i++ {
+		if err := be.Broadcast(e.ctx(), big); err != nil {
+			t.Fatal(err)
+		}
+		if f := other.nextEvent("dmb:broadcast"); len(f.Data) < len(big) {
+			t.Fatalf("the reading client got %d bytes", len(f.Data))
+		}
+		select {
+		case ev := <-be.events:
+			be.held = append(be.held, ev)
+		default:
+		}
+		if slices.ContainsFunc(be.held, ofTypeCID("client_disconnected", slow)) || i > 1000 {
+			break
+		}
+	}
+	if ev := be.next(ofTypeCID("client_disconnected", slow)); ev.Code != 4008 {
+		t.Fatalf("client_disconnected %+v, want 4008", ev)
 	}
 }
