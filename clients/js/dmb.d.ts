@@ -3,6 +3,12 @@
 /** Where a DMB connection stands. */
 export type DMBStatus = "connecting" | "open" | "reconnecting" | "closed";
 
+/**
+ * How a connection reaches DMB: a WebSocket, or the HTTP fallback ("sse":
+ * an event stream down, POSTs up; docs/protocol.md, section 12).
+ */
+export type DMBTransport = "websocket" | "sse";
+
 /** What the backend puts in reply_to, echoed from a message's id. */
 export type MessageID = string | number;
 
@@ -25,6 +31,24 @@ export interface WebSocketLike {
 /** A WebSocket constructor: the browser's, or Node's ws package. */
 export type WebSocketConstructorLike = new (url: string) => WebSocketLike;
 
+/** The part of the EventSource interface that dmb.js uses (the fallback's stream). */
+export interface EventSourceLike {
+  /** dmb.js listens to "post", the stream's first event; it reads ev.data. */
+  addEventListener(type: string, listener: (ev: any) => void): void;
+  onmessage: ((ev: any) => void) | null;
+  onerror: ((ev: any) => void) | null;
+  close(): void;
+}
+
+/** An EventSource constructor: the browser's, or one for Node. */
+export type EventSourceConstructorLike = new (url: string) => EventSourceLike;
+
+/** The part of fetch that dmb.js uses: POSTs of the fallback. */
+export type FetchLike = (
+  url: string,
+  init: { method: "POST"; headers: Record<string, string>; body: string },
+) => Promise<{ ok: boolean; status: number; body?: any }>;
+
 export interface DMBOptions {
   /** The service to connect to; required unless url is given. */
   service?: string;
@@ -32,8 +56,23 @@ export interface DMBOptions {
   token?: string;
   /** The WebSocket URL; default ws(s)://{location.host}/ws/{service}. */
   url?: string;
+  /**
+   * "auto" (default): a WebSocket, and the HTTP fallback when two in a row
+   * fail before they open, or at once where there is no WebSocket; back to
+   * WebSockets when the fallback fails twice before it opens. Or only one.
+   */
+  transport?: "auto" | DMBTransport;
+  /**
+   * The fallback's stream URL; default url with http(s) for ws(s) and
+   * /sse/{service} for /ws/{service} (the token is added to either).
+   */
+  sseUrl?: string;
   /** The WebSocket constructor; default globalThis.WebSocket. */
   WebSocket?: WebSocketConstructorLike;
+  /** The EventSource constructor of the fallback; default globalThis.EventSource. */
+  EventSource?: EventSourceConstructorLike;
+  /** fetch, for the fallback's POSTs; default globalThis.fetch. */
+  fetch?: FetchLike;
   /** Reconnect delays in milliseconds: initial 500, max 30000. */
   backoff?: { initial?: number; max?: number };
   /** Default timeout of request() in milliseconds: 10000. */
@@ -59,10 +98,15 @@ export interface ConnectedInfo {
    * When false (a first connection included), load the app's state afresh.
    */
   recovered: boolean;
+  /** How this connection reaches DMB. */
+  transport: DMBTransport;
 }
 
 export interface CloseInfo {
-  /** The WebSocket close code (docs/protocol.md, section 3). */
+  /**
+   * The close code (docs/protocol.md, section 3): a WebSocket's, or the
+   * fallback's dmb:close; 1006 when the connection dropped.
+   */
   code: number;
   reason: string;
   /** Whether dmb.js will reconnect. */
@@ -112,6 +156,8 @@ export class DMB {
   readonly status: DMBStatus;
   /** The cid of the current connection; null while not open. */
   readonly cid: string | null;
+  /** The transport of the current connection, or of the next one while reconnecting. */
+  readonly transport: DMBTransport;
   on<E extends keyof DMBEvents>(event: E, fn: DMBEvents[E]): this;
   off<E extends keyof DMBEvents>(event: E, fn: DMBEvents[E]): this;
   /**

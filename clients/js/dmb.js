@@ -1,11 +1,13 @@
 // dmb.js: the browser (and Node) client of DMB, the Duplex Message Broker.
 // One ES module, no dependencies. It speaks the client frames of DMB's wire
-// protocol (docs/protocol.md, sections 3 to 7, 10 and 11): it connects to
-// /ws/{service}, matches acks, errors and replies (partial ones too) to the
-// messages it sent, joins and leaves rooms, hands on room messages, and
-// reconnects with backoff after the close codes that allow it, resuming its
-// session: the same cid and rooms, the messages it missed, and what it sent
-// that was not answered sent again.
+// protocol (docs/protocol.md, sections 3 to 7 and 10 to 12): it connects to
+// /ws/{service}, or, where no WebSocket gets through, to the HTTP fallback
+// (an event stream from /sse/{service} down, POSTs up), matches acks,
+// errors and replies (partial ones too) to the messages it sent, joins and
+// leaves rooms, hands on room messages, and reconnects with backoff after
+// the close codes that allow it, resuming its session: the same cid and
+// rooms, the messages it missed, and what it sent that was not answered
+// sent again.
 //
 //   import { DMB } from "/dmb.js";
 //   const c = new DMB({ service: "chat" });
@@ -37,6 +39,15 @@ const MAX_OFFSETS = 32;
 
 const OPEN = 1; // WebSocket.OPEN, the same in browsers and in ws
 
+/** The values of options.transport. */
+const TRANSPORT_OPTIONS = new Set(["auto", "websocket", "sse"]);
+
+/**
+ * How many connections in a row of one transport may fail before they
+ * open until "auto" tries the other one.
+ */
+const FALLBACK_AFTER = 2;
+
 /**
  * DMBError is how dmb.js fails a promise or reports an error event.
  * `message` is DMB's error text ("backend unavailable") or dmb.js's own
@@ -65,11 +76,12 @@ export class DMBError extends Error {
  * send(), request(), join() and leave() that DMB had not answered.
  *
  * Events (subscribe with on, unsubscribe with off):
- * - "connected" ({cid, service, resumed, recovered}): DMB accepted the
- *   connection (every reconnect too). resumed: it took up the session of
- *   the connection before (same cid, rooms and backend); recovered: and no
- *   message was missed. When recovered is false (a first connection
- *   included), the app should load its state afresh.
+ * - "connected" ({cid, service, resumed, recovered, transport}): DMB
+ *   accepted the connection (every reconnect too). resumed: it took up the
+ *   session of the connection before (same cid, rooms and backend);
+ *   recovered: and no message was missed. When recovered is false (a first
+ *   connection included), the app should load its state afresh. transport:
+ *   "websocket", or "sse" on the HTTP fallback.
  * - "broadcast" (data): a broadcast of the service's backend.
  * - "direct" (data, replyTo): a message to this client; replyTo is undefined
  *   when the backend gave none. A reply that settles a request() goes to
@@ -81,8 +93,9 @@ export class DMBError extends Error {
  *   after one that was not resumed.
  * - "error" (DMBError): a dmb:error that answers none of our pending calls
  *   (a bad frame), or a frame from DMB that is not JSON.
- * - "close" ({code, reason, willRetry}): the socket closed; willRetry tells
- *   whether dmb.js will reconnect.
+ * - "close" ({code, reason, willRetry}): the connection closed (on the
+ *   fallback: its stream ended with dmb:close, or dropped, 1006); willRetry
+ *   tells whether dmb.js will reconnect.
  * - "status" (status): status changed.
  */
 export class DMB {
@@ -91,7 +104,13 @@ export class DMB {
    * @param {string} [options.service] service to connect to; required unless url is given
    * @param {string} [options.token] JWT, sent as ?token= (DMB auth)
    * @param {string} [options.url] WebSocket URL; default ws(s)://{location.host}/ws/{service}
+   * @param {"auto" | "websocket" | "sse"} [options.transport] "auto" (the default): a
+   *   WebSocket, and the HTTP fallback when WebSockets do not open; or only one of them
+   * @param {string} [options.sseUrl] the fallback's stream URL; default url with
+   *   http(s) for ws(s) and /sse/{service} for /ws/{service}
    * @param {Function} [options.WebSocket] WebSocket constructor; default globalThis.WebSocket
+   * @param {Function} [options.EventSource] EventSource constructor; default globalThis.EventSource
+   * @param {Function} [options.fetch] fetch, for the fallback's POSTs; default globalThis.fetch
    * @param {{initial?: number, max?: number}} [options.backoff] reconnect delays in ms (500, 30000)
    * @param {number} [options.requestTimeout] default timeout of request() in ms (10000)
    * @param {() => number} [options.random] source of jitter in [0, 1); default Math.random
@@ -99,11 +118,33 @@ export class DMB {
    * @param {Function} [options.clearTimeout]
    */
   constructor(options = {}) {
+    const mode = options.transport ?? "auto";
+    if (!TRANSPORT_OPTIONS.has(mode)) {
+      throw new TypeError(`DMB: options.transport must be "auto", "websocket" or "sse", not ${JSON.stringify(mode)}`);
+    }
     this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
-    if (typeof this._WebSocket !== "function") {
-      throw new TypeError("DMB: no WebSocket constructor; pass options.WebSocket");
+    this._EventSource = options.EventSource ?? globalThis.EventSource;
+    const fetchFn = options.fetch ?? globalThis.fetch;
+    // Called as a method of this, the browser's fetch would throw.
+    this._fetch = typeof fetchFn === "function" ? (...args) => fetchFn(...args) : null;
+    const hasWS = typeof this._WebSocket === "function";
+    const hasSSE = typeof this._EventSource === "function" && this._fetch !== null;
+    if (mode === "websocket" || (mode === "auto" && !hasWS && !hasSSE)) {
+      if (!hasWS) throw new TypeError("DMB: no WebSocket constructor; pass options.WebSocket");
+    }
+    if (mode === "sse" && !hasSSE) {
+      throw new TypeError("DMB: no EventSource constructor or fetch; pass options.EventSource and options.fetch");
     }
     this._url = buildURL(options);
+    this._sseURL = options.sseUrl ? withToken(options.sseUrl, options.token) : sseURLOf(this._url);
+    if (mode === "sse" && this._sseURL === null) {
+      throw new TypeError("DMB: cannot make the event stream's URL of " + this._url + "; pass options.sseUrl");
+    }
+    /** The transports to try, the preferred first. */
+    this._transports = [];
+    if (hasWS && mode !== "sse") this._transports.push("websocket");
+    if (hasSSE && this._sseURL !== null && mode !== "websocket") this._transports.push("sse");
+    this._failedOpens = 0; // connections in a row of this.transport that failed before they opened
     this._initial = options.backoff?.initial ?? 500;
     this._max = options.backoff?.max ?? 30000;
     this._requestTimeout = options.requestTimeout ?? 10000;
@@ -120,12 +161,18 @@ export class DMB {
     this._attempt = 0; // failed connections since the last successful one
     this._retryTimer = null;
     this._stopped = false;
-    this._ws = null;
+    this._t = null; // the current connection's transport
 
     /** @type {"connecting" | "open" | "reconnecting" | "closed"} */
     this.status = "connecting";
     /** @type {string | null} the cid of the current connection; null while not open */
     this.cid = null;
+    /**
+     * The transport of the current connection, or of the next one while
+     * reconnecting.
+     * @type {"websocket" | "sse"}
+     */
+    this.transport = this._transports[0];
 
     this._connect();
   }
@@ -225,9 +272,9 @@ export class DMB {
     this._failPending(new DMBError("connection closed"));
     this.cid = null;
     this._setStatus("closed");
-    if (this._ws) {
-      // The socket's close event reports the code, with willRetry false.
-      this._ws.close(1000, "closed by client");
+    if (this._t) {
+      // The transport's close reports the code, with willRetry false.
+      this._t.close(1000, "closed by client");
     } else {
       // Waiting to reconnect: there is no socket left to report the close.
       this._emit("close", { code: 1000, reason: "closed by client", willRetry: false });
@@ -236,7 +283,7 @@ export class DMB {
 
   _call(frame, request, timeout, onProgress) {
     return new Promise((resolve, reject) => {
-      if (this.status !== "open" || !this._ws || this._ws.readyState !== OPEN) {
+      if (this.status !== "open" || !this._t || !this._t.open) {
         reject(new DMBError("not connected"));
         return;
       }
@@ -245,7 +292,7 @@ export class DMB {
       try {
         // JSON.stringify throws on data that is not JSON (a BigInt, a cycle).
         text = JSON.stringify({ ...frame, id });
-        this._ws.send(text);
+        this._t.send(text);
       } catch (err) {
         reject(new DMBError("send failed: " + (err?.message ?? err)));
         return;
@@ -277,16 +324,18 @@ export class DMB {
   }
 
   _connect() {
-    const ws = new this._WebSocket(this._resumeURL());
-    this._ws = ws;
-    // Every failure ends in a close event, which does the work; an error
-    // event without a listener would throw in Node's ws.
-    ws.onerror = () => {};
-    ws.onmessage = (ev) => {
+    const t =
+      this.transport === "sse"
+        ? new SSETransport(this._resumeURL(this._sseURL), this._EventSource, this._fetch)
+        : new WSTransport(this._resumeURL(this._url), this._WebSocket);
+    this._t = t;
+    t.onframe = (raw) => {
       // After close(), frames still in flight are not for the app.
-      if (!this._stopped) this._onFrame(ev.data);
+      if (!this._stopped && this._t === t) this._onFrame(raw);
     };
-    ws.onclose = (ev) => this._onClose(ev.code, ev.reason);
+    t.onclose = (code, reason, opened) => {
+      if (this._t === t) this._onClose(code, reason, opened);
+    };
   }
 
   _onFrame(raw) {
@@ -368,10 +417,16 @@ export class DMB {
     // What DMB did not answer goes again, in the order sent and before
     // anything the app sends once it learns the connection is open.
     for (const call of this._pending.values()) {
-      if (!call.acked) this._ws.send(call.frame);
+      if (!call.acked) this._t.send(call.frame);
     }
     this._setStatus("open");
-    this._emit("connected", { cid: f.cid, service: f.service, resumed, recovered: resumed && f.recovered === true });
+    this._emit("connected", {
+      cid: f.cid,
+      service: f.service,
+      resumed,
+      recovered: resumed && f.recovered === true,
+      transport: this.transport,
+    });
   }
 
   // _keepOffset remembers offset as the last of its stream, the text
@@ -386,19 +441,28 @@ export class DMB {
     if (this._offsets.size > MAX_OFFSETS) this._offsets.delete(this._offsets.keys().next().value);
   }
 
-  // _resumeURL is the URL to connect to: with the session token and the
-  // offsets to resume from, once DMB gave a token.
-  _resumeURL() {
-    if (this._session === null) return this._url;
-    let url = this._url + (this._url.includes("?") ? "&" : "?") + "resume=" + encodeURIComponent(this._session);
+  // _resumeURL is the URL to connect to, base (the WebSocket's or the event
+  // stream's): with the session token and the offsets to resume from, once
+  // DMB gave a token.
+  _resumeURL(base) {
+    if (this._session === null) return base;
+    let url = base + (base.includes("?") ? "&" : "?") + "resume=" + encodeURIComponent(this._session);
     if (this._offsets.size > 0) url += "&offset=" + [...this._offsets.values()].map(encodeURIComponent).join(",");
     return url;
   }
 
-  _onClose(code, reason) {
-    this._ws = null;
+  _onClose(code, reason, opened) {
+    this._t = null;
     this.cid = null;
     this._dropCode = code;
+    if (opened) {
+      this._failedOpens = 0;
+    } else if (!this._stopped && ++this._failedOpens >= FALLBACK_AFTER && this._transports.length > 1) {
+      // This transport does not get through (or DMB is down): try the
+      // other one, and keep to whichever opens.
+      this._failedOpens = 0;
+      this.transport = this._transports.find((t) => t !== this.transport);
+    }
     if (this._stopped) {
       // close() has failed what was pending.
       this._emit("close", { code, reason, willRetry: false });
@@ -464,6 +528,158 @@ function buildURL({ url, service, token }) {
     if (typeof location === "undefined") throw new TypeError("DMB: options.url is required outside a browser");
     url = (location.protocol === "https:" ? "wss" : "ws") + "://" + location.host + "/ws/" + encodeURIComponent(service);
   }
-  if (token) url += (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
-  return url;
+  return withToken(url, token);
+}
+
+function withToken(url, token) {
+  return token ? url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token) : url;
+}
+
+// sseURLOf returns the event stream's URL of a WebSocket URL: http(s) for
+// ws(s), /sse/{service} for /ws/{service}, the same query; null when url
+// is not of that form.
+function sseURLOf(url) {
+  const m = /^ws(s?):\/\/([^/?#]+)((?:\/[^?#]*)?)\/ws\/([^/?#]+)(\?[^#]*)?$/.exec(url);
+  if (!m) return null;
+  return "http" + m[1] + "://" + m[2] + m[3] + "/sse/" + m[4] + (m[5] ?? "");
+}
+
+/**
+ * A transport carries one connection's frames: send(text) a frame, close(code,
+ * reason); `open` tells whether send may be called. It calls onframe(text)
+ * with each frame from DMB and, once, onclose(code, reason, opened), opened
+ * telling whether the connection got as far as opening.
+ */
+
+// WSTransport is a WebSocket.
+class WSTransport {
+  constructor(url, WebSocket) {
+    this.onframe = () => {};
+    this.onclose = () => {};
+    this._opened = false;
+    const ws = new WebSocket(url);
+    this._ws = ws;
+    ws.onopen = () => {
+      this._opened = true;
+    };
+    // Every failure ends in a close event, which does the work; an error
+    // event without a listener would throw in Node's ws.
+    ws.onerror = () => {};
+    ws.onmessage = (ev) => {
+      this._opened = true;
+      this.onframe(ev.data);
+    };
+    ws.onclose = (ev) => this.onclose(ev.code, ev.reason, this._opened);
+  }
+
+  get open() {
+    return this._ws.readyState === OPEN;
+  }
+
+  send(text) {
+    this._ws.send(text);
+  }
+
+  close(code, reason) {
+    this._ws.close(code, reason);
+  }
+}
+
+// SSETransport is the HTTP fallback (docs/protocol.md, section 12): an
+// EventSource whose first event, "post", names where to POST frames, and
+// whose other events are DMB's frames, the last one dmb:close. Frames to
+// send wait in a queue, and go in one POST, one per line, when no POST is
+// in flight, so that DMB reads them in order.
+class SSETransport {
+  constructor(url, EventSource, fetch) {
+    this.onframe = () => {};
+    this.onclose = () => {};
+    this._fetch = fetch;
+    this._opened = false; // an event came
+    this._ended = false;
+    this._postURL = null;
+    this._queue = [];
+    this._posting = false;
+    const es = new EventSource(url);
+    this._es = es;
+    es.addEventListener("post", (ev) => {
+      if (this._ended) return;
+      this._opened = true;
+      // A path on the stream's origin (url may be relative to the page).
+      const base = typeof location === "undefined" ? url : new URL(url, location.href);
+      this._postURL = new URL(ev.data, base).href;
+      this._post();
+    });
+    es.onmessage = (ev) => {
+      if (this._ended) return;
+      this._opened = true;
+      const data = String(ev.data);
+      if (data.includes('"dmb:close"')) {
+        let f = null;
+        try {
+          f = JSON.parse(data);
+        } catch {
+          // not dmb:close then: a frame the client reports
+        }
+        if (f?.event === "dmb:close") {
+          // As a WebSocket's close frame.
+          this._end(typeof f.code === "number" ? f.code : 1005, typeof f.reason === "string" ? f.reason : "");
+          return;
+        }
+      }
+      this.onframe(data);
+    };
+    // An EventSource reconnects by itself, without resume: close it, and
+    // let the client reconnect as after a WebSocket's drop.
+    es.onerror = () => this._end(1006, "");
+  }
+
+  get open() {
+    return !this._ended && this._postURL !== null;
+  }
+
+  send(text) {
+    if (this._ended) throw new Error("the event stream ended");
+    this._queue.push(text);
+    this._post();
+  }
+
+  close(code, reason) {
+    if (this._ended) return;
+    this._ended = true;
+    this._es.close();
+    this._queue = [];
+    // As a WebSocket reports its close, later.
+    queueMicrotask(() => this.onclose(code, reason, this._opened));
+  }
+
+  _end(code, reason) {
+    if (this._ended) return;
+    this._ended = true;
+    this._es.close();
+    this._queue = [];
+    this.onclose(code, reason, this._opened);
+  }
+
+  // _post sends what is queued in one POST, unless one is in flight.
+  _post() {
+    if (this._posting || this._ended || this._postURL === null || this._queue.length === 0) return;
+    const body = this._queue.join("\n");
+    this._queue = [];
+    this._posting = true;
+    this._fetch(this._postURL, { method: "POST", headers: { "Content-Type": "application/json" }, body }).then(
+      (res) => {
+        this._posting = false;
+        res.body?.cancel?.().catch(() => {});
+        // 404: the stream is gone. Either way the connection is lost,
+        // and what DMB did not answer goes again on the next one.
+        if (!res.ok) this._end(1006, "POST answered " + res.status);
+        else this._post();
+      },
+      () => {
+        this._posting = false;
+        this._end(1006, "POST failed");
+      },
+    );
+  }
 }

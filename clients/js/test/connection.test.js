@@ -3,10 +3,8 @@
 import assert from "node:assert/strict";
 import test from "node:test";
 
-import { WebSocket } from "ws";
-
 import { DMB } from "../dmb.js";
-import { FakeDMB, connect, limit } from "../testdata/fakedmb.js";
+import { FakeDMB, clientOptions, connect, limit, onSSE } from "../testdata/fakedmb.js";
 
 test("connected event gives the cid and service; cid and status follow it", limit, async (t) => {
   const { client, events } = await connect(t);
@@ -14,7 +12,8 @@ test("connected event gives the cid and service; cid and status follow it", limi
   assert.equal(client.status, "connecting");
 
   const [info] = await events.next("connected");
-  assert.deepEqual(info, { cid: "cid-1", service: "chat", resumed: false, recovered: false });
+  assert.deepEqual(info, { cid: "cid-1", service: "chat", resumed: false, recovered: false, transport: client.transport });
+  assert.equal(client.transport, onSSE ? "sse" : "websocket");
   assert.equal(client.cid, "cid-1");
   assert.equal(client.status, "open");
   assert.deepEqual(events.statuses(), ["open"]);
@@ -44,19 +43,19 @@ test("status stays connecting until dmb:connected, even with the socket open", l
 test("token goes into the URL, escaped", limit, async (t) => {
   const { server } = await connect(t, { token: "a.b c&d=" });
   const conn = await server.nextConnection();
-  assert.equal(conn.url, "/ws/chat?token=a.b%20c%26d%3D");
+  assert.equal(conn.wsURL, "/ws/chat?token=a.b%20c%26d%3D");
 });
 
 test("token is added to a URL that already has a query", limit, async (t) => {
   const server = await FakeDMB.start();
   t.after(() => server.close());
-  const client = new DMB({ url: server.url("/ws/chat?x=1"), token: "tk", WebSocket });
+  const client = new DMB({ url: server.url("/ws/chat?x=1"), token: "tk", ...clientOptions() });
   t.after(() => client.close());
   const conn = await server.nextConnection();
-  assert.equal(conn.url, "/ws/chat?x=1&token=tk");
+  assert.equal(conn.wsURL, "/ws/chat?x=1&token=tk");
 });
 
-test("url defaults to ws(s)://{page host}/ws/{service}", limit, (t) => {
+test("url defaults to ws(s)://{page host}/ws/{service}", { ...limit, skip: onSSE && "WebSocket only" }, (t) => {
   const urls = [];
   class RecordingWebSocket {
     constructor(url) {
@@ -103,7 +102,7 @@ test("close() closes with 1000 for good: status closed, close event, no retry", 
   assert.equal(client.cid, null);
   const [info] = await events.next("close");
   assert.deepEqual(info, { code: 1000, reason: "closed by client", willRetry: false });
-  assert.equal((await conn.closed).code, 1000, "code the server saw");
+  if (!onSSE) assert.equal((await conn.closed).code, 1000, "code the server saw");
   assert.deepEqual(events.statuses(), ["open", "closed"]);
   assert.deepEqual(timers, [], "timers set (a reconnect would set one)");
   await assert.rejects(client.send("after"), { message: "not connected" });

@@ -73,13 +73,13 @@ test("send rejects when the connection closes with a code that ends the session"
   const env = await opened(t, { random: () => 0 });
   const p = env.client.send("x");
   await env.conn.nextFrame();
-  env.conn.socket.close(1008, "rate limit exceeded");
+  env.conn.end(1008, "rate limit exceeded");
   await assert.rejects(p, { name: "DMBError", message: "connection closed", code: 1008 });
 });
 
 test("send rejects at once when not connected, and queues nothing", limit, async (t) => {
   const env = await opened(t, { setTimeout: () => 0 });
-  env.conn.socket.close(4503, "no backend");
+  env.conn.end(4503, "no backend");
   await env.events.next("close");
   assert.equal(env.client.status, "reconnecting");
   await assert.rejects(env.client.send("lost"), { name: "DMBError", message: "not connected" });
@@ -156,7 +156,7 @@ test("request rejects when the connection closes before the reply and no resume 
   const p = env.client.request("x", { timeout: 60000 });
   const { id } = await env.conn.nextFrame();
   env.conn.send({ event: "dmb:ack", id });
-  env.conn.socket.close(4503, "no live backend");
+  env.conn.end(4503, "no live backend");
   await assert.rejects(p, { name: "DMBError", message: "connection closed", code: 4503 });
 });
 
@@ -175,7 +175,7 @@ test("a dmb:error without an id is an error event", limit, async (t) => {
 
 test("a frame that is not a JSON object is an error event; the connection stays", limit, async (t) => {
   const env = await opened(t);
-  env.conn.socket.send("not json");
+  env.conn.sendRaw("not json");
   const [err] = await env.events.next("error");
   assert.equal(err.message, "frame from DMB is not a JSON object");
   env.conn.send({ event: "dmb:broadcast", data: 1 });

@@ -6,23 +6,32 @@ import test from "node:test";
 
 import { WebSocket } from "ws";
 
-import { connect, limit } from "../testdata/fakedmb.js";
+import { connect, eventSource, limit } from "../testdata/fakedmb.js";
 
 // closeWith makes the server end conn with code; 1006 cannot be sent in a
 // close frame, it is what the client sees when the connection just drops.
 function closeWith(conn, code, reason) {
-  if (code === 1006) conn.socket.terminate();
-  else conn.socket.close(code, reason);
+  conn.end(code, reason);
 }
 
-// CountingWebSocket counts the sockets a client opens.
-function countingWebSocket() {
+// counting counts the connections a client opens, WebSockets and event
+// streams: pass its options to the client.
+function counting() {
   const counter = { n: 0 };
-  counter.WebSocket = class extends WebSocket {
-    constructor(...args) {
-      super(...args);
-      counter.n++;
-    }
+  const { EventSource } = eventSource();
+  counter.options = {
+    WebSocket: class extends WebSocket {
+      constructor(...args) {
+        super(...args);
+        counter.n++;
+      }
+    },
+    EventSource: class extends EventSource {
+      constructor(...args) {
+        super(...args);
+        counter.n++;
+      }
+    },
   };
   return counter;
 }
@@ -48,7 +57,7 @@ for (const [code, reason] of [
     assert.equal(client.cid, null, "cid while reconnecting");
 
     const [again] = await events.next("connected");
-    assert.deepEqual(again, { cid: "cid-2", service: "chat", resumed: false, recovered: false });
+    assert.deepEqual(again, { cid: "cid-2", service: "chat", resumed: false, recovered: false, transport: client.transport });
     assert.equal(client.cid, "cid-2");
     assert.equal(client.status, "open");
     assert.deepEqual(events.statuses(), ["open", "reconnecting", "open"]);
@@ -64,9 +73,9 @@ for (const [code, reason, greeted] of [
 ]) {
   test(`close ${code} stops: close event without retry, status closed`, limit, async (t) => {
     const timers = [];
-    const sockets = countingWebSocket();
+    const sockets = counting();
     const { server, client, events } = await connect(t, {
-      WebSocket: sockets.WebSocket,
+      ...sockets.options,
       setTimeout: (fn, ms) => timers.push(ms),
     });
     server.greet = greeted;
@@ -135,9 +144,9 @@ test("backoff defaults to 500 ms doubling up to 30 s", limit, async (t) => {
 test("close() while a retry waits cancels it for good", limit, async (t) => {
   const waiting = [];
   const cleared = [];
-  const sockets = countingWebSocket();
+  const sockets = counting();
   const { server, client, events } = await connect(t, {
-    WebSocket: sockets.WebSocket,
+    ...sockets.options,
     random: () => 0.5,
     setTimeout: (fn, ms) => waiting.push(fn) - 1, // never fires by itself
     clearTimeout: (handle) => cleared.push(handle),

@@ -91,7 +91,7 @@ test("join rejects when not connected, and when the connection closes first", li
   const env = await opened(t, { random: () => 0, setTimeout: () => 0 });
   const p = env.client.join("lobby");
   await env.conn.nextFrame();
-  env.conn.socket.close(4009, "banned");
+  env.conn.end(4009, "banned");
   await assert.rejects(p, { name: "DMBError", message: "connection closed", code: 4009 });
   await env.events.next("close");
   await assert.rejects(env.client.join("lobby"), { name: "DMBError", message: "not connected" });

@@ -10,8 +10,7 @@ import { connect, limit } from "../testdata/fakedmb.js";
 // closeWith makes the server end conn with code; 1006 cannot be sent in a
 // close frame, it is what the client sees when the connection just drops.
 function closeWith(conn, code, reason) {
-  if (code === 1006) conn.socket.terminate();
-  else conn.socket.close(code, reason);
+  conn.end(code, reason);
 }
 
 // resumable connects a client that reconnects at once and greets nothing by
@@ -44,7 +43,7 @@ async function marker(env) {
 
 test("a first connection carries no resume", limit, async (t) => {
   const env = await resumable(t, { token: "tk" });
-  assert.equal(env.conn.url, "/ws/chat?token=tk");
+  assert.equal(env.conn.wsURL, "/ws/chat?token=tk");
 });
 
 test("the resume URL has the token, the session and the last offset of each stream", limit, async (t) => {
@@ -64,7 +63,7 @@ test("the resume URL has the token, the session and the last offset of each stre
   // Least recently updated first; stream 42 moved last but one.
   assert.equal(conn.query.get("offset"), "43:1000-5,42:1001-0,44:7-0,45:a:b");
   assert.equal(
-    conn.url,
+    conn.wsURL,
     "/ws/chat?token=tk&resume=session-1&offset=43%3A1000-5,42%3A1001-0,44%3A7-0,45%3Aa%3Ab",
     "the URL, escaped",
   );
@@ -94,7 +93,7 @@ test("dmb:session replaces the token, and so does each dmb:connected", limit, as
 
   let conn = await reconnected(env, 1001, "going away");
   assert.equal(conn.query.get("resume"), "after-leave+/=");
-  assert.match(conn.url, /resume=after-leave%2B%2F%3D$/);
+  assert.match(conn.wsURL, /resume=after-leave%2B%2F%3D$/);
   conn.greet({ cid: "cid-1", session: "resumed-token", resumed: true, recovered: true });
   await env.events.next("connected");
 
@@ -175,7 +174,7 @@ for (const [code, reason] of [
 
     const conn = await reconnected(env, code, reason);
     await rejected;
-    assert.equal(conn.url, "/ws/chat");
+    assert.equal(conn.wsURL, "/ws/chat");
     conn.greet();
     await env.events.next("connected");
     const after = env.client.send("after");
@@ -219,7 +218,7 @@ test("the connected event tells whether the session was resumed and recovered", 
   const env = await resumable(t);
   assert.deepEqual(env.events.log.find(([e]) => e === "connected"), [
     "connected",
-    { cid: "cid-1", service: "chat", resumed: false, recovered: false },
+    { cid: "cid-1", service: "chat", resumed: false, recovered: false, transport: env.client.transport },
   ]);
   for (const [greeting, want] of [
     [{ cid: "cid-1", resumed: true, recovered: true }, { cid: "cid-1", resumed: true, recovered: true }],
@@ -229,7 +228,7 @@ test("the connected event tells whether the session was resumed and recovered", 
   ]) {
     const conn = await reconnected(env);
     conn.greet(greeting);
-    assert.deepEqual(await env.events.next("connected"), [{ service: "chat", ...want }], JSON.stringify(greeting));
+    assert.deepEqual(await env.events.next("connected"), [{ service: "chat", transport: env.client.transport, ...want }], JSON.stringify(greeting));
     assert.equal(env.client.cid, want.cid);
     assert.equal(env.client.status, "open");
   }
