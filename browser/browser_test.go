@@ -1,10 +1,13 @@
 // Package browser_test drives the demo page in a real browser (Debian's
 // Chromium through playwright-core): two pages chat through DMB and the demo
 // backend, then in a room a third page is not in, a page's request() gets
-// its reply, DMB restarts mid-session and the pages resume their sessions
-// by themselves (same cid, same rooms) with what the backend said
-// meanwhile, and a page with a bad token sees the auth failure. The scenario is browser/chat.mjs; this test runs the real
-// parts around it and restarts DMB when the script asks.
+// its reply, a page whose WebSockets are refused chats over the HTTP
+// fallback (an event stream and POSTs), DMB restarts mid-session and the
+// pages resume their sessions by themselves (same cid, same rooms, the
+// fallback's page on the fallback) with what the backend said meanwhile,
+// and a page with a bad token sees the auth failure. The scenario is
+// browser/chat.mjs; this test runs the real parts around it and restarts
+// DMB when the script asks.
 package browser_test
 
 import (
@@ -136,7 +139,7 @@ func TestChatInARealBrowser(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("browser scenario failed: %v\n%s", err, stderr.String())
 	}
-	for _, shot := range []string{"chat.png", "rooms.png", "after-restart.png", "bad-token.png"} {
+	for _, shot := range []string{"chat.png", "rooms.png", "fallback.png", "after-restart.png", "bad-token.png"} {
 		if fi, err := os.Stat(filepath.Join(artifacts, shot)); err != nil || fi.Size() == 0 {
 			t.Errorf("screenshot %s missing: %v", shot, err)
 		}

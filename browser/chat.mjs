@@ -25,8 +25,25 @@ function step(name) {
   console.log(`step: ${name}`);
 }
 
-async function openChat(browser, name) {
-  const page = await (await browser.newContext()).newPage();
+// openChat opens the demo page as name; with blockWebSocket, every
+// WebSocket of the page fails before it opens (its upgrade is refused, as
+// by a proxy that lets none through), and window.wsTries counts them.
+async function openChat(browser, name, { blockWebSocket = false } = {}) {
+  const context = await browser.newContext();
+  if (blockWebSocket) {
+    await context.addInitScript(() => {
+      const Native = window.WebSocket;
+      window.wsTries = 0;
+      window.WebSocket = class extends Native {
+        constructor(url, protocols) {
+          window.wsTries++;
+          // DMB answers 404 to an upgrade there.
+          super(String(url).replace("/ws/", "/blocked/"), protocols);
+        }
+      };
+    });
+  }
+  const page = await context.newPage();
   page.on("pageerror", (err) => console.log(`page error (${name}): ${err.message}`));
   await page.goto(url + "/");
   await page.waitForFunction(() => document.querySelector("#status")?.textContent.trim() === "open", null, wait);
@@ -134,12 +151,29 @@ try {
   assert.equal(reply.kind, "time");
   assert.ok(!Number.isNaN(Date.parse(reply.now)), `reply.now = ${reply.now}`);
 
+  step("a page whose WebSockets are refused chats over the HTTP fallback");
+  const dan = await openChat(browser, "dan", { blockWebSocket: true });
+  await dan.waitForFunction(() => document.querySelector("#transport")?.textContent.includes("sse"), null, wait);
+  assert.equal(await dan.evaluate(() => window.dmb.transport), "sse");
+  assert.ok((await dan.evaluate(() => window.wsTries)) >= 2, "the page tried WebSockets first");
+  assert.match(await ann.textContent("#transport"), /websocket/);
+  await online(ann, ["ann", "bob", "dan"]);
+  await online(dan, ["ann", "bob", "dan"]);
+  await say(dan, "hello over the fallback");
+  await sees(ann, "hello over the fallback");
+  await sees(bob, "hello over the fallback");
+  await say(ann, "hi dan");
+  await sees(dan, "hi dan");
+  await dan.waitForSelector('#messages .line.mine .mark.ok', wait);
+  await dan.screenshot({ path: path.join(artifacts, "fallback.png"), fullPage: true });
+
   step("DMB restarts mid-session; the pages resume their sessions with nothing missed");
-  const cids = [await ann.textContent("#cid"), await bob.textContent("#cid")];
+  const pages = [ann, bob, dan];
+  const cids = await Promise.all(pages.map((page) => page.textContent("#cid")));
   // While DMB is down, the backend says something: the pages get it when
-  // they resume.
+  // they resume, dan over the fallback.
   await restartDMB();
-  for (const [i, page] of [ann, bob].entries()) {
+  for (const [i, page] of pages.entries()) {
     await page.waitForFunction(
       (cid) => document.querySelector("#status")?.textContent.trim() === "open" && document.querySelector("#cid")?.textContent === cid,
       cids[i],
@@ -148,13 +182,17 @@ try {
     await sees(page, "said while DMB restarted");
     await page.waitForFunction(() => document.querySelector("#messages")?.textContent.includes("nothing missed"), null, wait);
   }
-  await online(ann, ["ann", "bob"]);
+  await online(ann, ["ann", "bob", "dan"]);
+  assert.equal(await dan.evaluate(() => window.dmb.transport), "sse");
   // The pages are still in their rooms: the sessions kept them.
   await inRoom(ann, "lobby", ["ann", "bob"]);
   await inRoom(bob, "lobby", ["ann", "bob"]);
   await bob.selectOption("#to", "");
   await say(bob, "still here after the restart");
   await sees(ann, "still here after the restart");
+  await sees(dan, "still here after the restart");
+  await say(dan, "dan too");
+  await sees(bob, "dan too");
   await ann.screenshot({ path: path.join(artifacts, "after-restart.png"), fullPage: true });
 
   step("a page with a bad token sees the auth failure");
