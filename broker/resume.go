@@ -23,10 +23,11 @@ import (
 // missed. The new session is then spliced in on the downlink's worker,
 // between two messages: dmb:connected, the missed messages in order, and
 // the session joins the index, so that the next message handed out
-// reaches it live. Should a recoverable message have been handed out
-// since the histories were read, the splice is abandoned and they are read
-// again from where they ended; a message that was read but is still
-// queued live is kept from the session (resume.View.Skip). A resume that
+// reaches it live. What was handed out since the histories were read
+// comes from the downlink's recent messages (resume.View.Since); only when
+// the downlink no longer holds them all is the splice abandoned and the
+// histories read again from where they ended. A message that was read but
+// is still queued live is kept from the session (resume.View.Skip). A resume that
 // is refused for any reason is a fresh session: the client learns it from
 // "resumed":false.
 
@@ -110,16 +111,32 @@ func (b *Broker) splice(ctx context.Context, s *session, r *resumption) (int, st
 		var reason string
 		gap := false
 		err := b.cfg.Splice(ctx, func(v resume.View) {
+			// What was handed out since the histories were read, from
+			// the downlink's recent messages, when it still holds them.
+			var since []resume.Entry
+			upTo := make(map[string]history.ID, len(tails))
 			for bkid, tail := range tails {
-				if last, ok := v.Last(bkid); ok && tail.Less(last) {
+				upTo[bkid] = tail
+				last, ok := v.Last(bkid)
+				if !ok || !tail.Less(last) {
+					continue
+				}
+				got, ok := v.Since(bkid, tail)
+				if !ok {
 					gap = true
 					return
 				}
+				for _, e := range got {
+					since = append(since, resume.Entry{BKID: bkid, Entry: e})
+				}
+				upTo[bkid] = last
 			}
+			resume.Merge(since)
+			frames = append(frames, s.replay(since)...)
 			code, reason = b.addSession(s, frames, recovered)
 			if code == 0 {
-				for bkid, tail := range tails {
-					v.Skip(bkid, s.cid, tail)
+				for bkid, id := range upTo {
+					v.Skip(bkid, s.cid, id)
 				}
 			}
 		})
@@ -213,9 +230,16 @@ func (b *Broker) Resumed(service, cid string) int {
 	return 1
 }
 
-// supersede closes s, whose session another connection took up.
+// supersede closes s, whose session another connection took up: with
+// 4010, or at once when it is closing already (its client has gone to
+// resume elsewhere, and its close handshake would hold up the resume,
+// which waits for this node to let the session go).
 func (b *Broker) supersede(s *session) {
 	s.superseded.Store(true)
+	if s.closing() {
+		_ = s.t.CloseNow()
+		return
+	}
 	s.q.close(closeReq{code: protocol.CloseResumed, reason: protocol.ReasonResumed})
 }
 

@@ -106,16 +106,17 @@ type Downlink struct {
 
 	// The worker's own (see splice.go): the resumes waiting for it, and
 	// what they need of the messages it handed out.
-	tasks chan func()
-	last  map[string]history.ID // by bkid: the last recoverable message
-	skips map[string][]skip     // by bkid: cids that had messages from history
+	tasks  chan func()
+	last   map[string]history.ID // by bkid: the last recoverable message
+	recent map[string]*recent    // by bkid: the last recoverable messages
+	skips  map[string][]skip     // by bkid: cids that had messages from history
 }
 
 // New returns a downlink; nothing is received until Run.
 func New(rdb redis.UniversalClient, reg Registry, sink Sink, pub Publisher, cfg Config) *Downlink {
 	d := &Downlink{cfg: cfg, log: cfg.Logger, m: cfg.Metrics, reg: reg, sink: sink, pub: pub,
 		q:     handoff{ch: make(chan *redis.Message, handoffSlots)},
-		tasks: make(chan func()), last: make(map[string]history.ID), skips: make(map[string][]skip),
+		tasks: make(chan func()), last: make(map[string]history.ID), recent: make(map[string]*recent), skips: make(map[string][]skip),
 		maxQueued: cmp.Or(cfg.MaxQueued, DefaultMaxQueued), maxPayload: cmp.Or(cfg.MaxPayload, DefaultMaxPayload)}
 	onMessage := d.offer
 	onUp := func(ctx context.Context) {
@@ -219,7 +220,7 @@ func (d *Downlink) Handle(ctx context.Context, channel string, payload []byte) {
 	var skipped []string
 	withOffset := func(frame []byte) []byte { return frame }
 	if pos, ok := history.ParseID(cmd.Offset); ok {
-		skipped = d.handedOut(bkid, pos)
+		skipped = d.handedOut(bkid, pos, payload)
 		withOffset = func(frame []byte) []byte { return protocol.WithOffset(frame, bkid, cmd.Offset) }
 	}
 	var delivered int

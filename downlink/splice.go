@@ -2,6 +2,7 @@ package downlink
 
 import (
 	"context"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -82,10 +83,63 @@ func (v View) Skip(bkid, cid string, upTo history.ID) {
 	v.d.skips[bkid] = append(v.d.skips[bkid], skip{cid: cid, upTo: upTo, until: now.Add(skipFor)})
 }
 
-// handedOut records that the message of bkid at pos is being handed out,
-// and returns the cids that had it from history.
-func (d *Downlink) handedOut(bkid string, pos history.ID) []string {
+// Since returns the recoverable messages of bkid handed out after after,
+// from the recent ones the downlink keeps; false when it no longer holds
+// them all.
+func (v View) Since(bkid string, after history.ID) ([]history.Entry, bool) {
+	r := v.d.recent[bkid]
+	if r == nil || len(r.entries) == 0 || after.Less(r.entries[0].ID) {
+		return nil, false
+	}
+	i, _ := slices.BinarySearchFunc(r.entries, after, func(e history.Entry, id history.ID) int {
+		switch {
+		case e.ID.Less(id):
+			return -1
+		case id.Less(e.ID):
+			return 1
+		}
+		return 0
+	})
+	for i < len(r.entries) && !after.Less(r.entries[i].ID) {
+		i++
+	}
+	return slices.Clone(r.entries[i:]), true
+}
+
+// recent holds the last recoverable messages of one backend handed out,
+// so that a resume that read the history a moment ago gets what was
+// handed out since without reading it again.
+type recent struct {
+	entries []history.Entry
+	bytes   int
+}
+
+// How many of a backend's recent messages are kept, and how many bytes.
+const (
+	recentCount = 512
+	recentBytes = 256 << 10
+)
+
+// handedOut records that the message of bkid at pos, payload, is being
+// handed out, and returns the cids that had it from history.
+func (d *Downlink) handedOut(bkid string, pos history.ID, payload []byte) []string {
 	d.last[bkid] = pos
+	r := d.recent[bkid]
+	if r == nil {
+		r = &recent{}
+		d.recent[bkid] = r
+	}
+	r.entries = append(r.entries, history.Entry{ID: pos, Payload: payload})
+	r.bytes += len(payload)
+	drop := 0
+	for len(r.entries)-drop > recentCount || r.bytes > recentBytes && drop < len(r.entries)-1 {
+		r.bytes -= len(r.entries[drop].Payload)
+		drop++
+	}
+	if drop > 0 {
+		r.entries = append(r.entries[:0], r.entries[drop:]...)
+		clear(r.entries[len(r.entries):cap(r.entries)])
+	}
 	list := d.skips[bkid]
 	if len(list) == 0 {
 		return nil

@@ -273,10 +273,16 @@ func (m *Manager) Read(ctx context.Context, c Claims, offsets string, after map[
 			missed.Entries = append(missed.Entries, Entry{BKID: bkid, Entry: e})
 		}
 	}
-	// Each history is in order; across histories, by position (one clock
-	// on one Redis; a cluster's shards' clocks agree about as well as
-	// the backends' publishes could be ordered at all).
-	slices.SortStableFunc(missed.Entries, func(a, b Entry) int {
+	Merge(missed.Entries)
+	return missed, nil
+}
+
+// Merge orders the messages of several histories: each history's stay in
+// order, and across histories they go by position (one clock on one
+// Redis; a cluster's shards' clocks agree about as well as the backends'
+// publishes could be ordered at all).
+func Merge(entries []Entry) {
+	slices.SortStableFunc(entries, func(a, b Entry) int {
 		switch {
 		case a.ID.Less(b.ID):
 			return -1
@@ -285,5 +291,4 @@ func (m *Manager) Read(ctx context.Context, c Claims, offsets string, after map[
 		}
 		return cmp.Compare(a.BKID, b.BKID)
 	})
-	return missed, nil
 }

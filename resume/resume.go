@@ -167,4 +167,7 @@ type View interface {
 	// Skip keeps messages of bkid up to upTo from cid: the resume gave it
 	// them from history, and they may still be on their way live.
 	Skip(bkid, cid string, upTo history.ID)
+	// Since returns the recoverable messages of bkid handed out after
+	// after, in order; false when the downlink no longer holds them all.
+	Since(bkid string, after history.ID) ([]history.Entry, bool)
 }
