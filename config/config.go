@@ -27,6 +27,9 @@ import (
 type Config struct {
 	Port int    `envconfig:"DMB_PORT" default:"8082" desc:"HTTP and WebSocket port"`
 	Bind string `envconfig:"DMB_BIND" default:"" desc:"address to listen on; empty means every interface"`
+	// TCPPort is the port of TCP clients, one JSON frame per line
+	// (docs/protocol.md, section 12), on DMB_BIND too; 0 is off.
+	TCPPort int `envconfig:"DMB_TCP_PORT" default:"0" desc:"port of TCP clients, one JSON frame per line (with TLS when DMB_TLS_CERT is set); 0 turns it off"`
 
 	TLSCert    string `envconfig:"DMB_TLS_CERT" default:"" desc:"PEM certificate (chain) file; with DMB_TLS_KEY, DMB serves HTTPS and wss:// itself"`
 	TLSKey     string `envconfig:"DMB_TLS_KEY" default:"" desc:"PEM private key file for DMB_TLS_CERT"`
@@ -123,6 +126,9 @@ func (c *Config) Validate() error {
 	var errs Errors
 	if c.Port < 0 || c.Port > 65535 {
 		errs = append(errs, bad("DMB_PORT", c.Port, "a port number from 0 to 65535"))
+	}
+	if c.TCPPort < 0 || c.TCPPort > 65535 {
+		errs = append(errs, bad("DMB_TCP_PORT", c.TCPPort, "a port number from 1 to 65535, or 0 to turn TCP clients off"))
 	}
 	if c.AdminAddr != "" {
 		if _, _, err := net.SplitHostPort(c.AdminAddr); err != nil {
@@ -253,6 +259,14 @@ func (c *Config) TrustedPrefixes() ([]netip.Prefix, error) {
 
 // Addr is the address the HTTP server listens on.
 func (c *Config) Addr() string { return net.JoinHostPort(c.Bind, strconv.Itoa(c.Port)) }
+
+// TCPAddr is the address TCP clients connect to, "" when they are off.
+func (c *Config) TCPAddr() string {
+	if c.TCPPort == 0 {
+		return ""
+	}
+	return net.JoinHostPort(c.Bind, strconv.Itoa(c.TCPPort))
+}
 
 // RedisMode is how DMB reaches Redis.
 type RedisMode string

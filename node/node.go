@@ -83,6 +83,9 @@ type Node struct {
 	ln      net.Listener
 	srv     *http.Server
 
+	tcpLn  net.Listener // nil when DMB_TCP_PORT is 0
+	tcpTLS *tls.Config
+
 	adminLn  net.Listener // nil when DMB_ADMIN_ADDR is empty
 	adminSrv *http.Server
 
@@ -259,6 +262,16 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 		MaxHeaderBytes:    cfg.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
+	if addr := cfg.TCPAddr(); addr != "" {
+		if n.tcpLn, err = net.Listen("tcp", addr); err != nil {
+			ln.Close()
+			if adminLn != nil {
+				adminLn.Close()
+			}
+			return nil, fmt.Errorf("listen on DMB_TCP_PORT %s: %w", addr, err)
+		}
+		n.tcpTLS = tlsConfig
+	}
 	return n, nil
 }
 
@@ -303,6 +316,14 @@ func (n *Node) lost(ctx context.Context) {
 
 // Addr is the address the node listens on.
 func (n *Node) Addr() net.Addr { return n.ln.Addr() }
+
+// TCPAddr is the address of TCP clients, nil when DMB_TCP_PORT is 0.
+func (n *Node) TCPAddr() net.Addr {
+	if n.tcpLn == nil {
+		return nil
+	}
+	return n.tcpLn.Addr()
+}
 
 // AdminAddr is the admin listener's address, nil when it is off.
 func (n *Node) AdminAddr() net.Addr {
@@ -386,6 +407,17 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 		return nil
 	})
+	tcpCtx, stopTCP := context.WithCancel(context.Background())
+	defer stopTCP()
+	tcpDone := make(chan struct{})
+	if n.tcpLn != nil {
+		tcpDone = part(tcpCtx, "tcp", func(ctx context.Context) error {
+			return n.brk.ServeTCP(ctx, n.tcpLn, broker.TCPOptions{HandshakeTimeout: n.cfg.HandshakeTimeout, TLS: n.tcpTLS})
+		})
+		n.log.Info("tcp listener started", "addr", n.tcpLn.Addr().String())
+	} else {
+		close(tcpDone)
+	}
 	adminDone := make(chan struct{})
 	if n.adminSrv != nil {
 		adminDone = part(context.Background(), "admin", func(context.Context) error {
@@ -417,6 +449,7 @@ func (n *Node) Run(ctx context.Context) error {
 	// sessions, which the broker's shutdown closes meanwhile.
 	httpDown := make(chan error, 1)
 	go func() { httpDown <- n.srv.Shutdown(sctx) }()
+	stopTCP() // stops accepting; a hello still to come gets 1001
 	if err := n.brk.Shutdown(sctx); err != nil {
 		errs = append(errs, err)
 	}
@@ -424,6 +457,7 @@ func (n *Node) Run(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("http shutdown: %w", err))
 	}
 	<-srvDone
+	<-tcpDone
 	stopBrk() // every session has ended: its flushers and watchdog go
 	<-brkDone
 	stopDown()

@@ -19,16 +19,7 @@ import (
 // reads from it: the node's writes to it stall after a few frames.
 func dialNeverReading(t *testing.T, url string) *websocket.Conn {
 	t.Helper()
-	d := &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		err := rc.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
-		})
-		if err != nil {
-			return err
-		}
-		return serr
-	}}
+	d := &net.Dialer{Control: smallReceiveBuffer}
 	client := &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}
 	c, _, err := websocket.Dial(context.Background(), url, &websocket.DialOptions{HTTPClient: client})
 	if err != nil {
@@ -36,6 +27,19 @@ func dialNeverReading(t *testing.T, url string) *websocket.Conn {
 	}
 	t.Cleanup(func() { _ = c.CloseNow() })
 	return c
+}
+
+// smallReceiveBuffer is a net.Dialer's Control that gives the socket a
+// receive buffer of 4 kB, which a client that never reads soon fills.
+func smallReceiveBuffer(_, _ string, rc syscall.RawConn) error {
+	var serr error
+	err := rc.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
 }
 
 func TestSlowConsumerIsClosedWith4008AndOthersGetEverything(t *testing.T) {
