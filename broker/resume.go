@@ -35,7 +35,9 @@ import (
 type Resumes interface {
 	Sign(c resume.Claims) string
 	Verify(token string) (resume.Claims, bool)
-	Claim(ctx context.Context, c resume.Claims) (bool, error)
+	Claim(ctx context.Context, c resume.Claims) (resume.Claimed, error)
+	Unclaim(ctx context.Context, c resume.Claims) error
+	Release(ctx context.Context, c resume.Claims, cl resume.Claimed) error
 	Read(ctx context.Context, c resume.Claims, offsets string, after map[string]history.ID) (resume.Missed, error)
 }
 
@@ -50,13 +52,15 @@ const spliceAttempts = 5
 // its client missed.
 type resumption struct {
 	claims resume.Claims
+	bkid   string // the backend the session had
 	missed resume.Missed
 }
 
 // claimResume verifies a resume's token for a client of service that the
-// auth token (if any) says is user, claims the session (an older
-// connection of it on another node is closed first), and reads what the
-// client missed; nil when the client is to get a fresh session.
+// auth token (if any) says is user, claims the session, reads what the
+// client missed, and then takes the session from the node that may still
+// hold an older connection of it; nil when the client is to get a fresh
+// session (the token keeps its resume when the failure came first).
 func (b *Broker) claimResume(ctx context.Context, service, user string, h Hello) *resumption {
 	res := b.cfg.Resumes
 	c, ok := res.Verify(h.Resume)
@@ -65,30 +69,36 @@ func (b *Broker) claimResume(ctx context.Context, service, user string, h Hello)
 		return nil
 	}
 	log := b.log.With("cid", c.CID, "service", service)
-	ok, err := res.Claim(ctx, c)
+	cl, err := res.Claim(ctx, c)
 	switch {
 	case err != nil:
 		b.m.Resumes.WithLabelValues(metrics.ResumeFailed).Inc()
 		log.Warn("resume not claimed: a fresh session instead", "err", err)
 		return nil
-	case !ok:
+	case !cl.OK:
 		b.m.Resumes.WithLabelValues(metrics.ResumeRefused).Inc()
 		log.Debug("resume refused: used, or past the window")
 		return nil
 	}
 	missed, err := res.Read(ctx, c, h.Offset, nil)
+	if err == nil {
+		err = res.Release(ctx, c, cl)
+	}
 	if err != nil {
 		b.m.Resumes.WithLabelValues(metrics.ResumeFailed).Inc()
-		log.Warn("histories not read: a fresh session instead", "err", err)
+		log.Warn("resume failed: a fresh session instead", "err", err)
+		if err := res.Unclaim(context.WithoutCancel(ctx), c); err != nil {
+			log.Warn("token's resume not given back", "err", err)
+		}
 		return nil
 	}
-	return &resumption{claims: c, missed: missed}
+	return &resumption{claims: c, bkid: cl.BKID, missed: missed}
 }
 
 // restore gives s, a new session, the cid, start and rooms of the
 // session r resumes.
 func (b *Broker) restore(s *session, r *resumption) {
-	s.cid, s.since, s.resumed = r.claims.CID, r.claims.Born, true
+	s.cid, s.since, s.resumed, s.resumeBKID = r.claims.CID, r.claims.Born, true, r.bkid
 	for _, room := range r.claims.Rooms {
 		if protocol.ValidRoom(room) && len(s.rooms) < b.maxClientRooms() {
 			if s.rooms == nil {
@@ -103,10 +113,13 @@ func (b *Broker) restore(s *session, r *resumption) {
 // what its client missed (see the top of this file); the close code and
 // reason that refuse it, as add's.
 func (b *Broker) splice(ctx context.Context, s *session, r *resumption) (int, string) {
-	frames := s.replay(r.missed.Entries)
+	frames := s.replay(r.missed.Entries, true)
 	recovered := r.missed.Recovered
 	tails := r.missed.Tails
-	for range spliceAttempts {
+	for attempt := 0; ; attempt++ {
+		// The last attempt takes what it has, and says whether that is
+		// all.
+		last := attempt == spliceAttempts-1
 		var code int
 		var reason string
 		gap := false
@@ -124,62 +137,81 @@ func (b *Broker) splice(ctx context.Context, s *session, r *resumption) (int, st
 				got, ok := v.Since(bkid, tail)
 				if !ok {
 					gap = true
-					return
+					continue
 				}
 				for _, e := range got {
 					since = append(since, resume.Entry{BKID: bkid, Entry: e})
 				}
 				upTo[bkid] = last
 			}
+			if gap && !last {
+				return
+			}
 			resume.Merge(since)
-			frames = append(frames, s.replay(since)...)
-			code, reason = b.addSession(s, frames, recovered)
+			all, fits := b.fitQueue(append(frames, s.replay(since, false)...))
+			recovered = recovered && !gap && fits
+			code, reason = b.addSession(s, all, recovered)
 			if code == 0 {
 				for bkid, id := range upTo {
 					v.Skip(bkid, s.cid, id)
 				}
+				b.m.Recovered.Add(float64(len(all)))
 			}
 		})
 		switch {
 		case err != nil:
 			return protocol.CloseGoingAway, "server shutting down"
-		case !gap:
+		case !gap || last:
 			if code == 0 {
 				result := metrics.ResumeRecovered
 				if !recovered {
 					result = metrics.ResumeGap
 				}
 				b.m.Resumes.WithLabelValues(result).Inc()
-				b.m.Recovered.Add(float64(len(frames)))
-				s.log(slog.LevelInfo, "session resumed", "recovered", recovered, "missed", len(frames))
+				s.log(slog.LevelInfo, "session resumed", "recovered", recovered)
+				if s.kicked != "" {
+					s.close(protocol.CloseKicked, s.kicked)
+				}
 			}
 			return code, reason
 		}
 		more, err := b.cfg.Resumes.Read(ctx, r.claims, "", tails)
 		if err != nil {
+			s.log(slog.LevelWarn, "histories not read again: the session goes on without what came since", "err", err)
 			recovered = false
-			break
+			continue
 		}
-		frames = append(frames, s.replay(more.Entries)...)
+		frames = append(frames, s.replay(more.Entries, false)...)
 		tails = more.Tails
 	}
-	// Messages kept coming faster than the histories could be read: the
-	// session goes on with what it has, and says so.
-	_ = b.cfg.Splice(ctx, func(v resume.View) {
-		code, reason := b.addSession(s, frames, false)
-		if code != 0 {
-			s.q.close(closeReq{code: code, reason: reason})
+}
+
+// fitQueue returns the newest of frames that a session's queue holds with
+// room to spare, and whether that is all of them: a client that missed
+// more than its queue holds gets what it can, and is told it missed some.
+func (b *Broker) fitQueue(frames [][]byte) ([][]byte, bool) {
+	maxFrames, maxBytes := b.cfg.SendQueue/2, b.queues.perSession/2
+	n, size := 0, 0
+	for i := len(frames) - 1; i >= 0; i-- {
+		if n+1 > maxFrames || size+len(frames[i]) > maxBytes {
+			return frames[i+1:], false
 		}
-	})
-	b.m.Resumes.WithLabelValues(metrics.ResumeGap).Inc()
-	return 0, ""
+		n++
+		size += len(frames[i])
+	}
+	return frames, true
 }
 
 // replay returns the frames of the missed messages meant for s, a
 // session not yet in the index: broadcasts, its rooms', directs to its
 // cid or user, and its joins and leaves, which change its rooms as they
-// come.
-func (s *session) replay(entries []resume.Entry) [][]byte {
+// come; a kick of it is kept for when it is added. first says these are
+// the first it missed: its token's rooms are those after them, so a room
+// whose first change among them is a join of it was not its before.
+func (s *session) replay(entries []resume.Entry, first bool) [][]byte {
+	if first {
+		s.roomsBefore(entries)
+	}
 	var frames [][]byte
 	for _, e := range entries {
 		cmd, err := protocol.DecodeCommand(e.Payload)
@@ -214,9 +246,39 @@ func (s *session) replay(entries []resume.Entry) [][]byte {
 				delete(s.rooms, cmd.Room)
 				frames = append(frames, protocol.AppendMembership(nil, false, cmd.Room))
 			}
+		case protocol.TypeKick:
+			if cmd.CID == s.cid {
+				s.kicked = cmd.Reason
+			}
 		}
 	}
 	return frames
+}
+
+// roomsBefore sets the rooms of s to those it was in before entries: a
+// room whose first change of it among them is a join was not its, one
+// whose first is a leave was. Else a room message published before it
+// joined would reach it.
+func (s *session) roomsBefore(entries []resume.Entry) {
+	seen := map[string]bool{}
+	for _, e := range entries {
+		cmd, err := protocol.DecodeCommand(e.Payload)
+		if err != nil || cmd.Type != protocol.TypeJoin && cmd.Type != protocol.TypeLeave || seen[cmd.Room] {
+			continue
+		}
+		if !(cmd.CID == s.cid || cmd.CID == "" && cmd.User != "" && cmd.User == s.user) {
+			continue
+		}
+		seen[cmd.Room] = true
+		if cmd.Type == protocol.TypeJoin {
+			delete(s.rooms, cmd.Room)
+		} else if len(s.rooms) < s.b.maxClientRooms() {
+			if s.rooms == nil {
+				s.rooms = make(map[string]struct{})
+			}
+			s.rooms[cmd.Room] = struct{}{}
+		}
+	}
 }
 
 // Resumed closes the connection of cid with 4010: its session was
@@ -237,7 +299,9 @@ func (b *Broker) Resumed(service, cid string) int {
 func (b *Broker) supersede(s *session) {
 	s.superseded.Store(true)
 	if s.closing() {
-		_ = s.t.CloseNow()
+		// Not under b.mu or on the downlink's worker: closing a TLS
+		// connection may wait to send its last record.
+		go func() { _ = s.t.CloseNow() }()
 		return
 	}
 	s.q.close(closeReq{code: protocol.CloseResumed, reason: protocol.ReasonResumed})

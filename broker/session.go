@@ -61,6 +61,7 @@ type session struct {
 	resumed    bool
 	resumeBKID string
 	superseded atomic.Bool
+	kicked     string // a resumed session: the reason of a kick it missed
 
 	// fwdMu orders passing a frame to the uplink against stopForwarding,
 	// so that no frame is passed on after the shutdown barrier. It is held

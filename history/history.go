@@ -40,8 +40,9 @@ const (
 )
 
 // library is the function library: the payload is stored as is, and
-// published with its position as "offset", the object's first member, so
-// that a node reads it from the live message too.
+// published with its position as "offset", the object's last member, so
+// that a node reads it from the live message too (the last of members of
+// one name is the one read: a backend's own "offset" cannot pass for it).
 const library = `#!lua name=dmb
 
 local size = %d
@@ -51,7 +52,7 @@ local publish = '%s'
 redis.register_function('%s', function(keys, args)
   local channel = keys[1]
   local payload = args[1]
-  if #keys ~= 1 or type(payload) ~= 'string' or not string.find(payload, '^%%s*{%%s*"') then
+  if #keys ~= 1 or type(payload) ~= 'string' or not string.find(payload, '^[ \t\r\n]*{[ \t\r\n]*"') or not string.find(payload, '}[ \t\r\n]*$') then
     return redis.error_reply('ERR ` + Function + `: one key (the downlink channel) and a JSON object')
   end
   local key = '{' .. channel .. '}:history'
@@ -62,7 +63,7 @@ redis.register_function('%s', function(keys, args)
     redis.call('XTRIM', key, 'MINID', '~', oldest)
   end
   redis.call('PEXPIRE', key, ttl)
-  local live = string.gsub(payload, '^%%s*{', '{"offset":"' .. id .. '",', 1)
+  local live = string.gsub(payload, '}[ \t\r\n]*$', ',"offset":"' .. id .. '"}', 1)
   return redis.call(publish, channel, live)
 end)
 `
@@ -214,14 +215,18 @@ func Read(ctx context.Context, rdb redis.UniversalClient, wants []Want, max int6
 		cs[i].info = pipe.XInfoStream(ctx, key)
 		cs[i].rng = pipe.XRangeN(ctx, key, w.From.String(), "+", max+1)
 	}
-	if _, err := pipe.Exec(ctx); err != nil && !isNoSuchKey(err) {
-		return nil, fmt.Errorf("read histories: %w", err)
-	}
+	// Each command's own error is checked below: XINFO of a history that
+	// does not exist fails, and means only that.
+	_, _ = pipe.Exec(ctx)
 	out := make([]Got, len(wants))
 	for i, w := range wants {
 		g := &out[i]
 		g.Last = w.From
-		if n, _ := cs[i].exist.Result(); n == 0 {
+		n, err := cs[i].exist.Result()
+		if err != nil {
+			return nil, fmt.Errorf("read history %s: %w", w.Channel, err)
+		}
+		if n == 0 {
 			// No history: nothing was published recoverably for as long as
 			// it is kept, which is at least the resume window.
 			g.Covered = true
@@ -265,8 +270,4 @@ func Read(ctx context.Context, rdb redis.UniversalClient, wants []Want, max int6
 		}
 	}
 	return out, nil
-}
-
-func isNoSuchKey(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "no such key") || errors.Is(err, redis.Nil)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -312,5 +313,129 @@ func TestAnotherUsersResumeGetsAFreshSession(t *testing.T) {
 	}
 	if f := as("alice"); !f.Resumed || f.CID != alice.cid {
 		t.Fatalf("alice with her session: %+v, want it resumed", f)
+	}
+}
+
+func TestAResumeKeepsTheSessionsBackendWhileItIsLive(t *testing.T) {
+	e := newEnv(t)
+	n := e.startNode()
+	one, two := e.startBackend("chat"), e.startBackend("chat")
+	// Clients are spread over the two: each resumes to the one it had.
+	for range 4 {
+		c, _ := connectSession(t, n, "chat")
+		had := one
+		if !slices.ContainsFunc(one.drainEvents(), ofTypeCID("client_connected", c.cid)) {
+			had = two
+		}
+		c.drop()
+		had.next(ofTypeCID("client_disconnected", c.cid))
+		c.resume(n, "chat")
+		had.next(func(ev backendEvent) bool { return ev.Type == "client_connected" && ev.CID == c.cid && ev.Resumed })
+	}
+}
+
+// drainEvents reads what has come so far into held, and returns held.
+func (b *testBackend) drainEvents() []backendEvent {
+	b.caughtUp()
+	return b.held
+}
+
+func TestAClientThatMissedMoreThanItsQueueHoldsIsToldSo(t *testing.T) {
+	e := newEnv(t)
+	n := e.startNode(func(c *config.Config) { c.SendQueue = 16 })
+	be := e.startBackend("chat")
+	c, _ := connectSession(t, n, "chat")
+	c.drop()
+	for i := range 40 {
+		e.publishRecoverably(e.ctx(), be.BKID(), fmt.Sprintf(`{"type":"broadcast","data":%d}`, i))
+	}
+	r, f := c.resume(n, "chat")
+	if !f.Resumed || f.Recovered || f.Session == "" {
+		t.Fatalf("dmb:connected %+v, want resumed, not recovered, with a token", f)
+	}
+	// The newest of what it missed, in order, and it stays connected.
+	first := r.next()
+	for want := string(first.Data); want != "39"; {
+		got := r.next()
+		if got.Event != "dmb:broadcast" {
+			t.Fatalf("got %+v", got)
+		}
+		want = string(got.Data)
+	}
+	e.publishRecoverably(e.ctx(), be.BKID(), `{"type":"broadcast","data":"live"}`)
+	if got := r.next(); string(got.Data) != `"live"` {
+		t.Fatalf("got %+v, want the live broadcast", got)
+	}
+}
+
+func TestAKickIsNotUndoneByAResume(t *testing.T) {
+	e := newEnv(t)
+	n := e.startNode()
+	be := e.startBackend("chat")
+	ctx := e.ctx()
+	// Kicked while away: the resume ends with the kick.
+	c, _ := connectSession(t, n, "chat")
+	c.drop()
+	e.publishRecoverably(ctx, be.BKID(), fmt.Sprintf(`{"type":"kick","cid":%q,"reason":"banned"}`, c.cid))
+	r, f := c.resume(n, "chat")
+	if !f.Resumed {
+		t.Fatalf("resume: %+v", f)
+	}
+	if code, reason := r.closed(); code != 4009 || reason != "banned" {
+		t.Fatalf("closed with %d %q, want the kick", code, reason)
+	}
+	// Kicked after a resume, within the window of an earlier drop: no
+	// resume.
+	d, _ := connectSession(t, n, "chat")
+	d.drop()
+	d2, _ := d.resume(n, "chat")
+	if err := be.Kick(ctx, d.cid, "out"); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := d2.closed(); code != 4009 {
+		t.Fatalf("kick: %d", code)
+	}
+	be.next(func(ev backendEvent) bool {
+		return ev.Type == "client_disconnected" && ev.CID == d.cid && ev.Code == 4009
+	})
+	if _, f := d2.resume(n, "chat"); f.Resumed {
+		t.Fatalf("a kicked session was resumed: %+v", f)
+	}
+}
+
+func TestAResumeDoesNotGiveARoomsMessagesFromBeforeItJoined(t *testing.T) {
+	e := newEnv(t)
+	n := e.startNode()
+	be := e.startBackend("chat")
+	ctx := e.ctx()
+	c, _ := connectSession(t, n, "chat")
+	e.publishRecoverably(ctx, be.BKID(), `{"type":"broadcast","data":"seen"}`)
+	c.next()
+	e.publishRecoverably(ctx, be.BKID(), `{"type":"room","room":"secret","data":"before it joined"}`)
+	e.publishRecoverably(ctx, be.BKID(), fmt.Sprintf(`{"type":"join","room":"secret","cid":%q}`, c.cid))
+	if f := c.next(); f.Event != "dmb:joined" {
+		t.Fatalf("got %+v", f)
+	}
+	e.publishRecoverably(ctx, be.BKID(), `{"type":"room","room":"secret","data":"after"}`)
+	if f := c.next(); string(f.Data) != `"after"` {
+		t.Fatalf("got %+v", f)
+	}
+	// It drops having kept, as its last offset, the one before the room's
+	// messages (the join carries none).
+	c.offsets = map[string]string{}
+	c.drop()
+	e.publishRecoverably(ctx, be.BKID(), `{"type":"broadcast","data":"end"}`)
+	r, f := c.resume(n, "chat")
+	if !f.Resumed {
+		t.Fatalf("resume %+v", f)
+	}
+	for {
+		got := r.next()
+		if string(got.Data) == `"before it joined"` {
+			t.Fatalf("the resume gave a room message from before the client joined")
+		}
+		if string(got.Data) == `"end"` {
+			return
+		}
 	}
 }

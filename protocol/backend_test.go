@@ -573,3 +573,11 @@ func TestACommandCarriesTheOffsetDMBsFunctionGaveIt(t *testing.T) {
 		t.Errorf("resumed without a cid was accepted")
 	}
 }
+
+func TestTheLastOffsetMemberIsTheOneRead(t *testing.T) {
+	// DMB's function adds its offset last: a backend's own cannot pass for it.
+	cmd, err := protocol.DecodeCommand([]byte(`{"offset":"1-1","type":"broadcast","data":1,"offset":"2-2"}`))
+	if err != nil || cmd.Offset != "2-2" {
+		t.Fatalf("offset %q, %v; want the last, 2-2", cmd.Offset, err)
+	}
+}

@@ -125,25 +125,48 @@ func (m *Manager) Verify(token string) (Claims, bool) {
 	return c, err == nil
 }
 
+// Claimed is a session whose resume a token took: where the session is
+// still open, if anywhere (a node's client table), and its backend.
+type Claimed struct {
+	OK    bool
+	table string
+	BKID  string
+}
+
 // Claim decides whether the session of c may be resumed now, taking the
-// token's one resume (see Claim). When another node's client table still
-// names the session, that node is told to close its connection (4010,
-// without telling the backend), and Claim waits until the line is gone:
-// the node took it out after closing the connection, or after it told
-// the backend that the connection ended, so that the backend hears of
-// the resume after that, never before. A line that stays (its node is
-// dead, or cut off) is taken out after releaseWait, so that the dead
-// node's report does not tell the backend the client left; unless a
-// survivor is reporting that node's clients already: Claim then waits
-// for it to report this one too. A line in
-// this node's own table is the broker's (see Broker.addSession).
-func (m *Manager) Claim(ctx context.Context, c Claims) (bool, error) {
+// token's one resume (see Claim).
+func (m *Manager) Claim(ctx context.Context, c Claims) (Claimed, error) {
 	ok, table, bkid, err := Claim(ctx, m.rdb, m.keys, m.cfg.Holder, c, m.cfg.Window)
-	if err != nil || !ok || table == "" || table == m.cfg.Own() {
-		return ok, err
+	if err != nil || !ok {
+		return Claimed{}, err
 	}
-	if err := m.supersede(ctx, bkid, c.CID); err != nil {
-		return false, err
+	return Claimed{OK: true, table: table, BKID: bkid}, nil
+}
+
+// Unclaim gives the token of c its resume back, when the resume failed
+// before Release.
+func (m *Manager) Unclaim(ctx context.Context, c Claims) error {
+	return Unclaim(ctx, m.rdb, m.keys, c)
+}
+
+// Release takes the session of c from the node that still holds it, if
+// another does: that node is told to close its connection (4010, without
+// telling the backend), and Release waits until the line is gone from
+// its client table: the node took it out after closing the connection,
+// or after it told the backend that the connection ended, so that the
+// backend hears of the resume after that, never before. A line that
+// stays (its node is dead, or cut off) is taken out after releaseWait, so
+// that the dead node's report does not tell the backend the client left;
+// unless a survivor is reporting that node's clients already: Release
+// then waits for it to report this one too. A line in this node's own
+// table is the broker's (see Broker.addSession).
+func (m *Manager) Release(ctx context.Context, c Claims, cl Claimed) error {
+	table := cl.table
+	if table == "" || table == m.cfg.Own() {
+		return nil
+	}
+	if err := m.supersede(ctx, cl.BKID, c.CID); err != nil {
+		return err
 	}
 	wait := time.NewTimer(releaseWait)
 	defer wait.Stop()
@@ -152,10 +175,10 @@ func (m *Manager) Claim(ctx context.Context, c Claims) (bool, error) {
 	for {
 		held, err := m.rdb.HExists(ctx, table, c.CID).Result()
 		if err != nil {
-			return false, fmt.Errorf("wait for session %s to be released: %w", c.CID, err)
+			return fmt.Errorf("wait for session %s to be released: %w", c.CID, err)
 		}
 		if !held {
-			return true, nil
+			return nil
 		}
 		select {
 		case <-tick.C:
@@ -163,10 +186,10 @@ func (m *Manager) Claim(ctx context.Context, c Claims) (bool, error) {
 			// Unless a survivor is reporting the dead node's clients: it
 			// then reports this one too, and takes it out after.
 			if err := takeScript.Run(ctx, m.rdb, []string{table, table + ":reaper"}, c.CID).Err(); err != nil {
-				return false, fmt.Errorf("take session %s from its node: %w", c.CID, err)
+				return fmt.Errorf("take session %s from its node: %w", c.CID, err)
 			}
 		case <-ctx.Done():
-			return false, ctx.Err()
+			return fmt.Errorf("wait for session %s to be released: %w", c.CID, ctx.Err())
 		}
 	}
 }

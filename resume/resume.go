@@ -146,15 +146,33 @@ func Claim(ctx context.Context, rdb redis.UniversalClient, k Keys, holder Holder
 		return false, "", "", err
 	}
 	pipe := rdb.Pipeline()
-	ended := pipe.Exists(ctx, k.Ended(c.CID))
+	ended := pipe.Get(ctx, k.Ended(c.CID)) // the bkid the session had
 	first := pipe.SetNX(ctx, k.Used(c.ID), 1, 2*window)
-	if _, err := pipe.Exec(ctx); err != nil {
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return false, "", "", fmt.Errorf("claim session %s: %w", c.CID, err)
 	}
-	if !first.Val() || table == "" && ended.Val() == 0 {
+	endedBKID, endedErr := ended.Result()
+	if !first.Val() || table == "" && endedErr != nil {
 		return false, "", "", nil
 	}
+	if table == "" {
+		bkid = endedBKID
+	}
+	// The mark has done its work: a session that ends again is marked
+	// again when it may be resumed, and is not when it may not (a kick).
+	if err := rdb.Del(ctx, k.Ended(c.CID)).Err(); err != nil {
+		return false, "", "", fmt.Errorf("claim session %s: %w", c.CID, err)
+	}
 	return true, table, bkid, nil
+}
+
+// Unclaim gives the token of c its resume back: the resume failed before
+// it took the session.
+func Unclaim(ctx context.Context, rdb redis.UniversalClient, k Keys, c Claims) error {
+	if err := rdb.Del(ctx, k.Used(c.ID)).Err(); err != nil {
+		return fmt.Errorf("unclaim session %s: %w", c.CID, err)
+	}
+	return nil
 }
 
 // View is what a resume sees of the downlink at the moment it splices a

@@ -36,7 +36,8 @@ func AddFunctions(mr *miniredis.Miniredis) error {
 		}
 		channel, payload := args[2], args[3]
 		rest, ok := strings.CutPrefix(strings.TrimLeft(payload, " \t\r\n"), "{")
-		if !ok || !strings.HasPrefix(strings.TrimLeft(rest, " \t\r\n"), `"`) {
+		body, closed := strings.CutSuffix(strings.TrimRight(payload, " \t\r\n"), "}")
+		if !ok || !closed || !strings.HasPrefix(strings.TrimLeft(rest, " \t\r\n"), `"`) {
 			c.WriteError("ERR " + history.Function + ": one key (the downlink channel) and a JSON object")
 			return
 		}
@@ -45,6 +46,6 @@ func AddFunctions(mr *miniredis.Miniredis) error {
 			c.WriteError("ERR " + err.Error())
 			return
 		}
-		c.WriteInt(mr.Publish(channel, `{"offset":`+strconv.Quote(id)+`,`+rest))
+		c.WriteInt(mr.Publish(channel, body+`,"offset":`+strconv.Quote(id)+`}`))
 	})
 }
