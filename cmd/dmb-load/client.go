@@ -287,7 +287,7 @@ func dialClient(ctx context.Context, d *net.Dialer, e *endpoint, readLimit int) 
 // upgradeClient makes the opening handshake on nc and reads DMB's first
 // frame, dmb:connected, within ctx; it closes nc when it fails.
 func upgradeClient(ctx context.Context, nc net.Conn, e *endpoint, readLimit int) (*client, error) {
-	c := &client{ended: make(chan struct{}), conn: &upgradedConn{Conn: nc}}
+	c := &client{ended: make(chan struct{}), conn: &upgradedConn{Conn: nc, lines: e.tcp}}
 	c.in = newInbox(c.conn, readLimit)
 	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
 	err := c.first(e)

@@ -86,7 +86,7 @@ type flood struct {
 // after the clients' (-sources), so that a node that limits per address
 // tells them apart; for an IPv6 target, ::1, which the kernel picks.
 func floodSource(o *options) netip.Addr {
-	if isIPv6Host(urlHost(o.DMB)) {
+	if o.clientIPv6() {
 		return netip.Addr{}
 	}
 	return sourceAddrs(o.Sources+1, false)[o.Sources]

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"unicode/utf8"
@@ -59,6 +60,9 @@ func newInbox(conn *upgradedConn, limit int) *inbox {
 // as a websocket.CloseError. A frame that breaks RFC 6455, or a message
 // over the limit, ends the connection with 1002 or 1009.
 func (in *inbox) next() ([]byte, error) {
+	if in.conn.lines {
+		return in.nextLine()
+	}
 	for {
 		h, n, err := wsframe.ParseHeader(in.buf[in.r:in.w])
 		switch {
@@ -118,6 +122,52 @@ func (in *inbox) next() ([]byte, error) {
 			return nil, ce
 		}
 		// OpPong: nothing to do.
+	}
+}
+
+// lastLine starts DMB's last line on a TCP connection (docs/protocol.md,
+// section 12): {"event":"dmb:close","code":N,"reason":"..."}.
+var lastLine = []byte(`{"event":"dmb:close"`)
+
+// nextLine is next on a TCP connection: the next line that is not blank,
+// without its ending (\n or \r\n). DMB's last line, dmb:close, is returned
+// as a websocket.CloseError, as a WebSocket's close frame is; the client
+// then ends its side. A line over the limit ends the connection.
+func (in *inbox) nextLine() ([]byte, error) {
+	scanned := 0 // of buf[r:w], bytes known to hold no line break
+	for {
+		i := bytes.IndexByte(in.buf[in.r+scanned:in.w], '\n')
+		if i < 0 {
+			scanned = in.w - in.r
+			if scanned > in.limit {
+				return nil, in.fail(websocket.StatusMessageTooBig, errTooBig)
+			}
+			if err := in.fill(scanned + 1); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		line := in.buf[in.r : in.r+scanned+i]
+		in.r += scanned + i + 1
+		scanned = 0
+		line = bytes.TrimSuffix(line, []byte{'\r'})
+		switch {
+		case len(line) > in.limit:
+			return nil, in.fail(websocket.StatusMessageTooBig, errTooBig)
+		case len(bytes.TrimSpace(line)) == 0:
+			continue
+		case bytes.HasPrefix(line, lastLine):
+			var last struct {
+				Code   int    `json:"code"`
+				Reason string `json:"reason"`
+			}
+			if err := json.Unmarshal(line, &last); err != nil || last.Code < 1000 || last.Code >= 5000 {
+				return nil, in.fail(websocket.StatusProtocolError, fmt.Errorf("last line unreadable: %.100q", line))
+			}
+			_ = in.conn.writeFrame(wsframe.OpClose, nil) // the client leaves
+			return nil, websocket.CloseError{Code: websocket.StatusCode(last.Code), Reason: last.Reason}
+		}
+		return line, nil
 	}
 }
 

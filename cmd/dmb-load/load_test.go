@@ -19,6 +19,7 @@ func TestMain(m *testing.M) { nodetest.Main(m) }
 // target is a real redis-server and an in-process DMB node on it.
 type target struct {
 	dmb, metrics, redis string
+	tcp                 string // the node's TCP address, when TCP clients are on
 }
 
 func startTarget(t *testing.T) target { return startTargetWith(t, nil) }
@@ -34,11 +35,21 @@ func startTargetWith(t *testing.T, change func(*config.Config)) target {
 		change(&cfg)
 	}
 	n := nodetest.Start(t, cfg, node.Options{})
-	return target{
+	tg := target{
 		dmb:     "ws://" + n.Addr().String(),
 		metrics: n.URL("/metrics"),
 		redis:   rs.Addr(),
 	}
+	if a := n.TCPAddr(); a != nil {
+		tg.tcp = a.String()
+	}
+	return tg
+}
+
+// withTCP turns the node's TCP clients on, on a free port.
+func withTCP(t *testing.T) func(*config.Config) {
+	port := redistest.FreePort(t)
+	return func(c *config.Config) { c.TCPPort = port }
 }
 
 // options returns the options of a small, short run against the target.
@@ -170,6 +181,59 @@ func TestBroadcastDeliversEveryMessageToEveryClientInOrder(t *testing.T) {
 	}
 	if rep.Server.CPUSeconds <= 0 || r.DeliveriesPerServerCPUSecond <= 0 {
 		t.Errorf("server cpu %v s, deliveries per cpu-second %v", rep.Server.CPUSeconds, r.DeliveriesPerServerCPUSecond)
+	}
+}
+
+// TestOverTCPBroadcastAndUplinkLoseNothing runs broadcast and uplink with
+// TCP clients, one JSON frame per line, on a node that serves them.
+func TestOverTCPBroadcastAndUplinkLoseNothing(t *testing.T) {
+	tg := startTargetWith(t, withTCP(t))
+	if tg.tcp == "" {
+		t.Fatal("the node serves no TCP clients")
+	}
+	const clients = 40
+	for _, tc := range []struct {
+		scenario string
+		rate     float64
+	}{{scenarioBroadcast, 0}, {scenarioBroadcast, 200}, {scenarioUplink, 0}, {scenarioUplink, 50}} {
+		o := tg.options(tc.scenario, clients, time.Second)
+		o.Transport, o.TCP, o.Rate = transportTCP, tg.tcp, tc.rate
+		rep := runOK(t, o)
+		if rep.Params.Transport != transportTCP || rep.Params.TCP != tg.tcp {
+			t.Errorf("params say transport %q to %q", rep.Params.Transport, rep.Params.TCP)
+		}
+		if d := rep.Results.downlinkResult; d != nil {
+			switch {
+			case d.Sent == 0:
+				t.Errorf("broadcast rate %v: nothing sent", tc.rate)
+			case d.Expected != d.Sent*clients || d.Received != d.Expected || d.Lost != 0:
+				t.Errorf("broadcast rate %v: sent %d, expected %d, received %d, lost %d", tc.rate, d.Sent, d.Expected, d.Received, d.Lost)
+			case d.Reordered != 0 || d.Duplicates != 0 || d.Undecoded != 0:
+				t.Errorf("broadcast rate %v: reordered %d, duplicates %d, undecoded %d", tc.rate, d.Reordered, d.Duplicates, d.Undecoded)
+			case d.Dropped != 0 || d.PublishedToNobody != 0 || d.PublishError != "":
+				t.Errorf("broadcast rate %v: dropped %d %v, published to nobody %d, error %q", tc.rate, d.Dropped, d.DropCodes, d.PublishedToNobody, d.PublishError)
+			case d.ServerDeliveries != float64(d.Received):
+				t.Errorf("broadcast rate %v: DMB counted %v deliveries, the clients received %d", tc.rate, d.ServerDeliveries, d.Received)
+			case d.DeliveriesPerServerCPUSecond <= 0:
+				t.Errorf("broadcast rate %v: deliveries per DMB CPU-second %v", tc.rate, d.DeliveriesPerServerCPUSecond)
+			}
+			continue
+		}
+		u := rep.Results.uplinkResult
+		switch {
+		case u == nil:
+			t.Fatalf("%s: no results", tc.scenario)
+		case u.Sent == 0 || u.Acked != u.Sent || u.Errors != 0 || u.Unanswered != 0:
+			t.Errorf("uplink rate %v: sent %d, acked %d, errors %d, unanswered %d", tc.rate, u.Sent, u.Acked, u.Errors, u.Unanswered)
+		case u.BackendReceived != u.Acked:
+			t.Errorf("uplink rate %v: backend received %d, acked %d", tc.rate, u.BackendReceived, u.Acked)
+		case u.BackendReordered != 0 || u.StrayErrors != 0 || u.Undecoded != 0 || u.Dropped != 0:
+			t.Errorf("uplink rate %v: backend out of order %d, stray errors %d, undecoded %d, dropped %d", tc.rate, u.BackendReordered, u.StrayErrors, u.Undecoded, u.Dropped)
+		case u.AckLatency.Count != uint64(u.Acked):
+			t.Errorf("uplink rate %v: ack latency %+v for %d acked", tc.rate, u.AckLatency, u.Acked)
+		case u.MessagesPerServerCPUSecond <= 0:
+			t.Errorf("uplink rate %v: messages per DMB CPU-second %v", tc.rate, u.MessagesPerServerCPUSecond)
+		}
 	}
 }
 
@@ -409,7 +473,13 @@ func TestRecoverableBroadcastCarriesOffsetsAndLivePublishNone(t *testing.T) {
 // nodes of one Redis: half the clients are on the node that drains, and
 // each of them takes its session up on the other with every message, once
 // and in order.
-func TestResumeAcrossADrainLosesNothing(t *testing.T) {
+func TestResumeAcrossADrainLosesNothing(t *testing.T) { testResumeAcrossADrain(t, transportWebSocket) }
+
+// TestResumeOverTCPAcrossADrainLosesNothing is the same with TCP clients,
+// whose hello carries the resume.
+func TestResumeOverTCPAcrossADrainLosesNothing(t *testing.T) { testResumeAcrossADrain(t, transportTCP) }
+
+func testResumeAcrossADrain(t *testing.T, transport string) {
 	rs := redistest.Start(t)
 	start := func(admin bool) *nodetest.Node {
 		cfg := nodetest.Config(t, rs)
@@ -417,12 +487,18 @@ func TestResumeAcrossADrainLosesNothing(t *testing.T) {
 		if admin {
 			cfg.AdminAddr = "127.0.0.1:0"
 		}
+		if transport == transportTCP {
+			withTCP(t)(&cfg)
+		}
 		return nodetest.Start(t, cfg, node.Options{})
 	}
 	a, b := start(true), start(false)
 	const clients = 240
 	o := defaultOptions()
 	o.DMB = "ws://" + a.Addr().String() + ",ws://" + b.Addr().String()
+	if transport == transportTCP {
+		o.Transport, o.TCP = transportTCP, a.TCPAddr().String()+","+b.TCPAddr().String()
+	}
 	o.Metrics = b.URL("/metrics") // the node that stays
 	o.Redis = rs.Addr()
 	o.Scenario, o.Clients, o.Duration, o.Rate = scenarioResume, clients, 3*time.Second, 50

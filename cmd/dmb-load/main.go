@@ -1,7 +1,7 @@
 // Command dmb-load is DMB's load generator. It plays both sides against a
 // running DMB node and its Redis: a backend over Redis (registered with
-// package backend) and many WebSocket clients, opened from many loopback
-// source addresses. It talks to the local machine only: every address it is
+// package backend) and many clients, WebSocket or TCP (one JSON frame per
+// line), opened from many loopback source addresses. It talks to the local machine only: every address it is
 // given must be 127.0.0.0/8, ::1 or localhost, and every connection it opens
 // is checked again as it connects. Each run is bounded in clients and time,
 // stops by itself, and reports one JSON object and a readable table.
@@ -14,6 +14,7 @@
 //	go run ./cmd/dmb-load -scenario broadcast -clients 1000 -rate 0 -duration 10s
 //	go run ./cmd/dmb-load -scenario uplink -clients 200 -duration 10s -json out.json
 //	go run ./cmd/dmb-load -scenario broadcast -recoverable -clients 1000 -rate 200
+//	go run ./cmd/dmb-load -scenario uplink -clients 200 -transport tcp -tcp 127.0.0.1:8084
 //	go run ./cmd/dmb-load -scenario resume -dmb ws://127.0.0.1:8082,ws://127.0.0.1:9082 \
 //	    -metrics http://127.0.0.1:9082/metrics -drain http://127.0.0.1:8083 -clients 1000
 //
@@ -23,6 +24,16 @@
 //	                clients connect to URL/ws/SERVICE. Several nodes'
 //	                URLs, comma-separated: client i connects to the
 //	                URL i mod their number
+//	-transport T    how the clients connect: websocket (default), or tcp:
+//	                one JSON frame per line (docs/protocol.md, section
+//	                12), to -tcp, the first line a dmb:hello for the
+//	                service. Every scenario runs over either, reported the
+//	                same way; -flood is WebSocket only
+//	-tcp ADDR       tcp: the node's TCP address for clients, host:port
+//	                (DMB_TCP_PORT; no default). Several nodes' addresses,
+//	                comma-separated: client i connects to the address
+//	                i mod their number. -dmb then gives only the default
+//	                -metrics
 //	-metrics URL    DMB's Prometheus endpoint (default: /metrics on -dmb's
 //	                host and port, http://127.0.0.1:8082/metrics)
 //	-redis ADDR     the Redis DMB uses, host:port (default 127.0.0.1:6379)
@@ -80,7 +91,8 @@
 //
 // Scenarios. Each registers the backend, then opens the N clients with at
 // most -inflight handshakes at once (a handshake lasts from the dial to
-// DMB's dmb:connected frame), then:
+// DMB's dmb:connected frame: for a WebSocket the HTTP upgrade, for TCP the
+// hello line), then:
 //
 //   - idle: holds the connections for -duration. Reports the connect rate,
 //     handshake latency, failures, and DMB's memory per connection: the
@@ -104,7 +116,7 @@
 //     by side.
 //   - resume: the backend broadcasts recoverable messages at -rate (no
 //     window: the rate bounds what is in flight) to clients spread over
-//     the nodes of -dmb, and -drain makes one node leave. A client whose
+//     the nodes of -dmb (or -tcp), and -drain makes one node leave. A client whose
 //     connection ends with 1001, 1006 or 4008 resumes as the browser
 //     client does: at once, on the next node of the list that answers
 //     (trying the list again after 10 ms, doubling up to 1 s), with its
@@ -165,6 +177,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"os/signal"
@@ -260,11 +273,21 @@ type options struct {
 	// recoverableSet says -recoverable was given (resume's default is true).
 	Recoverable    bool
 	recoverableSet bool
-	Drain          string        // resume: the admin URL of the node to drain
-	DrainAfter     time.Duration // resume: when, after the start of sending
 
-	urls []string // -dmb's URLs, in order
+	Transport  string        // websocket or tcp
+	TCP        string        // tcp: the nodes' TCP addresses, comma-separated
+	Drain      string        // resume: the admin URL of the node to drain
+	DrainAfter time.Duration // resume: when, after the start of sending
+
+	urls     []string // -dmb's URLs, in order
+	tcpAddrs []string // -tcp's addresses, in order
 }
+
+// Transports.
+const (
+	transportWebSocket = "websocket"
+	transportTCP       = "tcp"
+)
 
 // Scenarios.
 const (
@@ -297,7 +320,7 @@ func defaultOptions() options {
 	return options{
 		DMB: "ws://127.0.0.1:8082", Redis: "127.0.0.1:6379", Prefix: "dmb",
 		Service: "load", Scenario: scenarioIdle, Clients: 100, Rooms: 1000, Duration: 10 * time.Second,
-		Payload: 100, Inflight: 64, Backends: 1,
+		Payload: 100, Inflight: 64, Backends: 1, Transport: transportWebSocket,
 	}
 }
 
@@ -328,10 +351,12 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.Recoverable, "recoverable", o.Recoverable, "the backend publishes with FCALL dmb_publish (recoverable) rather than PUBLISH (live-only); resume's default is true")
 	fs.StringVar(&o.Drain, "drain", o.Drain, "resume: POST /drain to the admin URL of this node (http://127.0.0.1:8083) after -drain-after")
 	fs.DurationVar(&o.DrainAfter, "drain-after", o.DrainAfter, "resume: when to drain, after the start of sending (default: half of -duration)")
+	fs.StringVar(&o.Transport, "transport", o.Transport, "how the clients connect: websocket, or tcp (one JSON frame per line, to -tcp)")
+	fs.StringVar(&o.TCP, "tcp", o.TCP, "tcp: the node's TCP address for clients (DMB_TCP_PORT), host:port, or several nodes', comma-separated, round-robin")
 	fs.BoolVar(&o.FloodReconnect, "flood-reconnect", o.FloodReconnect, fmt.Sprintf("each flooding connection closes and reconnects after every %d frames", floodReconnectEvery))
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: dmb-load [flags]\n\n"+
-			"Load generator for DMB: a backend over Redis and N WebSocket clients, loopback only.\n"+
+			"Load generator for DMB: a backend over Redis and N WebSocket or TCP clients, loopback only.\n"+
 			"Scenarios: idle (connect and hold), broadcast, direct, room (backend to clients), uplink (clients to backend),\n"+
 			"resume (recoverable broadcasts while a node drains: loss, duplicates and resumes).\n\n")
 		fs.PrintDefaults()
@@ -371,6 +396,10 @@ func (o *options) check() error {
 	}
 	if o.Metrics == "" {
 		o.Metrics = "http://" + u.Host + "/metrics"
+	}
+	ipv6, err := o.checkTransport(isIPv6Host(u.Hostname()))
+	if err != nil {
+		return err
 	}
 	if _, err := checkURL("metrics", o.Metrics, "http"); err != nil {
 		return err
@@ -417,7 +446,6 @@ func (o *options) check() error {
 	case o.FloodReconnect && o.Flood == 0:
 		return errors.New("-flood-reconnect needs -flood")
 	}
-	ipv6 := isIPv6Host(u.Hostname())
 	if o.Sources == 0 {
 		o.Sources = defaultSources(o.Clients)
 		if ipv6 {
@@ -458,6 +486,85 @@ func (o *options) check() error {
 		return fmt.Errorf("-window %d: at most %d for %s", o.Window, limit, o.Scenario)
 	}
 	return nil
+}
+
+// checkTransport checks -transport and -tcp, given whether -dmb is IPv6,
+// and tells whether the clients connect to IPv6 addresses.
+func (o *options) checkTransport(dmbIPv6 bool) (ipv6 bool, err error) {
+	o.tcpAddrs = nil
+	switch o.Transport {
+	case transportWebSocket:
+		if o.TCP != "" {
+			return false, errors.New("-tcp is for -transport tcp")
+		}
+		return dmbIPv6, nil
+	case transportTCP:
+	default:
+		return false, fmt.Errorf("-transport %q: want websocket or tcp", o.Transport)
+	}
+	if o.TCP == "" {
+		return false, errors.New("-transport tcp needs -tcp, the node's TCP address (DMB_TCP_PORT)")
+	}
+	for i, raw := range strings.Split(o.TCP, ",") {
+		a := strings.TrimSpace(raw)
+		if err := checkHostPort("tcp", a); err != nil {
+			return false, err
+		}
+		host, _, _ := net.SplitHostPort(a)
+		if i == 0 {
+			ipv6 = isIPv6Host(host)
+		} else if isIPv6Host(host) != ipv6 {
+			return false, fmt.Errorf("-tcp %q: mixes IPv4 and IPv6 addresses", o.TCP)
+		}
+		o.tcpAddrs = append(o.tcpAddrs, a)
+	}
+	if len(o.tcpAddrs) > maxNodes {
+		return false, fmt.Errorf("-tcp: %d addresses, at most %d", len(o.tcpAddrs), maxNodes)
+	}
+	if o.Flood > 0 {
+		return false, errors.New("-flood: WebSocket only")
+	}
+	return ipv6, nil
+}
+
+// tcp tells whether the clients connect over TCP.
+func (o *options) tcp() bool { return o.Transport == transportTCP }
+
+// clientIPv6 tells whether the clients connect to an IPv6 address.
+func (o *options) clientIPv6() bool {
+	if o.tcp() && len(o.tcpAddrs) > 0 {
+		host, _, _ := net.SplitHostPort(o.tcpAddrs[0])
+		return isIPv6Host(host)
+	}
+	return isIPv6Host(urlHost(o.DMB))
+}
+
+// targets are where the clients connect, one per node: -dmb's URLs of the
+// service, or -tcp's addresses.
+func (o *options) targets() []string {
+	if o.tcp() {
+		return o.tcpAddrs
+	}
+	return o.wsURLs()
+}
+
+// endpoints are the targets, ready to connect to.
+func (o *options) endpoints() ([]*endpoint, error) {
+	var out []*endpoint
+	for _, t := range o.targets() {
+		var ep *endpoint
+		var err error
+		if o.tcp() {
+			ep, err = newTCPEndpoint(t, o.Service, nil)
+		} else {
+			ep, err = newEndpoint(t)
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ep)
+	}
+	return out, nil
 }
 
 // maxNodes bounds the URLs of -dmb.

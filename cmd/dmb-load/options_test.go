@@ -20,6 +20,8 @@ func TestNonLoopbackAddressesAreRefused(t *testing.T) {
 		{"-redis", "10.1.2.3:6379"},
 		{"-redis", "redis.example.com:6379"},
 		{"-redis", "[2001:db8::1]:6379"},
+		{"-transport", "tcp", "-tcp", "10.0.0.1:8084"},
+		{"-transport", "tcp", "-tcp", "127.0.0.1:8084,dmb.example.com:8084"},
 	} {
 		_, err := parseOptions(args, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), "loopback") && !strings.Contains(err.Error(), "localhost") {
@@ -51,6 +53,8 @@ func TestLoopbackAddressesAreAccepted(t *testing.T) {
 		{"-dmb", "ws://localhost:8082", "-redis", "localhost:6379"},
 		{"-dmb", "ws://127.1.2.3:9000/", "-metrics", "http://127.0.0.1:9000/metrics", "-redis", "127.0.0.2:6380"},
 		{"-dmb", "ws://[::1]:8082", "-redis", "[::1]:6379"},
+		{"-transport", "tcp", "-tcp", "127.0.0.1:8084"},
+		{"-transport", "tcp", "-tcp", "localhost:8084,127.0.0.2:9084"},
 	} {
 		if _, err := parseOptions(args, io.Discard); err != nil {
 			t.Errorf("%v: %v", args, err)
@@ -160,5 +164,33 @@ func TestResumeOptions(t *testing.T) {
 		if _, err := parseOptions(args, io.Discard); err == nil {
 			t.Errorf("%v: accepted", args)
 		}
+	}
+}
+
+func TestTransportFlagsAreChecked(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-transport", "quic"}, "want websocket or tcp"},
+		{[]string{"-transport", "tcp"}, "needs -tcp"},
+		{[]string{"-tcp", "127.0.0.1:8084"}, "-tcp is for -transport tcp"},
+		{[]string{"-transport", "tcp", "-tcp", "127.0.0.1"}, "missing port"},
+		{[]string{"-transport", "tcp", "-tcp", "127.0.0.1:8084,[::1]:8084"}, "mixes IPv4 and IPv6"},
+		{[]string{"-transport", "tcp", "-tcp", "127.0.0.1:8084", "-flood", "2"}, "WebSocket only"},
+	} {
+		_, err := parseOptions(tc.args, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: err = %v, want %q", tc.args, err, tc.want)
+		}
+	}
+	o, err := parseOptions([]string{"-transport", "tcp", "-tcp", "[::1]:8084", "-clients", "10"}, io.Discard)
+	switch {
+	case err != nil:
+		t.Fatal(err)
+	case !o.clientIPv6() || o.Sources != 1:
+		t.Errorf("an IPv6 TCP target: ipv6 %v, sources %d", o.clientIPv6(), o.Sources)
+	case len(o.targets()) != 1 || o.targets()[0] != "[::1]:8084":
+		t.Errorf("targets %v", o.targets())
 	}
 }

@@ -25,6 +25,8 @@ type report struct {
 
 type params struct {
 	DMB             string  `json:"dmb"`
+	Transport       string  `json:"transport"`     // websocket or tcp
+	TCP             string  `json:"tcp,omitempty"` // tcp: the nodes' TCP addresses
 	Metrics         string  `json:"metrics"`
 	Redis           string  `json:"redis"`
 	Prefix          string  `json:"prefix"`
@@ -209,7 +211,7 @@ func newReport(o *options) *report {
 	rep := &report{
 		Scenario: o.Scenario,
 		Params: params{
-			DMB: o.DMB, Metrics: o.Metrics, Redis: o.Redis, Prefix: o.Prefix, Service: o.Service,
+			DMB: o.DMB, Transport: o.Transport, TCP: o.TCP, Metrics: o.Metrics, Redis: o.Redis, Prefix: o.Prefix, Service: o.Service,
 			Clients: o.Clients, Rate: o.Rate, Window: o.Window,
 			Duration: o.Duration.String(), DurationSeconds: o.Duration.Seconds(),
 			Payload: o.Payload, Inflight: o.Inflight, Sources: o.Sources,
@@ -264,6 +266,11 @@ func writeTable(w io.Writer, rep *report) {
 			publish = "FCALL dmb_publish (recoverable)"
 		}
 		row("publish", "%s", publish)
+	}
+	if p.Transport == transportTCP {
+		row("transport", "TCP, one JSON frame per line, to %s", p.TCP)
+	} else {
+		row("transport", "WebSocket, to %s", p.DMB)
 	}
 	row("machine", "%d CPUs, %s %s/%s", rep.Machine.CPUs, rep.Machine.Go, rep.Machine.OS, rep.Machine.Arch)
 	c := rep.Results.Connect

@@ -87,13 +87,11 @@ func run(ctx context.Context, o options, progress io.Writer) (*report, error) {
 	for i := range r.pad {
 		r.pad[i] = 'x'
 	}
-	for _, u := range o.wsURLs() {
-		ep, err := newEndpoint(u)
-		if err != nil {
-			return nil, err
-		}
-		r.nodes = append(r.nodes, ep)
+	nodes, err := o.endpoints()
+	if err != nil {
+		return nil, err
 	}
+	r.nodes = nodes
 	r.endpoint = r.nodes[0]
 	r.perNode = make([]int, len(r.nodes))
 	if o.Scenario == scenarioResume {
@@ -101,7 +99,7 @@ func run(ctx context.Context, o options, progress io.Writer) (*report, error) {
 		defer stop()
 		r.resumer, r.stopResum = newResumer(rctx, r.nodes, o.Payload+4096), stop
 	}
-	for _, src := range sourceAddrs(o.Sources, isIPv6Host(urlHost(o.DMB))) {
+	for _, src := range sourceAddrs(o.Sources, o.clientIPv6()) {
 		r.dialers = append(r.dialers, dialer(src))
 	}
 
@@ -209,7 +207,7 @@ func (r *runner) connect(ctx context.Context) {
 	o := r.o
 	ctx, cancel := context.WithTimeout(ctx, connectLimit)
 	defer cancel()
-	fmt.Fprintf(r.progress, "connecting %d clients to %s from %d source address(es), %d at a time\n", o.Clients, strings.Join(o.wsURLs(), ", "), len(r.dialers), o.Inflight)
+	fmt.Fprintf(r.progress, "connecting %d clients to %s from %d source address(es), %d at a time\n", o.Clients, strings.Join(o.targets(), ", "), len(r.dialers), o.Inflight)
 
 	hs := &histogram{}
 	slots := make([]*client, o.Clients)

@@ -6,6 +6,7 @@ import (
 	"crypto/sha1"
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
@@ -24,11 +25,35 @@ import (
 // request has the headers RFC 6455 asks of a client, and the node serves it
 // with coder/websocket as it serves a browser's.
 
-// endpoint is where the clients connect.
+// endpoint is where the clients connect: a WebSocket URL, or a TCP
+// address where the clients speak one JSON frame per line.
 type endpoint struct {
-	url  string // the URL it was made of
+	url  string // the URL it was made of; tcp://host:port for TCP
 	addr string // host:port to dial
-	head string // the request up to the key
+	head string // WebSocket: the request up to the key
+
+	// TCP (docs/protocol.md, section 12): the service, and the hello
+	// line that opens a connection, with its ending.
+	tcp     bool
+	service string
+	hello   []byte
+}
+
+// newTCPEndpoint is the endpoint of TCP clients of service at addr; q
+// holds the hello's token, resume and offset, any of them.
+func newTCPEndpoint(addr, service string, q url.Values) (*endpoint, error) {
+	hello := struct {
+		Event   string `json:"event"`
+		Service string `json:"service"`
+		Token   string `json:"token,omitempty"`
+		Resume  string `json:"resume,omitempty"`
+		Offset  string `json:"offset,omitempty"`
+	}{"dmb:hello", service, q.Get("token"), q.Get("resume"), q.Get("offset")}
+	line, err := json.Marshal(hello)
+	if err != nil {
+		return nil, err
+	}
+	return &endpoint{url: "tcp://" + addr, addr: addr, tcp: true, service: service, hello: append(line, '\n')}, nil
 }
 
 func newEndpoint(rawURL string) (*endpoint, error) {
@@ -46,6 +71,13 @@ func newEndpoint(rawURL string) (*endpoint, error) {
 
 // withQuery is the endpoint with the query q (encoded, without "?").
 func (e *endpoint) withQuery(q string) (*endpoint, error) {
+	if e.tcp {
+		v, err := url.ParseQuery(q)
+		if err != nil {
+			return nil, err
+		}
+		return newTCPEndpoint(e.addr, e.service, v)
+	}
 	return newEndpoint(e.url + "?" + q)
 }
 
@@ -58,6 +90,14 @@ const wsGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 // handshake sends the opening handshake on conn and reads the answer with
 // in; the bytes that came behind it wait in in.
 func (e *endpoint) handshake(conn net.Conn, in *inbox) error {
+	if e.tcp {
+		// The hello is answered with dmb:connected, or the last line,
+		// dmb:close: the client's first frame either way.
+		if _, err := conn.Write(e.hello); err != nil {
+			return fmt.Errorf("hello: %w", err)
+		}
+		return nil
+	}
 	var nonce [16]byte
 	_, _ = rand.Read(nonce[:])
 	req := make([]byte, 0, len(e.head)+32)
@@ -135,8 +175,13 @@ func hasToken(value []byte, token string) bool {
 // writes its frames with writeFrame; between cork and uncork they are held
 // and go in one write, as a browser sends the frames queued on a WebSocket
 // together.
+//
+// A TCP client's connection (lines) writes each frame as a line, and its
+// close frame is the end of its writes: a TCP client has no close code of
+// its own, and DMB ends the session when the client's side ends.
 type upgradedConn struct {
 	net.Conn
+	lines bool // TCP: one frame per line
 
 	mu        sync.Mutex // orders writes: the reader's pongs and closes too
 	corked    bool
@@ -179,6 +224,9 @@ func (c *upgradedConn) writeFrame(op byte, payload []byte) error {
 	if c.closeSent {
 		return errCloseSent
 	}
+	if c.lines {
+		return c.writeLineLocked(op, payload)
+	}
 	c.closeSent = op == wsframe.OpClose
 	c.held = wsframe.AppendMasked(c.held, op, payload, key)
 	if c.corked && !c.closeSent {
@@ -186,6 +234,36 @@ func (c *upgradedConn) writeFrame(op byte, payload []byte) error {
 	}
 	_, err := c.Conn.Write(c.held)
 	c.held = c.held[:0]
+	return err
+}
+
+// writeLineLocked is writeFrame on a TCP connection: a text frame is a
+// line; a close sends what was held and ends the client's writes; there
+// is no ping to answer with a pong. c.mu is held.
+func (c *upgradedConn) writeLineLocked(op byte, payload []byte) error {
+	switch op {
+	case wsframe.OpText, wsframe.OpBinary:
+		c.held = append(append(c.held, payload...), '\n')
+		if c.corked {
+			return nil
+		}
+	case wsframe.OpClose:
+		c.closeSent = true
+	default:
+		return nil
+	}
+	var err error
+	if len(c.held) > 0 {
+		_, err = c.Conn.Write(c.held)
+		c.held = c.held[:0]
+	}
+	if c.closeSent {
+		if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		} else {
+			_ = c.Conn.Close()
+		}
+	}
 	return err
 }
 
