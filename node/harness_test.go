@@ -103,6 +103,9 @@ func (e *env) baseConfig() config.Config {
 	cfg := nodetest.Config(e.t, e.redis)
 	cfg.AdminAddr = "127.0.0.1:0"
 	e.topo.configure(&cfg)
+	if tr := currentTransport; tr != nil {
+		tr.configure(e.t, &cfg)
+	}
 	return cfg
 }
 
@@ -124,6 +127,9 @@ func (e *env) startNodeLogging(log *slog.Logger, mutate ...func(*config.Config))
 		f(&cfg)
 	}
 	n := nodetest.Start(e.t, cfg, node.Options{Logger: log})
+	if a := n.TCPAddr(); a != nil {
+		registerTCP(e.t, n.Addr().String(), a.String())
+	}
 	return &testNode{Node: n, t: e.t, id: cfg.NodeID}
 }
 
@@ -267,19 +273,35 @@ type frame struct {
 	Offset    string `json:"offset"`
 }
 
-// wsClient is a WebSocket client that reads every frame into a channel.
+// wsClient is a client of a service that reads every frame into a
+// channel. It is a WebSocket client, or, while currentTransport says so
+// (transports_test.go), a TCP client or a client of the HTTP fallback:
+// the same frames, sent and read alike, and closed() says what DMB closed
+// it with on each.
 type wsClient struct {
 	t    testing.TB
 	node *testNode // the node it connected to, when known
-	conn *websocket.Conn
+	// conn is a *websocket.Conn, or the connection of another transport,
+	// which can do what a WebSocket and it have in common.
+	conn clientConn
 	cid  string
 	// session is the newest session token the client got; next passes
 	// over dmb:session, which only renews it.
 	session string
 	frames  chan frame
 	mu      sync.Mutex
-	err     error // what ended the reads
+	err     error // what ended the reads: a websocket.CloseError when DMB closed it
 	ended   chan struct{}
+}
+
+// clientConn is what a test may do with a client's connection itself.
+// *websocket.Conn has it; on the other transports, CloseNow drops the
+// connection and Write of a text message sends a frame, and what only a
+// WebSocket has (a close code of the client's, binary messages) fails.
+type clientConn interface {
+	Write(ctx context.Context, typ websocket.MessageType, p []byte) error
+	Close(code websocket.StatusCode, reason string) error
+	CloseNow() error
 }
 
 // dialRaw opens a WebSocket without reading from it.
@@ -304,30 +326,67 @@ func connect(t testing.TB, n *testNode, service string) *wsClient {
 	return c
 }
 
+// connectURL connects to the service of a WebSocket URL (its query
+// holding token, resume and offset) over currentTransport, and reads
+// frames in the background.
 func connectURL(t testing.TB, url string, header http.Header) *wsClient {
 	t.Helper()
-	c := &wsClient{t: t, conn: dialRaw(t, url, header), frames: make(chan frame, 20000), ended: make(chan struct{})}
-	go func() {
-		defer close(c.ended)
-		for {
-			_, data, err := c.conn.Read(context.Background())
-			if err != nil {
-				c.mu.Lock()
-				c.err = err
-				c.mu.Unlock()
-				return
-			}
-			var f frame
-			if err := json.Unmarshal(data, &f); err != nil {
-				c.mu.Lock()
-				c.err = fmt.Errorf("frame is not JSON: %q", data)
-				c.mu.Unlock()
-				return
-			}
-			c.frames <- f
-		}
-	}()
+	if tr := currentTransport; tr != nil {
+		return tr.connect(t, url, header)
+	}
+	conn := dialRaw(t, url, header)
+	return newClient(t, conn, false, func() ([]byte, error) {
+		_, data, err := conn.Read(context.Background())
+		return data, err
+	})
+}
+
+// newClient reads frames with read in the background until it fails. On
+// a transport whose last frame is dmb:close (lastIsClose), that frame is
+// DMB's close, as a WebSocket's close frame is: the reads end with its
+// code and reason.
+func newClient(t testing.TB, conn clientConn, lastIsClose bool, read func() ([]byte, error)) *wsClient {
+	c := &wsClient{t: t, conn: conn, frames: make(chan frame, 20000), ended: make(chan struct{})}
+	go c.read(read, lastIsClose)
 	return c
+}
+
+func (c *wsClient) read(next func() ([]byte, error), lastIsClose bool) {
+	defer close(c.ended)
+	var closeErr error // dmb:close, once read
+	for {
+		data, err := next()
+		if err != nil {
+			if closeErr != nil {
+				err = closeErr
+			}
+			c.fail(err)
+			return
+		}
+		var f struct {
+			frame
+			Code   websocket.StatusCode `json:"code"`
+			Reason string               `json:"reason"`
+		}
+		switch {
+		case json.Unmarshal(data, &f) != nil:
+			c.fail(fmt.Errorf("frame is not JSON: %q", data))
+			return
+		case closeErr != nil:
+			c.fail(fmt.Errorf("frame %s after dmb:close", data))
+			return
+		case lastIsClose && f.Event == "dmb:close":
+			closeErr = websocket.CloseError{Code: f.Code, Reason: f.Reason}
+		default:
+			c.frames <- f.frame
+		}
+	}
+}
+
+func (c *wsClient) fail(err error) {
+	c.mu.Lock()
+	c.err = err
+	c.mu.Unlock()
 }
 
 // welcome reads dmb:connected and records the cid.
@@ -415,7 +474,7 @@ func (c *wsClient) send(v string) {
 	}
 }
 
-// refused dials and returns the close code DMB answers with.
+// refused connects and returns the close code DMB answers with.
 func refused(t testing.TB, url string, header http.Header) (websocket.StatusCode, string) {
 	t.Helper()
 	return connectURL(t, url, header).closed()
@@ -423,7 +482,7 @@ func refused(t testing.TB, url string, header http.Header) (websocket.StatusCode
 
 type backendEvent = backend.Event
 
-// outcome dials and returns 0 when the node accepted the client (which it
+// outcome connects and returns 0 when the node accepted the client (which it
 // then closes), else the close code it was refused with.
 func outcome(t testing.TB, url string) websocket.StatusCode {
 	t.Helper()

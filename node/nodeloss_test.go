@@ -83,6 +83,7 @@ func (e *env) startNodeProcess(mutate ...func(*config.Config)) *procNode {
 	}
 	p := &procNode{t: e.t, cmd: cmd, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.Port)), id: cfg.NodeID}
 	e.t.Cleanup(p.kill)
+	registerTCP(e.t, p.addr, cfg.TCPAddr())
 	eventually(e.t, "process node ready", func() bool {
 		res, err := http.Get("http://" + p.addr + "/readyz")
 		if err != nil {

@@ -83,7 +83,9 @@ func sentinelTopology(st *redistest.Sentinel) *topology {
 
 // contract is the integration tests of the wire contract that hold on
 // every topology: they run on a single Redis as they are, and again on a
-// cluster and behind Sentinel.
+// cluster and behind Sentinel. They hold over every transport too: all
+// but the WebSocket-only ones (webSocketOnly, transports_test.go) run
+// again with TCP clients and with clients of the HTTP fallback.
 var contract = []struct {
 	name string
 	test func(*testing.T)
