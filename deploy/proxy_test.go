@@ -1,6 +1,7 @@
 // Package deploy_test runs the deployment configurations in deploy/ for
-// real: Debian's nginx with deploy/nginx/dmb.conf in front of a DMB node,
-// over TLS, with a WebSocket client on wss://.
+// real: Debian's nginx with deploy/nginx/dmb.conf, and Debian's Apache
+// with deploy/apache/dmb.conf, in front of DMB nodes, over TLS, with a
+// WebSocket client on wss:// and the HTTP fallback's (sse_test.go).
 package deploy_test
 
 import (
@@ -45,10 +46,10 @@ var (
 )
 
 // startNode runs a DMB node that trusts only the proxy's address.
-func startNode(t *testing.T, r *redistest.Server) *nodetest.Node {
+func startNode(t *testing.T, r *redistest.Server, id string) *nodetest.Node {
 	t.Helper()
 	cfg := nodetest.Config(t, r)
-	cfg.NodeID = "proxied"
+	cfg.NodeID = id
 	cfg.TrustedProxies = []string{"127.0.0.1/32"}
 	return nodetest.Start(t, cfg, node.Options{})
 }
@@ -58,10 +59,11 @@ type proxy struct {
 	https, http int
 }
 
-// proxyKind starts one kind of proxy in front of DMB and the page.
+// proxyKind starts one kind of proxy in front of DMB (one node or more)
+// and the page.
 type proxyKind struct {
 	name  string
-	start func(t *testing.T, dmbAddr, pageAddr string, cert testcert.Cert) proxy
+	start func(t *testing.T, dmbAddrs []string, pageAddr string, cert testcert.Cert) proxy
 }
 
 var proxies = []proxyKind{{"nginx", startNginx}, {"apache", startApache}}
@@ -160,8 +162,11 @@ func writeFile(t *testing.T, dir, name, text string) {
 }
 
 // startNginx runs Debian's nginx with deploy/nginx/dmb.conf, its listen
-// ports, certificate paths and upstreams set for the test.
-func startNginx(t *testing.T, dmbAddr, pageAddr string, cert testcert.Cert) proxy {
+// ports, certificate paths and upstreams (deploy/nginx/upstreams.conf)
+// set for the test. Its http block compresses event streams and ignores
+// DMB's X-Accel-Buffering, so that only dmb.conf keeps the HTTP fallback
+// from being compressed or buffered.
+func startNginx(t *testing.T, dmbAddrs []string, pageAddr string, cert testcert.Cert) proxy {
 	t.Helper()
 	bin := findBinary(t, "nginx", "nginx")
 	px := proxy{https: redistest.FreePort(t), http: redistest.FreePort(t)}
@@ -173,7 +178,10 @@ func startNginx(t *testing.T, dmbAddr, pageAddr string, cert testcert.Cert) prox
 	})
 	dir := tempDir(t)
 	writeFile(t, dir, "dmb.conf", conf)
-	writeFile(t, dir, "upstreams.conf", fmt.Sprintf("upstream dmb { server %s; }\nupstream dmb_page { server %s; }\n", dmbAddr, pageAddr))
+	writeFile(t, dir, "upstreams.conf", templated(t, "nginx/upstreams.conf", map[string]string{
+		"server 127.0.0.1:8082;": "server " + strings.Join(dmbAddrs, ";\n    server ") + ";",
+		"server 127.0.0.1:8090;": "server " + pageAddr + ";",
+	}))
 	user := ""
 	if os.Geteuid() == 0 {
 		user = "user root;"
@@ -186,6 +194,10 @@ error_log stderr warn;
 events { worker_connections 256; }
 http {
     access_log off;
+    gzip on;
+    gzip_types text/event-stream;
+    gzip_min_length 1;
+    proxy_ignore_headers X-Accel-Buffering;
     client_body_temp_path %[2]s/body;
     proxy_temp_path %[2]s/proxy;
     fastcgi_temp_path %[2]s/fastcgi;
@@ -200,9 +212,15 @@ http {
 }
 
 // startApache runs Debian's Apache httpd with deploy/apache/dmb.conf, its
-// virtual hosts, certificate paths and backends set for the test.
-func startApache(t *testing.T, dmbAddr, pageAddr string, cert testcert.Cert) proxy {
+// virtual hosts, certificate paths and backends set for the test. Its
+// server config compresses event streams, which dmb.conf must not let
+// happen to the HTTP fallback.
+func startApache(t *testing.T, dmbAddrs []string, pageAddr string, cert testcert.Cert) proxy {
 	t.Helper()
+	if len(dmbAddrs) != 1 {
+		t.Fatalf("apache/dmb.conf proxies to one node, not %d", len(dmbAddrs))
+	}
+	dmbAddr := dmbAddrs[0]
 	bin := findBinary(t, "apache2", "apache2")
 	px := proxy{https: redistest.FreePort(t), http: redistest.FreePort(t)}
 	conf := templated(t, "apache/dmb.conf", map[string]string{
@@ -218,7 +236,7 @@ func startApache(t *testing.T, dmbAddr, pageAddr string, cert testcert.Cert) pro
 	writeFile(t, dir, "dmb.conf", conf)
 	mods := "/usr/lib/apache2/modules/"
 	var load strings.Builder
-	for _, m := range []string{"mpm_event", "authz_core", "alias", "headers", "socache_shmcb", "ssl", "proxy", "proxy_http", "proxy_wstunnel"} {
+	for _, m := range []string{"mpm_event", "authz_core", "alias", "headers", "socache_shmcb", "ssl", "proxy", "proxy_http", "proxy_wstunnel", "setenvif", "filter", "deflate"} {
 		fmt.Fprintf(&load, "LoadModule %s_module %smod_%s.so\n", m, mods, m)
 	}
 	user := ""
@@ -234,6 +252,7 @@ ErrorLog %[3]s/error.log
 LogLevel warn
 Listen 127.0.0.1:%[4]d
 Listen 127.0.0.1:%[5]d
+AddOutputFilterByType DEFLATE text/event-stream
 Include %[3]s/dmb.conf
 `, load.String(), user, dir, px.https, px.http))
 	runServer(t, dir, px.https, bin, "-f", filepath.Join(dir, "httpd.conf"), "-DFOREGROUND", "-X")
@@ -242,7 +261,12 @@ Include %[3]s/dmb.conf
 
 // clientTransport connects from clientAddr and trusts the test certificate.
 func clientTransport(t *testing.T, cert testcert.Cert) *http.Transport {
-	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(clientAddr)}, Timeout: wait}
+	return clientTransportFrom(t, cert, clientAddr)
+}
+
+// clientTransportFrom connects from addr, a loopback address.
+func clientTransportFrom(t *testing.T, cert testcert.Cert, addr string) *http.Transport {
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(addr)}, Timeout: wait}
 	tr := &http.Transport{DialContext: d.DialContext, TLSClientConfig: cert.ClientConfig()}
 	t.Cleanup(tr.CloseIdleConnections)
 	return tr
@@ -252,19 +276,32 @@ type env struct {
 	t      *testing.T
 	cert   testcert.Cert
 	px     proxy
-	node   *nodetest.Node
+	node   *nodetest.Node   // the first of nodes
+	nodes  []*nodetest.Node // behind the proxy, on one Redis
 	events chan backend.Event
 	b      *backend.Backend
 }
 
-func setup(t *testing.T, kind proxyKind) *env {
+func setup(t *testing.T, kind proxyKind) *env { return setupNodes(t, kind, 1) }
+
+// setupNodes runs count DMB nodes behind the proxy.
+func setupNodes(t *testing.T, kind proxyKind, count int) *env {
 	r := redistest.Start(t)
-	n := startNode(t, r)
+	e := &env{t: t, cert: testcert.New(t), events: make(chan backend.Event, 1000)}
+	var addrs []string
+	for i := range count {
+		id := "proxied"
+		if i > 0 {
+			id += strconv.Itoa(i + 1)
+		}
+		n := startNode(t, r, id)
+		e.nodes = append(e.nodes, n)
+		addrs = append(addrs, n.Addr().String())
+	}
+	e.node = e.nodes[0]
 	page := httptest.NewServer(demo.Page())
 	t.Cleanup(page.Close)
-	cert := testcert.New(t)
-	e := &env{t: t, cert: cert, node: n, events: make(chan backend.Event, 1000)}
-	e.px = kind.start(t, n.Addr().String(), strings.TrimPrefix(page.URL, "http://"), cert)
+	e.px = kind.start(t, addrs, strings.TrimPrefix(page.URL, "http://"), e.cert)
 
 	rdb := redis.NewClient(&redis.Options{Addr: r.Addr()})
 	t.Cleanup(func() { _ = rdb.Close() })
