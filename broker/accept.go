@@ -31,7 +31,9 @@ func (b *Broker) accept(t Transport, inline InlineWriter, service, remote string
 		defer cancel()
 		if r = b.claimResume(ctx, service, id.user, h); r != nil {
 			b.restore(s, r)
-			code, reason = b.splice(ctx, s, r)
+			if code, reason = b.splice(ctx, s, r); code != 0 {
+				b.unclaim(ctx, r)
+			}
 		}
 	}
 	if r == nil {

@@ -36,7 +36,7 @@ type Resumes interface {
 	Sign(c resume.Claims) string
 	Verify(token string) (resume.Claims, bool)
 	Claim(ctx context.Context, c resume.Claims) (resume.Claimed, error)
-	Unclaim(ctx context.Context, c resume.Claims) error
+	Unclaim(ctx context.Context, c resume.Claims, cl resume.Claimed) error
 	Release(ctx context.Context, c resume.Claims, cl resume.Claimed) error
 	Read(ctx context.Context, c resume.Claims, offsets string, after map[string]history.ID) (resume.Missed, error)
 }
@@ -51,9 +51,10 @@ const spliceAttempts = 5
 // resumption is a resume that was claimed: the session's claims and what
 // its client missed.
 type resumption struct {
-	claims resume.Claims
-	bkid   string // the backend the session had
-	missed resume.Missed
+	claims  resume.Claims
+	claimed resume.Claimed
+	bkid    string // the backend the session had
+	missed  resume.Missed
 }
 
 // claimResume verifies a resume's token for a client of service that the
@@ -87,12 +88,20 @@ func (b *Broker) claimResume(ctx context.Context, service, user string, h Hello)
 	if err != nil {
 		b.m.Resumes.WithLabelValues(metrics.ResumeFailed).Inc()
 		log.Warn("resume failed: a fresh session instead", "err", err)
-		if err := res.Unclaim(context.WithoutCancel(ctx), c); err != nil {
+		if err := res.Unclaim(context.WithoutCancel(ctx), c, cl); err != nil {
 			log.Warn("token's resume not given back", "err", err)
 		}
 		return nil
 	}
-	return &resumption{claims: c, bkid: cl.BKID, missed: missed}
+	return &resumption{claims: c, claimed: cl, bkid: cl.BKID, missed: missed}
+}
+
+// unclaim gives a resume that failed after its claim back its token's
+// resume and its session's mark, so that the client resumes elsewhere.
+func (b *Broker) unclaim(ctx context.Context, r *resumption) {
+	if err := b.cfg.Resumes.Unclaim(context.WithoutCancel(ctx), r.claims, r.claimed); err != nil {
+		b.log.Warn("resume's claim not undone", "cid", r.claims.CID, "err", err)
+	}
 }
 
 // restore gives s, a new session, the cid, start and rooms of the

@@ -128,25 +128,25 @@ func (m *Manager) Verify(token string) (Claims, bool) {
 // Claimed is a session whose resume a token took: where the session is
 // still open, if anywhere (a node's client table), and its backend.
 type Claimed struct {
-	OK    bool
-	table string
-	BKID  string
+	OK     bool
+	table  string
+	BKID   string
+	marked bool // the session's end was marked
 }
 
 // Claim decides whether the session of c may be resumed now, taking the
 // token's one resume (see Claim).
 func (m *Manager) Claim(ctx context.Context, c Claims) (Claimed, error) {
-	ok, table, bkid, err := Claim(ctx, m.rdb, m.keys, m.cfg.Holder, c, m.cfg.Window)
+	ok, table, bkid, marked, err := Claim(ctx, m.rdb, m.keys, m.cfg.Holder, c, m.cfg.Window)
 	if err != nil || !ok {
 		return Claimed{}, err
 	}
-	return Claimed{OK: true, table: table, BKID: bkid}, nil
+	return Claimed{OK: true, table: table, BKID: bkid, marked: marked}, nil
 }
 
-// Unclaim gives the token of c its resume back, when the resume failed
-// before Release.
-func (m *Manager) Unclaim(ctx context.Context, c Claims) error {
-	return Unclaim(ctx, m.rdb, m.keys, c)
+// Unclaim undoes Claim for a resume that failed (see Unclaim).
+func (m *Manager) Unclaim(ctx context.Context, c Claims, cl Claimed) error {
+	return Unclaim(ctx, m.rdb, m.keys, c, cl.marked, cl.BKID, m.cfg.Window)
 }
 
 // Release takes the session of c from the node that still holds it, if

@@ -140,36 +140,45 @@ type Holder func(ctx context.Context, cid string) (table, bkid string, err error
 // ended within window. It returns where the session is still open, if
 // it is (holder's table and bkid), so that its older connection can be
 // closed.
-func Claim(ctx context.Context, rdb redis.UniversalClient, k Keys, holder Holder, c Claims, window time.Duration) (ok bool, table, bkid string, err error) {
+func Claim(ctx context.Context, rdb redis.UniversalClient, k Keys, holder Holder, c Claims, window time.Duration) (ok bool, table, bkid string, marked bool, err error) {
 	table, bkid, err = holder(ctx, c.CID)
 	if err != nil {
-		return false, "", "", err
+		return false, "", "", false, err
 	}
 	pipe := rdb.Pipeline()
 	ended := pipe.Get(ctx, k.Ended(c.CID)) // the bkid the session had
 	first := pipe.SetNX(ctx, k.Used(c.ID), 1, 2*window)
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return false, "", "", fmt.Errorf("claim session %s: %w", c.CID, err)
+		return false, "", "", false, fmt.Errorf("claim session %s: %w", c.CID, err)
 	}
 	endedBKID, endedErr := ended.Result()
-	if !first.Val() || table == "" && endedErr != nil {
-		return false, "", "", nil
+	marked = endedErr == nil
+	if !first.Val() || table == "" && !marked {
+		return false, "", "", false, nil
 	}
 	if table == "" {
 		bkid = endedBKID
 	}
-	// The mark has done its work: a session that ends again is marked
-	// again when it may be resumed, and is not when it may not (a kick).
-	if err := rdb.Del(ctx, k.Ended(c.CID)).Err(); err != nil {
-		return false, "", "", fmt.Errorf("claim session %s: %w", c.CID, err)
+	if marked {
+		// The mark has done its work: a session that ends again is marked
+		// again when it may be resumed, and is not when it may not (a
+		// kick). Unclaim puts it back.
+		if err := rdb.Del(ctx, k.Ended(c.CID)).Err(); err != nil {
+			return false, "", "", false, fmt.Errorf("claim session %s: %w", c.CID, err)
+		}
 	}
-	return true, table, bkid, nil
+	return true, table, bkid, marked, nil
 }
 
-// Unclaim gives the token of c its resume back: the resume failed before
-// it took the session.
-func Unclaim(ctx context.Context, rdb redis.UniversalClient, k Keys, c Claims) error {
-	if err := rdb.Del(ctx, k.Used(c.ID)).Err(); err != nil {
+// Unclaim undoes Claim for a resume that failed: the token gets its
+// resume back, and the session its mark (with bkid) when it had one.
+func Unclaim(ctx context.Context, rdb redis.UniversalClient, k Keys, c Claims, marked bool, bkid string, window time.Duration) error {
+	pipe := rdb.Pipeline()
+	pipe.Del(ctx, k.Used(c.ID))
+	if marked {
+		pipe.Set(ctx, k.Ended(c.CID), bkid, window)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("unclaim session %s: %w", c.CID, err)
 	}
 	return nil
