@@ -31,12 +31,16 @@ const Function = "dmb_publish"
 type Config struct {
 	Size int           // messages kept per backend
 	TTL  time.Duration // how long a message is kept at most
+	// MaxBytes refuses larger payloads (DMB_MAX_BACKEND_BYTES): DMB
+	// would drop them, and a history holds Size of them at most.
+	MaxBytes int
 }
 
 // Defaults of the settings.
 const (
-	DefaultSize = 10000
-	DefaultTTL  = 2 * time.Minute
+	DefaultSize     = 10000
+	DefaultTTL      = 2 * time.Minute
+	DefaultMaxBytes = 1 << 20
 )
 
 // library is the function library: the payload is stored as is, and
@@ -48,12 +52,16 @@ const library = `#!lua name=dmb
 local size = %d
 local ttl = %d
 local publish = '%s'
+local maxbytes = %d
 
 redis.register_function('%s', function(keys, args)
   local channel = keys[1]
   local payload = args[1]
   if #keys ~= 1 or type(payload) ~= 'string' or not string.find(payload, '^[ \t\r\n]*{[ \t\r\n]*"') or not string.find(payload, '}[ \t\r\n]*$') then
     return redis.error_reply('ERR ` + Function + `: one key (the downlink channel) and a JSON object')
+  end
+  if #payload > maxbytes then
+    return redis.error_reply('ERR ` + Function + `: payload too large')
   end
   local key = '{' .. channel .. '}:history'
   local id = redis.call('XADD', key, 'MAXLEN', size, '*', 'p', payload)
@@ -75,7 +83,11 @@ func Library(cfg Config, sharded bool) string {
 	if sharded {
 		publish = "SPUBLISH"
 	}
-	return fmt.Sprintf(library, cfg.Size, cfg.TTL.Milliseconds(), publish, Function)
+	maxBytes := cfg.MaxBytes
+	if maxBytes <= 0 {
+		maxBytes = DefaultMaxBytes
+	}
+	return fmt.Sprintf(library, cfg.Size, cfg.TTL.Milliseconds(), publish, maxBytes, Function)
 }
 
 // Load loads the function library into Redis, on every primary of a

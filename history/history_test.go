@@ -107,14 +107,18 @@ func TestAMessageIsStoredAndPublishedWithItsOffset(t *testing.T) {
 func TestTheFunctionRefusesWhatIsNotAJSONObject(t *testing.T) {
 	ctx := ctxFor(t)
 	rdb := redistest.Start(t).Client()
-	if err := history.Load(ctx, rdb, history.Config{Size: 10, TTL: time.Minute}); err != nil {
+	if err := history.Load(ctx, rdb, history.Config{Size: 10, TTL: time.Minute, MaxBytes: 64}); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []string{"", "[]", "{}", "hello", " 42"} {
+	for _, p := range []string{"", "[]", "{}", "hello", " 42", `{"type":"broadcast"`} {
 		err := rdb.FCall(ctx, history.Function, []string{"dmb:42"}, p).Err()
 		if err == nil || !strings.Contains(err.Error(), "JSON object") {
 			t.Errorf("payload %q: %v, want refused", p, err)
 		}
+	}
+	big := `{"type":"broadcast","data":"` + strings.Repeat("x", 64) + `"}`
+	if err := rdb.FCall(ctx, history.Function, []string{"dmb:42"}, big).Err(); err == nil || !strings.Contains(err.Error(), "too large") {
+		t.Errorf("a payload over DMB_MAX_BACKEND_BYTES: %v, want refused", err)
 	}
 	if n := rdb.Exists(ctx, history.Key("dmb:42")).Val(); n != 0 {
 		t.Errorf("a refused payload was stored")

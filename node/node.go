@@ -176,7 +176,7 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 	})
 	n.resumes, err = resume.NewManager(rdb, n.reg, resume.Config{
 		Channels: ch, NodeID: cfg.NodeID, Secret: cfg.SessionSecret, Window: cfg.ResumeWindow,
-		History: history.Config{Size: cfg.HistorySize, TTL: cfg.HistoryTTL}, Logger: log,
+		History: history.Config{Size: cfg.HistorySize, TTL: cfg.HistoryTTL, MaxBytes: cfg.MaxBackendBytes}, Logger: log,
 		Holder: n.nodes.Holder, Own: n.nodes.Clients,
 	})
 	if err != nil {
