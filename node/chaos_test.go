@@ -158,11 +158,11 @@ func TestFloodsCostHonestClientsNothing(t *testing.T) {
 		}
 	}
 	for series, what := range map[string]string{
-		`dmb_drops_total{reason="rate_limited"}`:        "frames over the rate",
-		`dmb_drops_total{reason="too_large"}`:           "payloads over the limit",
-		`dmb_refusals_total{code="4004"}`:               "refused handshakes",
-		`dmb_refusals_total{code="1013"}`:               "handshakes over the address's rate",
-		`dmb_disconnects_total{code="1008"}`:            "flooders closed",
+		`dmb_drops_total{reason="rate_limited"}`: "frames over the rate",
+		`dmb_drops_total{reason="too_large"}`:    "payloads over the limit",
+		`dmb_refusals_total{code="4004"}`:        "refused handshakes",
+		`dmb_refusals_total{code="1013"}`:        "handshakes over the address's rate",
+		`dmb_disconnects_total{code="1008"}`:     "flooders closed",
 	} {
 		if n.metric(series) == 0 {
 			t.Errorf("no %s counted (%s)", what, series)
