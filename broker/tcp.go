@@ -273,7 +273,10 @@ func (c *tcpConn) WriteMany(frames [][]byte) error {
 	defer c.mu.Unlock()
 	buf := lineBuffers.Get().(*[]byte)
 	defer func() {
+		// Empty, even after a failed write: what the buffer held was
+		// this client's, and the next borrower is another's.
 		if cap(*buf) <= maxPooledFrame {
+			*buf = (*buf)[:0]
 			lineBuffers.Put(buf)
 		}
 	}()
