@@ -31,20 +31,55 @@ func (b *Broker) accept(t Transport, inline InlineWriter, service, remote string
 		defer cancel()
 		if r = b.claimResume(ctx, service, id.user, h); r != nil {
 			b.restore(s, r)
+			announced := b.announcing(s.cid)
+			defer announced()
 			if code, reason = b.splice(ctx, s, r); code != 0 {
 				b.unclaim(ctx, r)
 			}
 		}
 	}
 	if r == nil {
+		announced := b.announcing(s.cid)
+		defer announced()
 		code, reason = b.add(s)
 	}
 	if code != 0 {
 		b.refuse(t, service, remote, code, reason)
 		return
 	}
+	s.announce()
 	go func() {
 		defer b.sessions.Done()
 		s.run(func() (int, string) { return read(s) })
 	}()
+}
+
+// announcing records that a session of cid is being added and announced,
+// until the function it returns is called: from before its client can
+// have its token (dmb:connected) until its client_connected is queued in
+// the uplink. A resume of the session waits for it (untilAnnounced), and
+// then for the uplink to settle, so that Redis knows the session when the
+// resume claims it, however soon the client came back.
+func (b *Broker) announcing(cid string) (done func()) {
+	ch := make(chan struct{})
+	b.adding.Store(cid, ch)
+	return func() {
+		b.adding.CompareAndDelete(cid, ch)
+		close(ch)
+	}
+}
+
+// untilAnnounced waits until no session of cid is being added and
+// announced on this node, or ctx ends.
+func (b *Broker) untilAnnounced(ctx context.Context, cid string) error {
+	ch, ok := b.adding.Load(cid)
+	if !ok {
+		return nil
+	}
+	select {
+	case <-ch.(chan struct{}):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

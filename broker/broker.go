@@ -42,6 +42,9 @@ type Uplink interface {
 	// After runs fn once every frame of c queued before has been answered;
 	// it waits for room in the uplink's queue until ctx ends.
 	After(ctx context.Context, c uplink.Client, fn func()) error
+	// Settle returns once what was queued for the client cid has been
+	// written to Redis; it waits until ctx ends.
+	Settle(ctx context.Context, cid string) error
 	// Event publishes a client's room_joined or room_left to its backend,
 	// in order with its messages.
 	Event(ctx context.Context, c uplink.Client, payload []byte) error
@@ -117,6 +120,7 @@ type Broker struct {
 	refusals refusalLog     // what of the refused clients is logged
 	addrs    addrLimits     // handshakes a second per client address
 	sse      ssePosts       // the HTTP fallback's streams, by the key of their POSTs
+	adding   sync.Map       // cid -> chan struct{}: sessions being added and announced (accept.go)
 
 	// fanoutEnd is when the last fan-out ended (UnixNano); see fanout.
 	fanoutEnd atomic.Int64

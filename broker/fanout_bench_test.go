@@ -43,6 +43,7 @@ func (nullUplink) Resume(uplink.Client, string, []string) error       { return n
 func (nullUplink) Disconnect(uplink.Client, int, string, bool) error  { return nil }
 func (nullUplink) Drop(uplink.Client) error                           { return nil }
 func (nullUplink) Event(context.Context, uplink.Client, []byte) error { return nil }
+func (nullUplink) Settle(context.Context, string) error               { return nil }
 func (nullUplink) After(_ context.Context, _ uplink.Client, fn func()) error {
 	fn()
 	return nil

@@ -210,6 +210,7 @@ func (d disconnects) Disconnect(_ uplink.Client, code int, _ string, _ bool) err
 }
 func (disconnects) After(_ context.Context, _ uplink.Client, fn func()) error { fn(); return nil }
 func (disconnects) Event(context.Context, uplink.Client, []byte) error        { return nil }
+func (disconnects) Settle(context.Context, string) error                      { return nil }
 
 // A broadcast far larger than the socket takes, to a client with nothing
 // queued: the fan-out's inline write sends part of it, and the writer it

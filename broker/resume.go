@@ -70,6 +70,17 @@ func (b *Broker) claimResume(ctx context.Context, service, user string, h Hello)
 		return nil
 	}
 	log := b.log.With("cid", c.CID, "service", service)
+	// A session that began or ended here a moment ago may not be in Redis
+	// yet.
+	err := b.untilAnnounced(ctx, c.CID)
+	if err == nil {
+		err = b.up.Settle(ctx, c.CID)
+	}
+	if err != nil {
+		b.m.Resumes.WithLabelValues(metrics.ResumeFailed).Inc()
+		log.Warn("resume not claimed: a fresh session instead", "err", err)
+		return nil
+	}
 	cl, err := res.Claim(ctx, c)
 	switch {
 	case err != nil:

@@ -110,11 +110,10 @@ func (s *session) log(level slog.Level, msg string, args ...any) {
 	}
 }
 
-// run serves the session: it tells the backend, lets read read the
-// client's frames until the connection ends, and then ends the session and
-// tells the backend why. read returns the close code and reason the client
-// gave, or what ended the connection.
-func (s *session) run(read func() (code int, reason string)) {
+// announce tells the backend of the session, which the broker just added:
+// at once, before the client can use its token, so that a resume of it
+// finds the session's line in Redis once the uplink settled it.
+func (s *session) announce() {
 	s.log(slog.LevelInfo, "client connected", "remote", s.remote, "resumed", s.resumed)
 	connect := s.b.up.Connect
 	if s.resumed {
@@ -126,7 +125,13 @@ func (s *session) run(read func() (code int, reason string)) {
 	if err := connect(s); err != nil {
 		s.log(slog.LevelWarn, "client_connected not queued", "err", err)
 	}
+}
 
+// run serves the announced session: it lets read read the client's frames
+// until the connection ends, and then ends the session and tells the
+// backend why. read returns the close code and reason the client gave, or
+// what ended the connection.
+func (s *session) run(read func() (code int, reason string)) {
 	code, reason := read()
 
 	s.b.remove(s)

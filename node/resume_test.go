@@ -376,6 +376,9 @@ func TestAKickIsNotUndoneByAResume(t *testing.T) {
 	// Kicked while away: the resume ends with the kick.
 	c, _ := connectSession(t, n, "chat")
 	c.drop()
+	if ev := be.next(ofTypeCID("client_disconnected", c.cid)); !ev.Resumable {
+		t.Fatalf("client_disconnected = %+v, want resumable", ev)
+	}
 	e.publishRecoverably(ctx, be.BKID(), fmt.Sprintf(`{"type":"kick","cid":%q,"reason":"banned"}`, c.cid))
 	r, f := c.resume(n, "chat")
 	if !f.Resumed {
@@ -388,7 +391,10 @@ func TestAKickIsNotUndoneByAResume(t *testing.T) {
 	// resume.
 	d, _ := connectSession(t, n, "chat")
 	d.drop()
-	d2, _ := d.resume(n, "chat")
+	d2, f := d.resume(n, "chat")
+	if !f.Resumed {
+		t.Fatalf("resume at once after a drop: %+v", f)
+	}
 	if err := be.Kick(ctx, d.cid, "out"); err != nil {
 		t.Fatal(err)
 	}

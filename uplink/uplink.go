@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"hash/maphash"
 	"log/slog"
 	"sync"
@@ -249,7 +250,27 @@ func (u *Uplink) Publish(bkid string, payload []byte) error {
 // and answered. The broker uses it to close a client only after the acks of
 // what it sent. It waits while the worker's queue is full, until ctx ends.
 func (u *Uplink) After(ctx context.Context, c Client, fn func()) error {
-	return u.enqueue(ctx, u.clientWorker(c), request{kind: reqBarrier, client: c, then: fn})
+	return u.enqueue(ctx, u.cidWorker(c.CID()), request{kind: reqBarrier, client: c, then: fn})
+}
+
+// Settle returns once what was queued for the client cid before it has
+// been written to Redis: its line in the client table, the mark of a
+// session that may be resumed. A resume of a session that ended on this
+// node a moment ago waits for it, so that Redis knows the session when
+// the resume claims it.
+func (u *Uplink) Settle(ctx context.Context, cid string) error {
+	done := make(chan struct{})
+	if err := u.enqueue(ctx, u.cidWorker(cid), request{kind: reqBarrier, then: func() { close(done) }}); err != nil {
+		return fmt.Errorf("settle client %s: %w", cid, err)
+	}
+	select {
+	case <-done:
+		return nil
+	case <-u.stopped:
+		return fmt.Errorf("settle client %s: %w", cid, ErrStopped)
+	case <-ctx.Done():
+		return fmt.Errorf("settle client %s: %w", cid, ctx.Err())
+	}
 }
 
 // BackendsChanged moves the clients of service whose backend is no longer
@@ -266,8 +287,10 @@ func (u *Uplink) BackendsChanged(service string) {
 	}
 }
 
-func (u *Uplink) clientWorker(c Client) *worker {
-	return u.workers[maphash.String(u.seed, c.CID())%uint64(len(u.workers))]
+func (u *Uplink) clientWorker(c Client) *worker { return u.cidWorker(c.CID()) }
+
+func (u *Uplink) cidWorker(cid string) *worker {
+	return u.workers[maphash.String(u.seed, cid)%uint64(len(u.workers))]
 }
 
 func (u *Uplink) enqueue(ctx context.Context, w *worker, r request) error {
@@ -425,13 +448,14 @@ const (
 	opTrack   // HSET of the client table
 	opUntrack // HDEL of the client table
 	opMark    // SET of the mark that a session may be resumed (table: its key)
+	opUnmark  // DEL of that mark
 )
 
 type op struct {
 	kind    opKind
 	b       *binding
 	bkid    string
-	table   string // opTrack, opUntrack: the client table; opMark: the mark
+	table   string // opTrack, opUntrack: the client table; opMark, opUnmark: the mark
 	payload []byte
 	req     *request // opMessage
 	attempt int
@@ -462,6 +486,13 @@ func (w *worker) process(ctx context.Context, batch []request) {
 		r := &batch[i]
 		switch r.kind {
 		case reqConnect:
+			if r.resumed && w.u.cfg.Ended != nil {
+				// The session is open again: a mark that the end of its
+				// older connection left, after the resume claimed it,
+				// would let a token resume it once it ends for good (a
+				// kick).
+				p.add(op{kind: opUnmark, table: w.u.cfg.Ended(r.client.CID())})
+			}
 			b := w.bind(r.client)
 			b.bkid, b.resumed, b.rooms = r.bkid, r.resumed, r.rooms
 			w.announce(ctx, b, p)
@@ -656,6 +687,8 @@ func (w *worker) publishBatch(ctx context.Context, p *pipeline) {
 			o.cmd = pipe.HDel(ctx, o.table, o.b.client.CID())
 		case opMark:
 			pipe.Set(ctx, o.table, o.bkid, w.u.cfg.ResumeWindow)
+		case opUnmark:
+			pipe.Del(ctx, o.table)
 		default:
 			o.cmd = pubsub.Publish(ctx, pipe, w.u.sharded, w.channel(o.bkid), o.payload)
 		}
@@ -670,7 +703,7 @@ func (w *worker) publishBatch(ctx context.Context, p *pipeline) {
 	m := w.u.m
 	for i := range p.ops {
 		o := &p.ops[i]
-		if o.kind == opTrack || o.kind == opUntrack || o.kind == opMark {
+		if o.kind == opTrack || o.kind == opUntrack || o.kind == opMark || o.kind == opUnmark {
 			continue // a failed write is written again with the next announce
 		}
 		n, err := o.cmd.Result()
