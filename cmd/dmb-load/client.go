@@ -287,7 +287,11 @@ func dialClient(ctx context.Context, d *net.Dialer, e *endpoint, readLimit int) 
 // upgradeClient makes the opening handshake on nc and reads DMB's first
 // frame, dmb:connected, within ctx; it closes nc when it fails.
 func upgradeClient(ctx context.Context, nc net.Conn, e *endpoint, readLimit int) (*client, error) {
-	c := &client{ended: make(chan struct{}), conn: &upgradedConn{Conn: nc, lines: e.tcp}}
+	conn := &upgradedConn{Conn: nc, lines: e.tcp}
+	if e.sse {
+		conn = &upgradedConn{Conn: newSSEStream(nc, e), lines: true, events: true}
+	}
+	c := &client{ended: make(chan struct{}), conn: conn}
 	c.in = newInbox(c.conn, readLimit)
 	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
 	err := c.first(e)
@@ -295,7 +299,7 @@ func upgradeClient(ctx context.Context, nc net.Conn, e *endpoint, readLimit int)
 		err = ctx.Err()
 	}
 	if err != nil {
-		_ = nc.Close()
+		_ = c.conn.Close()
 		return nil, err
 	}
 	return c, nil

@@ -31,6 +31,8 @@ type inbox struct {
 	fragOp byte   // opcode of the fragmented message being put together; 0 when none
 	frag   []byte // what came of it so far
 
+	event string // an event stream: the name of the event being read
+
 	// idle, when set, runs each time the inbox is about to wait for bytes
 	// from the connection: all it had is handed out.
 	idle func()
@@ -125,33 +127,34 @@ func (in *inbox) next() ([]byte, error) {
 	}
 }
 
-// lastLine starts DMB's last line on a TCP connection (docs/protocol.md,
-// section 12): {"event":"dmb:close","code":N,"reason":"..."}.
+// lastLine starts DMB's last frame on a TCP connection or an event stream
+// (docs/protocol.md, section 12): {"event":"dmb:close","code":N,"reason":"..."}.
 var lastLine = []byte(`{"event":"dmb:close"`)
 
-// nextLine is next on a TCP connection: the next line that is not blank,
-// without its ending (\n or \r\n). DMB's last line, dmb:close, is returned
-// as a websocket.CloseError, as a WebSocket's close frame is; the client
-// then ends its side. A line over the limit ends the connection.
+// nextLine is next on a TCP connection or an event stream: the next line,
+// or the next event's data, that is not blank, without its ending (\n or
+// \r\n). DMB's last frame, dmb:close, is returned as a
+// websocket.CloseError, as a WebSocket's close frame is; the client then
+// ends its side. A frame over the limit ends the connection.
 func (in *inbox) nextLine() ([]byte, error) {
-	scanned := 0 // of buf[r:w], bytes known to hold no line break
 	for {
-		i := bytes.IndexByte(in.buf[in.r+scanned:in.w], '\n')
-		if i < 0 {
-			scanned = in.w - in.r
-			if scanned > in.limit {
-				return nil, in.fail(websocket.StatusMessageTooBig, errTooBig)
+		var line []byte
+		var err error
+		if in.conn.events {
+			var name string
+			name, line, err = in.nextEvent()
+			if err == nil && name != "" && name != "message" {
+				if s, ok := in.conn.Conn.(*sseStream); ok && name == "post" {
+					s.postTo(line)
+				}
+				continue // not a frame
 			}
-			if err := in.fill(scanned + 1); err != nil {
-				return nil, err
-			}
-			continue
+		} else {
+			line, err = in.readLine(in.limit)
 		}
-		line := in.buf[in.r : in.r+scanned+i]
-		in.r += scanned + i + 1
-		scanned = 0
-		line = bytes.TrimSuffix(line, []byte{'\r'})
 		switch {
+		case err != nil:
+			return nil, err
 		case len(line) > in.limit:
 			return nil, in.fail(websocket.StatusMessageTooBig, errTooBig)
 		case len(bytes.TrimSpace(line)) == 0:
@@ -162,12 +165,58 @@ func (in *inbox) nextLine() ([]byte, error) {
 				Reason string `json:"reason"`
 			}
 			if err := json.Unmarshal(line, &last); err != nil || last.Code < 1000 || last.Code >= 5000 {
-				return nil, in.fail(websocket.StatusProtocolError, fmt.Errorf("last line unreadable: %.100q", line))
+				return nil, in.fail(websocket.StatusProtocolError, fmt.Errorf("last frame unreadable: %.100q", line))
 			}
 			_ = in.conn.writeFrame(wsframe.OpClose, nil) // the client leaves
 			return nil, websocket.CloseError{Code: websocket.StatusCode(last.Code), Reason: last.Reason}
 		}
 		return line, nil
+	}
+}
+
+// nextEvent reads an event stream up to the next data line and returns
+// its data and the name of its event ("" when it has none: a message).
+// DMB writes each frame as the one data line of an event, so a data line
+// is a frame; comments and other fields are passed over.
+func (in *inbox) nextEvent() (name string, data []byte, err error) {
+	for {
+		line, err := in.readLine(in.limit + len("data: "))
+		if err != nil {
+			return "", nil, err
+		}
+		field, value, _ := bytes.Cut(line, []byte(":"))
+		value = bytes.TrimPrefix(value, []byte(" "))
+		switch {
+		case len(line) == 0: // the end of an event
+			in.event = ""
+		case string(field) == "event":
+			in.event = string(value)
+		case string(field) == "data":
+			return in.event, value, nil
+		}
+	}
+}
+
+// readLine returns the next line, without its ending (\n or \r\n); its
+// bytes are valid until the next read. A line over limit ends the
+// connection.
+func (in *inbox) readLine(limit int) ([]byte, error) {
+	scanned := 0 // of buf[r:w], bytes known to hold no line break
+	for {
+		i := bytes.IndexByte(in.buf[in.r+scanned:in.w], '\n')
+		if i < 0 {
+			scanned = in.w - in.r
+			if scanned > limit {
+				return nil, in.fail(websocket.StatusMessageTooBig, errTooBig)
+			}
+			if err := in.fill(scanned + 1); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		line := in.buf[in.r : in.r+scanned+i]
+		in.r += scanned + i + 1
+		return bytes.TrimSuffix(line, []byte{'\r'}), nil
 	}
 }
 

@@ -167,15 +167,7 @@ func TestInboxTakesFramesByteByByteAndEndsOnTheFirstBadOne(t *testing.T) {
 			in := newInbox(&upgradedConn{Conn: client}, c.limit)
 			idle := 0
 			in.idle = func() { idle++ }
-			var got []string
-			var err error
-			for {
-				var p []byte
-				if p, err = in.next(); err != nil {
-					break
-				}
-				got = append(got, string(p))
-			}
+			got, err := nextUntilError(in)
 			_ = client.Close()
 			if !slices.Equal(got, c.want) {
 				t.Errorf("messages %.20q, want %.20q", got, c.want)
@@ -194,6 +186,18 @@ func TestInboxTakesFramesByteByByteAndEndsOnTheFirstBadOne(t *testing.T) {
 				t.Errorf("idle ran %d times for %d reads of a byte", idle, total)
 			}
 		})
+	}
+}
+
+// nextUntilError reads messages from in until it returns an error.
+func nextUntilError(in *inbox) ([]string, error) {
+	var got []string
+	for {
+		p, err := in.next()
+		if err != nil {
+			return got, err
+		}
+		got = append(got, string(p))
 	}
 }
 

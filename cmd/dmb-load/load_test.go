@@ -194,31 +194,75 @@ func TestOverTCPBroadcastAndUplinkLoseNothing(t *testing.T) {
 	if tg.tcp == "" {
 		t.Fatal("the node serves no TCP clients")
 	}
+	testTransportLosesNothing(t, tg, transportTCP, []transportRun{
+		{scenarioBroadcast, 0}, {scenarioBroadcast, 200}, {scenarioUplink, 0}, {scenarioUplink, 50},
+	})
+}
+
+// TestOverSSEEveryScenarioLosesNothing runs the scenarios with clients
+// over the HTTP fallback: an event stream down, POSTs up.
+func TestOverSSEEveryScenarioLosesNothing(t *testing.T) {
+	testTransportLosesNothing(t, startTarget(t), transportSSE, []transportRun{
+		{scenarioIdle, 0}, {scenarioBroadcast, 0}, {scenarioBroadcast, 200}, {scenarioDirect, 0},
+		{scenarioRoom, 0}, {scenarioUplink, 0}, {scenarioUplink, 50},
+	})
+}
+
+// transportRun is one run of testTransportLosesNothing.
+type transportRun struct {
+	scenario string
+	rate     float64
+}
+
+// testTransportLosesNothing runs each scenario with clients over transport
+// and checks that nothing was lost, reordered, duplicated or dropped, and
+// that DMB's figures agree with the clients'.
+func testTransportLosesNothing(t *testing.T, tg target, transport string, runs []transportRun) {
+	t.Helper()
 	const clients = 40
-	for _, tc := range []struct {
-		scenario string
-		rate     float64
-	}{{scenarioBroadcast, 0}, {scenarioBroadcast, 200}, {scenarioUplink, 0}, {scenarioUplink, 50}} {
+	for _, tc := range runs {
 		o := tg.options(tc.scenario, clients, time.Second)
-		o.Transport, o.TCP, o.Rate = transportTCP, tg.tcp, tc.rate
+		o.Transport, o.Rate = transport, tc.rate
+		if transport == transportTCP {
+			o.TCP = tg.tcp
+		}
+		if tc.scenario == scenarioRoom {
+			o.Rooms = 7
+		}
 		rep := runOK(t, o)
-		if rep.Params.Transport != transportTCP || rep.Params.TCP != tg.tcp {
+		if rep.Params.Transport != transport || rep.Params.TCP != o.TCP {
 			t.Errorf("params say transport %q to %q", rep.Params.Transport, rep.Params.TCP)
 		}
+		if tc.scenario == scenarioIdle {
+			if r := rep.Results.idleResult; r == nil || r.Dropped != 0 || rep.Server.ConnectionsAfter != clients {
+				t.Errorf("idle: %+v, DMB counted %v connections at the end, want %d", r, rep.Server.ConnectionsAfter, clients)
+			}
+			continue
+		}
 		if d := rep.Results.downlinkResult; d != nil {
+			expected := d.Sent * clients
+			switch tc.scenario {
+			case scenarioDirect:
+				expected = d.Sent
+			case scenarioRoom:
+				expected = d.Expected // each message times its room's members
+				if d.Joins == nil || d.Joins.Joined != clients {
+					t.Errorf("room: joins %+v", d.Joins)
+				}
+			}
 			switch {
 			case d.Sent == 0:
-				t.Errorf("broadcast rate %v: nothing sent", tc.rate)
-			case d.Expected != d.Sent*clients || d.Received != d.Expected || d.Lost != 0:
-				t.Errorf("broadcast rate %v: sent %d, expected %d, received %d, lost %d", tc.rate, d.Sent, d.Expected, d.Received, d.Lost)
+				t.Errorf("%s rate %v: nothing sent", tc.scenario, tc.rate)
+			case d.Expected != expected || d.Received != d.Expected || d.Lost != 0:
+				t.Errorf("%s rate %v: sent %d, expected %d, received %d, lost %d", tc.scenario, tc.rate, d.Sent, d.Expected, d.Received, d.Lost)
 			case d.Reordered != 0 || d.Duplicates != 0 || d.Undecoded != 0:
-				t.Errorf("broadcast rate %v: reordered %d, duplicates %d, undecoded %d", tc.rate, d.Reordered, d.Duplicates, d.Undecoded)
+				t.Errorf("%s rate %v: reordered %d, duplicates %d, undecoded %d", tc.scenario, tc.rate, d.Reordered, d.Duplicates, d.Undecoded)
 			case d.Dropped != 0 || d.PublishedToNobody != 0 || d.PublishError != "":
-				t.Errorf("broadcast rate %v: dropped %d %v, published to nobody %d, error %q", tc.rate, d.Dropped, d.DropCodes, d.PublishedToNobody, d.PublishError)
+				t.Errorf("%s rate %v: dropped %d %v, published to nobody %d, error %q", tc.scenario, tc.rate, d.Dropped, d.DropCodes, d.PublishedToNobody, d.PublishError)
 			case d.ServerDeliveries != float64(d.Received):
-				t.Errorf("broadcast rate %v: DMB counted %v deliveries, the clients received %d", tc.rate, d.ServerDeliveries, d.Received)
+				t.Errorf("%s rate %v: DMB counted %v deliveries, the clients received %d", tc.scenario, tc.rate, d.ServerDeliveries, d.Received)
 			case d.DeliveriesPerServerCPUSecond <= 0:
-				t.Errorf("broadcast rate %v: deliveries per DMB CPU-second %v", tc.rate, d.DeliveriesPerServerCPUSecond)
+				t.Errorf("%s rate %v: deliveries per DMB CPU-second %v", tc.scenario, tc.rate, d.DeliveriesPerServerCPUSecond)
 			}
 			continue
 		}
@@ -487,6 +531,10 @@ func TestResumeAcrossADrainLosesNothing(t *testing.T) { testResumeAcrossADrain(t
 // whose hello carries the resume.
 func TestResumeOverTCPAcrossADrainLosesNothing(t *testing.T) { testResumeAcrossADrain(t, transportTCP) }
 
+// TestResumeOverSSEAcrossADrainLosesNothing is the same with clients over
+// the HTTP fallback, whose stream's query carries the resume.
+func TestResumeOverSSEAcrossADrainLosesNothing(t *testing.T) { testResumeAcrossADrain(t, transportSSE) }
+
 func testResumeAcrossADrain(t *testing.T, transport string) {
 	rs := redistest.Start(t)
 	start := func(admin bool) *nodetest.Node {
@@ -504,8 +552,9 @@ func testResumeAcrossADrain(t *testing.T, transport string) {
 	const clients = 240
 	o := defaultOptions()
 	o.DMB = "ws://" + a.Addr().String() + ",ws://" + b.Addr().String()
+	o.Transport = transport
 	if transport == transportTCP {
-		o.Transport, o.TCP = transportTCP, a.TCPAddr().String()+","+b.TCPAddr().String()
+		o.TCP = a.TCPAddr().String() + "," + b.TCPAddr().String()
 	}
 	o.Metrics = b.URL("/metrics") // the node that stays
 	o.Redis = rs.Addr()

@@ -1,7 +1,8 @@
 // Command dmb-load is DMB's load generator. It plays both sides against a
 // running DMB node and its Redis: a backend over Redis (registered with
-// package backend) and many clients, WebSocket or TCP (one JSON frame per
-// line), opened from many loopback source addresses. It talks to the local machine only: every address it is
+// package backend) and many clients, WebSocket, TCP (one JSON frame per
+// line) or the HTTP fallback (Server-Sent Events down, POSTs up), opened
+// from many loopback source addresses. It talks to the local machine only: every address it is
 // given must be 127.0.0.0/8, ::1 or localhost, and every connection it opens
 // is checked again as it connects. Each run is bounded in clients and time,
 // stops by itself, and reports one JSON object and a readable table.
@@ -15,6 +16,7 @@
 //	go run ./cmd/dmb-load -scenario uplink -clients 200 -duration 10s -json out.json
 //	go run ./cmd/dmb-load -scenario broadcast -recoverable -clients 1000 -rate 200
 //	go run ./cmd/dmb-load -scenario uplink -clients 200 -transport tcp -tcp 127.0.0.1:8084
+//	go run ./cmd/dmb-load -scenario broadcast -clients 1000 -transport sse
 //	go run ./cmd/dmb-load -scenario resume -dmb ws://127.0.0.1:8082,ws://127.0.0.1:9082 \
 //	    -metrics http://127.0.0.1:9082/metrics -drain http://127.0.0.1:8083 -clients 1000
 //
@@ -24,11 +26,18 @@
 //	                clients connect to URL/ws/SERVICE. Several nodes'
 //	                URLs, comma-separated: client i connects to the
 //	                URL i mod their number
-//	-transport T    how the clients connect: websocket (default), or tcp:
+//	-transport T    how the clients connect: websocket (default); tcp:
 //	                one JSON frame per line (docs/protocol.md, section
 //	                12), to -tcp, the first line a dmb:hello for the
-//	                service. Every scenario runs over either, reported the
-//	                same way; -flood is WebSocket only
+//	                service; or sse, the HTTP fallback (section 12): an
+//	                event stream, GET http://HOST:PORT/sse/SERVICE of
+//	                -dmb's host and port, carries DMB's frames, and the
+//	                client POSTs its own to the path the stream's first
+//	                event names, the frames it sends at once in one POST,
+//	                one per line, the next when the last was answered,
+//	                over keep-alive connections (one per client). Every
+//	                scenario runs over each, reported the same way;
+//	                -flood is WebSocket only
 //	-tcp ADDR       tcp: the node's TCP address for clients, host:port
 //	                (DMB_TCP_PORT; no default). Several nodes' addresses,
 //	                comma-separated: client i connects to the address
@@ -48,8 +57,9 @@
 //	                (default idle)
 //	-rooms R        room: the rooms the clients are spread over, client i in
 //	                room i mod R (default 1000, at most 100000)
-//	-clients N      WebSocket clients (default 100, at most 200000 and the
-//	                open-file limit)
+//	-clients N      clients (default 100, at most 200000 and the
+//	                open-file limit; an SSE client takes two files, its
+//	                stream and its POSTs' connection)
 //	-rate R         broadcast, direct, room, resume: messages/s the backend
 //	                publishes (resume's default: 50);
 //	                uplink: frames/s each client sends; 0 (default): as fast
@@ -92,7 +102,7 @@
 // Scenarios. Each registers the backend, then opens the N clients with at
 // most -inflight handshakes at once (a handshake lasts from the dial to
 // DMB's dmb:connected frame: for a WebSocket the HTTP upgrade, for TCP the
-// hello line), then:
+// hello line, for SSE the stream's answer and its post event), then:
 //
 //   - idle: holds the connections for -duration. Reports the connect rate,
 //     handshake latency, failures, and DMB's memory per connection: the
@@ -164,6 +174,11 @@
 // with its default, all of 127.0.0.0/8, the per-address limits do not
 // apply to them.
 //
+// An SSE client reads its stream and answers in its reader, as the others
+// do; at full speed (uplink, -rate 0) that reader sends the next POST,
+// so while a POST waits for its 204 the stream is not read: the acks that
+// came meanwhile are read after it, and their frames go in the next POST.
+//
 // Before the connects, one probe client waits until DMB admits clients of
 // the service: a node may answer 4503 for a moment after a backend
 // registered, and the connect figures should not measure that.
@@ -178,6 +193,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
@@ -274,7 +290,7 @@ type options struct {
 	Recoverable    bool
 	recoverableSet bool
 
-	Transport  string        // websocket or tcp
+	Transport  string        // websocket, tcp or sse
 	TCP        string        // tcp: the nodes' TCP addresses, comma-separated
 	Drain      string        // resume: the admin URL of the node to drain
 	DrainAfter time.Duration // resume: when, after the start of sending
@@ -287,6 +303,7 @@ type options struct {
 const (
 	transportWebSocket = "websocket"
 	transportTCP       = "tcp"
+	transportSSE       = "sse"
 )
 
 // Scenarios.
@@ -337,7 +354,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.Backends, "backends", o.Backends, fmt.Sprintf("backends registered for the service, clients spread over them (1-%d)", maxBackends))
 	fs.StringVar(&o.Scenario, "scenario", o.Scenario, "idle, broadcast, direct, uplink, room or resume")
 	fs.IntVar(&o.Rooms, "rooms", o.Rooms, fmt.Sprintf("room: rooms the clients are spread over, client i in room i mod R (1-%d)", maxRooms))
-	fs.IntVar(&o.Clients, "clients", o.Clients, fmt.Sprintf("WebSocket clients (1-%d)", maxClients))
+	fs.IntVar(&o.Clients, "clients", o.Clients, fmt.Sprintf("clients (1-%d)", maxClients))
 	fs.Float64Var(&o.Rate, "rate", o.Rate, "broadcast/direct: messages/s; uplink: frames/s per client; 0: as fast as the window allows")
 	fs.IntVar(&o.Window, "window", o.Window, "messages in flight (0: scenario default: broadcast 256 behind the slowest client, direct min(4096, 256*N) in all, uplink 16 per client)")
 	fs.DurationVar(&o.Duration, "duration", o.Duration, "how long to send, or to hold the connections for idle (100ms-30m)")
@@ -351,12 +368,12 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.Recoverable, "recoverable", o.Recoverable, "the backend publishes with FCALL dmb_publish (recoverable) rather than PUBLISH (live-only); resume's default is true")
 	fs.StringVar(&o.Drain, "drain", o.Drain, "resume: POST /drain to the admin URL of this node (http://127.0.0.1:8083) after -drain-after")
 	fs.DurationVar(&o.DrainAfter, "drain-after", o.DrainAfter, "resume: when to drain, after the start of sending (default: half of -duration)")
-	fs.StringVar(&o.Transport, "transport", o.Transport, "how the clients connect: websocket, or tcp (one JSON frame per line, to -tcp)")
+	fs.StringVar(&o.Transport, "transport", o.Transport, "how the clients connect: websocket; tcp (one JSON frame per line, to -tcp); or sse (HTTP fallback: GET /sse/SERVICE on -dmb's host for DMB's frames, POSTs for the client's)")
 	fs.StringVar(&o.TCP, "tcp", o.TCP, "tcp: the node's TCP address for clients (DMB_TCP_PORT), host:port, or several nodes', comma-separated, round-robin")
 	fs.BoolVar(&o.FloodReconnect, "flood-reconnect", o.FloodReconnect, fmt.Sprintf("each flooding connection closes and reconnects after every %d frames", floodReconnectEvery))
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: dmb-load [flags]\n\n"+
-			"Load generator for DMB: a backend over Redis and N WebSocket or TCP clients, loopback only.\n"+
+			"Load generator for DMB: a backend over Redis and N WebSocket, TCP or SSE (HTTP fallback) clients, loopback only.\n"+
 			"Scenarios: idle (connect and hold), broadcast, direct, room (backend to clients), uplink (clients to backend),\n"+
 			"resume (recoverable broadcasts while a node drains: loss, duplicates and resumes).\n\n")
 		fs.PrintDefaults()
@@ -493,14 +510,17 @@ func (o *options) check() error {
 func (o *options) checkTransport(dmbIPv6 bool) (ipv6 bool, err error) {
 	o.tcpAddrs = nil
 	switch o.Transport {
-	case transportWebSocket:
+	case transportWebSocket, transportSSE:
 		if o.TCP != "" {
 			return false, errors.New("-tcp is for -transport tcp")
+		}
+		if o.Transport == transportSSE && o.Flood > 0 {
+			return false, errors.New("-flood: WebSocket only")
 		}
 		return dmbIPv6, nil
 	case transportTCP:
 	default:
-		return false, fmt.Errorf("-transport %q: want websocket or tcp", o.Transport)
+		return false, fmt.Errorf("-transport %q: want websocket, tcp or sse", o.Transport)
 	}
 	if o.TCP == "" {
 		return false, errors.New("-transport tcp needs -tcp, the node's TCP address (DMB_TCP_PORT)")
@@ -539,24 +559,34 @@ func (o *options) clientIPv6() bool {
 	return isIPv6Host(urlHost(o.DMB))
 }
 
+// sse tells whether the clients connect over the HTTP fallback.
+func (o *options) sse() bool { return o.Transport == transportSSE }
+
 // targets are where the clients connect, one per node: -dmb's URLs of the
-// service, or -tcp's addresses.
+// service (WebSocket or event stream), or -tcp's addresses.
 func (o *options) targets() []string {
-	if o.tcp() {
+	switch {
+	case o.tcp():
 		return o.tcpAddrs
+	case o.sse():
+		return o.sseURLs()
 	}
 	return o.wsURLs()
 }
 
-// endpoints are the targets, ready to connect to.
-func (o *options) endpoints() ([]*endpoint, error) {
+// endpoints are the targets, ready to connect to; post sends the frames
+// of SSE clients.
+func (o *options) endpoints(post *http.Client) ([]*endpoint, error) {
 	var out []*endpoint
 	for _, t := range o.targets() {
 		var ep *endpoint
 		var err error
-		if o.tcp() {
+		switch {
+		case o.tcp():
 			ep, err = newTCPEndpoint(t, o.Service, nil)
-		} else {
+		case o.sse():
+			ep, err = newSSEEndpoint(t, post)
+		default:
 			ep, err = newEndpoint(t)
 		}
 		if err != nil {
@@ -613,14 +643,26 @@ func (o *options) checkResume() error {
 func (o *options) wsURL() string { return o.wsURLs()[0] }
 
 // wsURLs are the URLs clients connect to, one per node of -dmb.
-func (o *options) wsURLs() []string {
+func (o *options) wsURLs() []string { return o.serviceURLs("ws") }
+
+// sseURLs are the URLs of the clients' event streams, one per node of
+// -dmb: http://HOST:PORT/sse/SERVICE.
+func (o *options) sseURLs() []string { return o.serviceURLs("sse") }
+
+// serviceURLs are the URLs of the service under /kind/ (ws or sse), one
+// per node of -dmb; an event stream's is an http URL.
+func (o *options) serviceURLs(kind string) []string {
 	urls := o.urls
 	if len(urls) == 0 {
 		urls = []string{o.DMB}
 	}
 	out := make([]string, len(urls))
 	for i, base := range urls {
-		out[i] = strings.TrimRight(base, "/") + "/ws/" + o.Service
+		base = strings.TrimRight(base, "/")
+		if kind == "sse" {
+			base = "http" + strings.TrimPrefix(base, "ws")
+		}
+		out[i] = base + "/" + kind + "/" + o.Service
 	}
 	return out
 }

@@ -172,7 +172,9 @@ func TestTransportFlagsAreChecked(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"-transport", "quic"}, "want websocket or tcp"},
+		{[]string{"-transport", "quic"}, "want websocket, tcp or sse"},
+		{[]string{"-transport", "sse", "-tcp", "127.0.0.1:8084"}, "-tcp is for -transport tcp"},
+		{[]string{"-transport", "sse", "-flood", "2"}, "WebSocket only"},
 		{[]string{"-transport", "tcp"}, "needs -tcp"},
 		{[]string{"-tcp", "127.0.0.1:8084"}, "-tcp is for -transport tcp"},
 		{[]string{"-transport", "tcp", "-tcp", "127.0.0.1"}, "missing port"},
@@ -192,5 +194,16 @@ func TestTransportFlagsAreChecked(t *testing.T) {
 		t.Errorf("an IPv6 TCP target: ipv6 %v, sources %d", o.clientIPv6(), o.Sources)
 	case len(o.targets()) != 1 || o.targets()[0] != "[::1]:8084":
 		t.Errorf("targets %v", o.targets())
+	}
+	o, err = parseOptions([]string{"-transport", "sse", "-dmb", "ws://127.0.0.1:8082/,ws://[::1]:9082", "-service", "chat"}, io.Discard)
+	if err == nil {
+		t.Errorf("SSE to IPv4 and IPv6 nodes: accepted")
+	}
+	o, err = parseOptions([]string{"-transport", "sse", "-dmb", "ws://127.0.0.1:8082/,ws://127.0.0.2:9082", "-service", "chat"}, io.Discard)
+	switch {
+	case err != nil:
+		t.Fatal(err)
+	case strings.Join(o.targets(), " ") != "http://127.0.0.1:8082/sse/chat http://127.0.0.2:9082/sse/chat":
+		t.Errorf("SSE targets %v", o.targets())
 	}
 }

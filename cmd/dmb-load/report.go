@@ -25,7 +25,7 @@ type report struct {
 
 type params struct {
 	DMB             string  `json:"dmb"`
-	Transport       string  `json:"transport"`     // websocket or tcp
+	Transport       string  `json:"transport"`     // websocket, tcp or sse
 	TCP             string  `json:"tcp,omitempty"` // tcp: the nodes' TCP addresses
 	Metrics         string  `json:"metrics"`
 	Redis           string  `json:"redis"`
@@ -267,9 +267,12 @@ func writeTable(w io.Writer, rep *report) {
 		}
 		row("publish", "%s", publish)
 	}
-	if p.Transport == transportTCP {
+	switch p.Transport {
+	case transportTCP:
 		row("transport", "TCP, one JSON frame per line, to %s", p.TCP)
-	} else {
+	case transportSSE:
+		row("transport", "HTTP fallback, Server-Sent Events down and POSTs up, to %s", strings.ReplaceAll(p.DMB, "ws://", "http://"))
+	default:
 		row("transport", "WebSocket, to %s", p.DMB)
 	}
 	row("machine", "%d CPUs, %s %s/%s", rep.Machine.CPUs, rep.Machine.Go, rep.Machine.OS, rep.Machine.Arch)

@@ -71,8 +71,12 @@ func run(ctx context.Context, o options, progress io.Writer) (*report, error) {
 	if progress == nil {
 		progress = io.Discard
 	}
-	if lim := fileLimit(); lim != 0 && uint64(o.Clients+o.Flood)+64 > lim {
-		return nil, fmt.Errorf("-clients %d and -flood %d need %d open files; the limit is %d (ulimit -n)", o.Clients, o.Flood, o.Clients+o.Flood+64, lim)
+	files := o.Clients + o.Flood + 64
+	if o.sse() {
+		files += o.Clients // a stream and a connection for the POSTs each
+	}
+	if lim := fileLimit(); lim != 0 && uint64(files) > lim {
+		return nil, fmt.Errorf("-clients %d and -flood %d need %d open files; the limit is %d (ulimit -n)", o.Clients, o.Flood, files, lim)
 	}
 	// Whatever happens, the run ends.
 	ctx, cancel := context.WithTimeout(ctx, registerTimeout+connectLimit+o.Duration+drainLimit+closeLimit)
@@ -87,7 +91,15 @@ func run(ctx context.Context, o options, progress io.Writer) (*report, error) {
 	for i := range r.pad {
 		r.pad[i] = 'x'
 	}
-	nodes, err := o.endpoints()
+	for _, src := range sourceAddrs(o.Sources, o.clientIPv6()) {
+		r.dialers = append(r.dialers, dialer(src))
+	}
+	var post *http.Client
+	if o.sse() {
+		post = postClient(r.dialers, o.Clients)
+		defer post.CloseIdleConnections()
+	}
+	nodes, err := o.endpoints(post)
 	if err != nil {
 		return nil, err
 	}
@@ -98,9 +110,6 @@ func run(ctx context.Context, o options, progress io.Writer) (*report, error) {
 		rctx, stop := context.WithCancel(ctx)
 		defer stop()
 		r.resumer, r.stopResum = newResumer(rctx, r.nodes, o.Payload+4096), stop
-	}
-	for _, src := range sourceAddrs(o.Sources, o.clientIPv6()) {
-		r.dialers = append(r.dialers, dialer(src))
 	}
 
 	bes, err := startBackends(ctx, &o, r.clock, r.beLat, o.logger(progress))

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	mrand "math/rand/v2"
 	"net"
+	"net/http"
 	"net/url"
 	"sync"
 
@@ -25,12 +26,19 @@ import (
 // request has the headers RFC 6455 asks of a client, and the node serves it
 // with coder/websocket as it serves a browser's.
 
-// endpoint is where the clients connect: a WebSocket URL, or a TCP
-// address where the clients speak one JSON frame per line.
+// endpoint is where the clients connect: a WebSocket URL, a TCP
+// address where the clients speak one JSON frame per line, or the URL of
+// the HTTP fallback's event stream.
 type endpoint struct {
 	url  string // the URL it was made of; tcp://host:port for TCP
 	addr string // host:port to dial
-	head string // WebSocket: the request up to the key
+	head string // WebSocket: the request up to the key; SSE: the whole request
+
+	// SSE (docs/protocol.md, section 12): the origin the POSTs go to,
+	// http://host:port, and the client that sends them.
+	sse    bool
+	origin string
+	post   *http.Client
 
 	// TCP (docs/protocol.md, section 12): the service, and the hello
 	// line that opens a connection, with its ending.
@@ -57,6 +65,23 @@ func newTCPEndpoint(addr, service string, q url.Values) (*endpoint, error) {
 }
 
 func newEndpoint(rawURL string) (*endpoint, error) {
+	return newHTTPEndpoint(rawURL, "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ")
+}
+
+// newSSEEndpoint is the endpoint of an event stream, GET rawURL (an http
+// URL); post sends the clients' frames.
+func newSSEEndpoint(rawURL string, post *http.Client) (*endpoint, error) {
+	e, err := newHTTPEndpoint(rawURL, "\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n")
+	if err != nil {
+		return nil, err
+	}
+	e.sse, e.origin, e.post = true, "http://"+urlHostPort(rawURL), post
+	return e, nil
+}
+
+// newHTTPEndpoint is an endpoint whose request is GET rawURL, its head
+// ending with rest after the Host header.
+func newHTTPEndpoint(rawURL, rest string) (*endpoint, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("client URL: %w", err)
@@ -65,8 +90,13 @@ func newEndpoint(rawURL string) (*endpoint, error) {
 	if u.Port() == "" {
 		addr = net.JoinHostPort(u.Hostname(), "80")
 	}
-	return &endpoint{url: rawURL, addr: addr, head: "GET " + u.RequestURI() + " HTTP/1.1\r\nHost: " + u.Host +
-		"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: "}, nil
+	return &endpoint{url: rawURL, addr: addr, head: "GET " + u.RequestURI() + " HTTP/1.1\r\nHost: " + u.Host + rest}, nil
+}
+
+// urlHostPort is the host and port of a URL that parsed.
+func urlHostPort(raw string) string {
+	u, _ := url.Parse(raw)
+	return u.Host
 }
 
 // withQuery is the endpoint with the query q (encoded, without "?").
@@ -77,6 +107,9 @@ func (e *endpoint) withQuery(q string) (*endpoint, error) {
 			return nil, err
 		}
 		return newTCPEndpoint(e.addr, e.service, v)
+	}
+	if e.sse {
+		return newSSEEndpoint(e.url+"?"+q, e.post)
 	}
 	return newEndpoint(e.url + "?" + q)
 }
@@ -97,6 +130,11 @@ func (e *endpoint) handshake(conn net.Conn, in *inbox) error {
 			return fmt.Errorf("hello: %w", err)
 		}
 		return nil
+	}
+	if e.sse {
+		// The stream's first event says where to POST (nextLine), the
+		// next is dmb:connected, or dmb:close.
+		return in.conn.Conn.(*sseStream).open(e.head)
 	}
 	var nonce [16]byte
 	_, _ = rand.Read(nonce[:])
@@ -178,10 +216,13 @@ func hasToken(value []byte, token string) bool {
 //
 // A TCP client's connection (lines) writes each frame as a line, and its
 // close frame is the end of its writes: a TCP client has no close code of
-// its own, and DMB ends the session when the client's side ends.
+// its own, and DMB ends the session when the client's side ends. An SSE
+// client's (lines and events) is an sseStream: what it writes at once is
+// one POST, a frame per line, and its close ends the stream.
 type upgradedConn struct {
 	net.Conn
-	lines bool // TCP: one frame per line
+	lines  bool // TCP and SSE: the client writes one frame per line
+	events bool // SSE: DMB's frames come as events
 
 	mu        sync.Mutex // orders writes: the reader's pongs and closes too
 	corked    bool
