@@ -219,10 +219,17 @@ func trafficResumesAfter(t *testing.T, fail func(b *testBackend)) {
 			break
 		}
 	}
-	// A client message is acked again: the uplink moved too.
+	// A client message is acked again: the uplink moved too. Until the
+	// backend is live again each message is answered backend unavailable
+	// at once, so the client sends the next one on the poll's ticks: sent
+	// back to back, they would pass DMB_CLIENT_RATE and the node would
+	// rightly close the client with 1008 (protocol.md, section 6).
 	c := clients[0]
 	acked := false
 	for id := 1; !acked; id++ {
+		if id > 1 {
+			<-poll.C
+		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no client message acked within 30 s of the failover")
 		}
