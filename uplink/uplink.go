@@ -98,20 +98,26 @@ type Uplink struct {
 	drain   chan struct{} // closed by Drain
 	stopped chan struct{} // closed when Run returns
 	once    sync.Once
+
+	// unsettled counts, by cid, the connects, disconnects and drops that
+	// are queued and not yet written to Redis (Settle).
+	unsettledMu sync.Mutex
+	unsettled   map[string]int
 }
 
 // New returns an uplink; nothing is published until Run.
 func New(rdb redis.UniversalClient, reg Registry, cfg Config) *Uplink {
 	u := &Uplink{
-		rdb:     rdb,
-		sharded: pubsub.Sharded(rdb),
-		cfg:     cfg,
-		log:     cfg.Logger,
-		m:       cfg.Metrics,
-		reg:     reg,
-		seed:    maphash.MakeSeed(),
-		drain:   make(chan struct{}),
-		stopped: make(chan struct{}),
+		rdb:       rdb,
+		sharded:   pubsub.Sharded(rdb),
+		cfg:       cfg,
+		log:       cfg.Logger,
+		m:         cfg.Metrics,
+		reg:       reg,
+		seed:      maphash.MakeSeed(),
+		drain:     make(chan struct{}),
+		stopped:   make(chan struct{}),
+		unsettled: make(map[string]int),
 	}
 	u.outMessage = u.m.MessagesOut.WithLabelValues(metrics.KindMessage)
 	u.outAck = u.m.MessagesOut.WithLabelValues(metrics.KindAck)
@@ -153,14 +159,14 @@ func (u *Uplink) Drain() { u.once.Do(func() { close(u.drain) }) }
 // Connect binds a new client to a live backend of its service and publishes
 // client_connected there.
 func (u *Uplink) Connect(c Client) error {
-	return u.enqueue(context.Background(), u.clientWorker(c), request{kind: reqConnect, client: c})
+	return u.enqueueUnsettled(request{kind: reqConnect, client: c})
 }
 
 // Resume binds a client that resumed its session to bkid, or to another
 // live backend when bkid is not live, and publishes client_connected
 // there with resumed and the session's rooms.
 func (u *Uplink) Resume(c Client, bkid string, rooms []string) error {
-	return u.enqueue(context.Background(), u.clientWorker(c), request{kind: reqConnect, client: c, bkid: bkid, resumed: true, rooms: rooms})
+	return u.enqueueUnsettled(request{kind: reqConnect, client: c, bkid: bkid, resumed: true, rooms: rooms})
 }
 
 // Message publishes a client's frame to its backend and answers the client
@@ -185,13 +191,13 @@ func (u *Uplink) Message(ctx context.Context, c Client, data, id json.RawMessage
 // Disconnect tells the client's backend that the client went away;
 // resumable says its session may be resumed, which is then marked so.
 func (u *Uplink) Disconnect(c Client, code int, reason string, resumable bool) error {
-	return u.enqueue(context.Background(), u.clientWorker(c), request{kind: reqDisconnect, client: c, code: code, reason: reason, resumed: resumable})
+	return u.enqueueUnsettled(request{kind: reqDisconnect, client: c, code: code, reason: reason, resumed: resumable})
 }
 
 // Drop forgets a client without telling its backend: its session goes on
 // on another connection, which announced itself.
 func (u *Uplink) Drop(c Client) error {
-	return u.enqueue(context.Background(), u.clientWorker(c), request{kind: reqDrop, client: c})
+	return u.enqueueUnsettled(request{kind: reqDrop, client: c})
 }
 
 // Event publishes a client's event (room_joined, room_left) to its
@@ -253,12 +259,18 @@ func (u *Uplink) After(ctx context.Context, c Client, fn func()) error {
 	return u.enqueue(ctx, u.cidWorker(c.CID()), request{kind: reqBarrier, client: c, then: fn})
 }
 
-// Settle returns once what was queued for the client cid before it has
-// been written to Redis: its line in the client table, the mark of a
-// session that may be resumed. A resume of a session that ended on this
-// node a moment ago waits for it, so that Redis knows the session when
-// the resume claims it.
+// Settle returns once the connects, disconnects and drops queued for the
+// client cid before it have been written to Redis: its line in the client
+// table, the mark of a session that may be resumed. A resume of a session
+// that ended on this node a moment ago waits for it, so that Redis knows
+// the session when the resume claims it; any other returns at once.
 func (u *Uplink) Settle(ctx context.Context, cid string) error {
+	u.unsettledMu.Lock()
+	n := u.unsettled[cid]
+	u.unsettledMu.Unlock()
+	if n == 0 {
+		return nil
+	}
 	done := make(chan struct{})
 	if err := u.enqueue(ctx, u.cidWorker(cid), request{kind: reqBarrier, then: func() { close(done) }}); err != nil {
 		return fmt.Errorf("settle client %s: %w", cid, err)
@@ -271,6 +283,29 @@ func (u *Uplink) Settle(ctx context.Context, cid string) error {
 	case <-ctx.Done():
 		return fmt.Errorf("settle client %s: %w", cid, ctx.Err())
 	}
+}
+
+// enqueueUnsettled queues a connect, disconnect or drop, counted until it
+// is written (Settle).
+func (u *Uplink) enqueueUnsettled(r request) error {
+	cid := r.client.CID()
+	u.unsettledMu.Lock()
+	u.unsettled[cid]++
+	u.unsettledMu.Unlock()
+	err := u.enqueue(context.Background(), u.cidWorker(cid), r)
+	if err != nil {
+		u.settled(cid)
+	}
+	return err
+}
+
+// settled counts one of cid's connects, disconnects and drops written.
+func (u *Uplink) settled(cid string) {
+	u.unsettledMu.Lock()
+	if u.unsettled[cid]--; u.unsettled[cid] <= 0 {
+		delete(u.unsettled, cid)
+	}
+	u.unsettledMu.Unlock()
 }
 
 // BackendsChanged moves the clients of service whose backend is no longer
@@ -531,6 +566,11 @@ func (w *worker) process(ctx context.Context, batch []request) {
 		}
 	}
 	w.exec(ctx, p)
+	for i := range batch {
+		if k := batch[i].kind; k == reqConnect || k == reqDisconnect || k == reqDrop {
+			w.u.settled(batch[i].client.CID())
+		}
+	}
 	// Every frame before a barrier was in this pipeline or an earlier one,
 	// and has been answered.
 	for _, fn := range barriers {
