@@ -26,22 +26,20 @@ func (b *Broker) accept(t Transport, inline InlineWriter, service, remote string
 	}
 	s := newSession(b, t, inline, service, remote, id)
 	var r *resumption
+	ctx := b.ctx
 	if h.Resume != "" && b.cfg.Resumes != nil {
-		ctx, cancel := context.WithTimeout(b.ctx, resumeTimeout)
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(b.ctx, resumeTimeout)
 		defer cancel()
 		if r = b.claimResume(ctx, service, id.user, h); r != nil {
 			b.restore(s, r)
-			announced := b.announcing(s.cid)
-			defer announced()
-			if code, reason = b.splice(ctx, s, r); code != 0 {
-				b.unclaim(ctx, r)
-			}
 		}
 	}
+	defer b.announcing(s.cid)() // s.cid is the session's for good now
 	if r == nil {
-		announced := b.announcing(s.cid)
-		defer announced()
 		code, reason = b.add(s)
+	} else if code, reason = b.splice(ctx, s, r); code != 0 {
+		b.unclaim(ctx, r)
 	}
 	if code != 0 {
 		b.refuse(t, service, remote, code, reason)

@@ -99,8 +99,8 @@ type Uplink struct {
 	stopped chan struct{} // closed when Run returns
 	once    sync.Once
 
-	// unsettled counts, by cid, the connects, disconnects and drops that
-	// are queued and not yet written to Redis (Settle).
+	// unsettled counts, by cid, the connects that are queued and not yet
+	// written to Redis (Settle).
 	unsettledMu sync.Mutex
 	unsettled   map[string]int
 }
@@ -191,13 +191,13 @@ func (u *Uplink) Message(ctx context.Context, c Client, data, id json.RawMessage
 // Disconnect tells the client's backend that the client went away;
 // resumable says its session may be resumed, which is then marked so.
 func (u *Uplink) Disconnect(c Client, code int, reason string, resumable bool) error {
-	return u.enqueueUnsettled(request{kind: reqDisconnect, client: c, code: code, reason: reason, resumed: resumable})
+	return u.enqueue(context.Background(), u.clientWorker(c), request{kind: reqDisconnect, client: c, code: code, reason: reason, resumed: resumable})
 }
 
 // Drop forgets a client without telling its backend: its session goes on
 // on another connection, which announced itself.
 func (u *Uplink) Drop(c Client) error {
-	return u.enqueueUnsettled(request{kind: reqDrop, client: c})
+	return u.enqueue(context.Background(), u.clientWorker(c), request{kind: reqDrop, client: c})
 }
 
 // Event publishes a client's event (room_joined, room_left) to its
@@ -256,14 +256,16 @@ func (u *Uplink) Publish(bkid string, payload []byte) error {
 // and answered. The broker uses it to close a client only after the acks of
 // what it sent. It waits while the worker's queue is full, until ctx ends.
 func (u *Uplink) After(ctx context.Context, c Client, fn func()) error {
-	return u.enqueue(ctx, u.cidWorker(c.CID()), request{kind: reqBarrier, client: c, then: fn})
+	return u.enqueue(ctx, u.clientWorker(c), request{kind: reqBarrier, client: c, then: fn})
 }
 
-// Settle returns once the connects, disconnects and drops queued for the
-// client cid before it have been written to Redis: its line in the client
-// table, the mark of a session that may be resumed. A resume of a session
-// that ended on this node a moment ago waits for it, so that Redis knows
-// the session when the resume claims it; any other returns at once.
+// Settle returns once the connects queued for the client cid before it
+// have been written to Redis: the session's line in the client table. A
+// resume of a session that began on this node a moment ago waits for it,
+// so that Redis knows the session when the resume claims it; any other
+// returns at once. A disconnect needs no wait: it writes the session's
+// mark before it takes the line out, in one pipeline, so Redis holds one
+// or the other all along.
 func (u *Uplink) Settle(ctx context.Context, cid string) error {
 	u.unsettledMu.Lock()
 	n := u.unsettled[cid]
@@ -285,8 +287,8 @@ func (u *Uplink) Settle(ctx context.Context, cid string) error {
 	}
 }
 
-// enqueueUnsettled queues a connect, disconnect or drop, counted until it
-// is written (Settle).
+// enqueueUnsettled queues a connect, counted until it is written
+// (Settle).
 func (u *Uplink) enqueueUnsettled(r request) error {
 	cid := r.client.CID()
 	u.unsettledMu.Lock()
@@ -299,7 +301,7 @@ func (u *Uplink) enqueueUnsettled(r request) error {
 	return err
 }
 
-// settled counts one of cid's connects, disconnects and drops written.
+// settled counts one of cid's connects written.
 func (u *Uplink) settled(cid string) {
 	u.unsettledMu.Lock()
 	if u.unsettled[cid]--; u.unsettled[cid] <= 0 {
@@ -567,7 +569,7 @@ func (w *worker) process(ctx context.Context, batch []request) {
 	}
 	w.exec(ctx, p)
 	for i := range batch {
-		if k := batch[i].kind; k == reqConnect || k == reqDisconnect || k == reqDrop {
+		if batch[i].kind == reqConnect {
 			w.u.settled(batch[i].client.CID())
 		}
 	}
