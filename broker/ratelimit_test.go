@@ -58,6 +58,51 @@ func TestAClientOverItsRateIsAnsweredRateLimitedThenClosed(t *testing.T) {
 	}
 }
 
+// A client that sends faster than its rate is read at its rate: after a
+// frame over the rate its reader waits for the next token, so the frame
+// after is passed on, and its frames cost the node nothing meanwhile.
+// Refused at full speed instead, all but the first of a batch would be.
+func TestAClientOverItsRateIsReadAtItsRate(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	up := &countingUplink{}
+	brk := runBroker(t, New(liveRegistry{}, up, testConfig(func(c *Config) {
+		c.ClientErrorLimit = 1000
+		c.ClientRate = 20
+		c.ClientBurst = 1
+	})))
+	c := dialBroker(t, ctx, brk)
+	const k = 10
+	for range 2*k + 1 {
+		if err := c.Write(ctx, websocket.MessageText, []byte(`{"event":"dmb:message","data":1}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A bad frame after them is answered once they were all handled.
+	if err := c.Write(ctx, websocket.MessageText, []byte(`{"event":"dmb:nope","id":"end"}`)); err != nil {
+		t.Fatal(err)
+	}
+	refused := 0
+	for {
+		_, data, err := c.Read(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(data), `"id":"end"`) {
+			break
+		}
+		if !strings.Contains(string(data), protocol.ErrTextRateLimited) {
+			t.Fatalf("answer %s, want rate limited", data)
+		}
+		refused++
+	}
+	passed := int(up.messages.Load())
+	if passed+refused != 2*k+1 || passed < k+1 {
+		t.Fatalf("of %d frames sent at once, %d passed on and %d refused; want at least %d passed on, at the rate",
+			2*k+1, passed, refused, k+1)
+	}
+}
+
 // A flooder closed for its rate fills its socket with frames faster than
 // the close handshake could discard them: the handshake reads a bounded
 // amount, then drops the connection, long before its 2 s wait is out.
@@ -88,21 +133,21 @@ func TestAClosedFlooderCostsTheCloseHandshakeABoundedRead(t *testing.T) {
 
 // A flooder that reads nothing holds its close frame behind the answers
 // it does not read: the session stops reading it once it has thrown away
-// a bounded amount, instead of reading on until the write times out.
+// a bounded amount, instead of reading on until the write times out. Its
+// frames are bad ones, which are answered at once (frames over the rate
+// would be paced).
 func TestAFlooderThatDoesNotReadIsDroppedWhileItsCloseWaits(t *testing.T) {
 	brk := runBroker(t, New(liveRegistry{}, &countingUplink{}, testConfig(func(c *Config) {
 		c.ClientErrorLimit = 400 // closed after its answers fill the sockets
-		c.ClientRate = 0.001
-		c.ClientBurst = 1
 		c.WriteTimeout = 30 * time.Second
 	})))
 	srv, addr := serveBroker(t, brk)
 	t.Cleanup(func() { _ = srv.Close(); _ = brk.Shutdown(context.Background()) })
 	c, _ := rawUpgrade(t, addr)
-	// Each over-rate frame is answered with its id, 30 kB: the answers
-	// fill both sockets long before the close.
+	// Each bad frame is answered with its id, 30 kB: the answers fill
+	// both sockets long before the close.
 	id := strings.Repeat("i", 30<<10)
-	payload := []byte(`{"event":"dmb:message","id":"` + id + `"}`)
+	payload := []byte(`{"event":"dmb:nope","id":"` + id + `"}`)
 	big := append([]byte{0x81, 0xff, 0, 0, 0, 0, 0, 0, byte(len(payload) >> 8), byte(len(payload)), 0, 0, 0, 0}, payload...)
 	small := []byte(`{"event":"dmb:message","data":1}`)
 	smallFrame := bytes.Repeat(append([]byte{0x81, 0x80 | byte(len(small)), 0, 0, 0, 0}, small...), 1000)

@@ -215,6 +215,7 @@ func (s *session) handle(data []byte) (err error) {
 		now := time.Now()
 		if !s.rate.Allow(now, rate, s.b.cfg.ClientBurst) {
 			s.overRate(now, frame.ID)
+			s.pace(s.rate.Wait(rate))
 			return nil
 		}
 		// Heavy: over half its burst spent, or connected within the last
@@ -238,6 +239,29 @@ func (s *session) overRate(now time.Time, id []byte) {
 	if s.limited.add(now, s.b.cfg.ClientErrorLimit) {
 		s.log(slog.LevelInfo, "rate limit exceeded: closing")
 		s.close(protocol.ClosePolicy, "rate limit exceeded")
+	}
+}
+
+// maxPace bounds how long pace holds a reader back, so that a client with
+// a low rate still sees its connection end promptly.
+const maxPace = 250 * time.Millisecond
+
+// pace holds the reader back for d (at most maxPace) after a frame over the
+// rate, until the client's next token is due, unless the session is
+// closing or the broker's lifetime ends: a client that sends faster than
+// its rate then waits on its own socket, and its frames cost the node
+// nothing until they may be passed on. Refused at full speed instead, a
+// flooder makes the node read, decode and answer all it sends, and, closed
+// within microseconds, reconnects for a fresh burst.
+func (s *session) pace(d time.Duration) {
+	if d <= 0 || s.closing() {
+		return
+	}
+	t := time.NewTimer(min(d, maxPace))
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-s.b.ctx.Done():
 	}
 }
 

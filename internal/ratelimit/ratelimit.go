@@ -4,7 +4,10 @@
 // calls.
 package ratelimit
 
-import "time"
+import (
+	"math"
+	"time"
+)
 
 // Bucket holds up to burst tokens, refilled at rate a second; each event
 // takes one. The zero Bucket is full.
@@ -33,6 +36,15 @@ func (t *Bucket) AllowAbove(now time.Time, rate float64, burst int, keep float64
 	}
 	t.tokens--
 	return true
+}
+
+// Wait is how long after the last fill the bucket holds a whole token
+// again at rate; 0 when it holds one already.
+func (t *Bucket) Wait(rate float64) time.Duration {
+	if t.tokens >= 1 || rate <= 0 {
+		return 0
+	}
+	return time.Duration(math.Ceil((1 - t.tokens) / rate * 1e9))
 }
 
 // Below tells whether the bucket held fewer than n tokens when last

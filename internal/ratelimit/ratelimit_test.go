@@ -59,3 +59,27 @@ func TestWhatABucketKeepsIsLeftToTheCallersThatKeepLess(t *testing.T) {
 		t.Fatal("a bucket never used is below 1")
 	}
 }
+
+func TestWaitIsTheTimeToTheNextToken(t *testing.T) {
+	var b Bucket
+	now := time.Unix(1000, 0)
+	if !b.Allow(now, 10, 1) {
+		t.Fatal("the first token refused")
+	}
+	if got := b.Wait(10); got != 100*time.Millisecond {
+		t.Fatalf("Wait at 10/s with the bucket empty = %v, want 100ms", got)
+	}
+	if b.Allow(now.Add(40*time.Millisecond), 10, 1) {
+		t.Fatal("a token allowed before it was due")
+	}
+	if got := b.Wait(10); got < 59*time.Millisecond || got > 61*time.Millisecond {
+		t.Fatalf("Wait 40 ms later = %v, want 60ms", got)
+	}
+	if !b.Allow(now.Add(100*time.Millisecond), 10, 1) {
+		t.Fatal("the token refused when it was due")
+	}
+	b.Allow(now.Add(time.Hour), 10, 5)
+	if got := b.Wait(10); got != 0 {
+		t.Fatalf("Wait with tokens left = %v, want 0", got)
+	}
+}
