@@ -84,11 +84,14 @@ type fanoutRig struct {
 // countingUplink is a nullUplink that counts client messages.
 type countingUplink struct {
 	nullUplink
-	messages atomic.Int64
+	messages, heavy atomic.Int64
 }
 
-func (u *countingUplink) Message(context.Context, uplink.Client, json.RawMessage, json.RawMessage, bool) error {
+func (u *countingUplink) Message(_ context.Context, _ uplink.Client, _, _ json.RawMessage, heavy bool) error {
 	u.messages.Add(1)
+	if heavy {
+		u.heavy.Add(1)
+	}
 	return nil
 }
 

@@ -103,20 +103,62 @@ func TestAClientOverItsRateIsReadAtItsRate(t *testing.T) {
 	}
 }
 
-// A flooder closed for its rate fills its socket with frames faster than
-// the close handshake could discard them: the handshake reads a bounded
-// amount, then drops the connection, long before its 2 s wait is out.
+// A new connection has a tenth of its burst at once; in its first second
+// the rest is read at its rate, delayed and never refused, so that a
+// flooder that reconnects for a fresh burst gets little from each
+// connection.
+func TestANewClientsBurstIsReadAtItsRateAfterATenth(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	up := &countingUplink{}
+	brk := runBroker(t, New(liveRegistry{}, up, testConfig(func(c *Config) {
+		c.ClientRate = 20
+		c.ClientBurst = 100 // 10 at once
+	})))
+	c := dialBroker(t, ctx, brk)
+	const n = 25
+	start := time.Now()
+	for range n {
+		if err := c.Write(ctx, websocket.MessageText, []byte(`{"event":"dmb:message","data":1}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Write(ctx, websocket.MessageText, []byte(`{"event":"dmb:nope","id":"end"}`)); err != nil {
+		t.Fatal(err)
+	}
+	_, data, err := c.Read(ctx)
+	if err != nil || !strings.Contains(string(data), `"id":"end"`) {
+		t.Fatalf("read %s, %v; want only the answer to the bad frame", data, err)
+	}
+	took := time.Since(start)
+	if passed := up.messages.Load(); passed != n {
+		t.Fatalf("%d of %d frames passed on; none may be refused", passed, n)
+	}
+	// Heavy (see uplink.Message) once over half of the first 10 are spent:
+	// the first 5 never, the paced ones while the client is new.
+	if heavy := up.heavy.Load(); heavy > n-5 || heavy < 10 {
+		t.Fatalf("%d of %d frames passed on as heavy, want those after the first 5", heavy, n)
+	}
+	// 15 frames after the first 10, at 20 a second.
+	if min := 15 * time.Second / 20 * 2 / 3; took < min {
+		t.Fatalf("%d frames read in %v from a new client; want at least %v, at its rate after the first 10", n, took, min)
+	}
+}
+
+// A flooder closed with 1008 fills its socket with frames faster than the
+// close handshake could discard them: the handshake reads a bounded
+// amount, then drops the connection, long before its 2 s wait is out. Its
+// frames are bad ones, which are answered at once (frames over the rate
+// would be paced, and the close come later).
 func TestAClosedFlooderCostsTheCloseHandshakeABoundedRead(t *testing.T) {
 	brk := runBroker(t, New(liveRegistry{}, &countingUplink{}, testConfig(func(c *Config) {
 		c.ClientErrorLimit = 3
-		c.ClientRate = 0.001
-		c.ClientBurst = 5
 	})))
 	srv, addr := serveBroker(t, brk)
 	t.Cleanup(func() { _ = srv.Close(); _ = brk.Shutdown(context.Background()) })
 	c, _ := rawUpgrade(t, addr)
 	// Masked with a zero key, so the payload is written as is.
-	payload := []byte(`{"event":"dmb:message","data":"flood","id":1}`)
+	payload := []byte(`{"event":"dmb:nope","data":"flood","id":1}`)
 	frame := append([]byte{0x81, 0x80 | byte(len(payload)), 0, 0, 0, 0}, payload...)
 	batch := bytes.Repeat(frame, 1000)
 	start := time.Now()

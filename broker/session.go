@@ -48,9 +48,10 @@ type session struct {
 	writers sync.WaitGroup // the running writer, if any
 
 	// The reader's only: bad frames, and frames over the rate, in the
-	// last minute; the rate's token bucket.
+	// last minute; the rate's token bucket, and the one that paces the
+	// connection's first second (see handle).
 	errs, limited errorWindow
-	rate          ratelimit.Bucket
+	rate, fresh   ratelimit.Bucket
 	born          int64 // when the connection was made (UnixNano)
 
 	// since is when the session began (Unix ms), before any resume;
@@ -213,15 +214,26 @@ func (s *session) handle(data []byte) (err error) {
 	heavy := false
 	if rate := s.b.cfg.ClientRate; rate > 0 {
 		now := time.Now()
+		young := now.UnixNano()-s.born < int64(youth)
+		if young && !s.fresh.Allow(now, rate, freshBurst(s.b.cfg.ClientBurst)) {
+			// In its first second a connection has a tenth of its burst at
+			// once and is read at its rate after that: delayed, never
+			// refused, since its bucket is full. A flooder that reconnects
+			// for a fresh burst gets little from each connection.
+			s.pace(s.fresh.Wait(rate))
+			now = time.Now()
+			s.fresh.Allow(now, rate, freshBurst(s.b.cfg.ClientBurst))
+		}
 		if !s.rate.Allow(now, rate, s.b.cfg.ClientBurst) {
 			s.overRate(now, frame.ID)
 			s.pace(s.rate.Wait(rate))
 			return nil
 		}
-		// Heavy: over half its burst spent, or connected within the last
-		// second, since a flooder that reconnects gets a fresh burst each
-		// time.
-		heavy = s.rate.Below(float64(s.b.cfg.ClientBurst)/2) || now.UnixNano()-s.born < int64(time.Second)
+		// Heavy: over half its burst spent, or, in its first second,
+		// over half of what a new connection has at once, since a flooder
+		// that reconnects gets a fresh burst each time.
+		heavy = s.rate.Below(float64(s.b.cfg.ClientBurst)/2) ||
+			young && s.fresh.Below(float64(freshBurst(s.b.cfg.ClientBurst))/2)
 	}
 	if frame.Event != protocol.EventMessage {
 		return s.roomRequest(frame)
@@ -241,6 +253,14 @@ func (s *session) overRate(now time.Time, id []byte) {
 		s.close(protocol.ClosePolicy, "rate limit exceeded")
 	}
 }
+
+// youth is how long a connection counts as new: its frames count as heavy
+// (see uplink.Message), and are paced after freshBurst of them.
+const youth = time.Second
+
+// freshBurst is the frames a new connection may send at once: a tenth of
+// its burst.
+func freshBurst(burst int) int { return max(1, burst/10) }
 
 // maxPace bounds how long pace holds a reader back, so that a client with
 // a low rate still sees its connection end promptly.

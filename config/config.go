@@ -69,7 +69,7 @@ type Config struct {
 	SendQueueBytes   int           `envconfig:"DMB_SEND_QUEUE_BYTES" default:"4194304" desc:"bytes queued per client before it is closed as a slow consumer (4008)"`
 	QueueBudget      int64         `envconfig:"DMB_QUEUE_BUDGET" default:"1073741824" desc:"bytes all client queues of the node may hold together (a frame shared by many clients counts once); past it, a client holding more than its share is closed as a slow consumer (4008)"`
 	ClientRate       float64       `envconfig:"DMB_CLIENT_RATE" default:"100" desc:"frames a second a client may send on average; faster ones are answered rate limited, and 1008 when it goes on; 0 turns the limit off"`
-	ClientBurst      int           `envconfig:"DMB_CLIENT_BURST" default:"200" desc:"frames a client may send at once above DMB_CLIENT_RATE"`
+	ClientBurst      int           `envconfig:"DMB_CLIENT_BURST" default:"200" desc:"frames a client may send at once above DMB_CLIENT_RATE; a tenth of it in a connection's first second, the rest of that second read at the rate"`
 	HandshakeTimeout time.Duration `envconfig:"DMB_HANDSHAKE_TIMEOUT" default:"10s" desc:"time a connection has to send its request headers (the WebSocket upgrade)"`
 	FrameTimeout     time.Duration `envconfig:"DMB_FRAME_TIMEOUT" default:"10s" desc:"time a client has to finish a frame it started; longer drops the connection"`
 	IdleTimeout      time.Duration `envconfig:"DMB_HTTP_IDLE_TIMEOUT" default:"60s" desc:"a keep-alive HTTP connection idle this long is closed (WebSocket connections are not HTTP-idle)"`

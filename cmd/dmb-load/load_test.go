@@ -415,7 +415,9 @@ func TestFloodIsClosedByTheClientRateWhileHonestClientsLoseNothing(t *testing.T)
 	tg := startTargetWith(t, func(c *config.Config) {
 		c.ClientRate, c.ClientBurst, c.ClientErrorLimit = 20, 20, 3
 	})
-	got, table := runFlood(t, tg, "-scenario", "uplink", "-clients", "3", "-rate", "5", "-duration", "1s", "-flood", "2")
+	// A connection is read at its rate in its first second, so a flood
+	// session lasts over a second: 3 s give each flooder a few.
+	got, table := runFlood(t, tg, "-scenario", "uplink", "-clients", "3", "-rate", "5", "-duration", "3s", "-flood", "2")
 	f, r := got.Flood, got.Results
 	switch {
 	case f.Connections != 2 || f.ReconnectEvery != 0 || f.Source != "127.0.0.2" || got.Params.Sources != 1:
