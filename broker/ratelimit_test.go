@@ -134,10 +134,9 @@ func TestANewClientsBurstIsReadAtItsRateAfterATenth(t *testing.T) {
 	if passed := up.messages.Load(); passed != n {
 		t.Fatalf("%d of %d frames passed on; none may be refused", passed, n)
 	}
-	// Heavy (see uplink.Message) once over half of the first 10 are spent:
-	// the first 5 never, the paced ones while the client is new.
-	if heavy := up.heavy.Load(); heavy > n-5 || heavy < 10 {
-		t.Fatalf("%d of %d frames passed on as heavy, want those after the first 5", heavy, n)
+	// Heavy (see uplink.Message) while the client is new.
+	if heavy := up.heavy.Load(); heavy < 10 {
+		t.Fatalf("%d of %d frames passed on as heavy, want those of the first second", heavy, n)
 	}
 	// 15 frames after the first 10, at 20 a second.
 	if min := 15 * time.Second / 20 * 2 / 3; took < min {

@@ -229,11 +229,10 @@ func (s *session) handle(data []byte) (err error) {
 			s.pace(s.rate.Wait(rate))
 			return nil
 		}
-		// Heavy: over half its burst spent, or, in its first second,
-		// over half of what a new connection has at once, since a flooder
-		// that reconnects gets a fresh burst each time.
-		heavy = s.rate.Below(float64(s.b.cfg.ClientBurst)/2) ||
-			young && s.fresh.Below(float64(freshBurst(s.b.cfg.ClientBurst))/2)
+		// Heavy: over half its burst spent, or connected within the last
+		// second, since a flooder that reconnects gets a fresh burst each
+		// time, however little of it each connection spends.
+		heavy = young || s.rate.Below(float64(s.b.cfg.ClientBurst)/2)
 	}
 	if frame.Event != protocol.EventMessage {
 		return s.roomRequest(frame)
