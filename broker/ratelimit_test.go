@@ -73,15 +73,7 @@ func TestAClientOverItsRateIsReadAtItsRate(t *testing.T) {
 	})))
 	c := dialBroker(t, ctx, brk)
 	const k = 10
-	for range 2*k + 1 {
-		if err := c.Write(ctx, websocket.MessageText, []byte(`{"event":"dmb:message","data":1}`)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// A bad frame after them is answered once they were all handled.
-	if err := c.Write(ctx, websocket.MessageText, []byte(`{"event":"dmb:nope","id":"end"}`)); err != nil {
-		t.Fatal(err)
-	}
+	sendAtOnce(t, ctx, c, 2*k+1)
 	refused := 0
 	for {
 		_, data, err := c.Read(ctx)
@@ -118,14 +110,7 @@ func TestANewClientsBurstIsReadAtItsRateAfterATenth(t *testing.T) {
 	c := dialBroker(t, ctx, brk)
 	const n = 25
 	start := time.Now()
-	for range n {
-		if err := c.Write(ctx, websocket.MessageText, []byte(`{"event":"dmb:message","data":1}`)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := c.Write(ctx, websocket.MessageText, []byte(`{"event":"dmb:nope","id":"end"}`)); err != nil {
-		t.Fatal(err)
-	}
+	sendAtOnce(t, ctx, c, n)
 	_, data, err := c.Read(ctx)
 	if err != nil || !strings.Contains(string(data), `"id":"end"`) {
 		t.Fatalf("read %s, %v; want only the answer to the bad frame", data, err)
@@ -141,6 +126,20 @@ func TestANewClientsBurstIsReadAtItsRateAfterATenth(t *testing.T) {
 	// 15 frames after the first 10, at 20 a second.
 	if min := 15 * time.Second / 20 * 2 / 3; took < min {
 		t.Fatalf("%d frames read in %v from a new client; want at least %v, at its rate after the first 10", n, took, min)
+	}
+}
+
+// sendAtOnce writes n messages without waiting, then a bad frame with the
+// id "end", whose answer comes once the n were handled.
+func sendAtOnce(t *testing.T, ctx context.Context, c *websocket.Conn, n int) {
+	t.Helper()
+	for range n {
+		if err := c.Write(ctx, websocket.MessageText, []byte(`{"event":"dmb:message","data":1}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Write(ctx, websocket.MessageText, []byte(`{"event":"dmb:nope","id":"end"}`)); err != nil {
+		t.Fatal(err)
 	}
 }
 

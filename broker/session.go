@@ -268,11 +268,11 @@ const maxPace = 250 * time.Millisecond
 // pace holds the reader back for d (at most maxPace), until the client's
 // next token is due, after a frame over the rate or past a new
 // connection's first tenth, unless the session is closing or the broker's
-// lifetime ends: a client that sends faster than
-// its rate then waits on its own socket, and its frames cost the node
-// nothing until they may be passed on. Refused at full speed instead, a
-// flooder makes the node read, decode and answer all it sends, and, closed
-// within microseconds, reconnects for a fresh burst.
+// lifetime ends: a client that sends faster than its rate then waits on
+// its own socket, and its frames cost the node nothing until they may be
+// passed on. Refused at full speed instead, a flooder makes the node read,
+// decode and answer all it sends, and, closed within microseconds,
+// reconnects for a fresh burst.
 func (s *session) pace(d time.Duration) {
 	if d <= 0 || s.closing() {
 		return

@@ -173,8 +173,8 @@ func TestClientsOverHalfTheirBurstLeaveTheBackendsReserveToTheOthers(t *testing.
 	})
 	e.startBackend("chat")
 	// Every client is over a second old when it sends: in its first
-	// second a client is paced, and counts as heavy after a tenth of its
-	// burst (broker's tests).
+	// second a client is paced, and counts as heavy whatever it sends
+	// (broker's tests).
 	honest := connect(t, n, "chat").welcome()
 	flooders := make([]*wsClient, 5)
 	for i := range flooders {
