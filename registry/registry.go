@@ -667,11 +667,30 @@ func (r *Registry) reloadService(ctx context.Context, name string) error {
 	return nil
 }
 
-// load reads the bkids of the named services and which of them are live.
-// A bkid that left stays out of the live view, unless it left before
-// healBefore, the start of the liveness check that loads: then it is live
-// again if its uplink is still subscribed (see disconnect).
+// refreshChunk is the services a refresh reads from Redis at once. A
+// registry of many services (a registration flood fills it) is read in
+// round trips of this many: Redis serves other clients between them, and
+// the node's other goroutines run while each is under way, so that the
+// refresh never stalls the clients' traffic for the whole of its work.
+const refreshChunk = 256
+
+// load reads the bkids of the named services and which of them are live,
+// refreshChunk services at a time. A bkid that left stays out of the live
+// view, unless it left before healBefore, the start of the liveness check
+// that loads: then it is live again if its uplink is still subscribed (see
+// disconnect).
 func (r *Registry) load(ctx context.Context, names []string, healBefore time.Time) (map[string]*service, error) {
+	fresh := make(map[string]*service, len(names))
+	for chunk := range slices.Chunk(names, refreshChunk) {
+		if err := r.loadChunk(ctx, chunk, healBefore, fresh); err != nil {
+			return nil, err
+		}
+	}
+	return fresh, nil
+}
+
+// loadChunk is load of a few services, put in fresh.
+func (r *Registry) loadChunk(ctx context.Context, names []string, healBefore time.Time, fresh map[string]*service) error {
 	pipe := r.rdb.Pipeline()
 	members := make([]*redis.StringSliceCmd, len(names))
 	for i, name := range names {
@@ -679,9 +698,8 @@ func (r *Registry) load(ctx context.Context, names []string, healBefore time.Tim
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		r.m.RedisErrors.WithLabelValues("refresh").Inc()
-		return nil, fmt.Errorf("list backends: %w", err)
+		return fmt.Errorf("list backends: %w", err)
 	}
-	fresh := make(map[string]*service, len(names))
 	var channels []string
 	for i, name := range names {
 		bkids := members[i].Val()
@@ -697,18 +715,19 @@ func (r *Registry) load(ctx context.Context, names []string, healBefore time.Tim
 		subs, err = pubsub.NumSub(ctx, r.rdb, channels...)
 		if err != nil {
 			r.m.RedisErrors.WithLabelValues("refresh").Inc()
-			return nil, fmt.Errorf("count uplink subscribers: %w", err)
+			return fmt.Errorf("count uplink subscribers: %w", err)
 		}
 	}
 	var all []string
-	for _, s := range fresh {
-		all = append(all, s.bkids...)
+	for _, name := range names {
+		all = append(all, fresh[name].bkids...)
 	}
 	r.watched(all...)
 	back := map[string]string{}
 	now := time.Now()
 	r.mu.Lock()
-	for name, s := range fresh {
+	for _, name := range names {
+		s := fresh[name]
 		r.seen[name] = now
 		delete(r.asked, name)
 		for _, b := range s.bkids {
@@ -728,7 +747,7 @@ func (r *Registry) load(ctx context.Context, names []string, healBefore time.Tim
 	}
 	r.mu.Unlock()
 	r.backAfterLeave(back)
-	return fresh, nil
+	return nil
 }
 
 // isSeenLocked reports whether this node has known the service within the
