@@ -67,6 +67,7 @@ type Config struct {
 	UplinkWorkers    int           `envconfig:"DMB_UPLINK_WORKERS" default:"4" desc:"uplink publishers; each pipelines the frames of its share of clients"`
 
 	SendQueueBytes   int           `envconfig:"DMB_SEND_QUEUE_BYTES" default:"4194304" desc:"bytes queued per client before it is closed as a slow consumer (4008)"`
+	ClientSendBuffer int           `envconfig:"DMB_CLIENT_SEND_BUFFER" default:"1048576" desc:"kernel send buffer of each client connection in bytes (Linux doubles it): what a client that does not read holds in the kernel; 0 leaves it to the kernel (4 MB each on Linux)"`
 	QueueBudget      int64         `envconfig:"DMB_QUEUE_BUDGET" default:"1073741824" desc:"bytes all client queues of the node may hold together (a frame shared by many clients counts once); past it, a client holding more than its share is closed as a slow consumer (4008)"`
 	ClientRate       float64       `envconfig:"DMB_CLIENT_RATE" default:"100" desc:"frames a second a client may send on average; faster ones are answered rate limited, and 1008 when it goes on; 0 turns the limit off"`
 	ClientBurst      int           `envconfig:"DMB_CLIENT_BURST" default:"200" desc:"frames a client may send at once above DMB_CLIENT_RATE; a tenth of it in a connection's first second, the rest of that second read at the rate"`

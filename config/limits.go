@@ -8,6 +8,9 @@ func (c *Config) validateLimits() Errors {
 	if c.SendQueueBytes < 1024 {
 		errs = append(errs, bad("DMB_SEND_QUEUE_BYTES", c.SendQueueBytes, "a whole number of at least 1024, such as 4194304"))
 	}
+	if c.ClientSendBuffer != 0 && (c.ClientSendBuffer < 4096 || c.ClientSendBuffer > 1<<30) {
+		errs = append(errs, bad("DMB_CLIENT_SEND_BUFFER", c.ClientSendBuffer, "0 (the kernel's own) or bytes from 4096 to 1073741824, such as 1048576"))
+	}
 	if c.QueueBudget < int64(c.SendQueueBytes) {
 		errs = append(errs, bad("DMB_QUEUE_BUDGET", c.QueueBudget, "a whole number of at least DMB_SEND_QUEUE_BYTES (%d), such as 1073741824", c.SendQueueBytes))
 	}

@@ -2,6 +2,7 @@ package node
 
 import (
 	"log/slog"
+	"net"
 	"runtime"
 
 	"github.com/dmb-broker/dmb/config"
@@ -44,4 +45,35 @@ func maxClients(cfg config.Config, log *slog.Logger) int {
 			"max_clients", cfg.MaxClients, "open_file_limit", limit, "allowed", allowed)
 	}
 	return cfg.MaxClients
+}
+
+// sendBufferListener sets the kernel's send buffer of each connection it
+// accepts (DMB_CLIENT_SEND_BUFFER). Left to itself, Linux gives a loopback
+// or fast connection 4 MB at once: a hundred clients that never read,
+// under 256 kB broadcasts, had the node copy 400 MB into the kernel before
+// their queues' bound noticed them, and the honest clients' acks waited up
+// to a third of a second meanwhile (docs/limits.md).
+type sendBufferListener struct {
+	net.Listener
+	size int
+}
+
+// withSendBuffer is ln with its connections' send buffer set to size
+// bytes; ln itself when size is 0.
+func withSendBuffer(ln net.Listener, size int) net.Listener {
+	if size <= 0 {
+		return ln
+	}
+	return sendBufferListener{ln, size}
+}
+
+func (l sendBufferListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetWriteBuffer(l.size) // a connection that refuses keeps the kernel's
+	}
+	return c, nil
 }

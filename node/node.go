@@ -138,7 +138,7 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 			return nil, fmt.Errorf("listen on %s: %w", cfg.Addr(), err)
 		}
 	}
-	ln = wsconn.Listen(ln)
+	ln = wsconn.Listen(withSendBuffer(ln, cfg.ClientSendBuffer))
 	if tlsConfig != nil {
 		ln = tls.NewListener(ln, tlsConfig)
 	}
@@ -263,14 +263,15 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	if addr := cfg.TCPAddr(); addr != "" {
-		if n.tcpLn, err = net.Listen("tcp", addr); err != nil {
+		tcpLn, err := net.Listen("tcp", addr)
+		if err != nil {
 			ln.Close()
 			if adminLn != nil {
 				adminLn.Close()
 			}
 			return nil, fmt.Errorf("listen on DMB_TCP_PORT %s: %w", addr, err)
 		}
-		n.tcpTLS = tlsConfig
+		n.tcpLn, n.tcpTLS = withSendBuffer(tcpLn, cfg.ClientSendBuffer), tlsConfig
 	}
 	return n, nil
 }
