@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -376,17 +377,36 @@ type floodRun struct {
 	Params struct {
 		Sources int `json:"sources"`
 	} `json:"params"`
-	Results struct {
-		Sent             int64          `json:"sent"`
-		Acked            int64          `json:"acked"`
-		Errors           int64          `json:"errors"`
-		BackendReceived  int64          `json:"backend_received"`
-		BackendReordered int64          `json:"backend_reordered"`
-		BackendUndecoded int64          `json:"backend_undecoded"`
-		Dropped          int            `json:"dropped"`
-		DropCodes        map[string]int `json:"drop_codes"`
-	} `json:"results"`
-	Flood *floodReport `json:"flood"`
+	Results honestResults `json:"results"`
+	Flood   *floodReport  `json:"flood"`
+	Attack  *attackReport `json:"attack"`
+}
+
+// honestResults is what the flood tests read of the honest clients'
+// figures.
+type honestResults struct {
+	Sent             int64          `json:"sent"`
+	Acked            int64          `json:"acked"`
+	Errors           int64          `json:"errors"`
+	BackendReceived  int64          `json:"backend_received"`
+	BackendReordered int64          `json:"backend_reordered"`
+	BackendUndecoded int64          `json:"backend_undecoded"`
+	Dropped          int            `json:"dropped"`
+	DropCodes        map[string]int `json:"drop_codes"`
+}
+
+// lostNothing checks that the honest clients lost nothing: every message
+// acked and received by the backend, in order, and none of them dropped.
+func (r honestResults) lostNothing(t *testing.T) {
+	t.Helper()
+	switch {
+	case r.Sent == 0 || r.Acked != r.Sent || r.Errors != 0:
+		t.Errorf("honest sent %d, acked %d, errors %d", r.Sent, r.Acked, r.Errors)
+	case r.BackendReceived != r.Acked || r.BackendReordered != 0 || r.BackendUndecoded != 0:
+		t.Errorf("backend received %d of %d acked, out of order %d, undecoded %d", r.BackendReceived, r.Acked, r.BackendReordered, r.BackendUndecoded)
+	case r.Dropped != 0:
+		t.Errorf("honest clients dropped: %d %v", r.Dropped, r.DropCodes)
+	}
 }
 
 // runFlood runs dmb-load with args against tg and returns its JSON report
@@ -402,8 +422,8 @@ func runFlood(t *testing.T, tg target, args ...string) (floodRun, string) {
 	if err := json.Unmarshal(stdout.Bytes(), &got); err != nil {
 		t.Fatalf("JSON output does not parse: %v\n%s", err, stdout.String())
 	}
-	if got.Flood == nil {
-		t.Fatalf("no flood section:\n%s", stdout.String())
+	if got.Flood == nil && got.Attack == nil {
+		t.Fatalf("no flood or attack section:\n%s", stdout.String())
 	}
 	if t.Failed() || testing.Verbose() {
 		t.Logf("\n%s", stderr.String())
@@ -441,20 +461,60 @@ func TestFloodIsClosedByTheClientRateWhileHonestClientsLoseNothing(t *testing.T)
 	}
 	// The honest clients, under the rate, lose nothing, and the backend
 	// tells the flood's messages apart from theirs.
-	switch {
-	case r.Sent == 0 || r.Acked != r.Sent || r.Errors != 0:
-		t.Errorf("honest sent %d, acked %d, errors %d", r.Sent, r.Acked, r.Errors)
-	case r.BackendReceived != r.Acked || r.BackendReordered != 0 || r.BackendUndecoded != 0:
-		t.Errorf("backend received %d of %d acked, out of order %d, undecoded %d", r.BackendReceived, r.Acked, r.BackendReordered, r.BackendUndecoded)
-	case r.Dropped != 0:
-		t.Errorf("honest clients dropped: %d %v", r.Dropped, r.DropCodes)
-	}
+	r.lostNothing(t)
 	// Closes by code in the table; a flooder that floods on while its
 	// close waits is dropped without one (1006).
 	for _, want := range []string{"flood conns", "flood closes"} {
 		if !strings.Contains(table, want) {
 			t.Errorf("the table has no %q:\n%s", want, table)
 		}
+	}
+}
+
+// Each attack runs, from the flooders' address, and is met by its bound on
+// the node (counted), while the honest clients lose nothing. The node's
+// bounds are small here, so that each is reached within a short run.
+func TestAttacksAreMetByTheirBoundsWhileHonestClientsLoseNothing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("every attack takes a while")
+	}
+	tg := startTargetWith(t, func(c *config.Config) {
+		c.HandshakeTimeout, c.FrameTimeout = time.Second, time.Second
+		c.SendQueueBytes, c.MaxBackendBytes, c.ClientSendBuffer = 1<<20, 512<<10, 64<<10
+	})
+	for _, tc := range []struct {
+		kind, what string
+		counts     []string // what the attack counted, each above 0
+		series     string   // the node's count of the bound met
+	}{
+		{attackSlow, "slow clients closed for their queue's bytes", []string{"connections"}, `dmb_drops_total{reason="slow_consumer_bytes"}`},
+		{attackBig, "payloads over DMB_MAX_BACKEND_BYTES dropped", []string{"broadcasts"}, `dmb_drops_total{reason="too_large"}`},
+		{attackTrickle, "trickled requests and half frames cut (the half frames' sessions 1006)", []string{"requests_cut", "half_frames_cut"}, `dmb_disconnects_total{code="1006"}`},
+		{attackUnknown, "publishes to unknown bkids dropped", []string{"publishes"}, `dmb_drops_total{reason="unknown_bkid"}`},
+		{attackRefused, "handshakes for a service nobody serves refused", []string{"handshakes"}, `dmb_refusals_total{code="4004"}`},
+		{attackRegister, "bk_connect for new services answered", []string{"requests"}, `dmb_registrations_total{result="acked"}`},
+	} {
+		t.Run(tc.kind, func(t *testing.T) {
+			met := func() float64 { return metricOf(t, tg.metrics, tc.series) }
+			before := met()
+			got, table := runFlood(t, tg, "-scenario", "uplink", "-clients", "3", "-rate", "5", "-duration", "2s", "-attack", tc.kind)
+			a, r := got.Attack, got.Results
+			if a == nil || !slices.Equal(a.Kinds, []string{tc.kind}) || a.Source != "127.0.0.2" || a.Seconds <= 0 {
+				t.Fatalf("attack section %+v", a)
+			}
+			for _, what := range tc.counts {
+				if a.Counts[tc.kind][what] == 0 {
+					t.Errorf("%s: no %s in %v", tc.what, what, a.Counts[tc.kind])
+				}
+			}
+			// What the node counts may come after the run's end (a
+			// downlink that fell behind drains).
+			nodetest.Eventually(t, tc.what, func() bool { return met() > before })
+			r.lostNothing(t)
+			if !strings.Contains(table, "  "+tc.kind) {
+				t.Errorf("the table has no row of %s:\n%s", tc.kind, table)
+			}
+		})
 	}
 }
 

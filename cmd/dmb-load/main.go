@@ -98,6 +98,9 @@
 //	-flood-reconnect
 //	                each flooding connection closes itself and reconnects
 //	                after every 200 frames, as well as when DMB closes it
+//	-attack KINDS   the other attacks DMB bounds, beside the scenario: all,
+//	                or some of slow, big, trickle, unknown, refused and
+//	                register, comma-separated: see below
 //
 // Scenarios. Each registers the backend, then opens the N clients with at
 // most -inflight handshakes at once (a handshake lasts from the dial to
@@ -173,6 +176,29 @@
 // answered. The node applies DMB_TRUSTED_PROXIES to the flooders' address:
 // with its default, all of 127.0.0.0/8, the per-address limits do not
 // apply to them.
+//
+// The attacks (-attack) are the other floods DMB bounds, each at a fixed
+// strength, run like the flood from the start of the measured window to its
+// end, from the same source address; the report's attack section counts
+// what each sent and what became of it:
+//
+//   - slow: 100 clients of SERVICE-attack that never read, reconnecting
+//     when DMB drops them, while a backend of that service (registered by
+//     the generator) broadcasts 256 kB messages 40 times a second;
+//   - big: that backend also publishes 900 kB and 1.5 MB broadcasts (the
+//     second over DMB_MAX_BACKEND_BYTES' default), 20 a second each;
+//   - trickle: 500 connections that send an HTTP request a byte every 200
+//     ms, and 500 WebSocket clients of SERVICE that send a tenth of a frame
+//     and stop, each opened again when DMB cuts it (after
+//     DMB_HANDSHAKE_TIMEOUT and DMB_FRAME_TIMEOUT, 10 s by default);
+//   - unknown: 20,000 publishes a second on the downlink channels of bkids
+//     DMB never issued, a new one each time;
+//   - refused: 4 connections at a time that ask, one handshake after
+//     another, for SERVICE-nobody, which nobody serves;
+//   - register: 2,000 bk_connect a second, each for a new service
+//     (SERVICE-junk-...). They fill the registry, up to DMB_MAX_SERVICES,
+//     with services that stay until DMB_BACKEND_RETENTION (1 h): run it
+//     against a Redis you throw away afterwards.
 //
 // An SSE client reads its stream and answers in its reader, as the others
 // do; at full speed (uplink, -rate 0) that reader sends the next POST,
@@ -281,9 +307,11 @@ type options struct {
 	CPUProfile string
 	Backends   int
 
-	Rooms          int  // room: rooms the clients are spread over
-	Flood          int  // flooding connections beside the scenario
-	FloodReconnect bool // each reconnects after floodReconnectEvery frames
+	Rooms          int      // room: rooms the clients are spread over
+	Flood          int      // flooding connections beside the scenario
+	FloodReconnect bool     // each reconnects after floodReconnectEvery frames
+	Attack         string   // -attack: kinds, comma-separated, or all
+	attacks        []string // -attack, read
 
 	// Recoverable publishes with FCALL dmb_publish rather than PUBLISH;
 	// recoverableSet says -recoverable was given (resume's default is true).
@@ -370,6 +398,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.DrainAfter, "drain-after", o.DrainAfter, "resume: when to drain, after the start of sending (default: half of -duration)")
 	fs.StringVar(&o.Transport, "transport", o.Transport, "how the clients connect: websocket; tcp (one JSON frame per line, to -tcp); or sse (HTTP fallback: GET /sse/SERVICE on -dmb's host for DMB's frames, POSTs for the client's)")
 	fs.StringVar(&o.TCP, "tcp", o.TCP, "tcp: the node's TCP address for clients (DMB_TCP_PORT), host:port, or several nodes', comma-separated, round-robin")
+	fs.StringVar(&o.Attack, "attack", o.Attack, fmt.Sprintf("attacks beside the scenario, not measured: all, or some of %s, comma-separated (see the package documentation)", strings.Join(attackKinds, ", ")))
 	fs.BoolVar(&o.FloodReconnect, "flood-reconnect", o.FloodReconnect, fmt.Sprintf("each flooding connection closes and reconnects after every %d frames", floodReconnectEvery))
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: dmb-load [flags]\n\n"+
@@ -469,8 +498,14 @@ func (o *options) check() error {
 			o.Sources = 1
 		}
 	}
-	if !ipv6 && o.Flood > 0 && o.Sources == maxSources {
-		return fmt.Errorf("-sources %d: -flood needs one more source address, at most %d for the clients", o.Sources, maxSources-1)
+	if o.attacks, err = parseAttacks(o.Attack); err != nil {
+		return err
+	}
+	if len(o.attacks) > 0 && len(o.Service)+max(len(attackSuffix), len(nobodySuffix), len(junkSuffix)+20) > 64 {
+		return fmt.Errorf("-service %q: too long for -attack's services (%s, %s)", o.Service, o.Service+attackSuffix, o.Service+nobodySuffix)
+	}
+	if !ipv6 && (o.Flood > 0 || len(o.attacks) > 0) && o.Sources == maxSources {
+		return fmt.Errorf("-sources %d: -flood and -attack need one more source address, at most %d for the clients", o.Sources, maxSources-1)
 	}
 	if ipv6 && o.Sources > 1 {
 		return fmt.Errorf("-sources %d: an IPv6 target has one loopback source address, ::1", o.Sources)
@@ -618,8 +653,8 @@ func (o *options) checkResume() error {
 	if o.Rate == 0 {
 		o.Rate = defaultResumeRate
 	}
-	if o.Flood > 0 {
-		return errors.New("-flood: not with -scenario resume")
+	if o.Flood > 0 || o.Attack != "" {
+		return errors.New("-flood and -attack: not with -scenario resume")
 	}
 	if o.Drain == "" {
 		if o.DrainAfter != 0 {

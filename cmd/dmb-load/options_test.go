@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -96,10 +97,30 @@ func TestFlagsAreBounded(t *testing.T) {
 		{"-flood", "1001"},
 		{"-flood-reconnect"},
 		{"-flood", "1", "-sources", "1000"},
+		{"-attack", "nope"},
+		{"-attack", "slow,"},
+		{"-attack", "slow", "-sources", "1000"},
+		{"-attack", "all", "-scenario", "resume"},
+		{"-attack", "slow", "-service", strings.Repeat("s", 50)},
 		{"stray"},
 	} {
 		if _, err := parseOptions(args, io.Discard); err == nil {
 			t.Errorf("%v accepted", args)
+		}
+	}
+}
+
+func TestAttackKindsAreReadInOrderOnceEach(t *testing.T) {
+	for in, want := range map[string][]string{
+		"":                   nil,
+		"register,slow,slow": {attackSlow, attackRegister},
+		" trickle , big":     {attackBig, attackTrickle},
+		"all":                attackKinds,
+		"unknown,all":        attackKinds,
+	} {
+		got, err := parseAttacks(in)
+		if err != nil || !slices.Equal(got, want) {
+			t.Errorf("parseAttacks(%q) = %v, %v; want %v", in, got, err, want)
 		}
 	}
 }

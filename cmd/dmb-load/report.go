@@ -17,6 +17,7 @@ type report struct {
 	Params    params          `json:"params"`
 	Results   results         `json:"results"`
 	Flood     *floodReport    `json:"flood,omitempty"`
+	Attack    *attackReport   `json:"attack,omitempty"`
 	Server    serverReport    `json:"server"`
 	Generator generatorReport `json:"generator"`
 	Redis     redisReport     `json:"redis"`
@@ -319,6 +320,9 @@ func writeTable(w io.Writer, rep *report) {
 	}
 	if rep.Flood != nil {
 		floodText(row, rep.Flood)
+	}
+	if rep.Attack != nil {
+		attackText(row, rep.Attack)
 	}
 	s := rep.Server
 	if s.MetricsError != "" {

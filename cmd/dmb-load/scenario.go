@@ -46,6 +46,7 @@ type runner struct {
 	roomNames []string    // room: the rooms, by index
 	members   [][]*client // room: the clients of each room
 	flood     *flood      // -flood: the attack beside the scenario
+	attack    *attack     // -attack: the others
 	resumer   *resumer    // resume: the clients' shared side
 	stopResum context.CancelFunc
 	perNode   []int // clients connected to each node at first
@@ -71,12 +72,12 @@ func run(ctx context.Context, o options, progress io.Writer) (*report, error) {
 	if progress == nil {
 		progress = io.Discard
 	}
-	files := o.Clients + o.Flood + 64
+	files := o.Clients + o.Flood + attackFiles(o.attacks) + 64
 	if o.sse() {
 		files += o.Clients // a stream and a connection for the POSTs each
 	}
 	if lim := fileLimit(); lim != 0 && uint64(files) > lim {
-		return nil, fmt.Errorf("-clients %d and -flood %d need %d open files; the limit is %d (ulimit -n)", o.Clients, o.Flood, files, lim)
+		return nil, fmt.Errorf("-clients %d, -flood %d and -attack %q need %d open files; the limit is %d (ulimit -n)", o.Clients, o.Flood, o.Attack, files, lim)
 	}
 	// Whatever happens, the run ends.
 	ctx, cancel := context.WithTimeout(ctx, registerTimeout+connectLimit+o.Duration+drainLimit+closeLimit)
@@ -141,6 +142,13 @@ func run(ctx context.Context, o options, progress io.Writer) (*report, error) {
 		defer r.flood.stop()
 		fmt.Fprintf(progress, "flooding from %d connections from %s\n", o.Flood, r.flood.source)
 	}
+	if len(o.attacks) > 0 {
+		if r.attack, err = startAttack(ctx, &o); err != nil {
+			return nil, err
+		}
+		defer r.attack.stop()
+		fmt.Fprintf(progress, "attacking (%s) from %s\n", strings.Join(o.attacks, ", "), r.attack.source)
+	}
 	r.sampleStart(ctx)
 	switch o.Scenario {
 	case scenarioIdle:
@@ -160,6 +168,10 @@ func run(ctx context.Context, o options, progress io.Writer) (*report, error) {
 			n += lb.flood.Load()
 		}
 		r.rep.Flood = r.flood.report(n)
+	}
+	if r.attack != nil {
+		r.attack.stop()
+		r.rep.Attack = r.attack.report()
 	}
 	return r.rep, nil
 }
@@ -192,10 +204,11 @@ func (r *runner) sampleStart(ctx context.Context) {
 	r.genStart = processCPU()
 }
 
-// sampleEnd ends the flood, which lasts as long as the window, and reads
-// the figures at the window's end.
+// sampleEnd ends the flood and the attacks, which last as long as the
+// window, and reads the figures at the window's end.
 func (r *runner) sampleEnd(ctx context.Context) {
 	r.flood.stop()
+	r.attack.stop()
 	r.genEnd = processCPU()
 	r.end = r.scrape(ctx)
 	if r.redisErr == nil {
