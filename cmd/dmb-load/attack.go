@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	mrand "math/rand/v2"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/dmb-broker/dmb/backend"
 	"github.com/dmb-broker/dmb/internal/wsframe"
 	"github.com/dmb-broker/dmb/protocol"
 )
@@ -128,9 +126,7 @@ type attack struct {
 	d      *net.Dialer
 	ch     protocol.Channels
 	rdb    *redis.Client
-	be     *backend.Backend // SERVICE-attack's backend, for slow and big
-	beStop context.CancelFunc
-	beDone chan error
+	be     *loadBackend // SERVICE-attack's backend, for slow and big
 
 	honest, target, nobody *endpoint // SERVICE's, SERVICE-attack's and SERVICE-nobody's WebSocket URLs
 	junk                   string    // register's services' prefix
@@ -216,38 +212,25 @@ func startAttack(ctx context.Context, o *options) (*attack, error) {
 	return a, nil
 }
 
-// register registers SERVICE-attack's backend and waits until it listens.
+// register registers SERVICE-attack's backend, as the scenarios register
+// theirs, and waits until it listens.
 func (a *attack) register(ctx context.Context, o *options) error {
-	service := o.Service + attackSuffix
-	a.be = backend.New(a.rdb, service, backend.Options{Prefix: o.Prefix, RegisterTimeout: 2 * time.Second, LiveOnly: true})
-	runCtx, cancel := context.WithCancel(context.Background())
-	a.beStop, a.beDone = cancel, make(chan error, 1)
-	go func() { a.beDone <- a.be.RunRaw(runCtx, func(context.Context, string) {}) }()
-	timer := time.NewTimer(registerTimeout)
-	defer timer.Stop()
-	select {
-	case <-a.be.Ready():
-		return nil
-	case err := <-a.beDone:
-		a.beDone <- err
-		err = errors.Join(errors.New("stopped"), err)
-		a.stopBackend()
-		return fmt.Errorf("register the attack's backend of %q: %w", service, err)
-	case <-timer.C:
-	case <-ctx.Done():
+	bo := *o
+	bo.Service = o.Service + attackSuffix
+	lb, err := startBackend(ctx, &bo, &runClock{start: time.Now()}, &histogram{}, o.logger(io.Discard))
+	if err != nil {
+		return fmt.Errorf("the attack's backend: %w", err)
 	}
-	a.stopBackend()
-	return fmt.Errorf("register the attack's backend of %q: no answer from DMB within %v", service, registerTimeout)
+	a.be = lb
+	return nil
 }
 
 // stopBackend stops SERVICE-attack's backend, if there is one.
 func (a *attack) stopBackend() {
-	if a.be == nil {
-		return
+	if a.be != nil {
+		a.be.close()
+		a.be = nil
 	}
-	a.beStop()
-	<-a.beDone
-	a.be = nil
 }
 
 func (a *attack) has(kind string) bool { return slices.Contains(a.kinds, kind) }
@@ -345,7 +328,7 @@ func (a *attack) slowClient(ctx context.Context) {
 // downlink, rate a second, counted for kind.
 func (a *attack) broadcast(ctx context.Context, kind string, rate, size int) {
 	payload := `{"type":"broadcast","data":"` + strings.Repeat("x", size) + `"}`
-	channel := a.ch.Downlink(a.be.BKID())
+	channel := a.ch.Downlink(a.be.b.BKID())
 	a.paced(ctx, rate, func(n int) {
 		pipe := a.rdb.Pipeline()
 		for range n {
