@@ -40,7 +40,8 @@
 // Locks are taken in this order, never the other way; a function that
 // expects a lock held says so.
 //
-//	Broker.mu (the index; read-held by a fan-out across its writes)
+//	Broker.mu (the index; read-held by a fan-out across its writes, and
+//	  across the yields that give the other goroutines their turn)
 //	  -> sendQueue.mu (a session's queue; never held across a write)
 //	       -> Broker.flushMu (read-held to hand a writer to a flusher)
 //	  -> the transport's locks (internal/wsconn documents its own)

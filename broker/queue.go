@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -232,6 +233,17 @@ func (q *sendQueue) take() (frames [][]byte, req *closeReq, done bool) {
 	frames = q.frames
 	q.frames, q.spare = q.spare, nil
 	return frames, nil, false
+}
+
+// putBack returns frames that the writer took and did not write to the
+// head of the queue, before what came since; the writer goes on running.
+func (q *sendQueue) putBack(frames [][]byte) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.writer == writerStopped { // dropped already
+		return
+	}
+	q.frames = slices.Concat(frames, q.frames)
 }
 
 // stop makes sure that no writer starts from now on, and drops what is

@@ -122,7 +122,8 @@ func TestAFlusherWritesAQueueAChunkAtATime(t *testing.T) {
 	for range 100 {
 		frames = append(frames, frame)
 	}
-	if _, all := s.writeInline(frames); !all {
+	budget := len(frames) * len(frame)
+	if rest, waited := s.writeInline(frames, &budget); waited || rest != nil {
 		t.Fatal("a transport that takes everything did not get everything")
 	}
 	total := 0

@@ -70,7 +70,7 @@ func (s *session) flushReady() {
 			return
 		}
 	}
-	for {
+	for budget := flushTurn; ; {
 		frames, req, done := s.q.take()
 		switch {
 		case done:
@@ -81,7 +81,9 @@ func (s *session) flushReady() {
 			return
 		}
 		s.b.m.WriteBatch.Observe(float64(len(frames)))
-		if rest, all := s.writeInline(frames); !all {
+		rest, waited := s.writeInline(frames, &budget)
+		switch {
+		case waited:
 			// The client made the write wait, or another write holds the
 			// connection (the library answering a ping or a close to a
 			// full socket): the rest, after the tail, goes on a goroutine
@@ -89,10 +91,27 @@ func (s *session) flushReady() {
 			handedOver = true
 			s.goWrite(rest, nil)
 			return
+		case len(rest) > 0:
+			// The turn is over: the rest goes back to the head of the
+			// queue, and the session to the end of the flushers' line.
+			s.q.putBack(rest)
+			handedOver = true
+			if !s.b.flushLater(s) {
+				s.goWrite(nil, nil)
+			}
+			return
 		}
 		s.q.recycle(frames)
 	}
 }
+
+// flushTurn is about how many bytes a session's turn on a flusher writes.
+// The flushers serve their sessions in line: a turn as long as a client's
+// kernel buffer (2 MiB, see DMB_CLIENT_SEND_BUFFER) made every session
+// behind a hundred clients that never read wait 100 to 400 ms, honest
+// clients' acks with them (docs/limits.md). A turn of one chunk keeps the
+// line moving.
+const flushTurn = inlineChunk
 
 // inlineChunk is about how many bytes writeInline hands the transport at a
 // time: the transport copies what it frames, and a slow client should hold
@@ -100,11 +119,17 @@ func (s *session) flushReady() {
 const inlineChunk = 64 << 10
 
 // writeInline writes frames through the inline transport a chunk at a
-// time, without waiting. all is false when the client made a write wait:
-// the bytes of what was written are given back to the queue, and rest is
-// what is still to write after the tail.
-func (s *session) writeInline(frames [][]byte) (rest [][]byte, all bool) {
+// time, without waiting, while budget (bytes) lasts; what it writes comes
+// off budget, and a chunk is written whenever budget is left. The bytes of
+// what it wrote are given back to the queue, and rest is what is left to
+// write: after the tail when waited, when the client made a write wait;
+// otherwise what the budget did not reach (nil when it wrote everything).
+func (s *session) writeInline(frames [][]byte, budget *int) (rest [][]byte, waited bool) {
 	for start := 0; start < len(frames); {
+		if *budget <= 0 {
+			s.q.release(frames[:start])
+			return frames[start:], false
+		}
 		end, size := start, 0
 		for end < len(frames) && (end == start || size < inlineChunk) {
 			size += len(frames[end])
@@ -114,14 +139,15 @@ func (s *session) writeInline(frames [][]byte) (rest [][]byte, all bool) {
 		switch {
 		case !took:
 			s.q.release(frames[:start])
-			return frames[start:], false
+			return frames[start:], true
 		case tail:
 			s.q.release(frames[:end])
-			return frames[end:], false
+			return frames[end:], true
 		}
+		*budget -= size
 		start = end
 	}
-	return nil, true
+	return nil, false
 }
 
 // goWrite runs the rest of a writer on a goroutine of its own: frames and

@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime"
+	"sync/atomic"
 
 	"github.com/dmb-broker/dmb/config"
 )
@@ -47,33 +48,42 @@ func maxClients(cfg config.Config, log *slog.Logger) int {
 	return cfg.MaxClients
 }
 
-// sendBufferListener sets the kernel's send buffer of each connection it
-// accepts (DMB_CLIENT_SEND_BUFFER). Left to itself, Linux gives a loopback
-// or fast connection 4 MB at once: a hundred clients that never read,
-// under 256 kB broadcasts, had the node copy 400 MB into the kernel before
-// their queues' bound noticed them, and the honest clients' acks waited up
-// to a third of a second meanwhile (docs/limits.md).
-type sendBufferListener struct {
+// acceptTurn is the connections a clientListener takes in a turn.
+const acceptTurn = 16
+
+// clientListener is how a node takes its clients' connections. Every
+// acceptTurn connections it yields the processor (runtime.Gosched), so
+// that the accept loop takes its turn like every other goroutine. Without
+// it, a burst of a thousand connections in the kernel's backlog was taken
+// in one time slice, and the goroutines serving them all became runnable
+// at once ahead of the clients already connected: their acks waited 100
+// to 300 ms behind the handshakes (docs/limits.md). The rest of a burst
+// waits in the kernel's backlog instead. Yielding at every connection
+// cost a third of the handshakes per CPU-second; every 16th costs
+// nothing measurable.
+//
+// It also sets the kernel's send buffer of each connection
+// (DMB_CLIENT_SEND_BUFFER; 0 leaves the kernel's). Left to itself, Linux
+// gives a loopback or fast connection 4 MB at once: a hundred clients
+// that never read, under 256 kB broadcasts, had the node copy 400 MB into
+// the kernel before their queues' bound noticed them, and the honest
+// clients' acks waited up to a third of a second meanwhile.
+type clientListener struct {
 	net.Listener
-	size int
+	sendBuffer int
+	taken      atomic.Uint32
 }
 
-// withSendBuffer is ln with its connections' send buffer set to size
-// bytes; ln itself when size is 0.
-func withSendBuffer(ln net.Listener, size int) net.Listener {
-	if size <= 0 {
-		return ln
+func (l *clientListener) Accept() (net.Conn, error) {
+	if l.taken.Add(1)%acceptTurn == 0 {
+		runtime.Gosched()
 	}
-	return sendBufferListener{ln, size}
-}
-
-func (l sendBufferListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err != nil {
 		return nil, err
 	}
-	if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.SetWriteBuffer(l.size) // a connection that refuses keeps the kernel's
+	if tc, ok := c.(*net.TCPConn); ok && l.sendBuffer > 0 {
+		_ = tc.SetWriteBuffer(l.sendBuffer) // a connection that refuses keeps the kernel's
 	}
 	return c, nil
 }
