@@ -5,6 +5,7 @@ import (
 	"context"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -50,8 +51,9 @@ type loggedTransport struct {
 }
 
 type writeLog struct {
-	mu    sync.Mutex
-	names []string
+	mu     sync.Mutex
+	names  []string
+	firsts []byte // the first byte of each frame written, in order
 }
 
 func (l *writeLog) written() []string {
@@ -67,13 +69,16 @@ func (l *loggedTransport) TryWriteMany(frames [][]byte) (bool, bool) {
 	return true, false
 }
 
-func (l *loggedTransport) WriteMany([][]byte) error {
+func (l *loggedTransport) WriteMany(frames [][]byte) error {
 	if l.gate != nil {
 		<-l.gate
 		l.gate = nil
 	}
 	l.log.mu.Lock()
 	l.log.names = append(l.log.names, l.name)
+	for _, f := range frames {
+		l.log.firsts = append(l.log.firsts, f[0])
+	}
 	l.log.mu.Unlock()
 	return nil
 }
@@ -100,13 +105,12 @@ func TestAFlusherServesItsSessionsInTurns(t *testing.T) {
 	})
 
 	const chunks = 16
-	chunk := bytes.Repeat([]byte("x"), inlineChunk)
-	for range chunks { // the flusher takes the first, and waits at the gate
-		if !sb.send(chunk) {
+	for i := range chunks { // the flusher takes the first, and waits at the gate
+		if !sb.send(bytes.Repeat([]byte{byte('a' + i)}, inlineChunk)) {
 			t.Fatal("a frame was refused")
 		}
 	}
-	if !ss.send([]byte("ack")) {
+	if !ss.send([]byte("!ack")) {
 		t.Fatal("a frame was refused")
 	}
 	close(gate)
@@ -117,5 +121,11 @@ func TestAFlusherServesItsSessionsInTurns(t *testing.T) {
 	})
 	if i := slices.Index(got, "small"); i > 1 {
 		t.Errorf("the small session was written after %d chunks of the big one: %v", i, got)
+	}
+	log.mu.Lock()
+	order := string(log.firsts)
+	log.mu.Unlock()
+	if got, want := strings.ReplaceAll(order, "!", ""), "abcdefghijklmnop"; got != want {
+		t.Errorf("the big session's frames were written in the order %q, want %q", got, want)
 	}
 }
