@@ -305,15 +305,8 @@ func dialClient(t *testing.T, n *nodetest.Node, user string, rooms ...string) *w
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), nodetest.Wait)
-	defer cancel()
-	conn, _, err := websocket.Dial(ctx, n.WSURL("chat")+"?token="+url.QueryEscape(tok), nil)
-	if err != nil {
-		t.Fatalf("dial: %v", err)
-	}
-	t.Cleanup(func() { _ = conn.CloseNow() })
+	conn, f := dialAdmitted(t, n.WSURL("chat")+"?token="+url.QueryEscape(tok))
 	c := &wsClient{t: t, conn: conn}
-	f := nodetest.ReadJSON(t, conn)
 	if f["event"] != "dmb:connected" {
 		t.Fatalf("first frame %v", f)
 	}
@@ -598,15 +591,9 @@ type sessionClient struct {
 // dmb:connected.
 func dialSession(t *testing.T, rawURL string) (*sessionClient, map[string]any) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), nodetest.Wait)
-	defer cancel()
-	conn, _, err := websocket.Dial(ctx, rawURL, nil)
-	if err != nil {
-		t.Fatalf("dial %s: %v", rawURL, err)
-	}
-	t.Cleanup(func() { _ = conn.CloseNow() })
+	conn, f := dialAdmitted(t, rawURL)
 	c := &sessionClient{wsClient: &wsClient{t: t, conn: conn}}
-	f := c.next()
+	c.keep(f)
 	if f["event"] != "dmb:connected" || f["session"] == nil {
 		t.Fatalf("first frame %v, want dmb:connected with a session", f)
 	}
@@ -618,13 +605,54 @@ func dialSession(t *testing.T, rawURL string) (*sessionClient, map[string]any) {
 func (c *sessionClient) next() map[string]any {
 	c.t.Helper()
 	f := nodetest.ReadJSON(c.t, c.conn)
+	c.keep(f)
+	return f
+}
+
+// keep notes the session and offset a frame carries.
+func (c *sessionClient) keep(f map[string]any) {
 	if s, ok := f["session"].(string); ok {
 		c.session = s
 	}
 	if o, ok := f["offset"].(string); ok {
 		c.offset = o
 	}
-	return f
+}
+
+// dialAdmitted connects a client and returns it with its first frame,
+// connecting again, as clients do, while the node answers 4503: a backend
+// is live once its uplink is subscribed, and a library's driver may say it
+// is ready a moment before its run loop has subscribed.
+func dialAdmitted(t *testing.T, rawURL string) (*websocket.Conn, map[string]any) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), nodetest.Wait)
+	defer cancel()
+	retry := time.NewTicker(20 * time.Millisecond)
+	defer retry.Stop()
+	for {
+		conn, _, err := websocket.Dial(ctx, rawURL, nil)
+		if err != nil {
+			t.Fatalf("dial %s: %v", rawURL, err)
+		}
+		_, data, err := conn.Read(ctx)
+		if err == nil {
+			t.Cleanup(func() { _ = conn.CloseNow() })
+			var f map[string]any
+			if err := json.Unmarshal(data, &f); err != nil {
+				t.Fatalf("first frame %q: %v", data, err)
+			}
+			return conn, f
+		}
+		_ = conn.CloseNow()
+		if websocket.CloseStatus(err) != 4503 {
+			t.Fatalf("first frame from %s: %v", rawURL, err)
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s still answers 4503 after %v", rawURL, nodetest.Wait)
+		case <-retry.C:
+		}
+	}
 }
 
 // broadcast reads the next frame, a broadcast of data, and returns its
