@@ -323,10 +323,18 @@ func TestAResumeKeepsTheSessionsBackendWhileItIsLive(t *testing.T) {
 	// Clients are spread over the two: each resumes to the one it had.
 	for range 4 {
 		c, _ := connectSession(t, n, "chat")
-		had := one
-		if !slices.ContainsFunc(one.drainEvents(), ofTypeCID("client_connected", c.cid)) {
-			had = two
-		}
+		// The client's dmb:connected may come before its backend hears of
+		// it: wait for either backend to.
+		var had *testBackend
+		eventually(t, "a backend told of "+c.cid, func() bool {
+			for _, be := range []*testBackend{one, two} {
+				if slices.ContainsFunc(be.drainEvents(), ofTypeCID("client_connected", c.cid)) {
+					had = be
+					return true
+				}
+			}
+			return false
+		})
 		c.drop()
 		had.next(ofTypeCID("client_disconnected", c.cid))
 		c.resume(n, "chat")
