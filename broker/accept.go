@@ -1,6 +1,10 @@
 package broker
 
-import "context"
+import (
+	"context"
+
+	"github.com/dmb-broker/dmb/protocol"
+)
 
 // Hello is what a client asks for when it connects, whatever the
 // transport: the token of section 7 and, to take up a session it lost,
@@ -17,7 +21,8 @@ type Hello struct {
 // inline is t's inline writer, when it has one, else nil.
 //
 // A client that asks to resume its session takes it up when it may (see
-// resume.go), and gets a fresh one otherwise.
+// resume.go), is closed with 1013 when the resume failed for now, and gets
+// a fresh session otherwise.
 func (b *Broker) accept(t Transport, inline InlineWriter, service, remote string, h Hello, read func(*session) (int, string)) {
 	id, code, reason := b.admit(service, h.Token, remote)
 	if code != 0 {
@@ -31,7 +36,12 @@ func (b *Broker) accept(t Transport, inline InlineWriter, service, remote string
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(b.ctx, resumeTimeout)
 		defer cancel()
-		if r = b.claimResume(ctx, service, id.user, h); r != nil {
+		var failed bool
+		if r, failed = b.claimResume(ctx, service, id.user, h); failed {
+			b.refuse(t, service, remote, protocol.CloseTryAgainLater, "resume failed: try again")
+			return
+		}
+		if r != nil {
 			b.restore(s, r)
 		}
 	}

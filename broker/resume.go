@@ -28,8 +28,12 @@ import (
 // the downlink no longer holds them all is the splice abandoned and the
 // histories read again from where they ended. A message that was read but
 // is still queued live is kept from the session (resume.View.Skip). A resume that
-// is refused for any reason is a fresh session: the client learns it from
-// "resumed":false.
+// is refused (a token that is not valid here, or used, or past the window)
+// is a fresh session: the client learns it from "resumed":false. A resume
+// that fails for a passing reason (Redis did not answer in time, or
+// answered an error) is closed with 1013 instead, its token's resume
+// given back: the client connects again with it, as after any close it
+// may retry, and takes up its session then.
 
 // Resumes is the Redis side of resumes (resume.Manager).
 type Resumes interface {
@@ -60,16 +64,22 @@ type resumption struct {
 // claimResume verifies a resume's token for a client of service that the
 // auth token (if any) says is user, claims the session, reads what the
 // client missed, and then takes the session from the node that may still
-// hold an older connection of it; nil when the client is to get a fresh
-// session (the token keeps its resume when the failure came first).
-func (b *Broker) claimResume(ctx context.Context, service, user string, h Hello) *resumption {
+// hold an older connection of it. It returns nil when the client is to
+// get a fresh session, and failed when the resume could not be done now:
+// the token keeps its resume, and the client is to try again.
+func (b *Broker) claimResume(ctx context.Context, service, user string, h Hello) (r *resumption, failed bool) {
 	res := b.cfg.Resumes
 	c, ok := res.Verify(h.Resume)
 	if !ok || c.Service != service || c.User != user {
 		b.m.Resumes.WithLabelValues(metrics.ResumeRefused).Inc()
-		return nil
+		return nil, false
 	}
 	log := b.log.With("cid", c.CID, "service", service)
+	tryAgain := func(err error) (*resumption, bool) {
+		b.m.Resumes.WithLabelValues(metrics.ResumeFailed).Inc()
+		log.Warn("resume failed: the client is to try again", "err", err)
+		return nil, true
+	}
 	// A session that began or ended here a moment ago may not be in Redis
 	// yet.
 	err := b.untilAnnounced(ctx, c.CID)
@@ -77,34 +87,35 @@ func (b *Broker) claimResume(ctx context.Context, service, user string, h Hello)
 		err = b.up.Settle(ctx, c.CID)
 	}
 	if err != nil {
-		b.m.Resumes.WithLabelValues(metrics.ResumeFailed).Inc()
-		log.Warn("resume not claimed: a fresh session instead", "err", err)
-		return nil
+		return tryAgain(err)
 	}
 	cl, err := res.Claim(ctx, c)
 	switch {
 	case err != nil:
-		b.m.Resumes.WithLabelValues(metrics.ResumeFailed).Inc()
-		log.Warn("resume not claimed: a fresh session instead", "err", err)
-		return nil
+		// Not given back: a claim that failed may have found the token
+		// used already, and a replayed token must stay refused. A claim
+		// that was made all the same refuses the try again.
+		return tryAgain(err)
 	case !cl.OK:
 		b.m.Resumes.WithLabelValues(metrics.ResumeRefused).Inc()
 		log.Debug("resume refused: used, or past the window")
-		return nil
+		return nil, false
 	}
 	missed, err := res.Read(ctx, c, h.Offset, nil)
 	if err == nil {
 		err = res.Release(ctx, c, cl)
 	}
 	if err != nil {
-		b.m.Resumes.WithLabelValues(metrics.ResumeFailed).Inc()
-		log.Warn("resume failed: a fresh session instead", "err", err)
-		if err := res.Unclaim(context.WithoutCancel(ctx), c, cl); err != nil {
+		// The token's resume is given back before the client is told to
+		// try again.
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), resumeTimeout)
+		defer cancel()
+		if err := res.Unclaim(uctx, c, cl); err != nil {
 			log.Warn("token's resume not given back", "err", err)
 		}
-		return nil
+		return tryAgain(err)
 	}
-	return &resumption{claims: c, claimed: cl, bkid: cl.BKID, missed: missed}
+	return &resumption{claims: c, claimed: cl, bkid: cl.BKID, missed: missed}, false
 }
 
 // unclaim gives a resume that failed after its claim back its token's

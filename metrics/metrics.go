@@ -119,7 +119,7 @@ const (
 	ResumeRecovered = "recovered" // resumed, nothing missing
 	ResumeGap       = "gap"       // resumed, history no longer covered the gap
 	ResumeRefused   = "refused"   // a fresh session: token invalid, of another service or user, used, or past the window
-	ResumeFailed    = "failed"    // a fresh session: Redis did not answer
+	ResumeFailed    = "failed"    // closed with 1013 to try again: Redis did not answer in time, or with an error
 )
 
 // Results of a bk_connect, the values of the "result" label of

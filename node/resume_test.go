@@ -14,6 +14,7 @@ import (
 	"github.com/dmb-broker/dmb/backend"
 	"github.com/dmb-broker/dmb/config"
 	"github.com/dmb-broker/dmb/history"
+	"github.com/dmb-broker/dmb/protocol"
 )
 
 // Sessions that survive a reconnect (docs/protocol.md, section 11).
@@ -313,6 +314,32 @@ func TestAnotherUsersResumeGetsAFreshSession(t *testing.T) {
 	}
 	if f := as("alice"); !f.Resumed || f.CID != alice.cid {
 		t.Fatalf("alice with her session: %+v, want it resumed", f)
+	}
+}
+
+// A resume that Redis cannot serve in time is not refused: the client is
+// closed with 1013, and its token takes up the session once Redis answers.
+func TestAResumeThatFailsForNowIsTriedAgain(t *testing.T) {
+	e := newEnv(t)
+	n := e.startNode()
+	be := e.startBackend("chat")
+	c, _ := connectSession(t, n, "chat")
+	c.drop()
+	be.next(ofTypeCID("client_disconnected", c.cid))
+	// Redis holds every write for 7 s: the resume's claim cannot be made
+	// within its 5 s.
+	if err := e.rdb.Do(e.ctx(), "CLIENT", "PAUSE", "7000", "WRITE").Err(); err != nil {
+		t.Fatalf("CLIENT PAUSE: %v", err)
+	}
+	code := outcome(t, resumeURL(n, "chat", c.session))
+	if err := e.rdb.Do(e.ctx(), "CLIENT", "UNPAUSE").Err(); err != nil {
+		t.Fatalf("CLIENT UNPAUSE: %v", err)
+	}
+	if code != protocol.CloseTryAgainLater {
+		t.Fatalf("a resume while Redis held writes: close %d, want %d", code, protocol.CloseTryAgainLater)
+	}
+	if _, f := c.resume(n, "chat"); !f.Resumed || f.CID != c.cid {
+		t.Fatalf("the resume tried again: %+v, want the session of %s", f, c.cid)
 	}
 }
 
