@@ -108,20 +108,19 @@ func (b *Broker) claimResume(ctx context.Context, service, user string, h Hello)
 	if err != nil {
 		// The token's resume is given back before the client is told to
 		// try again.
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), resumeTimeout)
-		defer cancel()
-		if err := res.Unclaim(uctx, c, cl); err != nil {
-			log.Warn("token's resume not given back", "err", err)
-		}
+		b.unclaim(ctx, &resumption{claims: c, claimed: cl})
 		return tryAgain(err)
 	}
 	return &resumption{claims: c, claimed: cl, bkid: cl.BKID, missed: missed}, false
 }
 
 // unclaim gives a resume that failed after its claim back its token's
-// resume and its session's mark, so that the client resumes elsewhere.
+// resume and its session's mark, so that the client resumes again, here
+// or elsewhere. It runs when ctx has ended too, within resumeTimeout.
 func (b *Broker) unclaim(ctx context.Context, r *resumption) {
-	if err := b.cfg.Resumes.Unclaim(context.WithoutCancel(ctx), r.claims, r.claimed); err != nil {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), resumeTimeout)
+	defer cancel()
+	if err := b.cfg.Resumes.Unclaim(ctx, r.claims, r.claimed); err != nil {
 		b.log.Warn("resume's claim not undone", "cid", r.claims.CID, "err", err)
 	}
 }
