@@ -40,6 +40,10 @@ import (
 //   - register: 2,000 bk_connect a second, each for a new service. They
 //     fill the registry (up to DMB_MAX_SERVICES) with services that stay
 //     until DMB_BACKEND_RETENTION: run it against a Redis you throw away.
+//
+// One more kind is no attack: bulk is slow's broadcasts without its
+// clients, the baseline that tells what slow's clients themselves cost.
+// all leaves it out.
 const (
 	attackSlow     = "slow"
 	attackBig      = "big"
@@ -47,6 +51,7 @@ const (
 	attackUnknown  = "unknown"
 	attackRefused  = "refused"
 	attackRegister = "register"
+	attackBulk     = "bulk"
 	attackAll      = "all"
 
 	slowClients   = 100
@@ -67,8 +72,9 @@ const (
 	halfFrameSize = 1000
 )
 
-// attackKinds are the kinds, in the order the report lists them.
-var attackKinds = []string{attackSlow, attackBig, attackTrickle, attackUnknown, attackRefused, attackRegister}
+// attackKinds are the kinds, in the order the report lists them; all is
+// every one but bulk.
+var attackKinds = []string{attackSlow, attackBig, attackTrickle, attackUnknown, attackRefused, attackRegister, attackBulk}
 
 // bigPayloads are big's broadcast sizes.
 var bigPayloads = []int{900 << 10, 1536 << 10}
@@ -83,7 +89,7 @@ func parseAttacks(s string) ([]string, error) {
 		k = strings.TrimSpace(k)
 		switch {
 		case k == attackAll:
-			kinds = append(kinds, attackKinds...)
+			kinds = append(kinds, attackKinds[:len(attackKinds)-1]...)
 		case slices.Contains(attackKinds, k):
 			kinds = append(kinds, k)
 		default:
@@ -149,6 +155,7 @@ var counters = map[string][]string{
 	attackUnknown:  {"publishes", "publish_errors"},
 	attackRefused:  {"handshakes", "sessions"},
 	attackRegister: {"requests", "publish_errors"},
+	attackBulk:     {"broadcasts", "publish_errors"},
 }
 
 // startAttack registers SERVICE-attack's backend when slow or big needs
@@ -181,7 +188,7 @@ func startAttack(ctx context.Context, o *options) (*attack, error) {
 		}
 	}
 	a.rdb = redis.NewClient(&redis.Options{Addr: o.Redis, Dialer: redisDialer, MaxRetries: -1, DialTimeout: 5 * time.Second, PoolSize: 8})
-	if a.has(attackSlow) || a.has(attackBig) {
+	if a.has(attackSlow) || a.has(attackBig) || a.has(attackBulk) {
 		if err := a.register(ctx, o); err != nil {
 			_ = a.rdb.Close()
 			return nil, err
@@ -194,6 +201,8 @@ func startAttack(ctx context.Context, o *options) (*attack, error) {
 		case attackSlow:
 			a.spawn(slowClients, func() { a.slowClient(ctx) })
 			a.spawn(1, func() { a.broadcast(ctx, attackSlow, slowRate, slowPayload) })
+		case attackBulk:
+			a.spawn(1, func() { a.broadcast(ctx, attackBulk, slowRate, slowPayload) })
 		case attackBig:
 			for _, size := range bigPayloads {
 				a.spawn(1, func() { a.broadcast(ctx, attackBig, bigRate, size) })
@@ -511,6 +520,8 @@ func attackText(row func(k, format string, a ...any), ar *attackReport) {
 				slowClients, c["connections"], c["dropped"], c["handshakes_failed"], c["broadcasts"], slowPayload>>10, c["publish_errors"])
 		case attackBig:
 			row("  big", "%d broadcasts of 900 kB and 1.5 MB (%d failed)", c["broadcasts"], c["publish_errors"])
+		case attackBulk:
+			row("  bulk", "%d broadcasts of %d kB, to no client (%d failed)", c["broadcasts"], slowPayload>>10, c["publish_errors"])
 		case attackTrickle:
 			row("  trickle", "%d trickled requests, %d cut after %s on average; %d half frames, %d cut after %s on average; %d handshakes failed",
 				c["requests"], c["requests_cut"], meanMS(c["request_ms_held"], c["requests_cut"]),

@@ -493,6 +493,7 @@ func TestAttacksAreMetByTheirBoundsWhileHonestClientsLoseNothing(t *testing.T) {
 		{attackUnknown, "publishes to unknown bkids dropped", []string{"publishes"}, `dmb_drops_total{reason="unknown_bkid"}`},
 		{attackRefused, "handshakes for a service nobody serves refused", []string{"handshakes"}, `dmb_refusals_total{code="4004"}`},
 		{attackRegister, "bk_connect for new services answered", []string{"requests"}, `dmb_registrations_total{result="acked"}`},
+		{attackBulk, "broadcasts to no client handled", []string{"broadcasts"}, `dmb_messages_in_total{kind="broadcast"}`},
 	} {
 		t.Run(tc.kind, func(t *testing.T) {
 			met := func() float64 { return metricOf(t, tg.metrics, tc.series) }

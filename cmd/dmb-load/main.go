@@ -99,8 +99,8 @@
 //	                each flooding connection closes itself and reconnects
 //	                after every 200 frames, as well as when DMB closes it
 //	-attack KINDS   the other attacks DMB bounds, beside the scenario: all,
-//	                or some of slow, big, trickle, unknown, refused and
-//	                register, comma-separated: see below
+//	                or some of slow, big, trickle, unknown, refused,
+//	                register and bulk, comma-separated: see below
 //
 // Scenarios. Each registers the backend, then opens the N clients with at
 // most -inflight handshakes at once (a handshake lasts from the dial to
@@ -199,6 +199,10 @@
 //     (SERVICE-junk-...). They fill the registry, up to DMB_MAX_SERVICES,
 //     with services that stay until DMB_BACKEND_RETENTION (1 h): run it
 //     against a Redis you throw away afterwards.
+//
+// -attack bulk is no attack: slow's broadcasts without its clients, the
+// baseline that tells what slow's clients themselves cost (all leaves it
+// out).
 //
 // An SSE client reads its stream and answers in its reader, as the others
 // do; at full speed (uplink, -rate 0) that reader sends the next POST,

@@ -115,8 +115,9 @@ func TestAttackKindsAreReadInOrderOnceEach(t *testing.T) {
 		"":                   nil,
 		"register,slow,slow": {attackSlow, attackRegister},
 		" trickle , big":     {attackBig, attackTrickle},
-		"all":                attackKinds,
-		"unknown,all":        attackKinds,
+		"all":                {attackSlow, attackBig, attackTrickle, attackUnknown, attackRefused, attackRegister},
+		"unknown,all":        {attackSlow, attackBig, attackTrickle, attackUnknown, attackRefused, attackRegister},
+		"bulk,all":           attackKinds,
 	} {
 		got, err := parseAttacks(in)
 		if err != nil || !slices.Equal(got, want) {
