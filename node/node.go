@@ -138,7 +138,7 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 			return nil, fmt.Errorf("listen on %s: %w", cfg.Addr(), err)
 		}
 	}
-	ln = wsconn.Listen(&clientListener{Listener: ln, sendBuffer: cfg.ClientSendBuffer})
+	ln = wsconn.Listen(listenClients(ln, cfg.ClientSendBuffer))
 	if tlsConfig != nil {
 		ln = tls.NewListener(ln, tlsConfig)
 	}
@@ -271,7 +271,7 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 			}
 			return nil, fmt.Errorf("listen on DMB_TCP_PORT %s: %w", addr, err)
 		}
-		n.tcpLn, n.tcpTLS = &clientListener{Listener: tcpLn, sendBuffer: cfg.ClientSendBuffer}, tlsConfig
+		n.tcpLn, n.tcpTLS = listenClients(tcpLn, cfg.ClientSendBuffer), tlsConfig
 	}
 	return n, nil
 }

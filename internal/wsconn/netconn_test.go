@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dmb-broker/dmb/internal/looptest"
 	"github.com/dmb-broker/dmb/internal/wsframe"
 )
 
@@ -18,20 +19,7 @@ import (
 // wrapped as Listen wraps it.
 func tcpPair(t *testing.T) (*netConn, net.Conn) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	server, err := Listen(ln).Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = client.Close(); _ = server.Close() })
+	server, client := looptest.Pair(t, Listen(looptest.Listen(t)))
 	return server.(*netConn), client
 }
 
