@@ -72,9 +72,12 @@ const (
 	halfFrameSize = 1000
 )
 
-// attackKinds are the kinds, in the order the report lists them; all is
-// every one but bulk.
-var attackKinds = []string{attackSlow, attackBig, attackTrickle, attackUnknown, attackRefused, attackRegister, attackBulk}
+// allAttacks are the kinds that all names; attackKinds are every kind, in
+// the order the report lists them.
+var (
+	allAttacks  = []string{attackSlow, attackBig, attackTrickle, attackUnknown, attackRefused, attackRegister}
+	attackKinds = append(slices.Clip(allAttacks), attackBulk)
+)
 
 // bigPayloads are big's broadcast sizes.
 var bigPayloads = []int{900 << 10, 1536 << 10}
@@ -89,7 +92,7 @@ func parseAttacks(s string) ([]string, error) {
 		k = strings.TrimSpace(k)
 		switch {
 		case k == attackAll:
-			kinds = append(kinds, attackKinds[:len(attackKinds)-1]...)
+			kinds = append(kinds, allAttacks...)
 		case slices.Contains(attackKinds, k):
 			kinds = append(kinds, k)
 		default:
@@ -158,8 +161,8 @@ var counters = map[string][]string{
 	attackBulk:     {"broadcasts", "publish_errors"},
 }
 
-// startAttack registers SERVICE-attack's backend when slow or big needs
-// it, and starts the attacks of o.attacks; they run until stop or the end
+// startAttack registers SERVICE-attack's backend when slow, big or bulk
+// needs it, and starts the attacks of o.attacks; they run until stop or the end
 // of ctx.
 func startAttack(ctx context.Context, o *options) (*attack, error) {
 	src := floodSource(o)

@@ -19,8 +19,8 @@ import (
 	"sync"
 )
 
-// Yielder hands out turns through a pipe. The zero value and nil yield
-// with runtime.Gosched.
+// Yielder hands out turns through a pipe. A nil Yielder yields with
+// runtime.Gosched.
 type Yielder struct {
 	r, w  *os.File
 	turns chan struct{}
@@ -45,7 +45,7 @@ var one = []byte{1}
 // Yield lets the goroutines that are ready to run, and those that the
 // network has made ready, run before the caller goes on.
 func (y *Yielder) Yield() {
-	if y == nil || y.w == nil {
+	if y == nil {
 		runtime.Gosched()
 		return
 	}
@@ -78,7 +78,7 @@ func (y *Yielder) run() {
 // Close stops the Yielder once the turns asked for are given; Yield then
 // falls back to runtime.Gosched.
 func (y *Yielder) Close() error {
-	if y == nil || y.w == nil {
+	if y == nil {
 		return nil
 	}
 	y.once.Do(func() {
