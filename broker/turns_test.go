@@ -129,3 +129,54 @@ func TestAFlusherServesItsSessionsInTurns(t *testing.T) {
 		t.Errorf("the big session's frames were written in the order %q, want %q", got, want)
 	}
 }
+
+// stalledTransport has a write stalled for ever: the watchdog drops it. It
+// counts the drops, and those made while the broker's index was locked.
+type stalledTransport struct {
+	recordingTransport
+	b               *Broker
+	dropped, locked *atomic.Int32
+}
+
+func (s *stalledTransport) DropIfStalled(time.Time, time.Duration, time.Duration) bool {
+	if s.b.mu.TryLock() {
+		s.b.mu.Unlock()
+	} else {
+		s.locked.Add(1)
+	}
+	s.dropped.Add(1)
+	return true
+}
+
+// The watchdog drops the stalled connections with the broker's index
+// unlocked, and takes turns while it does: 500 clients that began half a
+// frame together were dropped in one loop that held the index, so that
+// every session that ended, or began, waited for the whole loop, and the
+// honest clients' acks waited up to 56 ms.
+func TestTheWatchdogDropsInTurnsWithTheIndexFree(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	brk := newTestBroker(t)
+	var dropped, locked atomic.Int32
+	const stalled = 100
+	for range stalled {
+		tr := &stalledTransport{b: brk, dropped: &dropped, locked: &locked}
+		if code, reason := brk.add(newSession(brk, tr, tr, "chat", "127.0.0.1", identity{})); code != 0 {
+			t.Fatalf("add: %d %s", code, reason)
+		}
+	}
+	seen := make(chan int32, 1)
+	go func() { seen <- dropped.Load() }() // ready, waiting for the processor
+	buf := brk.closeStalledWrites(time.Now(), nil)
+	if n := dropped.Load(); n != stalled {
+		t.Fatalf("%d of %d stalled connections dropped", n, stalled)
+	}
+	if n := locked.Load(); n != 0 {
+		t.Errorf("%d of %d connections dropped with the index locked", n, stalled)
+	}
+	if n := <-seen; n == stalled {
+		t.Error("a goroutine ready before the watchdog dropped 100 connections ran only after it ended")
+	}
+	if len(buf) != 0 || slices.ContainsFunc(buf[:cap(buf)], func(s *session) bool { return s != nil }) {
+		t.Error("the watchdog's list still holds sessions after a look")
+	}
+}
