@@ -6,8 +6,11 @@
 //
 // Clients are split over a few workers by cid. A worker owns the bindings of
 // its clients (which backend each is bound to, and whether that backend has
-// had client_connected) and publishes everything it has queued in one Redis
-// pipeline, so a client's frames reach its backend in the order sent. A
+// had client_connected) and publishes what it has queued in Redis
+// pipelines, so a client's frames reach its backend in the order sent. A
+// client's message may pass other clients' connects and disconnects queued
+// before it, which a pipeline takes a few at a time (pick), never a request
+// of its own client. A
 // PUBLISH that reaches nobody means the backend is gone: the worker tells the
 // registry, binds the client to another live backend, sends that backend
 // client_connected, then the frame. The uplink does not accept sockets or

@@ -137,6 +137,7 @@ func (u *Uplink) newWorker() *worker {
 		byService: make(map[string]map[string]*binding),
 		pending:   make(map[string]struct{}),
 		channels:  make(map[string]string),
+		held:      make(map[string]struct{}),
 		rates:     make(map[string]*ratelimit.Bucket),
 	}
 }
@@ -396,8 +397,9 @@ type worker struct {
 	mu      sync.Mutex // guards pending
 	pending map[string]struct{}
 
-	channels map[string]string // bkid -> its uplink channel, built once
-	p        pipeline          // reused by process, so its ops do not grow anew per batch
+	channels map[string]string   // bkid -> its uplink channel, built once
+	held     map[string]struct{} // pick's: the cids with a request left for later
+	p        pipeline            // reused by process, so its ops do not grow anew per batch
 	// rates holds, by bkid, the worker's share of the backend's rate.
 	rates map[string]*ratelimit.Bucket
 }
@@ -416,40 +418,108 @@ func (w *worker) channel(bkid string) string {
 
 func (w *worker) run(ctx context.Context) error {
 	batch := make([]request, 0, maxBatch)
+	var queued []request // taken from in and not yet published, in order
 	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-w.rebind:
-			w.rebindPending(ctx)
-		case r := <-w.in:
-			batch = append(batch[:0], r)
-			batch = w.fill(batch)
-			w.process(ctx, batch)
-			clear(batch) // drop references to clients and payloads
-		case <-w.u.drain:
-			for {
-				batch = w.fill(batch[:0])
-				if len(batch) == 0 {
-					return nil
+		if len(queued) == 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-w.rebind:
+				w.rebindPending(ctx)
+				continue
+			case r := <-w.in:
+				queued = append(queued, r)
+			case <-w.u.drain:
+				for {
+					if queued = w.fill(queued); len(queued) == 0 {
+						return nil
+					}
+					batch, queued = w.pick(batch[:0], queued)
+					w.process(ctx, batch)
+					clear(batch)
 				}
-				w.process(ctx, batch)
+			}
+		} else {
+			select { // between pipelines, without waiting
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-w.rebind:
+				w.rebindPending(ctx)
+			default:
 			}
 		}
+		queued = w.fill(queued)
+		batch, queued = w.pick(batch[:0], queued)
+		w.process(ctx, batch)
+		clear(batch) // drop references to clients and payloads
 	}
 }
 
-// fill adds what is queued, up to maxBatch, without waiting.
-func (w *worker) fill(batch []request) []request {
-	for len(batch) < maxBatch {
+// maxQueued bounds what a worker takes from its queue ahead of the
+// pipeline it builds, so that a message can pass the connects and
+// disconnects queued before it.
+const maxQueued = 4 * maxBatch
+
+// fill adds what is queued, up to maxQueued, without waiting.
+func (w *worker) fill(queued []request) []request {
+	for len(queued) < maxQueued {
 		select {
 		case r := <-w.in:
-			batch = append(batch, r)
+			queued = append(queued, r)
 		default:
-			return batch
+			return queued
 		}
 	}
-	return batch
+	return queued
+}
+
+// lifecycleTurn bounds the connects and disconnects in one pipeline. Each
+// is a few commands, and a thousand clients that connect or leave at once
+// put a thousand of them in the queue: the messages of the clients already
+// connected pass them, and wait for at most two pipelines of lifecycleTurn.
+const lifecycleTurn = 64
+
+// lifecycle tells whether r begins or ends a client's binding.
+func (r *request) lifecycle() bool {
+	return r.kind == reqConnect || r.kind == reqDisconnect || r.kind == reqDrop
+}
+
+// pick moves from queued, in order, the requests of the next pipeline to
+// batch, and returns what is left of queued, in order. A message passes
+// the requests of other clients left for a later pipeline, never one of
+// its own client's; a request of no client (a barrier, a retrack) passes
+// nothing, and once one is left, so is everything after it.
+func (w *worker) pick(batch, queued []request) ([]request, []request) {
+	rest := queued[:0] // written behind the reads
+	lifecycles, blocked := 0, false
+	for _, r := range queued {
+		take := !blocked && len(batch) < maxBatch
+		switch {
+		case !take:
+		case r.client == nil:
+			take = len(rest) == 0
+		case len(rest) > 0:
+			_, held := w.held[r.client.CID()]
+			take = !held
+		}
+		if take && r.lifecycle() {
+			take = lifecycles < lifecycleTurn
+			lifecycles++
+		}
+		if take {
+			batch = append(batch, r)
+			continue
+		}
+		rest = append(rest, r)
+		if r.client == nil || len(batch) == maxBatch {
+			blocked = true
+		} else {
+			w.held[r.client.CID()] = struct{}{}
+		}
+	}
+	clear(w.held)
+	clear(queued[len(rest):]) // drop references to what was taken
+	return batch, rest
 }
 
 func (w *worker) rebindPending(ctx context.Context) {
