@@ -21,7 +21,8 @@ import (
 // A client's message passes the connects of other clients queued before
 // it, and each client's own requests keep their order. A thousand clients
 // that connect or leave at once used to stand, a few Redis commands each,
-// between every connected client's message and its backend.
+// between every connected client's message and its backend: here it
+// reached the backend after all 2,000.
 func TestAMessagePassesOtherClientsConnects(t *testing.T) {
 	rs := redistest.Start(t)
 	rdb := rs.Client()
@@ -39,13 +40,6 @@ func TestAMessagePassesOtherClientsConnects(t *testing.T) {
 		Channels: ch, Workers: 1, Metrics: metrics.New(prometheus.NewRegistry()),
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- up.Run(runCtx) }()
-	defer func() {
-		stop()
-		<-done
-	}()
 
 	type event struct {
 		Type string `json:"type"`
@@ -66,12 +60,11 @@ func TestAMessagePassesOtherClientsConnects(t *testing.T) {
 		}
 	}
 
+	// Everything is queued before the worker runs, so that what it passes
+	// does not depend on how fast it publishes meanwhile.
 	honest := &benchClient{cid: "honest"}
 	if err := up.Connect(honest); err != nil {
 		t.Fatal(err)
-	}
-	if e := next(); e.Type != protocol.TypeClientConnected || e.CID != "honest" {
-		t.Fatalf("first event %+v, want honest's client_connected", e)
 	}
 	const crowd = 2000
 	for i := range crowd {
@@ -91,7 +84,17 @@ func TestAMessagePassesOtherClientsConnects(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- up.Run(runCtx) }()
+	defer func() {
+		stop()
+		<-done
+	}()
 
+	if e := next(); e.Type != protocol.TypeClientConnected || e.CID != "honest" {
+		t.Fatalf("first event %+v, want honest's client_connected", e)
+	}
 	before := -1 // crowd connects the backend got before honest's message
 	var lates []string
 	for connects := 0; before < 0 || len(lates) < 3; {
@@ -109,7 +112,7 @@ func TestAMessagePassesOtherClientsConnects(t *testing.T) {
 			t.Fatalf("unexpected %+v", e)
 		}
 	}
-	if before > crowd/4 {
+	if before > 64 { // the connects a pipeline takes
 		t.Errorf("honest's message reached its backend after %d of the %d connects queued before it", before, crowd)
 	}
 	if want := []string{protocol.TypeClientConnected, protocol.TypeMessage, protocol.TypeClientDisconnected}; !slices.Equal(lates, want) {

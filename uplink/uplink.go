@@ -275,7 +275,7 @@ func (u *Uplink) Settle(ctx context.Context, cid string) error {
 		return nil
 	}
 	done := make(chan struct{})
-	if err := u.enqueue(ctx, u.cidWorker(cid), request{kind: reqBarrier, then: func() { close(done) }}); err != nil {
+	if err := u.enqueue(ctx, u.cidWorker(cid), request{kind: reqBarrier, cid: cid, then: func() { close(done) }}); err != nil {
 		return fmt.Errorf("settle client %s: %w", cid, err)
 	}
 	select {
@@ -370,6 +370,7 @@ type request struct {
 	reason string
 	bkid   string // publish
 	then   func() // barrier
+	cid    string // a barrier of no client: the cid whose requests it follows (Settle)
 	heavy  bool   // message: from a client over half its burst
 	// resumed: a connect of a resumed session (bkid: its backend), or a
 	// disconnect of a session that may be resumed.
@@ -476,7 +477,9 @@ func (w *worker) fill(queued []request) []request {
 // lifecycleTurn bounds the connects and disconnects in one pipeline. Each
 // is a few commands, and a thousand clients that connect or leave at once
 // put a thousand of them in the queue: the messages of the clients already
-// connected pass them, and wait for at most two pipelines of lifecycleTurn.
+// connected pass them. A message among the maxQueued requests a worker
+// holds waits for at most two pipelines of lifecycleTurn; one further back
+// in the queue, for as many more as it takes the worker to reach it.
 const lifecycleTurn = 64
 
 // lifecycle tells whether r begins or ends a client's binding.
@@ -484,22 +487,32 @@ func (r *request) lifecycle() bool {
 	return r.kind == reqConnect || r.kind == reqDisconnect || r.kind == reqDrop
 }
 
+// key is the cid whose order r keeps, "" for a request of every client (a
+// retrack, a forget, a node event).
+func (r *request) key() string {
+	if r.client != nil {
+		return r.client.CID()
+	}
+	return r.cid
+}
+
 // pick moves from queued, in order, the requests of the next pipeline to
-// batch, and returns what is left of queued, in order. A message passes
+// batch, and returns what is left of queued, in order. A request passes
 // the requests of other clients left for a later pipeline, never one of
-// its own client's; a request of no client (a barrier, a retrack) passes
-// nothing, and once one is left, so is everything after it.
+// its own client's; a request of every client (a retrack, a forget)
+// passes nothing, and once one is left, so is everything after it.
 func (w *worker) pick(batch, queued []request) ([]request, []request) {
 	rest := queued[:0] // written behind the reads
 	lifecycles, blocked := 0, false
 	for _, r := range queued {
+		key := r.key()
 		take := !blocked && len(batch) < maxBatch
 		switch {
 		case !take:
-		case r.client == nil:
+		case key == "":
 			take = len(rest) == 0
 		case len(rest) > 0:
-			_, held := w.held[r.client.CID()]
+			_, held := w.held[key]
 			take = !held
 		}
 		if take && r.lifecycle() {
@@ -511,10 +524,10 @@ func (w *worker) pick(batch, queued []request) ([]request, []request) {
 			continue
 		}
 		rest = append(rest, r)
-		if r.client == nil || len(batch) == maxBatch {
+		if key == "" || len(batch) == maxBatch {
 			blocked = true
 		} else {
-			w.held[r.client.CID()] = struct{}{}
+			w.held[key] = struct{}{}
 		}
 	}
 	clear(w.held)
