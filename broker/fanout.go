@@ -11,6 +11,13 @@ import (
 	"github.com/dmb-broker/dmb/metrics"
 )
 
+// Serves tells whether a client of service is on this node.
+func (b *Broker) Serves(service string) bool {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return len(b.byService[service]) > 0
+}
+
 // Broadcast queues frame to every client of service on this node but those
 // in except.
 func (b *Broker) Broadcast(service string, frame []byte, except []string) int {

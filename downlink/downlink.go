@@ -5,8 +5,9 @@
 // there it subscribes to each backend's downlink shard channel as the
 // registry learns the bkid (see Watch), and the registry holds the ack until
 // every node has. It resolves each bkid to its service, decodes
-// and validates the command, encodes the client frame once, and hands it to
-// the broker's Sink. For a command with an id it publishes this node's
+// and validates the command, encodes the client frame once (not at all when
+// no client of the service is on this node), and hands it to the broker's
+// Sink. For a command with an id it publishes this node's
 // bk_message_ack; for a payload it drops, an error event, both through the
 // uplink's publisher.
 //
@@ -37,6 +38,9 @@ import (
 // returns how many clients the frame was queued to, and never blocks on a
 // client.
 type Sink interface {
+	// Serves tells whether a client of service is on this node: a frame
+	// for a service with none here is not built.
+	Serves(service string) bool
 	Broadcast(service string, frame []byte, except []string) int
 	Direct(service, cid string, frame []byte) int
 	DirectUser(service, user string, frame []byte, except []string) int
@@ -225,20 +229,18 @@ func (d *Downlink) Handle(ctx context.Context, channel string, payload []byte) {
 	}
 	var delivered int
 	switch cmd.Type {
-	case protocol.TypeBroadcast:
-		delivered = d.sink.Broadcast(service, withOffset(protocol.AppendBroadcast(nil, cmd.Data)), joinExcept(cmd.Except, skipped))
-	case protocol.TypeDirect:
-		frame := withOffset(protocol.AppendDirect(nil, cmd.Data, cmd.ReplyTo, cmd.More))
-		switch {
-		case cmd.CID != "" && slices.Contains(skipped, cmd.CID):
-		case cmd.CID != "":
-			delivered = d.sink.Direct(service, cmd.CID, frame)
-		default:
-			// Every connection (every tab) of the user on this node; the
-			// other nodes deliver to theirs. Only with auth do clients have
-			// users.
-			delivered = d.sink.DirectUser(service, cmd.User, frame, skipped)
+	case protocol.TypeBroadcast, protocol.TypeDirect, protocol.TypeRoom:
+		// A fleet's every node gets every message; on most, a small
+		// service has no client, and a large frame cost as much to build
+		// as to check (a 900 kB broadcast, 0.4 ms of its 1.5). A client
+		// that joins meanwhile is one that joined after the message.
+		if !d.sink.Serves(service) {
+			if cmd.Type == protocol.TypeDirect && cmd.CID != "" {
+				d.m.Drops.WithLabelValues(metrics.DropUnknownClient).Inc() // as the sink would
+			}
+			break
 		}
+		delivered = d.deliver(service, cmd, withOffset, skipped)
 	case protocol.TypeKick:
 		delivered = d.sink.Kick(service, cmd.CID, cmd.Reason)
 	case protocol.TypeResumed:
@@ -253,8 +255,6 @@ func (d *Downlink) Handle(ctx context.Context, channel string, payload []byte) {
 		}
 	case protocol.TypeLeave:
 		delivered = d.sink.Leave(service, cmd.CID, cmd.User, cmd.Room)
-	case protocol.TypeRoom:
-		delivered = d.sink.Room(service, cmd.Room, withOffset(protocol.AppendRoom(nil, cmd.Room, cmd.Data)), joinExcept(cmd.Except, skipped))
 	case protocol.TypePresence:
 		d.presence(bkid, service, cmd)
 		return
@@ -262,6 +262,29 @@ func (d *Downlink) Handle(ctx context.Context, channel string, payload []byte) {
 	if cmd.ID != nil {
 		d.publish(bkid, protocol.AppendMessageAck(nil, cmd.ID, d.cfg.NodeID, delivered))
 		d.m.MessagesOut.WithLabelValues(metrics.KindMessageAck).Inc()
+	}
+}
+
+// deliver builds the frame of a broadcast, a direct or a room message,
+// with its offset when it is recoverable, and hands it to the sink.
+func (d *Downlink) deliver(service string, cmd protocol.Command, withOffset func([]byte) []byte, skipped []string) int {
+	switch cmd.Type {
+	case protocol.TypeBroadcast:
+		return d.sink.Broadcast(service, withOffset(protocol.AppendBroadcast(nil, cmd.Data)), joinExcept(cmd.Except, skipped))
+	case protocol.TypeRoom:
+		return d.sink.Room(service, cmd.Room, withOffset(protocol.AppendRoom(nil, cmd.Room, cmd.Data)), joinExcept(cmd.Except, skipped))
+	}
+	frame := withOffset(protocol.AppendDirect(nil, cmd.Data, cmd.ReplyTo, cmd.More))
+	switch {
+	case cmd.CID != "" && slices.Contains(skipped, cmd.CID):
+		return 0
+	case cmd.CID != "":
+		return d.sink.Direct(service, cmd.CID, frame)
+	default:
+		// Every connection (every tab) of the user on this node; the
+		// other nodes deliver to theirs. Only with auth do clients have
+		// users.
+		return d.sink.DirectUser(service, cmd.User, frame, skipped)
 	}
 }
 

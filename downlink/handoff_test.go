@@ -30,6 +30,7 @@ func (s stuckSink) Broadcast(_ string, frame []byte, _ []string) int {
 	s.got <- string(frame)
 	return 1
 }
+func (stuckSink) Serves(string) bool                              { return true }
 func (stuckSink) Direct(string, string, []byte) int               { return 0 }
 func (stuckSink) DirectUser(string, string, []byte, []string) int { return 0 }
 func (stuckSink) Resumed(string, string) int                      { return 0 }
