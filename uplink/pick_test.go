@@ -15,7 +15,8 @@ func (pickClient) User() string      { return "" }
 func (pickClient) Send(frame []byte) {}
 
 // published runs pick until queued is empty, and returns in which pipeline
-// each request went, by its index in queued.
+// each request went, by its index in queued. Each request carries that
+// index in its code, which pick does not read.
 func published(t *testing.T, queued []request) []int {
 	t.Helper()
 	w := &worker{held: make(map[string]struct{})}

@@ -516,8 +516,9 @@ func (w *worker) pick(batch, queued []request) ([]request, []request) {
 			take = !held
 		}
 		if take && r.lifecycle() {
-			take = lifecycles < lifecycleTurn
-			lifecycles++
+			if take = lifecycles < lifecycleTurn; take {
+				lifecycles++
+			}
 		}
 		if take {
 			batch = append(batch, r)
