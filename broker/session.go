@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/dmb-broker/dmb/internal/ratelimit"
+	"github.com/dmb-broker/dmb/internal/spread"
 	"github.com/dmb-broker/dmb/metrics"
 	"github.com/dmb-broker/dmb/protocol"
 	"github.com/dmb-broker/dmb/uplink"
@@ -60,6 +61,7 @@ type session struct {
 	// (4010), so its backend is told nothing of this one's end.
 	since      int64
 	resumed    bool
+	share      spread.Share // lengthens the write and frame timeouts (watchdog.go)
 	resumeBKID string
 	superseded atomic.Bool
 	kicked     string // a resumed session: the reason of a kick it missed
@@ -83,6 +85,7 @@ func newSession(b *Broker, t Transport, inline InlineWriter, service, remote str
 		user:         id.user,
 		roomPatterns: id.rooms,
 		born:         time.Now().UnixNano(),
+		share:        spread.New(),
 		since:        time.Now().UnixMilli(),
 		t:            t,
 		inline:       inline,

@@ -16,6 +16,7 @@ import (
 	"github.com/pires/go-proxyproto"
 
 	"github.com/dmb-broker/dmb/internal/linejson"
+	"github.com/dmb-broker/dmb/internal/spread"
 	"github.com/dmb-broker/dmb/protocol"
 )
 
@@ -83,7 +84,7 @@ func (b *Broker) ServeTCP(ctx context.Context, ln net.Listener, o TCPOptions) er
 			return err
 		}
 		delay = 0
-		if !h.add(conn, time.Now().Add(o.HandshakeTimeout)) {
+		if !h.add(conn, time.Now().Add(spread.New().Of(o.HandshakeTimeout))) {
 			_ = conn.Close()
 			continue
 		}

@@ -2,9 +2,13 @@ package broker
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/dmb-broker/dmb/internal/looptest"
 )
 
 // failingWriter takes n bytes, then fails.
@@ -36,4 +40,17 @@ func TestAFailedTCPWriteLeavesNothingForTheNextClient(t *testing.T) {
 			t.Fatalf("the next client got %.80q, want only its own line", got)
 		}
 	}
+}
+
+// TCP clients that connected together and never say hello are cut over a
+// quarter of the handshake timeout, not all in one instant.
+func TestSilentTCPClientsAreCutApart(t *testing.T) {
+	const timeout = time.Second
+	brk := newTestBroker(t)
+	ln := looptest.Listen(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() { defer close(served); _ = brk.ServeTCP(ctx, ln, TCPOptions{HandshakeTimeout: timeout}) }()
+	t.Cleanup(func() { cancel(); <-served })
+	looptest.CutApart(t, ln.Addr().String(), 50, `{"event":"dmb:hel`, timeout)
 }

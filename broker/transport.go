@@ -24,7 +24,9 @@ type Transport interface {
 	// DropIfStalled drops the connection if a write has been in progress
 	// for longer than write, or a frame from the client has been arriving
 	// for longer than frame, so that the write or the read fails; true if
-	// it did. The broker's watchdog calls it a few times per timeout.
+	// it did. The broker's watchdog calls it many times per timeout, with
+	// the session's own timeouts (lengthened by its share, see
+	// internal/spread).
 	DropIfStalled(now time.Time, write, frame time.Duration) bool
 }
 

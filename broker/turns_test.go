@@ -166,7 +166,7 @@ func TestTheWatchdogDropsInTurnsWithTheIndexFree(t *testing.T) {
 	}
 	seen := make(chan int32, 1)
 	go func() { seen <- dropped.Load() }() // ready, waiting for the processor
-	buf := brk.closeStalledWrites(time.Now(), nil)
+	buf := brk.closeStalledWrites(context.Background(), time.Now(), nil)
 	if n := dropped.Load(); n != stalled {
 		t.Fatalf("%d of %d stalled connections dropped", n, stalled)
 	}
@@ -178,5 +178,103 @@ func TestTheWatchdogDropsInTurnsWithTheIndexFree(t *testing.T) {
 	}
 	if len(buf) != 0 || slices.ContainsFunc(buf[:cap(buf)], func(s *session) bool { return s != nil }) {
 		t.Error("the watchdog's list still holds sessions after a look")
+	}
+}
+
+// frameStalledTransport began a frame at since and never finished it; it
+// notes when it was dropped.
+type frameStalledTransport struct {
+	recordingTransport
+	since   time.Time
+	dropped time.Time
+}
+
+func (f *frameStalledTransport) DropIfStalled(now time.Time, _, frame time.Duration) bool {
+	if !f.dropped.IsZero() || now.Sub(f.since) <= frame {
+		return false
+	}
+	f.dropped = time.Now()
+	return true
+}
+
+// Clients that began half a frame together are cut apart: over a quarter
+// of the frame timeout, and at most dropTurn at a time, dropPause apart.
+// Cut all in one loop, 500 of them and their reconnections took the
+// node's core for tens of milliseconds while the honest clients' acks
+// waited.
+func TestClientsThatStalledTogetherAreCutApart(t *testing.T) {
+	const frameTimeout = 10 * time.Second
+	brk := New(liveRegistry{}, nullUplink{}, testConfig(func(c *Config) { c.FrameTimeout = frameTimeout }))
+	began := time.Now()
+	const stalled = 200
+	list := make([]*frameStalledTransport, stalled)
+	for i := range list {
+		list[i] = &frameStalledTransport{since: began}
+		if code, reason := brk.add(newSession(brk, list[i], list[i], "chat", "127.0.0.1", identity{})); code != 0 {
+			t.Fatalf("add: %d %s", code, reason)
+		}
+	}
+	// The looks, on a clock of the test's: two timeouts' worth.
+	look := frameTimeout / lookEvery
+	var buf []*session
+	cuts := map[time.Duration]int{} // how long after the frames began -> connections cut then
+	total := 0
+	for i := 0; i <= 2*lookEvery; i++ {
+		at := time.Duration(i) * look
+		lookBegan := time.Now()
+		buf = brk.closeStalledWrites(context.Background(), began.Add(at), buf)
+		drops := droppedSince(list, lookBegan)
+		if len(drops) == 0 {
+			continue
+		}
+		cuts[at], total = len(drops), total+len(drops)
+		// On the clock, at most dropTurn drops within any dropPause.
+		slices.SortFunc(drops, time.Time.Compare)
+		for i := range len(drops) - dropTurn {
+			if d := drops[i+dropTurn].Sub(drops[i]); d < dropPause {
+				t.Fatalf("%d connections dropped within %s", dropTurn+1, d)
+			}
+		}
+	}
+	if total != stalled {
+		t.Fatalf("%d of %d stalled connections cut within two timeouts", total, stalled)
+	}
+	for at, n := range cuts {
+		if at <= frameTimeout || at > frameTimeout+frameTimeout/4+look {
+			t.Errorf("%d connections cut %s after their frame began, want after %s and within a quarter more", n, at, frameTimeout)
+		}
+	}
+	if len(cuts) < lookEvery/4-1 {
+		t.Errorf("%d connections that stalled together were cut in %d looks: %v", stalled, len(cuts), cuts)
+	}
+}
+
+// droppedSince returns when each connection of list dropped since t was
+// dropped.
+func droppedSince(list []*frameStalledTransport, t time.Time) []time.Time {
+	var at []time.Time
+	for _, f := range list {
+		if !f.dropped.Before(t) {
+			at = append(at, f.dropped)
+		}
+	}
+	return at
+}
+
+// BenchmarkWatchdogLook is one look of the watchdog at 5,000 WebSocket
+// sessions, none stalled, whose memory other work has pushed out of the
+// caches since the last look (it looks lookEvery times per timeout).
+func BenchmarkWatchdogLook(b *testing.B) {
+	r := newFanoutRig(b, 5000)
+	defer r.close()
+	other := make([]byte, 64<<20)
+	var buf []*session
+	for b.Loop() {
+		b.StopTimer()
+		for i := 0; i < len(other); i += 64 {
+			other[i]++
+		}
+		b.StartTimer()
+		buf = r.brk.closeStalledWrites(context.Background(), time.Now(), buf)
 	}
 }

@@ -298,6 +298,7 @@ const (
 
 // Hijack takes the connection over from the HTTP server.
 func (w leanWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	w.conn.hijacked.Store(true)
 	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
 	if err != nil || conn != net.Conn(w.conn) {
 		return conn, brw, err

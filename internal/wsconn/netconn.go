@@ -8,6 +8,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
+
+	"github.com/dmb-broker/dmb/internal/spread"
 )
 
 // netConn is a server connection accepted through Listen: the socket
@@ -79,6 +82,33 @@ type netConn struct {
 	brMu   sync.Mutex
 	br     *bufio.Reader
 	handed bool
+
+	// share lengthens the HTTP server's read deadlines (the request's,
+	// the idle keep-alive's), until hijacked is set: see SetReadDeadline.
+	share    spread.Share
+	hijacked atomic.Bool
+}
+
+// SetReadDeadline sets the read deadline, lengthened by the connection's
+// share of the time left until the hijack (when the WebSocket's own
+// bounds take over), so that the requests that a thousand connections
+// opened together never finish are not all cut in the same instant.
+func (c *netConn) SetReadDeadline(t time.Time) error {
+	if !c.hijacked.Load() {
+		t = c.share.Deadline(t)
+	}
+	return c.Conn.SetReadDeadline(t)
+}
+
+// SetDeadline sets both deadlines, the read one as SetReadDeadline does.
+func (c *netConn) SetDeadline(t time.Time) error {
+	if c.hijacked.Load() {
+		return c.Conn.SetDeadline(t)
+	}
+	if err := c.Conn.SetWriteDeadline(t); err != nil {
+		return err
+	}
+	return c.SetReadDeadline(t)
 }
 
 // Listen wraps ln so that the connections it accepts can be served by
@@ -93,7 +123,7 @@ func (l listener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &netConn{Conn: c, fd: -1}, nil
+	return &netConn{Conn: c, fd: -1, share: spread.New()}, nil
 }
 
 type connKey struct{}
