@@ -85,14 +85,16 @@ type netConn struct {
 
 	// share lengthens the HTTP server's read deadlines (the request's,
 	// the idle keep-alive's), until hijacked is set: see SetReadDeadline.
+	// The two sit in what is padding after handed otherwise.
 	share    spread.Share
 	hijacked atomic.Bool
 }
 
-// SetReadDeadline sets the read deadline, lengthened by the connection's
-// share of the time left until the hijack (when the WebSocket's own
-// bounds take over), so that the requests that a thousand connections
-// opened together never finish are not all cut in the same instant.
+// SetReadDeadline sets the read deadline. Until the hijack, when the
+// WebSocket's own bounds take over, the deadline is moved later by the
+// connection's share of the time left until it: requests that a thousand
+// connections opened together never finish are then not all cut in the
+// same instant.
 func (c *netConn) SetReadDeadline(t time.Time) error {
 	if !c.hijacked.Load() {
 		t = c.share.Deadline(t)
