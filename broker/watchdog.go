@@ -61,7 +61,7 @@ func (b *Broker) closeStalledWrites(ctx context.Context, now time.Time, buf []*s
 		buf = append(buf, s)
 	}
 	b.mu.RUnlock()
-	var pause *time.Timer
+	defer clear(buf) // hold no session until the next look
 	dropped := 0
 	for _, s := range buf {
 		if !s.t.DropIfStalled(now, s.share.Of(b.cfg.WriteTimeout), s.share.Of(b.frameTimeout())) {
@@ -71,20 +71,12 @@ func (b *Broker) closeStalledWrites(ctx context.Context, now time.Time, buf []*s
 		if dropped++; dropped%dropTurn != 0 {
 			continue
 		}
-		if pause == nil {
-			pause = time.NewTimer(dropPause)
-			defer pause.Stop()
-		} else {
-			pause.Reset(dropPause)
-		}
 		select {
-		case <-pause.C:
+		case <-time.After(dropPause):
 		case <-ctx.Done():
-			clear(buf)
 			return buf[:0]
 		}
 	}
-	clear(buf) // hold no session until the next look
 	return buf[:0]
 }
 

@@ -435,9 +435,7 @@ func (w *worker) run(ctx context.Context) error {
 					if queued = w.fill(queued); len(queued) == 0 {
 						return nil
 					}
-					batch, queued = w.pick(batch[:0], queued)
-					w.process(ctx, batch)
-					clear(batch)
+					batch, queued = w.publishNext(ctx, batch, queued)
 				}
 			}
 		} else {
@@ -450,10 +448,17 @@ func (w *worker) run(ctx context.Context) error {
 			}
 		}
 		queued = w.fill(queued)
-		batch, queued = w.pick(batch[:0], queued)
-		w.process(ctx, batch)
-		clear(batch) // drop references to clients and payloads
+		batch, queued = w.publishNext(ctx, batch, queued)
 	}
+}
+
+// publishNext publishes the next pipeline of queued (see pick); it returns
+// batch, emptied for the next, and what is left of queued.
+func (w *worker) publishNext(ctx context.Context, batch, queued []request) ([]request, []request) {
+	batch, queued = w.pick(batch[:0], queued)
+	w.process(ctx, batch)
+	clear(batch) // drop references to clients and payloads
+	return batch[:0], queued
 }
 
 // maxQueued bounds what a worker takes from its queue ahead of the

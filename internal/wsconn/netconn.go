@@ -104,9 +104,6 @@ func (c *netConn) SetReadDeadline(t time.Time) error {
 
 // SetDeadline sets both deadlines, the read one as SetReadDeadline does.
 func (c *netConn) SetDeadline(t time.Time) error {
-	if c.hijacked.Load() {
-		return c.Conn.SetDeadline(t)
-	}
 	if err := c.Conn.SetWriteDeadline(t); err != nil {
 		return err
 	}
