@@ -101,6 +101,7 @@ func TestInvalidSettingsAreRefusedAtStartByName(t *testing.T) {
 		{"DMB_UPLINK_WORKERS", "0", "a whole number of at least 1, such as 4"},
 		{"DMB_CLIENT_SEND_BUFFER", "100", "0 (the kernel's own) or bytes from 4096 to 1073741824, such as 1048576"},
 		{"DMB_MAX_SERVICES", "0", "a whole number of at least 1, such as 10000"},
+		{"DMB_ACCEPT_RATE", "-1", "connections a second, 0 for no pace"},
 		{"DMB_BKID_LOOKUP_RATE", "-5", "a whole number of at least 1, such as 100"},
 		{"DMB_LOG_LEVEL", "loud", "debug, info, warn or error"},
 		{"DMB_LOG_FORMAT", "xml", "text or json"},

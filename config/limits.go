@@ -49,6 +49,9 @@ func (c *Config) validateLimits() Errors {
 	if c.HandshakeRate < 0 {
 		errs = append(errs, bad("DMB_HANDSHAKE_RATE", c.HandshakeRate, "handshakes a second, 0 for no limit"))
 	}
+	if c.AcceptRate < 0 {
+		errs = append(errs, bad("DMB_ACCEPT_RATE", c.AcceptRate, "connections a second, 0 for no pace"))
+	}
 	if c.DownlinkBuffer < 1<<20 {
 		errs = append(errs, bad("DMB_DOWNLINK_BUFFER", c.DownlinkBuffer, "a whole number of at least 1048576, such as 67108864"))
 	}

@@ -104,6 +104,7 @@ type Metrics struct {
 	RegisterRejected *prometheus.CounterVec // register channel payloads refused, by reason
 
 	Refusals     *prometheus.CounterVec // clients refused at connect, by close code
+	AcceptsPaced prometheus.Counter     // connections that waited for DMB_ACCEPT_RATE
 	AdminRefused *prometheus.CounterVec // admin requests refused, by reason
 
 	Nodes       prometheus.Gauge   // live nodes on this Redis, as this node counts them
@@ -202,6 +203,9 @@ func New(reg prometheus.Registerer) *Metrics {
 		Refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "dmb", Name: "refusals_total", Help: "Clients refused when they connected, by close code (also in dmb_disconnects_total).",
 		}, []string{"code"}),
+		AcceptsPaced: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "dmb", Name: "accepts_paced_total", Help: "Client connections that waited in the kernel's backlog for the node's accept pace (DMB_ACCEPT_RATE).",
+		}),
 		BKIDLookups: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "dmb", Name: "bkid_lookups_total", Help: "Look-ups of bkids not in this node's view: found or unknown in Redis, cached as unknown, or limited (dropped without a look-up).",
 		}, []string{"result"}),
@@ -228,7 +232,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		m.Drops, m.BackendsLive, m.RedisErrors, m.UplinkLatency, m.RedisReconnects,
 		m.Connects, m.WriteBatch,
 		m.Registrations, m.Services, m.Pruned, m.Leaves, m.BKIDLookups, m.RegisterRejected,
-		m.Refusals, m.AdminRefused, m.Nodes, m.NodesLost, m.RoomMembers,
+		m.Refusals, m.AcceptsPaced, m.AdminRefused, m.Nodes, m.NodesLost, m.RoomMembers,
 		m.Resumes, m.Recovered,
 	)
 	for _, r := range []string{ResumeRecovered, ResumeGap, ResumeRefused, ResumeFailed} {

@@ -1,10 +1,16 @@
 package node
 
 import (
+	"errors"
 	"net"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/dmb-broker/dmb/internal/looptest"
 )
@@ -37,7 +43,7 @@ func TestClientListenerTakesItsTurnInABurst(t *testing.T) {
 func TestClientListenerLetsTheNetworkInDuringABurst(t *testing.T) {
 	const burst = 200
 	inner := looptest.Listen(t)
-	ln := listenClients(inner, 0)
+	ln := listenClients(inner, 0, nil)
 	defer ln.Close()
 	server, client := looptest.Pair(t, ln)
 	dialBurst(t, inner.Addr().String(), burst)
@@ -89,4 +95,80 @@ func acceptBurst(t *testing.T, ln net.Listener, n int, taken *atomic.Int32) {
 		t.Cleanup(func() { _ = c.Close() })
 		taken.Add(1)
 	}
+}
+
+// The accept pace holds for all of a node's client listeners together: 60
+// connections waiting on two listeners, taken at 200 a second in bursts
+// of 20, take at least the 40 beyond the burst's 200 ms, and each of those
+// 40 is counted once.
+func TestClientListenersTakeConnectionsAtTheAcceptPace(t *testing.T) {
+	const (
+		rate    = 200
+		perLn   = 30
+		waiting = 2 * perLn
+	)
+	paced := prometheus.NewCounter(prometheus.CounterOpts{Name: "paced"})
+	pace := newAcceptPace(rate, paced)
+	var lns []*clientListener
+	for range 2 {
+		inner := looptest.Listen(t)
+		dialBurst(t, inner.Addr().String(), perLn)
+		ln := listenClients(inner, 0, pace)
+		t.Cleanup(func() { _ = ln.Close() })
+		lns = append(lns, ln)
+	}
+	start := time.Now()
+	var wg sync.WaitGroup
+	var taken atomic.Int32
+	for _, ln := range lns {
+		wg.Go(func() { acceptBurst(t, ln, perLn, &taken) })
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	beyond := waiting - pace.burst
+	if want := time.Duration(beyond-1) * time.Second / rate; elapsed < want {
+		t.Errorf("%d connections taken in %v at %d a second in bursts of %d, want at least %v", waiting, elapsed, rate, pace.burst, want)
+	}
+	// A token or two may come back while the burst is taken.
+	if got := counterValue(t, paced); got < float64(beyond-2) || got > float64(beyond) {
+		t.Errorf("%v connections counted as paced, want about %d", got, beyond)
+	}
+}
+
+// A listener waiting for its turn returns as soon as it is closed, not
+// when the turn comes.
+func TestClosingAClientListenerEndsItsWaitForTheAcceptPace(t *testing.T) {
+	inner := looptest.Listen(t)
+	ln := listenClients(inner, 0, newAcceptPace(0.1, prometheus.NewCounter(prometheus.CounterOpts{Name: "paced"})))
+	dialBurst(t, inner.Addr().String(), 2)
+	var taken atomic.Int32
+	acceptBurst(t, ln, 1, &taken) // the burst's one token; the next is 10 s away
+	done := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			c.Close()
+		}
+		done <- err
+	}()
+	if err := ln.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Errorf("Accept after Close: %v, want net.ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Accept still waiting for its turn 5 s after the listener was closed")
+	}
+}
+
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
 }

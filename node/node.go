@@ -138,7 +138,10 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 			return nil, fmt.Errorf("listen on %s: %w", cfg.Addr(), err)
 		}
 	}
-	ln = wsconn.Listen(listenClients(ln, cfg.ClientSendBuffer))
+	promReg := prometheus.NewRegistry()
+	m := metrics.New(promReg)
+	pace := newAcceptPace(cfg.AcceptRate, m.AcceptsPaced)
+	ln = wsconn.Listen(listenClients(ln, cfg.ClientSendBuffer, pace))
 	if tlsConfig != nil {
 		ln = tls.NewListener(ln, tlsConfig)
 	}
@@ -149,8 +152,6 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 			return nil, fmt.Errorf("listen on DMB_ADMIN_ADDR %s: %w", cfg.AdminAddr, err)
 		}
 	}
-	promReg := prometheus.NewRegistry()
-	m := metrics.New(promReg)
 	ch := protocol.NewChannels(cfg.Prefix)
 	rdb := cfg.RedisClient()
 	pubsub.FollowFailovers(rdb)
@@ -271,7 +272,7 @@ func New(cfg config.Config, opts Options) (*Node, error) {
 			}
 			return nil, fmt.Errorf("listen on DMB_TCP_PORT %s: %w", addr, err)
 		}
-		n.tcpLn, n.tcpTLS = listenClients(tcpLn, cfg.ClientSendBuffer), tlsConfig
+		n.tcpLn, n.tcpTLS = listenClients(tcpLn, cfg.ClientSendBuffer, pace), tlsConfig
 	}
 	return n, nil
 }
