@@ -104,7 +104,7 @@ type Metrics struct {
 	RegisterRejected *prometheus.CounterVec // register channel payloads refused, by reason
 
 	Refusals     *prometheus.CounterVec // clients refused at connect, by close code
-	AcceptsPaced prometheus.Counter     // connections that waited for DMB_ACCEPT_RATE
+	AcceptsPaced prometheus.Counter     // connections that waited for their turn at DMB_ACCEPT_RATE
 	AdminRefused *prometheus.CounterVec // admin requests refused, by reason
 
 	Nodes       prometheus.Gauge   // live nodes on this Redis, as this node counts them
@@ -204,7 +204,7 @@ func New(reg prometheus.Registerer) *Metrics {
 			Namespace: "dmb", Name: "refusals_total", Help: "Clients refused when they connected, by close code (also in dmb_disconnects_total).",
 		}, []string{"code"}),
 		AcceptsPaced: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: "dmb", Name: "accepts_paced_total", Help: "Client connections that waited in the kernel's backlog for the node's accept pace (DMB_ACCEPT_RATE).",
+			Namespace: "dmb", Name: "accepts_paced_total", Help: "Client connections that waited for their turn at the node's accept pace (DMB_ACCEPT_RATE).",
 		}),
 		BKIDLookups: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "dmb", Name: "bkid_lookups_total", Help: "Look-ups of bkids not in this node's view: found or unknown in Redis, cached as unknown, or limited (dropped without a look-up).",
