@@ -230,8 +230,8 @@ func TestClientsThatStalledTogetherAreCutApart(t *testing.T) {
 		cuts[at], total = len(drops), total+len(drops)
 		// On the clock, at most dropTurn drops within any dropPause.
 		slices.SortFunc(drops, time.Time.Compare)
-		for i := range len(drops) - dropTurn {
-			if d := drops[i+dropTurn].Sub(drops[i]); d < dropPause {
+		for j := range len(drops) - dropTurn {
+			if d := drops[j+dropTurn].Sub(drops[j]); d < dropPause {
 				t.Fatalf("%d connections dropped within %s", dropTurn+1, d)
 			}
 		}
